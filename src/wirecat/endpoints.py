@@ -39,7 +39,8 @@ SCHEMES: frozenset[str] = _INET | _UNIX | {"stdio"}
 _MAX_ENDPOINT = 4096  # bytes; longer input is rejected before any parsing
 _MAX_UNIX_PATH = 107  # sun_path is 108 bytes on Linux, including the NUL
 # RFC 1123 host names: labels of letters, digits and hyphens, dot-separated.
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,16 +206,16 @@ def parse_endpoint(
         raise InvalidEndpoint(f"unknown scheme {scheme!r} in {original!r}: expected one of {known}")
 
     if scheme in _UNIX:
-        path = rest[2:] if rest.startswith("//") else rest
-        if not path:
+        sock_path = rest[2:] if rest.startswith("//") else rest
+        if not sock_path:
             raise InvalidEndpoint(f"missing path in {original!r}: write {scheme}:/path/to.sock")
-        if "\x00" in path:
+        if "\x00" in sock_path:
             raise InvalidEndpoint(f"NUL byte in unix socket path {original!r}")
-        if len(path.encode()) > _MAX_UNIX_PATH:
+        if len(sock_path.encode()) > _MAX_UNIX_PATH:
             raise InvalidEndpoint(
                 f"unix socket path longer than {_MAX_UNIX_PATH} bytes in {original!r}"
             )
-        return Endpoint(scheme, path=path)  # type: ignore[arg-type]
+        return Endpoint(scheme, path=sock_path)  # type: ignore[arg-type]
 
     # inet: authority [path]
     authority, slash, path_part = rest.partition("/")

@@ -229,9 +229,7 @@ def translate_os_error(exc: OSError, *, what: str, phase: str = "connect") -> Wi
         return ListenError(f"cannot listen on {what}: {exc.strerror or exc}")
     if phase == "connect":
         if code in _REFUSED:
-            return ConnectionRefused(
-                f"connection refused by {what} (is a server listening there?)"
-            )
+            return ConnectionRefused(f"connection refused by {what} (is a server listening there?)")
         if code in {errno.ETIMEDOUT}:
             return ConnectTimeout(f"timed out connecting to {what}")
         if code in {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}:

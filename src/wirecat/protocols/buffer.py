@@ -77,9 +77,7 @@ class StreamBuffer:
         if idx < 0:
             self._scanned = len(self._buf)
             if len(self._buf) - self._pos > max_size:
-                raise LimitExceeded(
-                    f"no {sep!r} within {max_size} bytes", limit=max_size
-                )
+                raise LimitExceeded(f"no {sep!r} within {max_size} bytes", limit=max_size)
             return None
         end = idx + len(sep)
         if end - self._pos > max_size:

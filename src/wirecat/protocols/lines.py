@@ -61,7 +61,7 @@ class LineFramer:
     :meth:`data_to_send` (``b""`` there means: half-close the write side).
     """
 
-    __slots__ = ("_buffer", "_discarding", "_discarded", "_eof", "_events", "_out", "max_line")
+    __slots__ = ("_buffer", "_discarded", "_discarding", "_eof", "_events", "_out", "max_line")
 
     def __init__(self, *, max_line: int = 4096) -> None:
         if max_line < 2:

@@ -1,0 +1,7 @@
+"""The list of ``wirecat`` verbs. Each verb module adds its command here (one line each)."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

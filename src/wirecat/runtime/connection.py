@@ -1,0 +1,302 @@
+"""Server-side stream connections: one :class:`StreamHandler` per accepted peer.
+
+The handler is an ``asyncio.Protocol`` (not a StreamReader) for speed: ``data_received``
+hands bytes straight to the service, writes go straight to the transport. Around that it
+adds what every server needs and the guides leave out:
+
+- a connection id, a peer string and a logger carrying both;
+- membership in the server's registry, and the server-wide ``max_conns`` cap;
+- write flow control: high/low water marks on the transport, ``writing_paused``, and a hard
+  ``max_output`` cap past which the peer is cut as a *slow consumer* instead of growing
+  memory or stalling anyone else;
+- an idle timer (no timer churn per chunk: one timestamp per ``data_received``);
+- half-close: ``on_eof()`` decides whether our write side stays open (RFC 9293 3.6).
+
+Model: websockets ``asyncio/connection.py``; uvicorn ``protocols/http/flow_control.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+from collections import Counter
+from typing import TYPE_CHECKING, Any, cast
+
+from .limits import Limits
+from .logs import logger as _root_logger
+
+if TYPE_CHECKING:
+    from .server import Service
+
+__all__ = ["ServerContext", "StreamHandler", "format_address"]
+
+_ids = itertools.count(1)
+
+
+def format_address(addr: Any) -> str:
+    """Format a socket address for logs: ``1.2.3.4:5``, ``[::1]:5``, ``unix:/p`` or ``unix``."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        if ":" in str(host):
+            return f"[{host}]:{port}"
+        return f"{host}:{port}"
+    if isinstance(addr, str) and addr:
+        return f"unix:{addr}"
+    if isinstance(addr, bytes) and addr:
+        return "unix:@" + addr.lstrip(b"\x00").decode(errors="replace")
+    return "unix"
+
+
+class ServerContext:
+    """State shared by every connection of one server.
+
+    Attributes:
+        limits: the server-wide :class:`Limits`.
+        metrics: counters by name (``accepted``, ``refused_max_conns``, ``slow_consumers``,
+            ``idle_timeouts``, ``bytes_in``, ...). Plain ``Counter``; read it any time.
+        connections: the live stream handlers (the connection registry).
+        closing: True once the server started draining; new peers are refused.
+        log: the server's logger.
+    """
+
+    def __init__(self, limits: Limits | None = None, log: logging.Logger | None = None) -> None:
+        self.limits = limits or Limits()
+        self.metrics: Counter[str] = Counter()
+        self.connections: set[StreamHandler] = set()
+        self.closing = False
+        self.log = log or _root_logger
+        self._empty: asyncio.Event | None = None
+
+    def _discard(self, handler: StreamHandler) -> None:
+        self.connections.discard(handler)
+        if not self.connections and self._empty is not None:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        """Return once no stream connection is open."""
+        if not self.connections:
+            return
+        if self._empty is None or self._empty.is_set():
+            self._empty = asyncio.Event()
+        await self._empty.wait()
+
+
+class _ConnLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = dict(self.extra or {})
+        extra.update(kwargs.get("extra") or {})
+        kwargs["extra"] = extra
+        return msg, kwargs
+
+
+class StreamHandler(asyncio.Protocol):
+    """Base class of every server-side stream connection. Subclass and override the hooks.
+
+    Hooks (all optional): :meth:`on_connect`, :meth:`on_data`, :meth:`on_eof`,
+    :meth:`on_close`, :meth:`on_writable`, :meth:`on_shutdown`, :meth:`on_idle`.
+    Tools: :meth:`write`, :meth:`close`, :meth:`abort`, :meth:`pause_reading`,
+    :meth:`resume_reading`, :attr:`writing_paused`, :attr:`output_size`.
+
+    All hooks run on the event loop thread; none may block. The handler never raises into
+    the loop: an exception escaping a hook is logged and the connection is aborted.
+    """
+
+    def __init__(self, ctx: ServerContext, service: Service | None = None) -> None:
+        self.ctx = ctx
+        self.service = service
+        self.limits: Limits = (service.limits if service and service.limits else None) or ctx.limits
+        self.id = next(_ids)
+        self.peer = "?"
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        self.log: logging.LoggerAdapter = _ConnLog(ctx.log, {})  # type: ignore[type-arg]
+        self.writing_paused = False
+        self.closing = False
+        self._accepted = False
+        self._last_rx = 0.0
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._close_reason = ""
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        self.peer = format_address(transport.get_extra_info("peername"))
+        name = self.service.name if self.service else "-"
+        self.log = _ConnLog(ctx.log, {"service": name, "conn_id": self.id, "peer": self.peer})
+        if ctx.closing or len(ctx.connections) >= ctx.limits.max_conns:
+            reason = "server is shutting down" if ctx.closing else "too many connections"
+            ctx.metrics["refused_max_conns" if not ctx.closing else "refused_closing"] += 1
+            self.log.warning("refused: %s", reason, extra={"event": "refused", "reason": reason})
+            self.closing = True
+            self.transport.write(f"error: {reason}, try again later\n".encode())
+            self.transport.close()
+            return
+        self._accepted = True
+        ctx.connections.add(self)
+        ctx.metrics["accepted"] += 1
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lim = self.limits
+        self.transport.set_write_buffer_limits(high=lim.write_high_water, low=lim.write_low_water)
+        self._loop = asyncio.get_running_loop()
+        if lim.idle_timeout is not None:
+            self._last_rx = self._loop.time()
+            self._idle_handle = self._loop.call_later(lim.idle_timeout, self._check_idle)
+        self.log.debug("connected", extra={"event": "connect"})
+        self._guard(self.on_connect)
+
+    def data_received(self, data: bytes) -> None:
+        if self._idle_handle is not None:
+            self._last_rx = self._loop.time()  # type: ignore[union-attr]
+        try:
+            self.on_data(data)
+        except Exception:
+            self._crashed()
+
+    def eof_received(self) -> bool | None:
+        if not self._accepted:
+            return False
+        try:
+            keep_open = self.on_eof()
+        except Exception:
+            self._crashed()
+            return False
+        return bool(keep_open)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        self.closing = True
+        if not self._accepted:
+            return
+        self._accepted = False
+        self.ctx._discard(self)
+        self.log.debug(
+            "closed%s",
+            f" ({self._close_reason})" if self._close_reason else "",
+            extra={"event": "close", "reason": self._close_reason or (str(exc) if exc else None)},
+        )
+        try:
+            self.on_close(exc)
+        except Exception:
+            self.log.exception("error in on_close")
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._guard(self.on_writable)
+
+    # -- hooks -----------------------------------------------------------------------------
+    def on_connect(self) -> None:
+        """The peer was accepted (after the ``max_conns`` check)."""
+
+    def on_data(self, data: bytes) -> None:
+        """Bytes arrived from the peer (any split of the stream: frame them yourself)."""
+
+    def on_eof(self) -> bool:
+        """The peer half-closed. Return True to keep our write side open; default False."""
+        return False
+
+    def on_close(self, exc: Exception | None) -> None:
+        """The connection is gone (``exc`` is the OS error, ``None`` for a clean close)."""
+
+    def on_writable(self) -> None:
+        """Unsent output fell below the low-water mark after a pause."""
+
+    def on_shutdown(self) -> None:
+        """The server is draining. Default: flush and close. Override to say goodbye first."""
+        self.close("server shutdown")
+
+    def on_idle(self) -> None:
+        """Nothing was received for ``idle_timeout`` seconds. Default: close."""
+        self.close("idle timeout")
+
+    # -- tools -----------------------------------------------------------------------------
+    @property
+    def output_size(self) -> int:
+        """Bytes written but not yet handed to the kernel."""
+        return self.transport.get_write_buffer_size() if self.transport else 0
+
+    def write(self, data: bytes) -> bool:
+        """Queue ``data`` for the peer without blocking.
+
+        Returns:
+            True if queued; False if the connection is closing (the data is dropped) or if
+            this write pushed unsent output past ``max_output`` bytes, in which case the
+            peer was disconnected as a slow consumer (logged, counted in
+            ``ctx.metrics["slow_consumers"]``).
+        """
+        if self.closing:
+            return False
+        self.transport.write(data)
+        if self.writing_paused and self.transport.get_write_buffer_size() > self.limits.max_output:
+            self.ctx.metrics["slow_consumers"] += 1
+            self.log.warning(
+                "slow consumer: more than %d bytes unsent, disconnecting",
+                self.limits.max_output,
+                extra={"event": "limit", "reason": "slow_consumer"},
+            )
+            self.abort("slow_consumer")
+            return False
+        return True
+
+    def close(self, reason: str = "") -> None:
+        """Flush queued output, then close. Idempotent."""
+        if self.closing:
+            return
+        self.closing = True
+        self._close_reason = reason
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self, reason: str) -> None:
+        """Drop queued output and close now. Idempotent."""
+        self.closing = True
+        if not self._close_reason:
+            self._close_reason = reason
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (the kernel buffers, then TCP pushes back)."""
+        if self.transport is not None and self.transport.is_reading():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Resume reading after :meth:`pause_reading`."""
+        if self.transport is not None and not self.closing and not self.transport.is_reading():
+            self.transport.resume_reading()
+
+    # -- internals -------------------------------------------------------------------------
+    def _check_idle(self) -> None:
+        self._idle_handle = None
+        timeout = self.limits.idle_timeout
+        if self.closing or timeout is None or self._loop is None:
+            return
+        elapsed = self._loop.time() - self._last_rx
+        if elapsed >= timeout:
+            self.ctx.metrics["idle_timeouts"] += 1
+            self.log.info("idle for %.1f s, closing", elapsed, extra={"event": "idle_timeout"})
+            self._guard(self.on_idle)
+        else:
+            self._idle_handle = self._loop.call_later(timeout - elapsed, self._check_idle)
+
+    def _guard(self, hook: Any) -> None:
+        try:
+            hook()
+        except Exception:
+            self._crashed()
+
+    def _crashed(self) -> None:
+        self.ctx.metrics["handler_errors"] += 1
+        self.log.exception("internal error in handler, aborting connection")
+        self.abort("internal error")

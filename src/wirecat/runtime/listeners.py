@@ -1,0 +1,202 @@
+"""Opening listeners for every endpoint kind: TCP (IPv4, IPv6, dual-stack), UDP, Unix.
+
+``[::]`` listens dual-stack (``IPV6_V6ONLY=0``, RFC 3493 5.3) so one socket serves IPv4 and
+IPv6 peers. Unix socket paths left behind by a dead server are detected (nobody accepts) and
+replaced; a live one is ``AddressInUse``. Every ``OSError`` becomes a
+:class:`~wirecat.errors.ListenError` subclass with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..endpoints import Endpoint
+from ..errors import InvalidEndpoint, ListenError, translate_os_error
+
+__all__ = [
+    "Listener",
+    "bound_endpoint",
+    "open_datagram_listener",
+    "open_stream_listener",
+    "unix_address",
+]
+
+
+def unix_address(path: str) -> str:
+    """Map ``@name`` (Linux abstract namespace) to ``"\\0name"``; other paths unchanged."""
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
+@dataclass
+class Listener:
+    """An open listening socket (stream) or bound datagram socket.
+
+    Attributes:
+        endpoint: where it listens, with the real port when port 0 was asked for.
+        server: the ``asyncio.Server`` (stream listeners) or ``None``.
+        transport: the datagram transport (datagram listeners) or ``None``.
+    """
+
+    endpoint: Endpoint
+    server: asyncio.Server | None = None
+    transport: asyncio.DatagramTransport | None = None
+    _unlink: str | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Stop accepting (stream) or receiving (datagram). Idempotent. Open connections stay."""
+        if self.server is not None:
+            self.server.close()
+        if self.transport is not None:
+            self.transport.close()
+        if self._unlink:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unlink)
+            self._unlink = None
+
+
+def bound_endpoint(endpoint: Endpoint, sock: socket.socket) -> Endpoint:
+    """Return ``endpoint`` with the port the socket is actually bound to."""
+    if endpoint.is_inet:
+        return endpoint.with_port(sock.getsockname()[1])
+    return endpoint
+
+
+def _inet_socket(endpoint: Endpoint, kind: socket.SocketKind, reuse_port: bool) -> socket.socket:
+    host = endpoint.host or "127.0.0.1"
+    port = endpoint.port or 0
+    infos = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)
+    family, _, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # [::] is dual-stack; a specific IPv6 address is IPv6 only.
+            v6only = 0 if host == "::" else 1
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+        sock.bind(addr)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _unix_socket(endpoint: Endpoint, kind: socket.SocketKind) -> tuple[socket.socket, str | None]:
+    assert endpoint.path is not None
+    path = endpoint.path
+    address = unix_address(path)
+    unlink: str | None = None
+    if not path.startswith("@"):
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(path)
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ListenError(f"cannot listen on {endpoint}: {path} exists and is not a socket")
+            if _unix_alive(path, kind):
+                raise translate_os_error(
+                    OSError(98, "Address already in use"), what=str(endpoint), phase="listen"
+                )
+            os.unlink(path)  # stale socket file from a server that died
+        unlink = path
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, unlink
+
+
+def _unix_alive(path: str, kind: socket.SocketKind) -> bool:
+    if kind == socket.SOCK_DGRAM:
+        return False  # cannot tell without sending; a dgram path is replaced
+    probe = socket.socket(socket.AF_UNIX, kind)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+async def open_stream_listener(
+    endpoint: Endpoint,
+    factory: Callable[[], asyncio.Protocol],
+    *,
+    backlog: int = 1024,
+    reuse_port: bool = False,
+) -> Listener:
+    """Listen on a stream endpoint (``tcp``, ``unix``) and serve each peer with ``factory()``.
+
+    Args:
+        endpoint: where to listen. Port 0 picks a free port (read it from the result).
+        factory: called once per accepted connection; returns its protocol.
+        backlog: the listen(2) backlog.
+        reuse_port: set ``SO_REUSEPORT`` so several processes can share the port.
+
+    Returns:
+        The open :class:`Listener`.
+
+    Raises:
+        AddressInUse, PermissionDenied, ListenError: the socket could not be bound.
+        InvalidEndpoint: the endpoint kind cannot be listened on as a stream here.
+    """
+    loop = asyncio.get_running_loop()
+    unlink: str | None = None
+    try:
+        if endpoint.scheme == "tcp":
+            sock = _inet_socket(endpoint, socket.SOCK_STREAM, reuse_port)
+        elif endpoint.scheme == "unix":
+            sock, unlink = _unix_socket(endpoint, socket.SOCK_STREAM)
+        else:
+            raise InvalidEndpoint(f"cannot listen on {endpoint} as a stream service here")
+        try:
+            server = await loop.create_server(factory, sock=sock, backlog=backlog)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise translate_os_error(exc, what=str(endpoint), phase="listen") from exc
+    return Listener(bound_endpoint(endpoint, sock), server=server, _unlink=unlink)
+
+
+async def open_datagram_listener(
+    endpoint: Endpoint,
+    factory: Callable[[], asyncio.DatagramProtocol],
+    *,
+    reuse_port: bool = False,
+) -> Listener:
+    """Bind a datagram endpoint (``udp``, ``unix+dgram``) and serve it with ``factory()``.
+
+    Raises:
+        AddressInUse, PermissionDenied, ListenError: the socket could not be bound.
+        InvalidEndpoint: the endpoint is not a datagram kind.
+    """
+    loop = asyncio.get_running_loop()
+    unlink: str | None = None
+    try:
+        if endpoint.scheme == "udp":
+            sock = _inet_socket(endpoint, socket.SOCK_DGRAM, reuse_port)
+        elif endpoint.scheme == "unix+dgram":
+            sock, unlink = _unix_socket(endpoint, socket.SOCK_DGRAM)
+        else:
+            raise InvalidEndpoint(f"cannot bind {endpoint} as a datagram service")
+        try:
+            transport, _ = await loop.create_datagram_endpoint(factory, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise translate_os_error(exc, what=str(endpoint), phase="listen") from exc
+    return Listener(bound_endpoint(endpoint, sock), transport=transport, _unlink=unlink)

@@ -1,0 +1,504 @@
+"""A friendly async stream API for library users and scripts, on ``asyncio.Protocol``.
+
+::
+
+    async with await wirecat.connect("tcp://127.0.0.1:7007") as conn:
+        await conn.send(b"hello\\n")
+        line = await conn.recv_line()          # b"hello\\n"
+
+Reads are framed from one bounded buffer per connection (:class:`StreamBuffer`); reading
+stops (TCP pushes back on the peer) while more than ``read_high_water`` bytes wait unread.
+Writes wait for the transport to drain below its high-water mark (backpressure).
+Datagram endpoints (``udp``, ``unix+dgram``) give a :class:`DatagramConnection`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import secrets
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from ..endpoints import Endpoint, parse_endpoint
+from ..errors import (
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    ConnectTimeout,
+    IdleTimeout,
+    InvalidEndpoint,
+    LimitExceeded,
+    translate_os_error,
+)
+from ..protocols.buffer import StreamBuffer
+from .connection import format_address
+from .listeners import Listener, unix_address
+
+__all__ = ["Connection", "DatagramConnection", "connect", "open_connection_listener"]
+
+_READ_HIGH_WATER = 256 * 1024  # bytes buffered unread before we stop reading
+_DEFAULT_MAX_LINE = 64 * 1024
+
+
+class _StreamProtocol(asyncio.Protocol):
+    def __init__(self, read_high_water: int) -> None:
+        self.buffer = StreamBuffer()
+        self.transport: asyncio.Transport | None = None
+        self.read_high_water = read_high_water
+        self.exc: BaseException | None = None
+        self.eof = False
+        self.lost = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._paused_writing = False
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer.feed(data)
+        if len(self.buffer) > self.read_high_water and self.transport is not None:
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.buffer.feed_eof()
+        self._wake()
+        return True  # keep our write side open: half-close is the caller's choice
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if exc is not None:
+            self.exc = exc
+        if not self.eof:
+            self.eof = True
+            self.buffer.feed_eof()
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait_data(self) -> None:
+        if self.transport is not None and not self.lost and not self.transport.is_reading():
+            self.transport.resume_reading()
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def drain(self) -> None:
+        if self.lost:
+            return
+        if self._paused_writing:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+
+
+class Connection:
+    """One stream connection (tcp, unix), from :func:`connect` or a listener.
+
+    Attributes:
+        endpoint: the endpoint it was opened with (or the listener's, server side).
+        local_address: our address as a string (``127.0.0.1:51234``, ``[::1]:51234``, ``unix``).
+        peer_address: the peer's address, same format.
+
+    Reads and writes may run concurrently with each other, but two concurrent reads (or two
+    concurrent writes) on one connection are not supported. Cancelling a read leaves
+    unread bytes in the buffer for the next call.
+    """
+
+    def __init__(self, endpoint: Endpoint, protocol: _StreamProtocol) -> None:
+        assert protocol.transport is not None
+        self.endpoint = endpoint
+        self._p = protocol
+        self._t = protocol.transport
+        self.local_address = format_address(self._t.get_extra_info("sockname"))
+        self.peer_address = format_address(self._t.get_extra_info("peername"))
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        """The underlying transport (for ``loop.sendfile`` and socket options)."""
+        return self._t
+
+    @property
+    def at_eof(self) -> bool:
+        """True when the peer closed its side and every received byte was read."""
+        return self._p.eof and not len(self._p.buffer)
+
+    def _raise_if_lost(self) -> None:
+        if self._p.lost:
+            exc = self._p.exc
+            if exc is not None:
+                raise ConnectionClosedError(f"connection to {self.endpoint} lost: {exc}") from exc
+            raise ConnectionClosedOK(f"connection to {self.endpoint} is closed")
+
+    async def send(self, data: bytes) -> None:
+        """Send bytes; waits while the transport's buffer is above its high-water mark.
+
+        Raises:
+            ConnectionClosed: the connection is gone.
+        """
+        self._raise_if_lost()
+        if self._t.is_closing():
+            raise ConnectionClosedOK(f"connection to {self.endpoint} is closing")
+        self._t.write(data)
+        await self._p.drain()
+
+    async def send_eof(self) -> None:
+        """Half-close: tell the peer we will send no more (TCP FIN); reading goes on."""
+        if not self._p.lost and self._t.can_write_eof() and not self._t.is_closing():
+            self._t.write_eof()
+
+    async def _read(self, take: Callable[[], bytes | None], timeout: float | None) -> bytes | None:
+        p = self._p
+        async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
+            try:
+                while True:
+                    out = take()
+                    if out is not None:
+                        if (
+                            len(p.buffer) < p.read_high_water
+                            and not p.lost
+                            and not self._t.is_reading()
+                            and not self._t.is_closing()
+                        ):
+                            self._t.resume_reading()
+                        return out
+                    if p.eof:
+                        if p.exc is not None:
+                            raise ConnectionClosedError(
+                                f"connection to {self.endpoint} lost: {p.exc}"
+                            ) from p.exc
+                        return None
+                    await p.wait_data()
+            except TimeoutError:
+                raise IdleTimeout(f"no data from {self.endpoint} within {timeout} s") from None
+
+    async def recv(self, max_size: int = 65536, *, timeout: float | None = None) -> bytes:
+        """Return up to ``max_size`` bytes as soon as any arrive; ``b""`` at end of stream.
+
+        Raises:
+            IdleTimeout: nothing arrived within ``timeout`` seconds.
+            ConnectionClosedError: the connection was reset.
+        """
+        buf = self._p.buffer
+        out = await self._read(lambda: buf.read_some(max_size) if len(buf) else None, timeout)
+        return out or b""
+
+    async def recv_line(
+        self, max_line: int = _DEFAULT_MAX_LINE, *, timeout: float | None = None
+    ) -> bytes:
+        """Return one line including its ``b"\\n"``.
+
+        At end of stream, returns the unterminated rest (``b""`` if nothing is left).
+
+        Raises:
+            LineTooLong: ``max_line`` bytes arrived without a newline (they stay buffered).
+            IdleTimeout, ConnectionClosedError.
+        """
+        buf = self._p.buffer
+        out = await self._read(lambda: buf.read_line(max_line), timeout)
+        return out if out is not None else buf.read_some()
+
+    async def recv_until(
+        self, separator: bytes, max_size: int = _DEFAULT_MAX_LINE, *, timeout: float | None = None
+    ) -> bytes:
+        """Return the bytes up to and including ``separator`` (at most ``max_size``).
+
+        Raises:
+            LimitExceeded: ``max_size`` bytes arrived without the separator.
+            ConnectionClosedOK: the stream ended first (the partial data stays buffered).
+            IdleTimeout, ConnectionClosedError.
+        """
+        if not separator:
+            raise ValueError("separator must not be empty")
+        buf = self._p.buffer
+        out = await self._read(lambda: buf.read_until(separator, max_size), timeout)
+        if out is None:
+            raise ConnectionClosedOK(f"end of stream before {separator!r} from {self.endpoint}")
+        return out
+
+    async def recv_exact(self, n: int, *, timeout: float | None = None) -> bytes:
+        """Return exactly ``n`` bytes.
+
+        Raises:
+            ConnectionClosedOK: the stream ended before ``n`` bytes arrived.
+            IdleTimeout, ConnectionClosedError.
+        """
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        buf = self._p.buffer
+        out = await self._read(lambda: buf.read_exact(n), timeout)
+        if out is None:
+            raise ConnectionClosedOK(
+                f"end of stream after {len(buf)} of {n} bytes from {self.endpoint}"
+            )
+        return out
+
+    async def aclose(self, *, timeout: float = 5.0) -> None:
+        """Flush and close; waits (at most ``timeout`` seconds) for the close. Idempotent."""
+        if not self._t.is_closing():
+            self._t.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._p._closed), timeout)
+        if not self._p.lost:
+            self._t.abort()
+
+    def abort(self) -> None:
+        """Close now, discarding unsent data (may send a TCP RST)."""
+        self._t.abort()
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.local_address} -> {self.peer_address}>"
+
+
+class _DatagramProtocol(asyncio.DatagramProtocol):
+    def __init__(self, max_queue: int) -> None:
+        self.queue: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self.max_queue = max_queue
+        self.dropped = 0
+        self.exc: Exception | None = None
+        self.lost = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(self.queue) >= self.max_queue:
+            self.dropped += 1  # a datagram socket may drop; we drop the newest, bounded
+            return
+        self.queue.append((data, addr))
+        self._wake()
+
+    def error_received(self, exc: Exception) -> None:
+        self.exc = exc
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class DatagramConnection:
+    """A connected datagram socket (udp, unix+dgram): message boundaries are kept.
+
+    At most ``max_queue`` received datagrams wait unread; newer ones are dropped and counted
+    in :attr:`dropped`, as the kernel would.
+    """
+
+    def __init__(
+        self, endpoint: Endpoint, transport: asyncio.DatagramTransport, proto: _DatagramProtocol
+    ) -> None:
+        self.endpoint = endpoint
+        self._t = transport
+        self._p = proto
+        self.local_address = format_address(transport.get_extra_info("sockname"))
+        self.peer_address = format_address(transport.get_extra_info("peername"))
+        self._unlink: str | None = None
+
+    @property
+    def dropped(self) -> int:
+        """Datagrams dropped because the receive queue was full."""
+        return self._p.dropped
+
+    async def send(self, datagram: bytes) -> None:
+        """Send one datagram (at most 65,507 bytes over IPv4 UDP).
+
+        Raises:
+            LimitExceeded: the datagram is larger than the transport allows.
+            ConnectionClosed: the socket is closed.
+        """
+        if self._p.lost:
+            raise ConnectionClosedOK(f"datagram socket for {self.endpoint} is closed")
+        if self.endpoint.scheme == "udp" and len(datagram) > 65507:
+            raise LimitExceeded(f"datagram of {len(datagram)} bytes exceeds 65507", limit=65507)
+        self._t.sendto(datagram)
+
+    async def recv(self, *, timeout: float | None = None) -> bytes:
+        """Return the next datagram.
+
+        Raises:
+            ConnectionRefused: the peer's port is closed (ICMP port unreachable).
+            IdleTimeout: nothing arrived within ``timeout`` seconds.
+            ConnectionClosed: the socket is closed.
+        """
+        p = self._p
+        try:
+            async with asyncio.timeout(timeout):
+                while not p.queue:
+                    if p.exc is not None:
+                        exc, p.exc = p.exc, None
+                        if isinstance(exc, OSError):
+                            raise translate_os_error(exc, what=str(self.endpoint)) from exc
+                        raise ConnectionClosedError(str(exc)) from exc
+                    if p.lost:
+                        raise ConnectionClosedOK(f"datagram socket for {self.endpoint} is closed")
+                    p._waiter = asyncio.get_running_loop().create_future()
+                    try:
+                        await p._waiter
+                    finally:
+                        p._waiter = None
+        except TimeoutError:
+            raise IdleTimeout(f"no datagram from {self.endpoint} within {timeout} s") from None
+        return p.queue.popleft()[0]
+
+    async def aclose(self) -> None:
+        """Close the socket. Idempotent."""
+        self._t.close()
+        if self._unlink:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unlink)
+            self._unlink = None
+
+    async def __aenter__(self) -> DatagramConnection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def connect(
+    endpoint: str | Endpoint,
+    *,
+    timeout: float | None = 10.0,
+    read_high_water: int = _READ_HIGH_WATER,
+    max_queue: int = 1024,
+) -> Connection | DatagramConnection:
+    """Open a connection to ``endpoint``.
+
+    Args:
+        endpoint: an :class:`Endpoint` or a string for :func:`parse_endpoint`
+            (``tcp://host:port``, ``host:port``, ``udp://...``, ``unix:/path``,
+            ``unix+dgram:/path``).
+        timeout: seconds allowed for name resolution plus connect; ``None`` waits forever.
+        read_high_water: stream connections stop reading past this many unread bytes.
+        max_queue: datagram connections keep at most this many unread datagrams.
+
+    Returns:
+        A :class:`Connection` for stream endpoints, a :class:`DatagramConnection` for
+        datagram ones.
+
+    Raises:
+        InvalidEndpoint: the string does not parse, or the scheme is not supported here.
+        ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError.
+    """
+    ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            if ep.scheme == "tcp":
+                kwargs: dict[str, Any] = {}
+                if isinstance(loop, asyncio.BaseEventLoop):  # uvloop lacks Happy Eyeballs
+                    kwargs["happy_eyeballs_delay"] = 0.25  # RFC 8305
+                _, proto = await loop.create_connection(
+                    lambda: _StreamProtocol(read_high_water), ep.host or "", ep.port or 0, **kwargs
+                )
+                return Connection(ep, proto)
+            if ep.scheme == "unix":
+                assert ep.path is not None
+                _, proto = await loop.create_unix_connection(
+                    lambda: _StreamProtocol(read_high_water), unix_address(ep.path)
+                )
+                return Connection(ep, proto)
+            if ep.scheme == "udp":
+                dtransport, dproto = await loop.create_datagram_endpoint(
+                    lambda: _DatagramProtocol(max_queue), remote_addr=(ep.host or "", ep.port or 0)
+                )
+                return DatagramConnection(ep, dtransport, dproto)
+            if ep.scheme == "unix+dgram":
+                assert ep.path is not None
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                # Bind a real path so replies reach us (uvloop cannot reply to abstract
+                # autobind addresses); it is removed again by aclose().
+                local = os.path.join(
+                    tempfile.gettempdir(), f"wirecat-{os.getpid()}-{secrets.token_hex(4)}.sock"
+                )
+                try:
+                    sock.bind(local)
+                    sock.connect(unix_address(ep.path))
+                    sock.setblocking(False)
+                except BaseException:
+                    sock.close()
+                    raise
+                dtransport, dproto = await loop.create_datagram_endpoint(
+                    lambda: _DatagramProtocol(max_queue), sock=sock
+                )
+                conn = DatagramConnection(ep, dtransport, dproto)
+                conn._unlink = local
+                return conn
+    except TimeoutError:
+        raise ConnectTimeout(f"timed out after {timeout} s connecting to {ep}") from None
+    except OSError as exc:
+        raise translate_os_error(exc, what=str(ep), phase="connect") from exc
+    raise InvalidEndpoint(f"cannot connect to {ep.scheme} endpoints yet: {ep}")
+
+
+async def open_connection_listener(
+    endpoint: str | Endpoint,
+    handler: Callable[[Connection], Awaitable[None]],
+    *,
+    read_high_water: int = _READ_HIGH_WATER,
+    backlog: int = 128,
+) -> Listener:
+    """Listen on a stream endpoint and run ``handler(conn)`` as a task per accepted peer.
+
+    The connection is closed when the handler returns or raises (the exception is logged by
+    the loop's handler). Close the listener to stop accepting; open connections stay.
+
+    Raises:
+        AddressInUse, PermissionDenied, ListenError, InvalidEndpoint.
+    """
+    from .listeners import open_stream_listener
+
+    ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
+    tasks: set[asyncio.Task[None]] = set()
+
+    class _Accepting(_StreamProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            conn = Connection(ep, self)
+
+            async def run() -> None:
+                try:
+                    await handler(conn)
+                finally:
+                    await conn.aclose()
+
+            task = asyncio.ensure_future(run())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    listener = await open_stream_listener(ep, lambda: _Accepting(read_high_water), backlog=backlog)
+    return listener

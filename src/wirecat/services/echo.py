@@ -1,0 +1,93 @@
+"""The echo service (RFC 862) over streams and datagrams.
+
+Stream: every byte received is sent back until the peer closes. A half-close from the peer
+is honoured: everything it sent is echoed, then we close our side (RFC 862 over TCP; RFC
+9293 3.6). While the peer does not read its echoes, we stop reading from it: echo never
+buffers more than the write high-water mark per connection.
+
+Datagram: each datagram is answered with the same bytes, to its sender; a reply is never
+larger than the request (no amplification).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from ..endpoints import Endpoint
+from ..runtime.connection import ServerContext, StreamHandler
+from ..runtime.limits import Limits
+from ..runtime.server import Service
+
+__all__ = ["EchoService"]
+
+
+class _EchoHandler(StreamHandler):
+    def on_data(self, data: bytes) -> None:
+        self.transport.write(data)
+        if self.writing_paused:
+            self.pause_reading()  # backpressure: let TCP push back on the sender
+
+    def on_writable(self) -> None:
+        self.resume_reading()
+
+    def on_eof(self) -> bool:
+        return False  # the transport flushes our echoes, then closes
+
+
+class _EchoDatagram(asyncio.DatagramProtocol):
+    def __init__(self, ctx: ServerContext, max_datagram: int) -> None:
+        self.ctx = ctx
+        self.max_datagram = max_datagram
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.transport is None or self.ctx.closing:
+            return
+        if len(data) > self.max_datagram:
+            self.ctx.metrics["echo_datagrams_too_large"] += 1
+            return
+        self.ctx.metrics["echo_datagrams"] += 1
+        if not addr:
+            return  # an unbound unix+dgram sender cannot be answered
+        if isinstance(addr, bytes):
+            addr = addr.rstrip(b"\0")  # uvloop pads Linux abstract (autobind) addresses
+        try:
+            self.transport.sendto(data, addr)
+        except (OSError, ValueError):
+            self.ctx.metrics["echo_datagram_errors"] += 1
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors from a previous reply (port unreachable): count, keep serving.
+        self.ctx.metrics["echo_datagram_errors"] += 1
+
+
+class EchoService(Service):
+    """RFC 862 echo on stream (tcp, unix) and datagram (udp, unix+dgram) endpoints.
+
+    Args:
+        endpoints: where to listen; datagram and stream endpoints may be mixed.
+        max_datagram: datagrams larger than this (bytes) are dropped, not echoed.
+    """
+
+    name = "echo"
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        max_datagram: int = 65535,
+        limits: Limits | None = None,
+    ) -> None:
+        super().__init__(endpoints, limits=limits)
+        self.max_datagram = max_datagram
+
+    def stream_handler(self, ctx: ServerContext) -> StreamHandler:
+        return _EchoHandler(ctx, self)
+
+    def datagram_protocol(self, ctx: ServerContext) -> asyncio.DatagramProtocol:
+        return _EchoDatagram(ctx, self.max_datagram)
