@@ -5,3 +5,7 @@ from __future__ import annotations
 import click
 
 COMMANDS: list[click.Command] = []
+
+from .serve import serve_command  # noqa: E402
+
+COMMANDS.append(serve_command)

@@ -88,6 +88,11 @@ class Server:
         self._shutdown_task: asyncio.Task[None] | None = None
 
     @property
+    def started(self) -> bool:
+        """True once :meth:`start` succeeded."""
+        return self._stopped is not None and bool(self.listeners)
+
+    @property
     def bound(self) -> list[tuple[str, Endpoint]]:
         """``(service name, endpoint)`` for each open listener, with real ports."""
         return [(name, lst.endpoint) for name, lst in self.listeners]
@@ -207,13 +212,14 @@ class Server:
 
 
 async def run_until_signal(server: Server) -> int:
-    """Start ``server`` and serve until SIGINT or SIGTERM; return the exit code (0).
+    """Start ``server`` (unless started) and serve until SIGINT or SIGTERM; return 0.
 
     The first signal drains gracefully (bounded by ``shutdown_grace``); a second one aborts
     every connection at once.
     """
     loop = asyncio.get_running_loop()
-    await server.start()
+    if not server.started:
+        await server.start()
     signals = 0
 
     def on_signal() -> None:

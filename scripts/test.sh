@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run the whole test suite: installs the real peers (nc, ncat, socat) and the dev tools, then
+# lint, type checks and pytest. Extra arguments go to pytest, e.g. scripts/test.sh -k chat
+. "$(dirname "$0")/_env.sh"
+ensure_debs nc:netcat-openbsd ncat:ncat socat:socat
+ensure_venv "[dev]"
+cd "$ROOT"
+echo "== ruff check"; "$VENV/bin/ruff" check src tests bench
+echo "== ruff format --check"; "$VENV/bin/ruff" format --check src tests bench
+echo "== mypy --strict src"; "$VENV/bin/mypy" src
+echo "== pytest"
+exec "$VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,305 @@
+"""``wirecat serve``: the multi-service server (greeting, echo, chat, files)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..endpoints import Endpoint, parse_endpoint
+from ..runtime.limits import Limits
+from ..runtime.loop import LoopKind
+from ..runtime.server import Server, Service, run_until_signal
+from .common import ENDPOINT, LOOP_OPTION, die, run_command
+
+__all__ = ["DEFAULTS", "build_services", "serve_command"]
+
+#: Default endpoints of each service: loopback only.
+DEFAULTS: dict[str, tuple[str, ...]] = {
+    "greeting": ("tcp://127.0.0.1:7000",),
+    "echo": ("tcp://127.0.0.1:7007", "udp://127.0.0.1:7007"),
+    "chat": ("tcp://127.0.0.1:7070",),
+    "files": ("tcp://127.0.0.1:7071",),
+}
+
+
+def build_services(
+    *,
+    greeting: Sequence[Endpoint] | None,
+    echo: Sequence[Endpoint] | None,
+    chat: Sequence[Endpoint] | None,
+    banner: str,
+    history: int = 50,
+    files_dir: str | None = None,
+    files: Sequence[Endpoint] | None = None,
+    files_readonly: bool = False,
+    max_file_size: int | None = None,
+    quota: int | None = None,
+) -> list[Service]:
+    """Return the services to run; ``None`` for a service means "not enabled".
+
+    Raises:
+        ValueError: an option is invalid (e.g. a multi-line banner).
+    """
+    from ..services.echo import EchoService
+    from ..services.greeting import GreetingService
+
+    services: list[Service] = []
+    if greeting:
+        services.append(GreetingService(greeting, banner=banner))
+    if echo:
+        services.append(EchoService(echo))
+    if chat:
+        from ..services.chat import ChatService
+
+        services.append(ChatService(chat, history=history))
+    if files_dir is not None:
+        from ..services.files import FilesService
+
+        services.append(
+            FilesService(
+                files or [parse_endpoint(e) for e in DEFAULTS["files"]],
+                root=files_dir,
+                readonly=files_readonly,
+                max_file_size=max_file_size,
+                quota=quota,
+            )
+        )
+    return services
+
+
+def _print_table(server: Server, console: Console) -> None:
+    table = Table(title="wirecat serve", title_justify="left", show_edge=False)
+    table.add_column("service", style="bold cyan")
+    table.add_column("listening on")
+    table.add_column("try it with", style="dim")
+    for name, ep in server.bound:
+        if ep.is_unix:
+            hint = f"nc -U {ep.path}" if ep.scheme == "unix" else f"wirecat connect {ep}"
+        elif ep.scheme == "udp":
+            hint = f"wirecat connect {ep}"
+        else:
+            host = f"[{ep.host}]" if ep.host and ":" in ep.host else ep.host
+            hint = f"nc {host} {ep.port}" if name != "files" else f"wirecat ls {ep}"
+        table.add_row(name, str(ep), hint)
+    console.print(table)
+    console.print("[dim]Ctrl-C drains and stops (twice forces).[/dim]")
+
+
+def _warn_exposed(server: Server, console: Console) -> None:
+    exposed = [str(ep) for _, ep in server.bound if not ep.is_loopback]
+    if exposed:
+        console.print(
+            "[bold yellow]warning:[/] listening beyond loopback without TLS or authentication: "
+            + ", ".join(exposed)
+            + " — anyone who can reach this host can connect."
+        )
+
+
+def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[Endpoint] | None:
+    if disabled:
+        return None
+    if given:
+        return list(given)
+    return [parse_endpoint(e) for e in DEFAULTS[name]]
+
+
+@click.command("serve")
+@click.option(
+    "--greeting",
+    "greeting_eps",
+    type=ENDPOINT,
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Greeting listener (repeatable). Default tcp://127.0.0.1:7000.",
+)
+@click.option(
+    "--echo",
+    "echo_eps",
+    type=ENDPOINT,
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Echo listener, stream or datagram (repeatable). Default tcp and udp 127.0.0.1:7007.",
+)
+@click.option(
+    "--chat",
+    "chat_eps",
+    type=ENDPOINT,
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Chat listener (repeatable). Default tcp://127.0.0.1:7070.",
+)
+@click.option(
+    "--files",
+    "files_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Serve DIR as the file store (off unless given).",
+)
+@click.option(
+    "--files-endpoint",
+    "files_eps",
+    type=ENDPOINT,
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Files listener (repeatable). Default tcp://127.0.0.1:7071.",
+)
+@click.option("--files-readonly", is_flag=True, help="Refuse uploads to the file store.")
+@click.option(
+    "--max-file-size",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="BYTES",
+    help="Largest upload accepted (bytes).",
+)
+@click.option(
+    "--quota",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="BYTES",
+    help="Total size the file store may hold (bytes).",
+)
+@click.option("--no-greeting", is_flag=True, help="Do not run the greeting service.")
+@click.option("--no-echo", is_flag=True, help="Do not run the echo service.")
+@click.option("--no-chat", is_flag=True, help="Do not run the chat service.")
+@click.option(
+    "--banner", default="Thank you for connecting", show_default=True, help="The greeting line."
+)
+@click.option(
+    "--history",
+    type=click.IntRange(0, 10000),
+    default=50,
+    show_default=True,
+    help="Chat messages kept per room and replayed on join.",
+)
+@click.option(
+    "--max-line",
+    type=click.IntRange(min=64),
+    default=4096,
+    show_default=True,
+    metavar="BYTES",
+    help="Longest line accepted by text services.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close connections idle this long (0: never).",
+)
+@click.option(
+    "--max-conns",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Connections open at once, across services.",
+)
+@click.option(
+    "--max-output",
+    type=click.IntRange(min=65536),
+    default=1024 * 1024,
+    show_default=True,
+    metavar="BYTES",
+    help="Unsent output per client before it is cut as a slow consumer.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long shutdown waits for peers to finish.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text or one JSON object each.",
+)
+@click.option("-v", "--verbose", count=True, help="More logs (-v info, -vv debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the table of listeners.")
+@LOOP_OPTION
+def serve_command(
+    greeting_eps: tuple[Endpoint, ...],
+    echo_eps: tuple[Endpoint, ...],
+    chat_eps: tuple[Endpoint, ...],
+    files_dir: str | None,
+    files_eps: tuple[Endpoint, ...],
+    files_readonly: bool,
+    max_file_size: int | None,
+    quota: int | None,
+    no_greeting: bool,
+    no_echo: bool,
+    no_chat: bool,
+    banner: str,
+    history: int,
+    max_line: int,
+    idle_timeout: float,
+    max_conns: int,
+    max_output: int,
+    grace: float,
+    log_format: str,
+    verbose: int,
+    quiet: bool,
+    loop_kind: LoopKind,
+) -> None:
+    """Run wirecat's services: greeting, echo (TCP+UDP), chat, and optionally files.
+
+    Everything binds loopback unless told otherwise. Each service takes any number of
+    endpoints; --no-SERVICE turns one off.
+
+    \b
+    Examples:
+      wirecat serve
+      wirecat serve --no-chat --echo tcp://[::]:7007 --echo udp://[::]:7007
+      wirecat serve --chat tcp://127.0.0.1:7070 --chat unix:/tmp/chat.sock
+      wirecat serve --files ./shared --files-readonly
+      wirecat serve --log-format json -v
+
+    \b
+    Then, in another terminal:
+      nc 127.0.0.1 7000                      # banner
+      nc 127.0.0.1 7007                      # echo
+      nc 127.0.0.1 7070                      # chat (pick a nick, talk in #lobby)
+      wirecat connect udp://127.0.0.1:7007   # UDP echo
+    """
+    try:
+        services = build_services(
+            greeting=_endpoints(greeting_eps, no_greeting, "greeting"),
+            echo=_endpoints(echo_eps, no_echo, "echo"),
+            chat=_endpoints(chat_eps, no_chat, "chat"),
+            banner=banner,
+            history=history,
+            files_dir=files_dir,
+            files=list(files_eps) or None,
+            files_readonly=files_readonly,
+            max_file_size=max_file_size,
+            quota=quota,
+        )
+        limits = Limits(
+            max_line=max_line,
+            max_conns=max_conns,
+            idle_timeout=idle_timeout or None,
+            max_output=max_output,
+            shutdown_grace=grace,
+        )
+    except ValueError as exc:
+        die(str(exc), 64)
+    if not services:
+        die("nothing to serve: every service is turned off", 64)
+    console = Console(stderr=False, highlight=False)
+
+    async def main() -> int:
+        server = Server(services, limits=limits)
+        await server.start()
+        if not quiet:
+            _print_table(server, console)
+        _warn_exposed(server, console)
+        return await run_until_signal(server)
+
+    run_command(main(), loop=loop_kind, log_format=log_format, verbosity=verbose)
