@@ -9,3 +9,6 @@ COMMANDS: list[click.Command] = []
 from .serve import serve_command  # noqa: E402
 
 COMMANDS.append(serve_command)
+from .bench import bench as bench_command  # noqa: E402
+
+COMMANDS.append(bench_command)

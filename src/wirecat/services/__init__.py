@@ -1,0 +1,66 @@
+"""Thin services: each wires a sans-I/O protocol and a core to the runtime.
+
+:func:`build_services` assembles the services of ``wirecat serve`` (library and CLI alike).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..endpoints import Endpoint, parse_endpoint
+from ..runtime.server import Service
+
+__all__ = ["DEFAULTS", "build_services"]
+
+#: Default endpoints of each service: loopback only.
+DEFAULTS: dict[str, tuple[str, ...]] = {
+    "greeting": ("tcp://127.0.0.1:7000",),
+    "echo": ("tcp://127.0.0.1:7007", "udp://127.0.0.1:7007"),
+    "chat": ("tcp://127.0.0.1:7070",),
+    "files": ("tcp://127.0.0.1:7071",),
+}
+
+
+def build_services(
+    *,
+    greeting: Sequence[Endpoint] | None,
+    echo: Sequence[Endpoint] | None,
+    chat: Sequence[Endpoint] | None,
+    banner: str,
+    history: int = 50,
+    files_dir: str | None = None,
+    files: Sequence[Endpoint] | None = None,
+    files_readonly: bool = False,
+    max_file_size: int | None = None,
+    quota: int | None = None,
+) -> list[Service]:
+    """Return the services to run; ``None`` for a service means "not enabled".
+
+    Raises:
+        ValueError: an option is invalid (e.g. a multi-line banner).
+    """
+    from ..services.echo import EchoService
+    from ..services.greeting import GreetingService
+
+    services: list[Service] = []
+    if greeting:
+        services.append(GreetingService(greeting, banner=banner))
+    if echo:
+        services.append(EchoService(echo))
+    if chat:
+        from ..services.chat import ChatService
+
+        services.append(ChatService(chat, history=history))
+    if files_dir is not None:
+        from ..services.files import FilesService
+
+        services.append(
+            FilesService(
+                files or [parse_endpoint(e) for e in DEFAULTS["files"]],
+                root=files_dir,
+                readonly=files_readonly,
+                max_file_size=max_file_size,
+                quota=quota,
+            )
+        )
+    return services
