@@ -13,7 +13,8 @@
     ├── NetworkError                 an I/O operation failed (translated from OSError)
     │   ├── ConnectError             could not establish a connection
     │   │   ├── ConnectionRefused    nobody listens there (ECONNREFUSED, ENOENT for unix)
-    │   │   └── NameResolutionError  the host name did not resolve
+    │   │   ├── NameResolutionError  the host name did not resolve
+    │   │   └── HandshakeError       the TLS handshake failed (bad certificate, pin mismatch)
     │   ├── ListenError              could not open a listener
     │   │   ├── AddressInUse         EADDRINUSE
     │   │   └── PermissionDenied     EACCES / EPERM (a port below 1024 without privileges)
@@ -44,6 +45,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "ConnectionRefused",
+    "HandshakeError",
     "HandshakeTimeout",
     "IdleTimeout",
     "InvalidEndpoint",
@@ -120,6 +122,11 @@ class NameResolutionError(ConnectError):
     """The host name did not resolve (``socket.gaierror``)."""
 
 
+class HandshakeError(ConnectError):
+    """The TLS handshake failed: certificate not trusted, wrong name, pin mismatch, no shared
+    protocol version or cipher, or a plaintext peer on a TLS port."""
+
+
 class ListenError(NetworkError):
     """A listener could not be opened."""
 
@@ -172,6 +179,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (AddressInUse, 71),  # EX_OSERR-like: cannot bind
     (PermissionDenied, 77),  # EX_NOPERM
     (ListenError, 71),
+    (HandshakeError, 76),
     (ProtocolError, 76),  # EX_PROTOCOL
     (ConnectionClosedError, 74),  # EX_IOERR
     (NetworkError, 74),
@@ -204,11 +212,21 @@ def translate_os_error(exc: OSError, *, what: str, phase: str = "connect") -> Wi
         The exception to raise; its message is one line that says what to do.
     """
     import socket  # local: keeps this module import-light for protocols/
+    import ssl
 
     if isinstance(exc, socket.gaierror):
         return NameResolutionError(f"cannot resolve {what}: {exc.strerror or exc}")
     if isinstance(exc, TimeoutError):
         return ConnectTimeout(f"timed out connecting to {what}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return HandshakeError(
+            f"TLS handshake with {what} failed: {exc.verify_message or exc.reason} "
+            "(trust its CA with --cafile, pin it with --pin sha256:..., or --insecure)"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return HandshakeError(f"TLS handshake with {what} failed: {exc.reason or exc}")
+    if isinstance(exc, ConnectionAbortedError) and "handshake" in str(exc).lower():
+        return HandshakeTimeout(f"TLS handshake with {what} timed out")
     code = exc.errno
     if phase == "listen":
         if code == errno.EADDRINUSE:

@@ -167,7 +167,8 @@ class StreamHandler(asyncio.Protocol):
         except Exception:
             self._crashed()
             return False
-        return bool(keep_open)
+        # TLS has no half-close: close_notify ends both directions (RFC 8446 6.1).
+        return bool(keep_open) and self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle_handle is not None:

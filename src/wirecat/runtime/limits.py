@@ -21,6 +21,7 @@ class Limits:
         write_low_water: ... and resumes below this many.
         max_output: hard cap on a connection's unsent output (bytes); past it the peer is
             disconnected as a slow consumer. Must be >= ``write_high_water``.
+        handshake_timeout: absolute deadline for a TLS handshake (seconds).
         shutdown_grace: how long a drain waits for peers to finish before aborting them
             (seconds).
 
@@ -35,6 +36,7 @@ class Limits:
     write_low_water: int = 16 * 1024
     max_output: int = 1024 * 1024
     shutdown_grace: float = 5.0
+    handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_line < 2:
@@ -47,5 +49,7 @@ class Limits:
             raise ValueError("need 0 <= write_low_water <= write_high_water")
         if self.max_output < self.write_high_water:
             raise ValueError("max_output must be >= write_high_water")
+        if self.handshake_timeout <= 0:
+            raise ValueError("handshake_timeout must be > 0 seconds")
         if self.shutdown_grace < 0:
             raise ValueError("shutdown_grace must be >= 0 seconds")

@@ -15,6 +15,7 @@ import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 
 from ..endpoints import Endpoint
 from ..errors import InvalidEndpoint, ListenError, translate_os_error
@@ -136,14 +137,18 @@ async def open_stream_listener(
     *,
     backlog: int = 1024,
     reuse_port: bool = False,
+    ssl: SSLContext | None = None,
+    handshake_timeout: float = 10.0,
 ) -> Listener:
-    """Listen on a stream endpoint (``tcp``, ``unix``) and serve each peer with ``factory()``.
+    """Listen on a stream endpoint (``tcp``, ``tls``, ``unix``); serve each peer with ``factory()``.
 
     Args:
         endpoint: where to listen. Port 0 picks a free port (read it from the result).
         factory: called once per accepted connection; returns its protocol.
         backlog: the listen(2) backlog.
         reuse_port: set ``SO_REUSEPORT`` so several processes can share the port.
+        ssl: the server context for ``tls`` endpoints (required there, ignored elsewhere).
+        handshake_timeout: absolute TLS handshake deadline in seconds.
 
     Returns:
         The open :class:`Listener`.
@@ -155,14 +160,26 @@ async def open_stream_listener(
     loop = asyncio.get_running_loop()
     unlink: str | None = None
     try:
-        if endpoint.scheme == "tcp":
+        if endpoint.scheme == "tls" and ssl is None:
+            raise ListenError(
+                f"cannot listen on {endpoint}: TLS needs a certificate "
+                "(--cert/--key, or --self-signed for development)"
+            )
+        if endpoint.scheme in ("tcp", "tls"):
             sock = _inet_socket(endpoint, socket.SOCK_STREAM, reuse_port)
         elif endpoint.scheme == "unix":
             sock, unlink = _unix_socket(endpoint, socket.SOCK_STREAM)
         else:
             raise InvalidEndpoint(f"cannot listen on {endpoint} as a stream service here")
+        tls = ssl if endpoint.scheme == "tls" else None
         try:
-            server = await loop.create_server(factory, sock=sock, backlog=backlog)
+            server = await loop.create_server(
+                factory,
+                sock=sock,
+                backlog=backlog,
+                ssl=tls,
+                ssl_handshake_timeout=handshake_timeout if tls else None,
+            )
         except BaseException:
             sock.close()
             raise

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import signal
+import ssl
 from collections.abc import Sequence
 
 from ..endpoints import Endpoint
@@ -66,6 +67,8 @@ class Server:
         services: what to run.
         limits: server-wide limits (``max_conns`` applies across services).
         ctx: an existing context to share (tests); default makes one from ``limits``.
+        tls: the server ``SSLContext`` used by every ``tls://`` endpoint
+            (see :func:`wirecat.runtime.tls.server_context`).
         reuse_port: bind with ``SO_REUSEPORT`` (several worker processes share the port).
 
     Use as ``async with Server(...) as server:`` or call :meth:`start` and :meth:`shutdown`.
@@ -78,9 +81,11 @@ class Server:
         *,
         limits: Limits | None = None,
         ctx: ServerContext | None = None,
+        tls: ssl.SSLContext | None = None,
         reuse_port: bool = False,
     ) -> None:
         self.services = list(services)
+        self.tls = tls
         self.ctx = ctx or ServerContext(limits)
         self.reuse_port = reuse_port
         self.listeners: list[tuple[str, Listener]] = []
@@ -131,6 +136,8 @@ class Server:
                             ep,
                             functools.partial(svc.stream_handler, ctx),
                             reuse_port=self.reuse_port,
+                            ssl=self.tls,
+                            handshake_timeout=ctx.limits.handshake_timeout,
                         )
                     self.listeners.append((svc.name, lst))
                     ctx.log.info("%s listening on %s", svc.name, lst.endpoint)

@@ -22,6 +22,7 @@ import secrets
 import socket
 import tempfile
 from collections.abc import Awaitable, Callable
+from ssl import SSLContext
 from typing import Any, cast
 
 from ..endpoints import Endpoint, parse_endpoint
@@ -29,6 +30,7 @@ from ..errors import (
     ConnectionClosedError,
     ConnectionClosedOK,
     ConnectTimeout,
+    HandshakeError,
     IdleTimeout,
     InvalidEndpoint,
     LimitExceeded,
@@ -74,7 +76,9 @@ class _StreamProtocol(asyncio.Protocol):
         self.eof = True
         self.buffer.feed_eof()
         self._wake()
-        return True  # keep our write side open: half-close is the caller's choice
+        # Keep our write side open: half-close is the caller's choice. TLS has no
+        # half-close (a close_notify ends both directions, RFC 8446 6.1).
+        return self.transport is None or self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -395,6 +399,10 @@ async def connect(
     timeout: float | None = 10.0,
     read_high_water: int = _READ_HIGH_WATER,
     max_queue: int = 1024,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
+    pin: str | None = None,
+    handshake_timeout: float = 10.0,
 ) -> Connection | DatagramConnection:
     """Open a connection to ``endpoint``.
 
@@ -405,6 +413,12 @@ async def connect(
         timeout: seconds allowed for name resolution plus connect; ``None`` waits forever.
         read_high_water: stream connections stop reading past this many unread bytes.
         max_queue: datagram connections keep at most this many unread datagrams.
+        ssl: client context for ``tls://`` (default: verify against the system CAs, see
+            :func:`wirecat.runtime.tls.client_context`).
+        server_hostname: name to send as SNI (RFC 6066 3) and to verify; default the host.
+        pin: ``sha256:HEX`` of the server's certificate; when given, the certificate must
+            match it (and chain/name checks are skipped, so self-signed servers work).
+        handshake_timeout: absolute TLS handshake deadline in seconds.
 
     Returns:
         A :class:`Connection` for stream endpoints, a :class:`DatagramConnection` for
@@ -413,18 +427,34 @@ async def connect(
     Raises:
         InvalidEndpoint: the string does not parse, or the scheme is not supported here.
         ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError.
+        HandshakeError: TLS verification failed, or the certificate does not match ``pin``.
+        HandshakeTimeout: the TLS handshake took longer than ``handshake_timeout``.
     """
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            if ep.scheme == "tcp":
+            if ep.scheme in ("tcp", "tls"):
                 kwargs: dict[str, Any] = {}
                 if isinstance(loop, asyncio.BaseEventLoop):  # uvloop lacks Happy Eyeballs
                     kwargs["happy_eyeballs_delay"] = 0.25  # RFC 8305
-                _, proto = await loop.create_connection(
+                if ep.scheme == "tls":
+                    from .tls import client_context
+
+                    kwargs["ssl"] = ssl or client_context(pinned=pin is not None)
+                    kwargs["server_hostname"] = server_hostname or ep.host
+                    kwargs["ssl_handshake_timeout"] = handshake_timeout
+                transport, proto = await loop.create_connection(
                     lambda: _StreamProtocol(read_high_water), ep.host or "", ep.port or 0, **kwargs
                 )
+                if pin is not None:
+                    from .tls import check_pin
+
+                    if not check_pin(transport.get_extra_info("ssl_object"), pin):
+                        transport.abort()
+                        raise HandshakeError(
+                            f"TLS certificate of {ep} does not match the pinned {pin}"
+                        )
                 return Connection(ep, proto)
             if ep.scheme == "unix":
                 assert ep.path is not None
