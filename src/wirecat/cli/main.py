@@ -8,6 +8,7 @@ No traceback ever reaches a user.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -57,6 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         print(code, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # last resort: a bug must still not print a traceback
+        print(
+            f"wirecat: internal error: {type(exc).__name__}: {exc} "
+            "(please report it; run with WIRECAT_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
+        if os.environ.get("WIRECAT_DEBUG"):
+            raise
+        return 70  # EX_SOFTWARE
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -10,6 +12,8 @@ from ..endpoints import Endpoint, parse_endpoint
 from ..runtime.limits import Limits
 from ..runtime.loop import LoopKind
 from ..runtime.server import Server, run_until_signal
+from ..runtime.tls import TLSError, TLSProfile, server_context
+from ..runtime.tls import self_signed as make_self_signed
 from ..services import DEFAULTS, build_services
 from .common import ENDPOINT, LOOP_OPTION, die, run_command
 
@@ -28,14 +32,19 @@ def _print_table(server: Server, console: Console) -> None:
             hint = f"wirecat connect {ep}"
         else:
             host = f"[{ep.host}]" if ep.host and ":" in ep.host else ep.host
-            hint = f"nc {host} {ep.port}" if name != "files" else f"wirecat ls {ep}"
+            if name == "files":
+                hint = f"wirecat ls {ep}"
+            elif ep.scheme == "tls":
+                hint = f"ncat --ssl {host} {ep.port}"
+            else:
+                hint = f"nc {host} {ep.port}"
         table.add_row(name, str(ep), hint)
     console.print(table)
     console.print("[dim]Ctrl-C drains and stops (twice forces).[/dim]")
 
 
 def _warn_exposed(server: Server, console: Console) -> None:
-    exposed = [str(ep) for _, ep in server.bound if not ep.is_loopback]
+    exposed = [str(ep) for _, ep in server.bound if not ep.is_loopback and ep.scheme != "tls"]
     if exposed:
         console.print(
             "[bold yellow]warning:[/] listening beyond loopback without TLS or authentication: "
@@ -161,6 +170,45 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
     help="How long shutdown waits for peers to finish.",
 )
 @click.option(
+    "--cert",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM certificate chain for tls:// endpoints.",
+)
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM private key for --cert (if not in the same file).",
+)
+@click.option(
+    "--self-signed",
+    is_flag=True,
+    help="Generate a throwaway certificate in memory for tls:// endpoints "
+    "(development); its SHA-256 fingerprint is printed for --pin.",
+)
+@click.option(
+    "--tls-profile",
+    type=click.Choice(["intermediate", "modern"]),
+    default="intermediate",
+    show_default=True,
+    help="intermediate: TLS 1.2+ ECDHE+AEAD; modern: TLS 1.3 only.",
+)
+@click.option(
+    "--client-ca",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Require client certificates signed by these CAs (mTLS).",
+)
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Absolute TLS handshake deadline.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -189,6 +237,12 @@ def serve_command(
     max_conns: int,
     max_output: int,
     grace: float,
+    cert: str | None,
+    key: str | None,
+    self_signed: bool,
+    tls_profile: TLSProfile,
+    client_ca: str | None,
+    handshake_timeout: float,
     log_format: str,
     verbose: int,
     quiet: bool,
@@ -205,6 +259,8 @@ def serve_command(
       wirecat serve --no-chat --echo tcp://[::]:7007 --echo udp://[::]:7007
       wirecat serve --chat tcp://127.0.0.1:7070 --chat unix:/tmp/chat.sock
       wirecat serve --files ./shared --files-readonly
+      wirecat serve --chat tls://127.0.0.1:7443 --self-signed
+      wirecat serve --echo tls://[::]:7443 --cert site.pem --key site.key
       wirecat serve --log-format json -v
 
     \b
@@ -233,18 +289,46 @@ def serve_command(
             idle_timeout=idle_timeout or None,
             max_output=max_output,
             shutdown_grace=grace,
+            handshake_timeout=handshake_timeout,
         )
     except ValueError as exc:
         die(str(exc), 64)
+    wants_tls = any(ep.scheme == "tls" for s in services for ep in s.endpoints)
+    tls_ctx: ssl.SSLContext | None = None
+    fingerprint: str | None = None
+    if cert and self_signed:
+        die("--cert and --self-signed exclude each other", 64)
+    if (cert or self_signed) and not wants_tls:
+        die(
+            "--cert/--self-signed given but no tls:// endpoint: e.g. --chat tls://127.0.0.1:7443",
+            64,
+        )
+    if wants_tls:
+        try:
+            if cert:
+                tls_ctx = server_context(cert, key, profile=tls_profile, client_ca=client_ca)
+            elif self_signed:
+                made = make_self_signed()
+                fingerprint = made.fingerprint
+                tls_ctx = server_context(
+                    made.cert_pem, made.key_pem, profile=tls_profile, client_ca=client_ca
+                )
+            else:
+                die("tls:// endpoints need --cert/--key (or --self-signed for development)", 64)
+        except TLSError as exc:
+            die(str(exc), 78)
     if not services:
         die("nothing to serve: every service is turned off", 64)
     console = Console(stderr=False, highlight=False)
 
     async def main() -> int:
-        server = Server(services, limits=limits)
+        server = Server(services, limits=limits, tls=tls_ctx)
         await server.start()
         if not quiet:
             _print_table(server, console)
+        if fingerprint:
+            console.print(f"self-signed certificate {fingerprint}", soft_wrap=True)
+            console.print(f"  clients: wirecat connect ... --pin {fingerprint}", soft_wrap=True)
         _warn_exposed(server, console)
         return await run_until_signal(server)
 
