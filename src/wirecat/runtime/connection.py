@@ -25,7 +25,7 @@ import socket
 from collections import Counter
 from typing import TYPE_CHECKING, Any, cast
 
-from .limits import Limits
+from .limits import AccessList, KeyedRateLimiter, Limits
 from .logs import logger as _root_logger
 
 if TYPE_CHECKING:
@@ -34,6 +34,15 @@ if TYPE_CHECKING:
 __all__ = ["ServerContext", "StreamHandler", "format_address"]
 
 _ids = itertools.count(1)
+
+#: Counter name in ``ServerContext.metrics`` for each reason :meth:`ServerContext.admit` gives.
+_REFUSAL_METRIC = {
+    "denied": "refused_acl",
+    "server is shutting down": "refused_closing",
+    "too many connections": "refused_max_conns",
+    "too many connections from your address": "refused_per_source",
+    "connecting too fast": "refused_rate",
+}
 
 
 def format_address(addr: Any) -> str:
@@ -55,20 +64,65 @@ class ServerContext:
 
     Attributes:
         limits: the server-wide :class:`Limits`.
-        metrics: counters by name (``accepted``, ``refused_max_conns``, ``slow_consumers``,
-            ``idle_timeouts``, ``bytes_in``, ...). Plain ``Counter``; read it any time.
+        metrics: counters by name: ``accepted``, ``refused_acl``, ``refused_closing``,
+            ``refused_max_conns``, ``refused_per_source``, ``refused_rate``,
+            ``slow_consumers``, ``idle_timeouts``, ``login_timeouts``, ``handler_errors``,
+            and services' own. A plain ``Counter``; read it any time.
         connections: the live stream handlers (the connection registry).
         closing: True once the server started draining; new peers are refused.
         log: the server's logger.
+        access: the ``--allow``/``--deny`` rules, checked before any byte is read.
+        per_source: open stream connections by source IP (entries vanish at zero).
     """
 
-    def __init__(self, limits: Limits | None = None, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        log: logging.Logger | None = None,
+        access: AccessList | None = None,
+    ) -> None:
         self.limits = limits or Limits()
         self.metrics: Counter[str] = Counter()
         self.connections: set[StreamHandler] = set()
+        self.access = access or AccessList()
+        self.per_source: dict[str, int] = {}
+        self.conn_rate = KeyedRateLimiter(self.limits.conn_rate, self.limits.conn_burst)
         self.closing = False
         self.log = log or _root_logger
         self._empty: asyncio.Event | None = None
+
+    def admit(self, source: str | None, now: float) -> str | None:
+        """Decide whether a new peer from ``source`` (IP, or ``None`` for unix) may stay.
+
+        Returns:
+            ``None`` to accept (the per-source count is then taken), or the reason to refuse.
+            The checks are, in order: access list, draining, ``max_conns``,
+            ``max_conns_per_source``, per-source connection rate.
+        """
+        lim = self.limits
+        if not self.access.permits(source):
+            return "denied"
+        if self.closing:
+            return "server is shutting down"
+        if len(self.connections) >= lim.max_conns:
+            return "too many connections"
+        if source is not None:
+            if self.per_source.get(source, 0) >= lim.max_conns_per_source:
+                return "too many connections from your address"
+            if not self.conn_rate.allow(source, now):
+                return "connecting too fast"
+            self.per_source[source] = self.per_source.get(source, 0) + 1
+        return None
+
+    def release(self, source: str | None) -> None:
+        """Give back the per-source count taken by :meth:`admit`."""
+        if source is None:
+            return
+        n = self.per_source.get(source, 0) - 1
+        if n > 0:
+            self.per_source[source] = n
+        else:
+            self.per_source.pop(source, None)
 
     def _discard(self, handler: StreamHandler) -> None:
         self.connections.discard(handler)
@@ -119,21 +173,34 @@ class StreamHandler(asyncio.Protocol):
         self._idle_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._close_reason = ""
+        self.source: str | None = None  # peer IP for per-source limits; None for unix
+        self._login_handle: asyncio.TimerHandle | None = None
+
+    #: Services whose peers must complete a login (first line, hello) set this to True and
+    #: call :meth:`login_complete`; until then ``limits.login_timeout`` applies.
+    needs_login = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
-        self.peer = format_address(transport.get_extra_info("peername"))
+        peername = transport.get_extra_info("peername")
+        self.peer = format_address(peername)
+        if isinstance(peername, tuple) and peername:
+            self.source = str(peername[0])
         name = self.service.name if self.service else "-"
         self.log = _ConnLog(ctx.log, {"service": name, "conn_id": self.id, "peer": self.peer})
-        if ctx.closing or len(ctx.connections) >= ctx.limits.max_conns:
-            reason = "server is shutting down" if ctx.closing else "too many connections"
-            ctx.metrics["refused_max_conns" if not ctx.closing else "refused_closing"] += 1
+        self._loop = loop = asyncio.get_running_loop()
+        reason = ctx.admit(self.source, loop.time())
+        if reason is not None:
+            ctx.metrics[_REFUSAL_METRIC.get(reason, "refused")] += 1
             self.log.warning("refused: %s", reason, extra={"event": "refused", "reason": reason})
             self.closing = True
-            self.transport.write(f"error: {reason}, try again later\n".encode())
-            self.transport.close()
+            if reason == "denied":
+                self.transport.abort()  # tell a denied peer nothing
+            else:
+                self.transport.write(f"error: {reason}, try again later\n".encode())
+                self.transport.close()
             return
         self._accepted = True
         ctx.connections.add(self)
@@ -144,10 +211,11 @@ class StreamHandler(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         lim = self.limits
         self.transport.set_write_buffer_limits(high=lim.write_high_water, low=lim.write_low_water)
-        self._loop = asyncio.get_running_loop()
         if lim.idle_timeout is not None:
-            self._last_rx = self._loop.time()
-            self._idle_handle = self._loop.call_later(lim.idle_timeout, self._check_idle)
+            self._last_rx = loop.time()
+            self._idle_handle = loop.call_later(lim.idle_timeout, self._check_idle)
+        if self.needs_login and lim.login_timeout is not None:
+            self._login_handle = loop.call_later(lim.login_timeout, self._login_expired)
         self.log.debug("connected", extra={"event": "connect"})
         self._guard(self.on_connect)
 
@@ -174,11 +242,15 @@ class StreamHandler(asyncio.Protocol):
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
+        if self._login_handle is not None:
+            self._login_handle.cancel()
+            self._login_handle = None
         self.closing = True
         if not self._accepted:
             return
         self._accepted = False
         self.ctx._discard(self)
+        self.ctx.release(self.source)
         self.log.debug(
             "closed%s",
             f" ({self._close_reason})" if self._close_reason else "",
@@ -277,7 +349,26 @@ class StreamHandler(asyncio.Protocol):
         if self.transport is not None and not self.closing and not self.transport.is_reading():
             self.transport.resume_reading()
 
+    def login_complete(self) -> None:
+        """The peer finished its login/handshake: the ``login_timeout`` deadline is lifted."""
+        if self._login_handle is not None:
+            self._login_handle.cancel()
+            self._login_handle = None
+
     # -- internals -------------------------------------------------------------------------
+    def _login_expired(self) -> None:
+        self._login_handle = None
+        if self.closing:
+            return
+        self.ctx.metrics["login_timeouts"] += 1
+        self.log.info(
+            "login not completed within %.1f s, closing",
+            self.limits.login_timeout,
+            extra={"event": "limit", "reason": "login_timeout"},
+        )
+        self.write(b"error: login timeout\n")
+        self.close("login timeout")
+
     def _check_idle(self) -> None:
         self._idle_handle = None
         timeout = self.limits.idle_timeout
