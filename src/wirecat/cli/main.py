@@ -47,8 +47,9 @@ def _register() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``wirecat`` command; return its exit code (0 success, 2 usage, 64+ errors)."""
-    _register()
     try:
+        if not cli.commands:
+            _register()
         cli.main(args=list(argv) if argv is not None else None, prog_name="wirecat")
     except SystemExit as exc:  # click exits via SystemExit; turn it into a return code
         code = exc.code

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..endpoints import Endpoint, parse_endpoint
-from ..runtime.limits import Limits
+from ..runtime.connection import ServerContext
+from ..runtime.limits import AccessList, Limits, read_rules
 from ..runtime.loop import LoopKind
 from ..runtime.server import Server, run_until_signal
 from ..runtime.tls import TLSError, TLSProfile, server_context
@@ -154,6 +155,62 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
     help="Connections open at once, across services.",
 )
 @click.option(
+    "--max-conns-per-source",
+    type=click.IntRange(min=0),
+    default=64,
+    show_default=True,
+    help="Connections open at once from one IP (0: no cap).",
+)
+@click.option(
+    "--conn-rate",
+    type=click.FloatRange(min=0),
+    default=20.0,
+    show_default=True,
+    metavar="PER_SECOND",
+    help="New connections per second from one IP (0: no limit).",
+)
+@click.option(
+    "--conn-burst",
+    type=click.IntRange(min=1),
+    default=40,
+    show_default=True,
+    help="Connections one IP may open in a burst before --conn-rate applies.",
+)
+@click.option(
+    "--login-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Absolute deadline to finish logging in (chat: first line) (0: none).",
+)
+@click.option(
+    "--allow",
+    "allow_rules",
+    multiple=True,
+    metavar="CIDR",
+    help="Only accept peers in this network (repeatable), e.g. 10.0.0.0/8.",
+)
+@click.option(
+    "--deny",
+    "deny_rules",
+    multiple=True,
+    metavar="CIDR",
+    help="Refuse peers in this network (repeatable); checked before any byte is read.",
+)
+@click.option(
+    "--allow-file",
+    type=click.Path(dir_okay=False, exists=True),
+    multiple=True,
+    help="Read --allow rules from a file (one CIDR per line, # comments).",
+)
+@click.option(
+    "--deny-file",
+    type=click.Path(dir_okay=False, exists=True),
+    multiple=True,
+    help="Read --deny rules from a file.",
+)
+@click.option(
     "--max-output",
     type=click.IntRange(min=65536),
     default=1024 * 1024,
@@ -235,6 +292,14 @@ def serve_command(
     max_line: int,
     idle_timeout: float,
     max_conns: int,
+    max_conns_per_source: int,
+    conn_rate: float,
+    conn_burst: int,
+    login_timeout: float,
+    allow_rules: tuple[str, ...],
+    deny_rules: tuple[str, ...],
+    allow_file: tuple[str, ...],
+    deny_file: tuple[str, ...],
     max_output: int,
     grace: float,
     cert: str | None,
@@ -286,12 +351,19 @@ def serve_command(
         limits = Limits(
             max_line=max_line,
             max_conns=max_conns,
+            max_conns_per_source=max_conns_per_source or None,
+            conn_rate=conn_rate or None,
+            conn_burst=conn_burst,
+            login_timeout=login_timeout or None,
             idle_timeout=idle_timeout or None,
             max_output=max_output,
             shutdown_grace=grace,
             handshake_timeout=handshake_timeout,
         )
-    except ValueError as exc:
+        allow = [*allow_rules, *(r for f in allow_file for r in read_rules(f))]
+        deny = [*deny_rules, *(r for f in deny_file for r in read_rules(f))]
+        access = AccessList(allow, deny)
+    except (ValueError, OSError) as exc:
         die(str(exc), 64)
     wants_tls = any(ep.scheme == "tls" for s in services for ep in s.endpoints)
     tls_ctx: ssl.SSLContext | None = None
@@ -322,7 +394,7 @@ def serve_command(
     console = Console(stderr=False, highlight=False)
 
     async def main() -> int:
-        server = Server(services, limits=limits, tls=tls_ctx)
+        server = Server(services, ctx=ServerContext(limits, access=access), tls=tls_ctx)
         await server.start()
         if not quiet:
             _print_table(server, console)

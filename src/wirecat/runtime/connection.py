@@ -86,7 +86,8 @@ class ServerContext:
         self.connections: set[StreamHandler] = set()
         self.access = access or AccessList()
         self.per_source: dict[str, int] = {}
-        self.conn_rate = KeyedRateLimiter(self.limits.conn_rate, self.limits.conn_burst)
+        rate = self.limits.conn_rate
+        self.conn_rate = KeyedRateLimiter(rate, self.limits.conn_burst) if rate else None
         self.closing = False
         self.log = log or _root_logger
         self._empty: asyncio.Event | None = None
@@ -107,9 +108,10 @@ class ServerContext:
         if len(self.connections) >= lim.max_conns:
             return "too many connections"
         if source is not None:
-            if self.per_source.get(source, 0) >= lim.max_conns_per_source:
+            cap = lim.max_conns_per_source
+            if cap is not None and self.per_source.get(source, 0) >= cap:
                 return "too many connections from your address"
-            if not self.conn_rate.allow(source, now):
+            if self.conn_rate is not None and not self.conn_rate.allow(source, now):
                 return "connecting too fast"
             self.per_source[source] = self.per_source.get(source, 0) + 1
         return None

@@ -20,8 +20,10 @@ class Limits:
         max_line: longest line a text protocol accepts, terminator included (bytes).
         max_conns: stream connections open at once across the server; the next peer gets a
             one-line reason and is closed.
-        max_conns_per_source: stream connections open at once from one source IP.
-        conn_rate: new connections per second allowed from one source IP (token bucket).
+        max_conns_per_source: stream connections open at once from one source IP
+            (``None``: no cap).
+        conn_rate: new connections per second allowed from one source IP (token bucket);
+            ``None`` (the library default) turns it off; ``wirecat serve`` sets 20.
         conn_burst: connections one source may open in a burst before ``conn_rate`` applies.
         login_timeout: absolute deadline (seconds) from accept until a service that needs a
             handshake (chat: the first complete line / hello) declares it complete; against
@@ -42,8 +44,8 @@ class Limits:
 
     max_line: int = 4096
     max_conns: int = 1024
-    max_conns_per_source: int = 64
-    conn_rate: float = 20.0
+    max_conns_per_source: int | None = 64
+    conn_rate: float | None = None
     conn_burst: int = 40
     login_timeout: float | None = 10.0
     idle_timeout: float | None = 300.0
@@ -58,9 +60,9 @@ class Limits:
             raise ValueError("max_line must be >= 2 bytes")
         if self.max_conns < 1:
             raise ValueError("max_conns must be >= 1")
-        if self.max_conns_per_source < 1:
-            raise ValueError("max_conns_per_source must be >= 1")
-        if self.conn_rate <= 0 or self.conn_burst < 1:
+        if self.max_conns_per_source is not None and self.max_conns_per_source < 1:
+            raise ValueError("max_conns_per_source must be >= 1 (or None)")
+        if (self.conn_rate is not None and self.conn_rate <= 0) or self.conn_burst < 1:
             raise ValueError("conn_rate must be > 0 per second and conn_burst >= 1")
         if self.login_timeout is not None and self.login_timeout <= 0:
             raise ValueError("login_timeout must be > 0 seconds (or None)")
