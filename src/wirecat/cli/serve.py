@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import sys
 
 import click
 from rich.console import Console
@@ -12,9 +13,10 @@ from ..endpoints import Endpoint, parse_endpoint
 from ..runtime.connection import ServerContext
 from ..runtime.limits import AccessList, Limits, read_rules
 from ..runtime.loop import LoopKind
-from ..runtime.server import Server, run_until_signal
+from ..runtime.server import Server, Service, run_until_signal
 from ..runtime.tls import TLSError, TLSProfile, server_context
 from ..runtime.tls import self_signed as make_self_signed
+from ..runtime.workers import run_workers
 from ..services import DEFAULTS, build_services
 from .common import ENDPOINT, LOOP_OPTION, die, run_command
 
@@ -272,6 +274,14 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
     show_default=True,
     help="Log lines as text or one JSON object each.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Processes sharing the tcp/udp ports (SO_REUSEPORT); chat, files and "
+    "unix listeners stay in the first.",
+)
 @click.option("-v", "--verbose", count=True, help="More logs (-v info, -vv debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the table of listeners.")
 @LOOP_OPTION
@@ -309,6 +319,7 @@ def serve_command(
     client_ca: str | None,
     handshake_timeout: float,
     log_format: str,
+    workers: int,
     verbose: int,
     quiet: bool,
     loop_kind: LoopKind,
@@ -335,19 +346,30 @@ def serve_command(
       nc 127.0.0.1 7070                      # chat (pick a nick, talk in #lobby)
       wirecat connect udp://127.0.0.1:7007   # UDP echo
     """
-    try:
-        services = build_services(
-            greeting=_endpoints(greeting_eps, no_greeting, "greeting"),
-            echo=_endpoints(echo_eps, no_echo, "echo"),
-            chat=_endpoints(chat_eps, no_chat, "chat"),
+
+    def services_for(worker: int) -> list[Service]:
+        # Worker 0 runs everything; the others only the stateless services' inet listeners.
+        def eps(given: tuple[Endpoint, ...], off: bool, name: str) -> list[Endpoint] | None:
+            found = _endpoints(given, off, name)
+            if worker == 0 or found is None:
+                return found
+            return [ep for ep in found if ep.is_inet] or None
+
+        return build_services(
+            greeting=eps(greeting_eps, no_greeting, "greeting"),
+            echo=eps(echo_eps, no_echo, "echo"),
+            chat=_endpoints(chat_eps, no_chat, "chat") if worker == 0 else None,
             banner=banner,
             history=history,
-            files_dir=files_dir,
+            files_dir=files_dir if worker == 0 else None,
             files=list(files_eps) or None,
             files_readonly=files_readonly,
             max_file_size=max_file_size,
             quota=quota,
         )
+
+    try:
+        services = services_for(0)
         limits = Limits(
             max_line=max_line,
             max_conns=max_conns,
@@ -393,15 +415,33 @@ def serve_command(
         die("nothing to serve: every service is turned off", 64)
     console = Console(stderr=False, highlight=False)
 
-    async def main() -> int:
-        server = Server(services, ctx=ServerContext(limits, access=access), tls=tls_ctx)
+    async def main(worker: int = 0) -> int:
+        server = Server(
+            services if worker == 0 else services_for(worker),
+            ctx=ServerContext(limits, access=access),
+            tls=tls_ctx,
+            reuse_port=workers > 1,
+        )
         await server.start()
-        if not quiet:
-            _print_table(server, console)
-        if fingerprint:
-            console.print(f"self-signed certificate {fingerprint}", soft_wrap=True)
-            console.print(f"  clients: wirecat connect ... --pin {fingerprint}", soft_wrap=True)
-        _warn_exposed(server, console)
+        if worker == 0:
+            if not quiet:
+                _print_table(server, console)
+                if workers > 1:
+                    console.print(f"{workers} worker processes share the inet listeners")
+            if fingerprint:
+                console.print(f"self-signed certificate {fingerprint}", soft_wrap=True)
+                console.print(f"  clients: wirecat connect ... --pin {fingerprint}", soft_wrap=True)
+            _warn_exposed(server, console)
         return await run_until_signal(server)
 
-    run_command(main(), loop=loop_kind, log_format=log_format, verbosity=verbose)
+    if workers == 1:
+        run_command(main(), loop=loop_kind, log_format=log_format, verbosity=verbose)
+
+    def worker_main(index: int) -> int:
+        try:
+            run_command(main(index), loop=loop_kind, log_format=log_format, verbosity=verbose)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 1
+        return 0  # pragma: no cover - run_command always exits
+
+    sys.exit(run_workers(workers, worker_main, grace=grace))
