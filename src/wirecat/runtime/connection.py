@@ -297,6 +297,18 @@ class StreamHandler(asyncio.Protocol):
 
     # -- tools -----------------------------------------------------------------------------
     @property
+    def peer_subject(self) -> str | None:
+        """The commonName of a verified TLS client certificate (mTLS), else ``None``."""
+        cert = self.transport.get_extra_info("peercert") if self.transport else None
+        if not cert:
+            return None
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return str(value)
+        return None
+
+    @property
     def output_size(self) -> int:
         """Bytes written but not yet handed to the kernel."""
         return self.transport.get_write_buffer_size() if self.transport else 0

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..endpoints import Endpoint
 from ..runtime.connection import ServerContext, StreamHandler
-from ..runtime.limits import Limits
+from ..runtime.limits import KeyedRateLimiter, Limits
 from ..runtime.server import Service
 
 __all__ = ["EchoService"]
@@ -37,10 +37,14 @@ class _EchoHandler(StreamHandler):
 
 
 class _EchoDatagram(asyncio.DatagramProtocol):
-    def __init__(self, ctx: ServerContext, max_datagram: int) -> None:
+    def __init__(
+        self, ctx: ServerContext, max_datagram: int, rate: KeyedRateLimiter | None
+    ) -> None:
         self.ctx = ctx
         self.max_datagram = max_datagram
+        self.rate = rate
         self.transport: asyncio.DatagramTransport | None = None
+        self._loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -50,6 +54,14 @@ class _EchoDatagram(asyncio.DatagramProtocol):
             return
         if len(data) > self.max_datagram:
             self.ctx.metrics["echo_datagrams_too_large"] += 1
+            return
+        rate = self.rate
+        if (
+            rate is not None
+            and isinstance(addr, tuple)
+            and not rate.allow(addr[0], self._loop.time())
+        ):
+            self.ctx.metrics["echo_datagrams_rate_limited"] += 1
             return
         self.ctx.metrics["echo_datagrams"] += 1
         if not addr:
@@ -72,6 +84,8 @@ class EchoService(Service):
     Args:
         endpoints: where to listen; datagram and stream endpoints may be mixed.
         max_datagram: datagrams larger than this (bytes) are dropped, not echoed.
+        datagram_rate: datagrams per second answered per source IP (token bucket with a
+            burst of twice the rate); excess is dropped silently. ``None``: no limit.
     """
 
     name = "echo"
@@ -81,13 +95,17 @@ class EchoService(Service):
         endpoints: Sequence[Endpoint],
         *,
         max_datagram: int = 65535,
+        datagram_rate: float | None = None,
         limits: Limits | None = None,
     ) -> None:
         super().__init__(endpoints, limits=limits)
         self.max_datagram = max_datagram
+        self.datagram_rate = datagram_rate
 
     def stream_handler(self, ctx: ServerContext) -> StreamHandler:
         return _EchoHandler(ctx, self)
 
     def datagram_protocol(self, ctx: ServerContext) -> asyncio.DatagramProtocol:
-        return _EchoDatagram(ctx, self.max_datagram)
+        rate = self.datagram_rate
+        limiter = KeyedRateLimiter(rate, max(1.0, 2 * rate)) if rate else None
+        return _EchoDatagram(ctx, self.max_datagram, limiter)
