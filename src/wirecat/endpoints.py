@@ -106,7 +106,9 @@ class Endpoint:
         if self.scheme == "stdio":
             return "-"
         if self.is_unix:
-            return f"{self.scheme}:{self.path}"
+            # "unix:/p" normally; "unix://" + path when the path itself starts with "//".
+            sep = "://" if (self.path or "").startswith("//") else ":"
+            return f"{self.scheme}{sep}{self.path}"
         host = self.host or ""
         if ":" in host:
             host = f"[{host}]"
@@ -115,7 +117,7 @@ class Endpoint:
 
 
 def _parse_port(text: str, original: str) -> int:
-    if not text.isdigit() or len(text) > 5:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
         raise InvalidEndpoint(f"invalid port {text!r} in {original!r}: expected a number 0-65535")
     port = int(text)
     if port > 65535:
@@ -191,8 +193,13 @@ def parse_endpoint(
 
     scheme: str
     rest: str
+    authority_form = False
+    head = text.split(":", 1)[0].lower()
     if "://" in text:
         scheme, rest = text.split("://", 1)
+        authority_form = True
+    elif head in _UNIX and ":" in text:
+        scheme, rest = text.split(":", 1)  # "unix:123" is a path, never host "unix" port 123
     elif re.match(r"^[a-z][a-z0-9+]*:(?!\d+$)", text) and not text.startswith("["):
         # "unix:/path" style (no authority). "localhost:7000" has only digits after the colon.
         scheme, rest = text.split(":", 1)
@@ -206,7 +213,7 @@ def parse_endpoint(
         raise InvalidEndpoint(f"unknown scheme {scheme!r} in {original!r}: expected one of {known}")
 
     if scheme in _UNIX:
-        sock_path = rest[2:] if rest.startswith("//") else rest
+        sock_path = rest if authority_form else (rest[2:] if rest.startswith("//") else rest)
         if not sock_path:
             raise InvalidEndpoint(f"missing path in {original!r}: write {scheme}:/path/to.sock")
         if "\x00" in sock_path:
@@ -238,7 +245,7 @@ def parse_endpoint(
         if after and not after.startswith(":"):
             raise InvalidEndpoint(f"unexpected {after!r} after IPv6 address in {original!r}")
         port_text = after[1:] if after else None
-    elif authority.isdigit():
+    elif authority.isascii() and authority.isdigit():
         host_text, port_text = "", authority
     elif authority.count(":") > 1:
         raise InvalidEndpoint(
