@@ -187,6 +187,14 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
     help="Absolute deadline to finish logging in (chat: first line) (0: none).",
 )
 @click.option(
+    "--udp-rate",
+    type=click.FloatRange(min=0),
+    default=1000.0,
+    show_default=True,
+    metavar="PER_SECOND",
+    help="UDP datagrams answered per second per source IP (0: no limit).",
+)
+@click.option(
     "--allow",
     "allow_rules",
     multiple=True,
@@ -306,6 +314,7 @@ def serve_command(
     conn_rate: float,
     conn_burst: int,
     login_timeout: float,
+    udp_rate: float,
     allow_rules: tuple[str, ...],
     deny_rules: tuple[str, ...],
     allow_file: tuple[str, ...],
@@ -366,6 +375,7 @@ def serve_command(
             files_readonly=files_readonly,
             max_file_size=max_file_size,
             quota=quota,
+            udp_rate=udp_rate or None,
         )
 
     try:

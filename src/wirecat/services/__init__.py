@@ -33,6 +33,7 @@ def build_services(
     files_readonly: bool = False,
     max_file_size: int | None = None,
     quota: int | None = None,
+    udp_rate: float | None = None,
 ) -> list[Service]:
     """Return the services to run; ``None`` for a service means "not enabled".
 
@@ -46,7 +47,7 @@ def build_services(
     if greeting:
         services.append(GreetingService(greeting, banner=banner))
     if echo:
-        services.append(EchoService(echo))
+        services.append(EchoService(echo, datagram_rate=udp_rate))
     if chat:
         from ..services.chat import ChatService
 
