@@ -1,0 +1,683 @@
+"""The protocol-agnostic chat core: members, rooms, messages, history, rate limits, hub.
+
+Front-ends (text lines, JSON lines, later WebSocket) translate their wire format into the
+commands of :mod:`wirecat.protocols.chat` and call :meth:`ChatCore.handle`; they give the
+core a :class:`Sink` per connection: where to write bytes, and the encoder of their format.
+
+Fan-out is built for large rooms: a room keeps its members grouped by encoder, so one event
+is encoded **once per format** and the same ``bytes`` object is handed to every member's
+``send``; nothing is allocated per member per message. Each member's output is bounded by
+the runtime (slow consumers are cut), so one stuck member never stalls a broadcast.
+
+Events that other processes would need to see (room messages, joins, parts, nick changes,
+direct messages) go through a :class:`Hub`. :class:`LocalHub` delivers them in-process and
+keeps each room's last ``history_size`` messages in a bounded ``deque``; a Redis hub can
+implement the same interface later.
+
+Everything here is synchronous and runs on the event loop thread; nothing blocks.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from ..errors import WirecatError
+from ..protocols.chat import (
+    Bye,
+    Command,
+    Direct,
+    Dm,
+    ErrorEvent,
+    Hello,
+    Help,
+    HelpText,
+    Join,
+    Joined,
+    Message,
+    Nick,
+    NickChanged,
+    NickSet,
+    Part,
+    Parted,
+    Ping,
+    Pong,
+    Quit,
+    RoomJoined,
+    RoomList,
+    RoomParted,
+    Rooms,
+    Say,
+    Sent,
+    ServerEvent,
+    Welcome,
+    Who,
+    WhoList,
+    check_nick,
+    check_room,
+)
+
+__all__ = [
+    "ChatCore",
+    "ChatError",
+    "Encoder",
+    "Hub",
+    "HubEvent",
+    "LocalHub",
+    "Member",
+    "RateLimit",
+    "Room",
+    "Sink",
+    "TokenBucket",
+]
+
+HubEvent: TypeAlias = Message | Direct | Joined | Parted | NickChanged
+"""Events that travel through the hub (what another server process would need)."""
+
+
+class ChatError(WirecatError):
+    """A chat command was refused (the member stays connected unless told otherwise).
+
+    Attributes:
+        code: the stable error code (see :class:`~wirecat.protocols.chat.ErrorEvent`).
+        reason: one human-readable sentence.
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Encoder(Protocol):
+    """Turns an event into the bytes of one wire format (stateless, hashable)."""
+
+    def encode(self, event: ServerEvent) -> bytes:
+        """Return the bytes for ``event`` (``b""``: nothing to send in this format)."""
+        ...
+
+
+class Sink(Protocol):
+    """Where the core writes a member's output: one per connection, given by the front-end."""
+
+    @property
+    def codec(self) -> Encoder:
+        """The encoder of this connection's format (read when joining a room)."""
+        ...
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data`` for the peer without blocking (bounded by the runtime)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Per-member message rate (say, me, dm): a token bucket.
+
+    Attributes:
+        rate: sustained messages per second (> 0).
+        burst: messages that may be sent at once after a quiet period (>= 1).
+        kick_after: consecutive dropped messages after which the member is disconnected
+            (``0``: never).
+
+    Raises:
+        ValueError: on a non-positive rate or burst, or a negative ``kick_after``.
+    """
+
+    rate: float = 5.0
+    burst: int = 10
+    kick_after: int = 20
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0:
+            raise ValueError("rate must be > 0 messages per second")
+        if self.burst < 1:
+            raise ValueError("burst must be >= 1 message")
+        if self.kick_after < 0:
+            raise ValueError("kick_after must be >= 0")
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, at most ``burst`` stored.
+
+    Args:
+        rate: tokens added per second.
+        burst: capacity; the bucket starts full.
+        now: the current time in seconds (a monotonic clock).
+    """
+
+    __slots__ = ("_stamp", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = now
+
+    def take(self, now: float) -> bool:
+        """Take one token at time ``now`` (seconds); return False if none is left."""
+        elapsed = now - self._stamp
+        if elapsed > 0:
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+            self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class Member:
+    """One connected participant (registered once :attr:`nick` is set).
+
+    Attributes:
+        id: unique per core.
+        sink: where its output goes.
+        nick: its nick, or ``None`` before :class:`~wirecat.protocols.chat.Hello`.
+        rooms: the rooms it is in, in join order; the last one is the *current* room.
+        must_close: set by the core when the front-end must close the connection after
+            sending the reply (after ``quit``, or when kicked for flooding).
+    """
+
+    __slots__ = ("_bucket", "_strikes", "id", "must_close", "nick", "rooms", "sink")
+
+    def __init__(self, member_id: int, sink: Sink, bucket: TokenBucket) -> None:
+        self.id = member_id
+        self.sink = sink
+        self.nick: str | None = None
+        self.rooms: dict[str, Room] = {}
+        self.must_close = False
+        self._bucket = bucket
+        self._strikes = 0
+
+    @property
+    def current_room(self) -> str | None:
+        """The most recently joined room still joined, or ``None``."""
+        return next(reversed(self.rooms), None) if self.rooms else None
+
+    def __repr__(self) -> str:
+        return f"<Member {self.id} {self.nick or '(unregistered)'}>"
+
+
+class Room:
+    """A room's local members, grouped by encoder for encode-once fan-out."""
+
+    __slots__ = ("_groups", "members", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.members: dict[Member, None] = {}  # insertion-ordered set
+        self._groups: dict[Encoder, dict[Member, Callable[[bytes], None]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def add(self, member: Member) -> None:
+        """Add ``member`` (its encoder is read now). Idempotent."""
+        if member in self.members:
+            return
+        self.members[member] = None
+        self._groups.setdefault(member.sink.codec, {})[member] = member.sink.send
+
+    def remove(self, member: Member) -> None:
+        """Remove ``member`` if present."""
+        if self.members.pop(member, 0) is None:
+            for codec, group in self._groups.items():
+                if group.pop(member, None) is not None:
+                    if not group:
+                        del self._groups[codec]
+                    break
+
+    def nicks(self) -> tuple[str, ...]:
+        """The members' nicks, sorted case-insensitively."""
+        return tuple(sorted((m.nick or "?" for m in self.members), key=str.casefold))
+
+    def broadcast(self, event: ServerEvent) -> None:
+        """Encode ``event`` once per encoder and send the same bytes to every member."""
+        for codec, group in tuple(self._groups.items()):
+            data = codec.encode(event)
+            if data:
+                for send in tuple(group.values()):
+                    send(data)
+
+
+class Hub(abc.ABC):
+    """Carries room events between members, possibly across processes, and keeps history.
+
+    The core calls :meth:`publish` for every :data:`HubEvent`; the hub must eventually call
+    the delivery callback given to :meth:`bind` with it (in every process that has members
+    in that room; for a :class:`LocalHub`, at once). :meth:`history` and :meth:`next_id`
+    answer synchronously: a remote hub keeps a local mirror.
+    """
+
+    @abc.abstractmethod
+    def bind(self, deliver: Callable[[HubEvent], None]) -> None:
+        """Set the callback that delivers events to this process's members."""
+
+    @abc.abstractmethod
+    def next_id(self) -> int:
+        """Return a new message id, greater than every id returned before."""
+
+    @abc.abstractmethod
+    def publish(self, event: HubEvent) -> None:
+        """Record ``event`` (a :class:`Message` goes to its room's history) and fan it out."""
+
+    @abc.abstractmethod
+    def history(self, room: str) -> tuple[Message, ...]:
+        """Return the last messages of ``room``, oldest first (may be empty)."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect to the backend, if any. Called once before serving."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Disconnect from the backend, if any. Idempotent."""
+
+
+class LocalHub(Hub):
+    """An in-process hub: immediate delivery, history in bounded deques.
+
+    Args:
+        history_size: messages kept per room (``0``: no history).
+        max_rooms: rooms whose history is kept; the least recently used is forgotten first.
+    """
+
+    def __init__(self, *, history_size: int = 50, max_rooms: int = 1024) -> None:
+        if history_size < 0 or max_rooms < 1:
+            raise ValueError("need history_size >= 0 and max_rooms >= 1")
+        self.history_size = history_size
+        self.max_rooms = max_rooms
+        self._ids = itertools.count(1)
+        self._history: OrderedDict[str, deque[Message]] = OrderedDict()
+        self._deliver: Callable[[HubEvent], None] = lambda event: None
+
+    def bind(self, deliver: Callable[[HubEvent], None]) -> None:
+        self._deliver = deliver
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def publish(self, event: HubEvent) -> None:
+        if type(event) is Message and self.history_size:
+            hist = self._history.get(event.room)
+            if hist is None:
+                hist = self._history[event.room] = deque(maxlen=self.history_size)
+                if len(self._history) > self.max_rooms:
+                    self._history.popitem(last=False)
+            else:
+                self._history.move_to_end(event.room)
+            hist.append(event)
+        self._deliver(event)
+
+    def history(self, room: str) -> tuple[Message, ...]:
+        hist = self._history.get(room)
+        return tuple(hist) if hist else ()
+
+
+class ChatCore:
+    """Rooms, members and messages, independent of any wire format.
+
+    Args:
+        hub: where events go; default a :class:`LocalHub` with ``history_size``.
+        history_size: messages replayed on join (only used to build the default hub).
+        default_room: the room text-mode members join after registering.
+        motd: message of the day, sent in the welcome (may hold several lines).
+        rate: the per-member message rate limit.
+        max_rooms: rooms that may exist at once (a room exists while it has members).
+        max_rooms_per_member: rooms one member may be in at once.
+        clock: wall-clock seconds since the epoch, for message timestamps.
+        monotonic: monotonic seconds, for rate limits.
+        server_name: sent in the welcome.
+
+    Not thread-safe: call it from the event loop thread only.
+    """
+
+    def __init__(
+        self,
+        *,
+        hub: Hub | None = None,
+        history_size: int = 50,
+        default_room: str = "#lobby",
+        motd: str = "",
+        rate: RateLimit | None = None,
+        max_rooms: int = 1024,
+        max_rooms_per_member: int = 32,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        server_name: str = "wirecat",
+    ) -> None:
+        if check_room(default_room) is not None:
+            raise ValueError(f"invalid default room {default_room!r}")
+        self.hub = hub if hub is not None else LocalHub(history_size=history_size)
+        self.hub.bind(self._deliver)
+        self.default_room = default_room
+        self.motd = motd
+        self.rate = rate or RateLimit()
+        self.max_rooms = max_rooms
+        self.max_rooms_per_member = max_rooms_per_member
+        self.server_name = server_name
+        self.rooms: dict[str, Room] = {}
+        self.counters: Counter[str] = Counter()
+        self._clock = clock
+        self._monotonic = monotonic
+        self._nicks: dict[str, Member] = {}  # casefolded nick -> member
+        self._member_ids = itertools.count(1)
+        self._guests = itertools.count(1)
+        self._members: set[Member] = set()
+
+    # -- membership --------------------------------------------------------------------------
+    def connect(self, sink: Sink) -> Member:
+        """Create an unregistered member writing to ``sink``."""
+        rate = self.rate
+        member = Member(
+            next(self._member_ids), sink, TokenBucket(rate.rate, rate.burst, self._monotonic())
+        )
+        self._members.add(member)
+        return member
+
+    def disconnect(self, member: Member, reason: str | None = None) -> None:
+        """Remove ``member`` from every room (telling the others) and free its nick. Idempotent.
+
+        Args:
+            reason: shown to the rooms in the part notice (``None``: no reason).
+        """
+        if member not in self._members:
+            return
+        self._members.discard(member)
+        rooms = list(member.rooms.values())
+        member.rooms.clear()
+        for room in rooms:
+            room.remove(member)
+            if member.nick is not None:
+                self.hub.publish(
+                    Parted(self.hub.next_id(), self._clock(), room.name, member.nick, reason)
+                )
+            if not room.members:
+                self.rooms.pop(room.name, None)
+        if member.nick is not None:
+            self._nicks.pop(member.nick.casefold(), None)
+
+    def member(self, nick: str) -> Member | None:
+        """Return the registered member named ``nick`` (case-insensitive), or ``None``."""
+        return self._nicks.get(nick.casefold())
+
+    def __len__(self) -> int:
+        """Connected members, registered or not."""
+        return len(self._members)
+
+    # -- commands ----------------------------------------------------------------------------
+    def handle(self, member: Member, cmd: Command) -> ServerEvent:
+        """Run ``cmd`` for ``member`` and return the reply to send it (only to it).
+
+        Events for others (and for ``member``, as a room member) are delivered through the
+        hub before this returns (with a :class:`LocalHub`). Never raises for a refused
+        command: the reply is then an :class:`~wirecat.protocols.chat.ErrorEvent` carrying
+        the command's ``ref``. Check :attr:`Member.must_close` after sending the reply.
+        """
+        try:
+            if member.nick is None and not isinstance(cmd, Hello | Help | Ping | Quit):
+                raise ChatError("not_registered", "say hello (choose a nick) first")
+            return self._dispatch(member, cmd)
+        except ChatError as exc:
+            self.counters[f"error_{exc.code}"] += 1
+            return ErrorEvent(exc.code, exc.reason, cmd.ref)
+
+    def hello(self, member: Member, nick: str | None, ref: str | int | None = None) -> Welcome:
+        """Register ``member`` as ``nick`` (``None``: the next free ``guest-N``).
+
+        Raises:
+            ChatError: ``already_registered``, ``invalid_nick``, ``nick_taken``.
+        """
+        if member.nick is not None:
+            raise ChatError("already_registered", f"you are already {member.nick}")
+        if nick is None:
+            nick = self._guest_nick()
+        else:
+            self._check_free(nick)
+        member.nick = nick
+        self._nicks[nick.casefold()] = member
+        return Welcome(nick, self.motd, self.default_room, self.server_name, ref)
+
+    def join(self, member: Member, room_name: str, ref: str | int | None = None) -> RoomJoined:
+        """Add ``member`` to ``room_name`` (created if needed); it becomes the current room.
+
+        Joining a room already joined only makes it current. The room hears a join event
+        (the member too), and the reply holds the members and the room's history.
+
+        Raises:
+            ChatError: ``invalid_room``, ``too_many_rooms``.
+        """
+        if (err := check_room(room_name)) is not None:
+            raise ChatError(err.code, err.reason)
+        nick = self._nick(member)
+        room = member.rooms.pop(room_name, None)
+        if room is not None:  # already in: just make it current
+            member.rooms[room_name] = room
+            return RoomJoined(room_name, room.nicks(), self.hub.history(room_name), ref)
+        if len(member.rooms) >= self.max_rooms_per_member:
+            raise ChatError(
+                "too_many_rooms", f"you are in {len(member.rooms)} rooms already: /part one"
+            )
+        room = self.rooms.get(room_name)
+        if room is None:
+            if len(self.rooms) >= self.max_rooms:
+                raise ChatError("too_many_rooms", "the server has too many rooms: join another")
+            room = self.rooms[room_name] = Room(room_name)
+        room.add(member)
+        member.rooms[room_name] = room
+        self.hub.publish(Joined(self.hub.next_id(), self._clock(), room_name, nick))
+        return RoomJoined(room_name, room.nicks(), self.hub.history(room_name), ref)
+
+    def part(
+        self,
+        member: Member,
+        room_name: str | None,
+        reason: str | None = None,
+        ref: str | int | None = None,
+    ) -> RoomParted:
+        """Remove ``member`` from ``room_name`` (``None``: its current room).
+
+        Raises:
+            ChatError: ``not_in_room``.
+        """
+        nick = self._nick(member)
+        room = self._my_room(member, room_name)
+        self.hub.publish(Parted(self.hub.next_id(), self._clock(), room.name, nick, reason))
+        room.remove(member)
+        member.rooms.pop(room.name, None)
+        if not room.members:
+            self.rooms.pop(room.name, None)
+        return RoomParted(room.name, ref)
+
+    def say(
+        self,
+        member: Member,
+        room_name: str | None,
+        text: str,
+        *,
+        action: bool = False,
+        ref: str | int | None = None,
+    ) -> Sent:
+        """Send ``text`` to ``room_name`` (``None``: the current room).
+
+        ``text`` must already be valid (see :func:`~wirecat.protocols.chat.check_text`).
+
+        Raises:
+            ChatError: ``not_in_room``, ``rate_limited``, ``flooding`` (then
+                :attr:`Member.must_close` is set).
+        """
+        nick = self._nick(member)
+        room = self._my_room(member, room_name)
+        self._charge(member)
+        msg = Message(self.hub.next_id(), self._clock(), room.name, nick, text, action)
+        self.counters["messages"] += 1
+        self.hub.publish(msg)
+        return Sent(msg, ref)
+
+    def dm(self, member: Member, to: str, text: str, ref: str | int | None = None) -> Sent:
+        """Send ``text`` privately to the member named ``to``.
+
+        Raises:
+            ChatError: ``no_such_nick``, ``rate_limited``, ``flooding``.
+        """
+        nick = self._nick(member)
+        target = self._nicks.get(to.casefold())
+        if target is None or target.nick is None:
+            raise ChatError("no_such_nick", f"nobody is called {to!r} here")
+        self._charge(member)
+        msg = Direct(self.hub.next_id(), self._clock(), nick, target.nick, text)
+        self.counters["direct_messages"] += 1
+        self.hub.publish(msg)
+        return Sent(msg, ref)
+
+    def who(self, member: Member, room_name: str | None, ref: str | int | None = None) -> WhoList:
+        """List the members of ``room_name`` (``None``: the current room).
+
+        Raises:
+            ChatError: ``no_such_room`` (nobody is in it), ``not_in_room`` (no current room).
+        """
+        if room_name is None:
+            room = self._my_room(member, None)
+        else:
+            found = self.rooms.get(room_name)
+            if found is None:
+                raise ChatError("no_such_room", f"nobody is in {room_name}")
+            room = found
+        return WhoList(room.name, room.nicks(), ref)
+
+    def list_rooms(self, ref: str | int | None = None) -> RoomList:
+        """List the rooms with members, sorted by name, with their member counts."""
+        return RoomList(tuple(sorted((n, len(r)) for n, r in self.rooms.items())), ref)
+
+    def rename(self, member: Member, new: str, ref: str | int | None = None) -> NickSet:
+        """Change ``member``'s nick to ``new``; everyone sharing a room with it is told.
+
+        Raises:
+            ChatError: ``invalid_nick``, ``nick_taken``.
+        """
+        old = self._nick(member)
+        if new == old:
+            return NickSet(new, old, False, ref)
+        if new.casefold() != old.casefold():
+            self._check_free(new)
+        del self._nicks[old.casefold()]
+        member.nick = new
+        self._nicks[new.casefold()] = member
+        announced = bool(member.rooms)
+        if announced:
+            self.hub.publish(
+                NickChanged(self.hub.next_id(), self._clock(), old, new, tuple(member.rooms))
+            )
+        return NickSet(new, old, announced, ref)
+
+    def quit(self, member: Member, reason: str | None = None, ref: str | int | None = None) -> Bye:
+        """Leave every room (with ``reason``) and mark ``member`` to be closed after the reply."""
+        member.must_close = True
+        self.disconnect(member, f"quit: {reason}" if reason else "quit")
+        return Bye(reason, ref)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _dispatch(self, member: Member, cmd: Command) -> ServerEvent:
+        match cmd:
+            case Say(text, room, action, ref):
+                return self.say(member, room, text, action=action, ref=ref)
+            case Dm(to, text, ref):
+                return self.dm(member, to, text, ref)
+            case Join(room, ref):
+                return self.join(member, room, ref)
+            case Part(room, ref):
+                return self.part(member, room, None, ref)
+            case Who(room, ref):
+                return self.who(member, room, ref)
+            case Rooms(ref):
+                return self.list_rooms(ref)
+            case Nick(nick, ref):
+                return self.rename(member, nick, ref)
+            case Hello(nick, ref):
+                return self.hello(member, nick, ref)
+            case Quit(reason, ref):
+                return self.quit(member, reason, ref)
+            case Help(ref):
+                return HelpText(ref)
+            case Ping(ref):
+                return Pong(ref)
+        raise ChatError("unknown_command", f"unknown command {type(cmd).__name__}")
+
+    def _nick(self, member: Member) -> str:
+        if member.nick is None:
+            raise ChatError("not_registered", "say hello (choose a nick) first")
+        return member.nick
+
+    def _my_room(self, member: Member, room_name: str | None) -> Room:
+        if room_name is None:
+            room_name = member.current_room
+            if room_name is None:
+                raise ChatError("not_in_room", "you are in no room: /join #room first")
+        room = member.rooms.get(room_name)
+        if room is None:
+            raise ChatError("not_in_room", f"you are not in {room_name}: /join {room_name} first")
+        return room
+
+    def _check_free(self, nick: str) -> None:
+        if (err := check_nick(nick)) is not None:
+            raise ChatError(err.code, err.reason)
+        if nick.casefold() in self._nicks:
+            raise ChatError("nick_taken", f"nick {nick!r} is already taken: pick another")
+
+    def _guest_nick(self) -> str:
+        while True:
+            nick = f"guest-{next(self._guests)}"
+            if nick.casefold() not in self._nicks:
+                return nick
+
+    def _charge(self, member: Member) -> None:
+        if member._bucket.take(self._monotonic()):
+            member._strikes = 0
+            return
+        member._strikes += 1
+        self.counters["rate_limited"] += 1
+        kick = self.rate.kick_after
+        if kick and member._strikes >= kick:
+            member.must_close = True
+            self.counters["kicked_flooding"] += 1
+            raise ChatError(
+                "flooding", f"{member._strikes} messages over the rate limit: disconnecting"
+            )
+        raise ChatError(
+            "rate_limited",
+            f"more than {self.rate.rate:g} messages per second: message dropped",
+        )
+
+    def _deliver(self, event: HubEvent) -> None:
+        """Hub callback: hand ``event`` to this process's members."""
+        if type(event) is Direct:
+            target = self._nicks.get(event.to.casefold())
+            if target is not None:
+                target.sink.send(target.sink.codec.encode(event))
+        elif type(event) is NickChanged:
+            self._deliver_many(
+                (m for name in event.rooms if (r := self.rooms.get(name)) for m in r.members),
+                event,
+            )
+        else:
+            room = self.rooms.get(event.room)  # type: ignore[union-attr]
+            if room is not None:
+                room.broadcast(event)
+
+    @staticmethod
+    def _deliver_many(members: Iterable[Member], event: ServerEvent) -> None:
+        seen: set[Member] = set()
+        encoded: dict[Encoder, bytes] = {}
+        for m in members:
+            if m in seen:
+                continue
+            seen.add(m)
+            codec = m.sink.codec
+            data = encoded.get(codec)
+            if data is None:
+                data = encoded[codec] = codec.encode(event)
+            if data:
+                m.sink.send(data)

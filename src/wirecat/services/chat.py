@@ -1,0 +1,225 @@
+"""The chat service: one stream port, text lines for people, JSON lines for programs.
+
+A thin front-end: bytes go through :class:`~wirecat.protocols.chat.ChatServerProtocol`
+(line framing, mode choice, parsing), commands go to the shared
+:class:`~wirecat.chat.core.ChatCore`, replies and fan-out come back encoded once per format.
+Each connection is the core's :class:`~wirecat.chat.core.Sink`: the runtime bounds its
+output (a member that stops reading is cut as a slow consumer, never stalling the room).
+
+What a peer sees (text mode, e.g. ``nc 127.0.0.1 7070``)::
+
+    *** Welcome to wirecat chat.
+    *** Type a nick (letters, digits, _ or -), or an empty line for a guest name.
+    ann
+    *** you are ann
+    *** ann joined #lobby
+    *** in #lobby (1): ann
+    hello
+    #lobby <ann> hello
+
+Programs send a JSON object as their first line instead (see :mod:`wirecat.protocols.chat`
+for the JSON-lines protocol); the banner lines before it do not start with ``{``.
+
+Bad input never costs the connection or anyone else's service: every rejected line gets an
+``error`` reply and is dropped. Only persistent flooding (``kick_after`` messages over the
+rate in a row) disconnects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..chat.core import ChatCore, Hub, LocalHub, Member, RateLimit
+from ..endpoints import Endpoint
+from ..protocols.chat import (
+    MAX_TEXT,
+    ChatServerProtocol,
+    Codec,
+    EndOfStream,
+    ErrorEvent,
+    Join,
+    Mode,
+    Notice,
+    Shutdown,
+    Welcome,
+)
+from ..runtime.connection import ServerContext, StreamHandler
+from ..runtime.limits import Limits
+from ..runtime.server import Service
+
+__all__ = ["DEFAULT_BANNER", "ChatHandler", "ChatService"]
+
+DEFAULT_BANNER = (
+    "Welcome to wirecat chat.\n"
+    "Type a nick (letters, digits, _ or -), or an empty line for a guest name.\n"
+    'Programs: send JSON lines, starting with {"type":"hello","nick":"bot"}.'
+)
+
+
+class ChatHandler(StreamHandler):
+    """One chat connection: frames and parses its lines, runs them on the core.
+
+    Also the core's sink for this member (:attr:`codec`, :meth:`send`). Until the peer
+    registers (a nick, or a JSON ``hello``), the runtime's ``login_timeout`` applies.
+    """
+
+    needs_login = True
+
+    def __init__(self, ctx: ServerContext, service: ChatService) -> None:
+        super().__init__(ctx, service)
+        self.chat = service
+        self.proto = ChatServerProtocol(max_line=self.limits.max_line, max_text=service.max_text)
+        self.member: Member | None = None  # set once accepted (not for refused peers)
+        self._aborted: str | None = None
+
+    # -- Sink --------------------------------------------------------------------------------
+    @property
+    def codec(self) -> Codec:
+        """Text until the peer's first line chose JSON."""
+        return self.proto.codec
+
+    def send(self, data: bytes) -> None:
+        """Queue bytes for the peer (dropped if closing; a slow consumer is cut)."""
+        if data and not self.closing:
+            self.write(data)
+            if self.writing_paused:
+                self.pause_reading()  # the peer does not read: stop taking its commands
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def on_connect(self) -> None:
+        self.member = self.chat.core.connect(self)
+        banner = self.chat.banner_bytes
+        if banner:
+            self.write(banner)
+
+    def on_data(self, data: bytes) -> None:
+        self.proto.receive_data(data)
+        self._pump()
+
+    def on_eof(self) -> bool:
+        self.proto.receive_eof()
+        self._pump(drain=True)
+        return False  # flush our replies, then close
+
+    def on_writable(self) -> None:
+        self.resume_reading()
+        self._pump()
+
+    def on_close(self, exc: Exception | None) -> None:
+        if self.member is not None:
+            if self._aborted is not None:
+                reason = self._aborted.replace("_", " ")  # "slow consumer", "idle timeout"...
+            else:
+                reason = "connection lost" if exc is not None else "left"
+            self.chat.core.disconnect(self.member, reason)
+
+    def abort(self, reason: str) -> None:
+        """Drop queued output and close now (the rooms are told ``reason``). Idempotent."""
+        if self._aborted is None and not self.closing:
+            self._aborted = reason
+        super().abort(reason)
+
+    def on_shutdown(self) -> None:
+        self.send(self.codec.encode(Shutdown()))
+        self.close("server shutdown")
+
+    # -- internals -----------------------------------------------------------------------------
+    def _pump(self, *, drain: bool = False) -> None:
+        """Run the complete lines received; pause while the peer does not read.
+
+        With ``drain`` (end of stream) every pending line is run regardless.
+        """
+        proto, core, member = self.proto, self.chat.core, self.member
+        if member is None:
+            return
+        while not self.closing and (drain or not self.writing_paused):
+            ev = proto.next_event()
+            if ev is None or isinstance(ev, EndOfStream):
+                return
+            if isinstance(ev, ErrorEvent):
+                self.ctx.metrics["chat_bad_input"] += 1
+                self.send(proto.codec.encode(ev))
+                continue
+            reply = core.handle(member, ev)
+            codec = proto.codec
+            self.send(codec.encode(reply))
+            if isinstance(reply, Welcome):
+                proto.registered = True
+                self.login_complete()
+                if proto.mode is Mode.TEXT:  # people land in the default room
+                    self.send(codec.encode(core.handle(member, Join(core.default_room))))
+            if member.must_close:
+                if isinstance(reply, ErrorEvent):
+                    self.ctx.metrics["chat_kicked"] += 1
+                    self.log.info("disconnecting: %s", reply.reason, extra={"event": "kick"})
+                core.disconnect(member, "flooding" if isinstance(reply, ErrorEvent) else None)
+                self.close(reply.code if isinstance(reply, ErrorEvent) else "quit")
+                return
+
+
+class ChatService(Service):
+    """Chat rooms over stream endpoints (tcp, tls, unix), text and JSON-lines modes.
+
+    Args:
+        endpoints: where to listen (stream endpoints).
+        history: messages kept per room and replayed on join (``0``: none).
+        max_rate: sustained messages (say, me, dm) per second per connection.
+        burst: messages a connection may send at once after a quiet period.
+        kick_after: consecutive messages over the rate after which the connection is
+            closed (``0``: never).
+        banner: text sent on connect, before the mode is chosen (``""``: none); each line
+            is prefixed with ``*** ``.
+        motd: message of the day, sent in the welcome (text lines, or the JSON ``motd``).
+        default_room: the room text-mode members are put in after choosing a nick.
+        max_text: the longest message text, in bytes of UTF-8.
+        hub: the hub carrying events between processes (default: a :class:`LocalHub`).
+        limits: limits for this service's connections (``None``: the server's);
+            ``max_line`` bounds incoming lines.
+
+    Attributes:
+        core: the :class:`ChatCore` shared by every connection of this service.
+
+    Raises:
+        ValueError: an invalid ``default_room``, rate, burst or history size.
+    """
+
+    name = "chat"
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        history: int = 50,
+        max_rate: float = 5.0,
+        burst: int = 10,
+        kick_after: int = 20,
+        banner: str = DEFAULT_BANNER,
+        motd: str = "",
+        default_room: str = "#lobby",
+        max_text: int = MAX_TEXT,
+        hub: Hub | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        super().__init__(endpoints, limits=limits)
+        if max_text < 1:
+            raise ValueError("max_text must be >= 1 byte")
+        self.max_text = max_text
+        self.hub = hub if hub is not None else LocalHub(history_size=history)
+        self.core = ChatCore(
+            hub=self.hub,
+            default_room=default_room,
+            motd=motd,
+            rate=RateLimit(rate=max_rate, burst=burst, kick_after=kick_after),
+        )
+        self.banner_bytes = b""
+        if banner:
+            self.banner_bytes = ChatServerProtocol().codec.encode(Notice(banner))
+
+    def stream_handler(self, ctx: ServerContext) -> StreamHandler:
+        return ChatHandler(ctx, self)
+
+    async def start(self, ctx: ServerContext) -> None:
+        await self.hub.start()
+
+    async def stop(self) -> None:
+        await self.hub.aclose()
