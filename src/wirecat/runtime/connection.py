@@ -297,6 +297,12 @@ class StreamHandler(asyncio.Protocol):
 
     # -- tools -----------------------------------------------------------------------------
     @property
+    def close_reason(self) -> str:
+        """Why we closed or aborted (``"slow_consumer"``, ``"idle timeout"``, ...); ``""``
+        if the peer closed first or no reason was given. Valid in :meth:`on_close`."""
+        return self._close_reason
+
+    @property
     def peer_subject(self) -> str | None:
         """The commonName of a verified TLS client certificate (mTLS), else ``None``."""
         cert = self.transport.get_extra_info("peercert") if self.transport else None

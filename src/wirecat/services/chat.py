@@ -70,7 +70,6 @@ class ChatHandler(StreamHandler):
         self.chat = service
         self.proto = ChatServerProtocol(max_line=self.limits.max_line, max_text=service.max_text)
         self.member: Member | None = None  # set once accepted (not for refused peers)
-        self._aborted: str | None = None
 
     # -- Sink --------------------------------------------------------------------------------
     @property
@@ -107,17 +106,11 @@ class ChatHandler(StreamHandler):
 
     def on_close(self, exc: Exception | None) -> None:
         if self.member is not None:
-            if self._aborted is not None:
-                reason = self._aborted.replace("_", " ")  # "slow consumer", "idle timeout"...
+            if self.close_reason:
+                reason = self.close_reason.replace("_", " ")  # "slow consumer", "idle timeout"...
             else:
                 reason = "connection lost" if exc is not None else "left"
             self.chat.core.disconnect(self.member, reason)
-
-    def abort(self, reason: str) -> None:
-        """Drop queued output and close now (the rooms are told ``reason``). Idempotent."""
-        if self._aborted is None and not self.closing:
-            self._aborted = reason
-        super().abort(reason)
 
     def on_shutdown(self) -> None:
         self.send(self.codec.encode(Shutdown()))
