@@ -22,12 +22,13 @@ class StreamBuffer:
     they never block and never allocate more than the data fed.
     """
 
-    __slots__ = ("_buf", "_eof", "_pos", "_scanned")
+    __slots__ = ("_buf", "_eof", "_pos", "_scan_sep", "_scanned")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._pos = 0  # start of unread data
-        self._scanned = 0  # absolute index up to which no terminator was found
+        self._scanned = 0  # absolute index up to which _scan_sep was not found
+        self._scan_sep = b"\n"  # the separator _scanned refers to
         self._eof = False
 
     def __len__(self) -> int:
@@ -62,6 +63,12 @@ class StreamBuffer:
             self._scanned = 0
         return out
 
+    def _rescan_for(self, sep: bytes) -> None:
+        # A scan for one separator says nothing about another: start over from _pos.
+        if sep != self._scan_sep:
+            self._scan_sep = sep
+            self._scanned = self._pos
+
     def read_until(self, sep: bytes, max_size: int) -> bytes | None:
         """Return the bytes up to and including ``sep``, or ``None`` if it has not arrived.
 
@@ -72,6 +79,7 @@ class StreamBuffer:
         Raises:
             LimitExceeded: ``max_size`` bytes are buffered and ``sep`` is not among them.
         """
+        self._rescan_for(sep)
         start = max(self._pos, self._scanned - len(sep) + 1)
         idx = self._buf.find(sep, start)
         if idx < 0:
@@ -93,6 +101,7 @@ class StreamBuffer:
         Raises:
             LineTooLong: ``max_line`` bytes are buffered with no newline among them.
         """
+        self._rescan_for(b"\n")
         start = self._scanned if self._scanned > self._pos else self._pos
         idx = self._buf.find(b"\n", start)
         if idx < 0:

@@ -682,7 +682,7 @@ class Fanout:
     on_peer_done: Callable[[Connection, BridgeResult], None] | None = None
     peers: set[Connection] = field(default_factory=set)
     slow_consumers: int = 0
-    _has_peers: asyncio.Event = field(default_factory=asyncio.Event)
+    _has_peers: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     _convert: _Crlf = field(init=False)
 
     def __post_init__(self) -> None:

@@ -34,6 +34,7 @@ from ..errors import (
     IdleTimeout,
     InvalidEndpoint,
     LimitExceeded,
+    LocalProtocolError,
     translate_os_error,
 )
 from ..protocols.buffer import StreamBuffer
@@ -142,6 +143,7 @@ class Connection:
         self._t = protocol.transport
         self.local_address = format_address(self._t.get_extra_info("sockname"))
         self.peer_address = format_address(self._t.get_extra_info("peername"))
+        self._eof_sent = False
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -165,22 +167,27 @@ class Connection:
 
         Raises:
             ConnectionClosed: the connection is gone.
+            LocalProtocolError: :meth:`send_eof` was called before.
         """
         self._raise_if_lost()
         if self._t.is_closing():
             raise ConnectionClosedOK(f"connection to {self.endpoint} is closing")
+        if self._eof_sent:
+            raise LocalProtocolError(f"send() after send_eof() on {self.endpoint}")
         self._t.write(data)
         await self._p.drain()
 
     async def send_eof(self) -> None:
         """Half-close: tell the peer we will send no more (TCP FIN); reading goes on."""
-        if not self._p.lost and self._t.can_write_eof() and not self._t.is_closing():
-            self._t.write_eof()
+        t = self._t
+        if not (self._p.lost or self._eof_sent or t.is_closing()) and t.can_write_eof():
+            self._eof_sent = True
+            t.write_eof()
 
     async def _read(self, take: Callable[[], bytes | None], timeout: float | None) -> bytes | None:
         p = self._p
-        async with asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext():
-            try:
+        try:
+            async with asyncio.timeout(timeout):
                 while True:
                     out = take()
                     if out is not None:
@@ -199,8 +206,8 @@ class Connection:
                             ) from p.exc
                         return None
                     await p.wait_data()
-            except TimeoutError:
-                raise IdleTimeout(f"no data from {self.endpoint} within {timeout} s") from None
+        except TimeoutError:
+            raise IdleTimeout(f"no data from {self.endpoint} within {timeout} s") from None
 
     async def recv(self, max_size: int = 65536, *, timeout: float | None = None) -> bytes:
         """Return up to ``max_size`` bytes as soon as any arrive; ``b""`` at end of stream.
@@ -344,7 +351,7 @@ class DatagramConnection:
             LimitExceeded: the datagram is larger than the transport allows.
             ConnectionClosed: the socket is closed.
         """
-        if self._p.lost:
+        if self._p.lost or self._t.is_closing():
             raise ConnectionClosedOK(f"datagram socket for {self.endpoint} is closed")
         if self.endpoint.scheme == "udp" and len(datagram) > 65507:
             raise LimitExceeded(f"datagram of {len(datagram)} bytes exceeds 65507", limit=65507)
@@ -367,7 +374,7 @@ class DatagramConnection:
                         if isinstance(exc, OSError):
                             raise translate_os_error(exc, what=str(self.endpoint)) from exc
                         raise ConnectionClosedError(str(exc)) from exc
-                    if p.lost:
+                    if p.lost or self._t.is_closing():
                         raise ConnectionClosedOK(f"datagram socket for {self.endpoint} is closed")
                     p._waiter = asyncio.get_running_loop().create_future()
                     try:
@@ -458,9 +465,17 @@ async def connect(
                 return Connection(ep, proto)
             if ep.scheme == "unix":
                 assert ep.path is not None
-                _, proto = await loop.create_unix_connection(
-                    lambda: _StreamProtocol(read_high_water), unix_address(ep.path)
-                )
+                # Connect the socket ourselves: uvloop rejects abstract ("\0name") paths.
+                usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    usock.setblocking(False)
+                    await loop.sock_connect(usock, unix_address(ep.path))
+                    _, proto = await loop.create_unix_connection(
+                        lambda: _StreamProtocol(read_high_water), sock=usock
+                    )
+                except BaseException:
+                    usock.close()
+                    raise
                 return Connection(ep, proto)
             if ep.scheme == "udp":
                 dtransport, dproto = await loop.create_datagram_endpoint(
@@ -514,11 +529,12 @@ async def open_connection_listener(
 
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     tasks: set[asyncio.Task[None]] = set()
+    bound: list[Endpoint] = [ep]  # replaced by the real endpoint once bound
 
     class _Accepting(_StreamProtocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
-            conn = Connection(ep, self)
+            conn = Connection(bound[0], self)
 
             async def run() -> None:
                 try:
@@ -531,4 +547,5 @@ async def open_connection_listener(
             task.add_done_callback(tasks.discard)
 
     listener = await open_stream_listener(ep, lambda: _Accepting(read_high_water), backlog=backlog)
+    bound[0] = listener.endpoint
     return listener
