@@ -130,7 +130,9 @@ def _parse_host(text: str, original: str) -> str:
         if not text.endswith("]"):
             raise InvalidEndpoint(f"unclosed '[' in {original!r}: write IPv6 as [::1]:port")
         inner = text[1:-1]
-        addr, _, zone = inner.partition("%")
+        addr, pct, zone = inner.partition("%")
+        if pct and not zone:
+            raise InvalidEndpoint(f"empty IPv6 zone after '%' in {original!r}")
         try:
             ipaddress.IPv6Address(addr)
         except ValueError:
