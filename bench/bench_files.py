@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""Benchmark: one large file over loopback, wirecat vs nc, socat and iperf3, in one run.
+
+Usage::
+
+    .venv/bin/python bench/bench_files.py                 # 2 GiB, markdown table
+    .venv/bin/python bench/bench_files.py --size 256M --json
+
+The source file and every received copy live on /dev/shm (RAM), so the disk is out of the
+picture; the receivers write to /dev/shm too (a file transfer, not a /dev/null sink), except
+iperf3 which is memory to memory and serves as the ceiling. Rows:
+
+- ``wirecat send`` (blake3, sha256): ``wirecat send FILE`` to ``python -m
+  wirecat.services.files`` (sendfile out, write-behind + hash in, fsync + rename, verified).
+  The rate is size / the transfer time the client reports (process start-up excluded).
+- ``wirecat get`` (blake3): the reverse direction (sendfile on the server).
+- ``nc``: ``nc -l`` > file  <-  ``nc -N`` < file (netcat-openbsd), wall time.
+- ``socat``: ``socat -u TCP-LISTEN CREATE:file``  <-  ``socat -u FILE TCP``, wall time.
+- ``iperf3``: ``iperf3 -s -1`` + ``iperf3 -c 127.0.0.1 -n SIZE``, receiver rate.
+
+Every step has a time bound; /dev/shm files are removed at the end, whatever happens.
+On a VM, the first touch of fresh RAM is slow: the script writes the source file first,
+which pre-faults memory, and runs a warm-up transfer before measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+STEP_TIMEOUT = 300.0  # seconds allowed for any one transfer
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_listening(port: int, proc: subprocess.Popen[Any], deadline: float = 10.0) -> None:
+    """Wait until something accepts on 127.0.0.1:port (bench only: external tools)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited early ({proc.returncode})")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            # a probe connection would be taken as the transfer by nc/socat: use ss instead
+            out = subprocess.run(
+                ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True
+            ).stdout
+            if out.strip():
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on port {port} after {deadline} s")
+
+
+@contextlib.contextmanager
+def popen(cmd: list[str], **kw: Any) -> Iterator[subprocess.Popen[Any]]:
+    proc = subprocess.Popen(cmd, **kw)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def row(tool: str, detail: str, size: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "tool": tool,
+        "detail": detail,
+        "bytes": size,
+        "seconds": round(seconds, 4),
+        "gbps": round(size / seconds / 1e9, 3) if seconds > 0 else None,
+        **extra,
+    }
+
+
+def bench_wirecat(src: Path, work: Path, size: int, loop: str) -> list[dict[str, Any]]:
+    py = sys.executable
+    root = work / "wc-root"
+    rows = []
+    with popen(
+        [py, "-m", "wirecat.services.files", str(root), "tcp://127.0.0.1:0", "--loop", loop],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as server:
+        assert server.stdout is not None
+        endpoint = server.stdout.readline().split()[1]
+
+        def cli(*args: str) -> dict[str, Any]:
+            done = subprocess.run(
+                [py, "-m", "wirecat.cli.main", *args, "--json", "--loop", loop],
+                capture_output=True,
+                text=True,
+                timeout=STEP_TIMEOUT,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"wirecat {args[0]} failed: {done.stdout} {done.stderr}")
+            out: dict[str, Any] = json.loads(done.stdout)
+            return out
+
+        cli("send", str(src), endpoint, "--as", "warmup", "--overwrite")  # warm-up
+        (root / "warmup").unlink()
+        for digest in ("blake3", "sha256"):
+            out = cli("send", str(src), endpoint, "--as", f"up-{digest}", "--digest", digest)
+            rows.append(
+                row("wirecat send", f"{digest}, {out['method']}, {loop}", size, out["seconds"])
+            )
+            (root / f"up-{digest}").unlink()
+        out = cli("send", str(src), endpoint, "--as", "down")
+        dest = work / "wc-down.bin"
+        out = cli("get", "down", endpoint, "-o", str(dest))
+        rows.append(row("wirecat get", f"blake3, sendfile, {loop}", size, out["seconds"]))
+        dest.unlink()
+        server.terminate()
+        server.wait(STEP_TIMEOUT)
+    return rows
+
+
+def bench_pair(
+    tool: str, detail: str, listen: list[str], send: list[str], port: int, size: int, out: Path
+) -> dict[str, Any]:
+    with popen(listen, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as rx:
+        wait_listening(port, rx)
+        start = time.perf_counter()
+        subprocess.run(send, check=True, timeout=STEP_TIMEOUT, stderr=subprocess.PIPE)
+        rx.wait(STEP_TIMEOUT)
+        seconds = time.perf_counter() - start
+    got = out.stat().st_size if out.exists() else 0
+    out.unlink(missing_ok=True)
+    if got != size:
+        raise RuntimeError(f"{tool}: received {got} of {size} bytes")
+    return row(tool, detail, size, seconds)
+
+
+def bench_nc(src: Path, work: Path, size: int) -> dict[str, Any]:
+    port, out = free_port(), work / "nc.out"
+    shell = f"exec nc -l 127.0.0.1 {port} > {out}"
+    return bench_pair(
+        "nc",
+        "netcat-openbsd, nc -N < file",
+        ["sh", "-c", shell],
+        ["sh", "-c", f"nc -N 127.0.0.1 {port} < {src}"],
+        port,
+        size,
+        out,
+    )
+
+
+def bench_socat(src: Path, work: Path, size: int) -> dict[str, Any]:
+    port, out = free_port(), work / "socat.out"
+    return bench_pair(
+        "socat",
+        "socat -u FILE TCP",
+        ["socat", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", f"CREATE:{out}"],
+        ["socat", "-u", f"FILE:{src}", f"TCP:127.0.0.1:{port}"],
+        port,
+        size,
+        out,
+    )
+
+
+def bench_iperf3(size: int) -> dict[str, Any]:
+    port = free_port()
+    with popen(
+        ["iperf3", "-s", "-1", "-p", str(port), "-B", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as srv:
+        wait_listening(port, srv)
+        done = subprocess.run(
+            ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-n", str(size), "-J"],
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT,
+            check=True,
+        )
+        srv.wait(STEP_TIMEOUT)
+    report = json.loads(done.stdout)["end"]["sum_received"]
+    return row("iperf3", "memory to memory, -n SIZE", int(report["bytes"]), report["seconds"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="2G", help="file size: bytes or 512M, 2G (default 2G)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of result rows")
+    parser.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    parser.add_argument("--dir", default="/dev/shm", help="where files live (default /dev/shm)")
+    args = parser.parse_args(argv)
+    size = parse_size(args.size)
+    if shutil.disk_usage(args.dir).free < 3.2 * size:
+        parser.error(f"{args.dir} needs about {3.2 * size / 1e9:.1f} GB free")
+    work = Path(tempfile.mkdtemp(prefix="wirecat-bench-", dir=args.dir))
+    rows: list[dict[str, Any]] = []
+    try:
+        src = work / "src.bin"
+        with src.open("wb") as f:  # random bytes, 64 MiB at a time
+            left = size
+            while left:
+                n = min(left, 64 * 1024 * 1024)
+                f.write(os.urandom(n))
+                left -= n
+        for name, job in [
+            ("iperf3", lambda: [bench_iperf3(size)]),
+            ("nc", lambda: [bench_nc(src, work, size)]),
+            ("socat", lambda: [bench_socat(src, work, size)]),
+            ("wirecat", lambda: bench_wirecat(src, work, size, args.loop)),
+        ]:
+            if name != "wirecat" and shutil.which(name) is None:
+                rows.append({"tool": name, "detail": "not installed", "gbps": None})
+                continue
+            try:
+                rows.extend(job())
+            except Exception as exc:  # one tool failing must not hide the others
+                rows.append({"tool": name, "detail": f"failed: {exc}", "gbps": None})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ref = {r["tool"]: r["gbps"] for r in rows if r.get("gbps")}
+    for r in rows:
+        for base in ("iperf3", "nc"):
+            if r.get("gbps") and ref.get(base):
+                r[f"vs_{base}"] = round(r["gbps"] / ref[base], 3)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"File transfer over loopback, {size / 2**30:.2f} GiB, files on {args.dir}\n")
+    print("| tool | detail | GB/s | vs iperf3 | vs nc |")
+    print("|---|---|---:|---:|---:|")
+    for r in rows:
+        gbps = f"{r['gbps']:.2f}" if r.get("gbps") else "-"
+        print(
+            f"| {r['tool']} | {r['detail']} | {gbps} | {r.get('vs_iperf3', '-')} "
+            f"| {r.get('vs_nc', '-')} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,489 @@
+"""The files service: ``wirecat serve --files DIR`` (default ``tcp://127.0.0.1:7071``).
+
+Wires :mod:`wirecat.protocols.files` (sans-I/O) and :class:`wirecat.files.store.FileStore`
+to the runtime. Per connection, one request at a time: headers are parsed on the loop, every
+file system call runs on a worker thread, received body bytes go straight to a
+:class:`~wirecat.files.pipeline.WriteBehind` (write + hash off the loop, bounded, pausing the
+socket when the disk lags), downloads go out with ``sendfile(2)``
+(:func:`~wirecat.files.zerocopy.send_file_range`).
+
+An upload is confirmed only after the digest matched and the file was fsynced, renamed and
+its directory fsynced. A connection that drops mid-upload keeps its part file for a resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from ..endpoints import Endpoint, parse_endpoint
+from ..errors import LimitExceeded, ProtocolError
+from ..files.pipeline import WriteBehind, executor
+from ..files.store import FileStore, FileStoreError, ReadHandle, Upload
+from ..files.zerocopy import send_file_range
+from ..protocols.files import (
+    MAX_HEADER,
+    BodyChunk,
+    BodyEnd,
+    EndOfStream,
+    FilesEvent,
+    FilesServerProtocol,
+    GetRequest,
+    ListRequest,
+    PutRequest,
+    State,
+    StatRequest,
+    Trailer,
+)
+from ..runtime.connection import ServerContext, StreamHandler
+from ..runtime.limits import Limits
+from ..runtime.server import Service
+
+__all__ = ["DEFAULT_ENDPOINT", "FilesHandler", "FilesService"]
+
+#: Where ``wirecat serve --files DIR`` listens unless told otherwise.
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:7071"
+
+T = TypeVar("T")
+
+
+class FilesService(Service):
+    """Serve a directory: ``stat``, ``list``, ``get`` and resumable, verified ``put``.
+
+    Args:
+        endpoints: where to listen (stream endpoints: tcp, unix); empty means
+            :data:`DEFAULT_ENDPOINT`.
+        root: the directory served; created if missing. Nothing outside it is reachable.
+        readonly: refuse uploads (``--files-readonly``).
+        max_file_size: largest upload accepted, in bytes (``--max-file-size``; ``None``: any).
+        quota: most bytes the root may hold, part files included (``--quota``; ``None``: any).
+        max_header: longest request header line, in bytes.
+        zero_copy: use ``sendfile(2)`` for downloads where the transport allows it.
+        limits: per-service limits (``None``: the server's).
+
+    Raises:
+        OSError: ``root`` cannot be created or opened.
+    """
+
+    name = "files"
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint] = (),
+        root: str | os.PathLike[str] = ".",
+        *,
+        readonly: bool = False,
+        max_file_size: int | None = None,
+        quota: int | None = None,
+        max_header: int = MAX_HEADER,
+        zero_copy: bool = True,
+        limits: Limits | None = None,
+    ) -> None:
+        super().__init__(list(endpoints) or [parse_endpoint(DEFAULT_ENDPOINT)], limits=limits)
+        self.store = FileStore(root, readonly=readonly, max_file_size=max_file_size, quota=quota)
+        self.max_header = max_header
+        self.zero_copy = zero_copy
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    def stream_handler(self, ctx: ServerContext) -> StreamHandler:
+        return FilesHandler(ctx, self)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def stop(self) -> None:
+        """Wait for part files of dropped uploads to be flushed and unlocked."""
+        while self._cleanups:
+            await asyncio.gather(*list(self._cleanups), return_exceptions=True)
+
+
+class FilesHandler(StreamHandler):
+    """One client connection of :class:`FilesService`."""
+
+    service: FilesService
+
+    def __init__(self, ctx: ServerContext, service: FilesService) -> None:
+        super().__init__(ctx, service)
+        self.service = service
+        self.proto = FilesServerProtocol(max_header=service.max_header)
+        self._task: asyncio.Task[None] | None = None
+        self._upload: Upload | None = None
+        self._sink: WriteBehind | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._eof = False
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # -- runtime hooks ------------------------------------------------------------------
+    def on_data(self, data: bytes) -> None:
+        try:
+            self.proto.receive_data(data)
+        except ProtocolError as exc:
+            self._fatal(exc)
+            return
+        self._pump()
+
+    def on_eof(self) -> bool:
+        self._eof = True
+        self.proto.receive_eof()
+        self._pump()
+        return self._task is not None and not self._task.done()
+
+    def on_close(self, exc: Exception | None) -> None:
+        self._writable.set()  # wake a download; it sees the closed transport and stops
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._drop_upload(keep=True)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._writable.clear()
+
+    def on_writable(self) -> None:
+        self._writable.set()
+
+    def on_idle(self) -> None:
+        if self._task is not None and not self._task.done():
+            return  # a download is flowing (the client sends nothing meanwhile)
+        super().on_idle()
+
+    def on_shutdown(self) -> None:
+        if self.proto.state is State.IDLE and (self._task is None or self._task.done()):
+            self.close("server shutdown")
+        # otherwise let the transfer finish within the grace period
+
+    # -- RangeWriter for send_file_range ----------------------------------------------
+    async def wait_writable(self) -> None:
+        while not self._writable.is_set() and not self.closing:
+            await self._writable.wait()
+
+    async def wait_empty(self) -> None:
+        t = self.transport
+        if t.get_write_buffer_size() == 0 or self.closing:
+            return
+        high, low = t.get_write_buffer_limits()
+        t.set_write_buffer_limits(high=0, low=0)
+        try:
+            while t.get_write_buffer_size() and not self.closing:
+                self._writable.clear()
+                await self._writable.wait()
+        finally:
+            if not self.closing:
+                t.set_write_buffer_limits(high=high, low=low)
+
+    # -- event dispatch -----------------------------------------------------------------
+    def _flush(self) -> None:
+        for chunk in self.proto.data_to_send():
+            self.write(chunk)
+
+    def _pump(self) -> None:
+        while True:
+            events = self.proto.events_received()
+            if not events:
+                break
+            for event in events:
+                self._dispatch(event)
+        self._flush()
+
+    def _dispatch(self, event: FilesEvent) -> None:
+        if isinstance(event, BodyChunk):
+            if self._sink is not None:
+                self._sink.push(event.data)
+        elif isinstance(event, BodyEnd):
+            pass
+        elif isinstance(event, Trailer):
+            upload, sink = self._upload, self._sink
+            self._upload = self._sink = None  # the commit task owns it now
+            if upload is not None and sink is not None:
+                self._start(self._commit(upload, sink, event))
+        elif isinstance(event, PutRequest):
+            self._start(self._put(event))
+        elif isinstance(event, GetRequest):
+            self._start(self._get(event))
+        elif isinstance(event, StatRequest):
+            self._start(self._stat(event))
+        elif isinstance(event, ListRequest):
+            self._start(self._list(event))
+        elif isinstance(event, EndOfStream) and self._upload is not None and not event.clean:
+            up = self._upload
+            self.log.info(
+                "upload of %r interrupted at %d of %d bytes; part kept",
+                up.name,
+                up.size - self.proto.body_left,
+                up.size,
+                extra={"event": "files_interrupted"},
+            )
+            self._drop_upload(keep=True)
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._task = asyncio.ensure_future(coro)
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.log.error("files request failed: %r", exc, exc_info=exc)
+            self.ctx.metrics["handler_errors"] += 1
+            self.abort("internal error")
+            return
+        if self._eof and self.proto.state in (State.IDLE, State.CLOSED):
+            self.close("done")
+
+    def _fatal(self, exc: ProtocolError) -> None:
+        self.ctx.metrics["files_bad_requests"] += 1
+        code = "bad_request"
+        self.log.info("bad request: %s", exc, extra={"event": "files_bad_request"})
+        if self.proto.state is State.ERROR:
+            with contextlib.suppress(ProtocolError):
+                self.proto.send_error(
+                    code,
+                    str(exc) if not isinstance(exc, LimitExceeded) else f"limit exceeded: {exc}",
+                )
+        self._drop_upload(keep=False)
+        self._flush()
+        self.close("bad request")
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(executor(), fn, *args)
+
+    def _refuse(self, exc: FileStoreError) -> None:
+        self.ctx.metrics[f"files_refused_{exc.code}"] += 1
+        self.proto.send_error(exc.code, str(exc), offset=exc.offset)
+        self._flush()
+
+    # -- requests -----------------------------------------------------------------------
+    async def _stat(self, req: StatRequest) -> None:
+        try:
+            info = await self._run(self.service.store.stat, req.name)
+        except FileStoreError as exc:
+            self._refuse(exc)
+            return
+        self.proto.send_stat(
+            req.name, exists=info.exists, size=info.size, mtime=info.mtime, partial=info.partial
+        )
+        self._pump()
+
+    async def _list(self, req: ListRequest) -> None:
+        try:
+            entries = await self._run(self.service.store.listdir, req.path)
+        except FileStoreError as exc:
+            self._refuse(exc)
+            return
+        self.proto.send_list(req.path, entries)
+        self._pump()
+
+    async def _get(self, req: GetRequest) -> None:
+        store = self.service.store
+        try:
+            handle: ReadHandle = await self._run(store.open_read, req.name)
+        except FileStoreError as exc:
+            self._refuse(exc)
+            return
+        try:
+            if req.offset > handle.size:
+                self._refuse(
+                    FileStoreError(
+                        "conflict",
+                        f"offset {req.offset} is beyond the size of {req.name!r}",
+                        offset=handle.size,
+                    )
+                )
+                return
+            digest_name = req.digest
+            cached = handle.cached_digest(digest_name)
+            digest_job: asyncio.Future[str] | None = None
+            if cached is None:
+                digest_job = asyncio.ensure_future(self._run(handle.digest, digest_name))
+            try:
+                self.proto.send_get(
+                    req.name, size=handle.size, offset=req.offset, digest=digest_name
+                )
+                self._flush()
+                length = handle.size - req.offset
+                method = await send_file_range(
+                    self, handle.fd, req.offset, length, zero_copy=self.service.zero_copy
+                )
+                self.proto.body_sent(length)
+                digest = await digest_job if digest_job is not None else cached or ""
+            finally:
+                if digest_job is not None and not digest_job.done():
+                    digest_job.cancel()
+                    with contextlib.suppress(BaseException):
+                        await digest_job
+            self.proto.send_trailer(digest)
+            self.ctx.metrics["files_bytes_out"] += length
+            self.ctx.metrics["files_gets"] += 1
+            self.log.info(
+                "sent %r (%d bytes from %d, %s)",
+                req.name,
+                length,
+                req.offset,
+                method,
+                extra={"event": "files_get"},
+            )
+            self._pump()
+        except (OSError, ConnectionError) as exc:
+            self.abort(f"download failed: {exc}")
+        finally:
+            handle.close()
+
+    async def _put(self, req: PutRequest) -> None:
+        store = self.service.store
+        try:
+            upload = await self._run(
+                lambda: store.begin_upload(
+                    req.name,
+                    size=req.size,
+                    offset=req.offset,
+                    digest=req.digest,
+                    overwrite=req.overwrite,
+                    restart=req.restart,
+                )
+            )
+        except FileStoreError as exc:
+            self._refuse(exc)
+            return
+        if self.closing:
+            await self._run(upload.release)
+            return
+        self._upload = upload
+        try:
+            if upload.offset:
+                await self._run(upload.hash_prefix)
+        except OSError as exc:
+            self._upload = None
+            await self._run(upload.release)
+            self._refuse(FileStoreError("io_error", f"cannot read the part: {exc}"))
+            return
+        if self.closing:
+            self._drop_upload(keep=True)
+            return
+        self._sink = WriteBehind(
+            upload.write,
+            on_pause=self.pause_reading,
+            on_resume=self.resume_reading,
+            on_error=self._write_failed,
+        )
+        self.proto.send_ready()
+        self._pump()
+
+    def _write_failed(self, exc: BaseException) -> None:
+        code, message = "io_error", str(exc)
+        if isinstance(exc, FileStoreError):
+            code = exc.code
+        self.log.warning("upload failed: %s", message, extra={"event": "files_write_error"})
+        if self.proto.state in (State.UPLOAD, State.UPLOAD_TRAILER):
+            self.proto.send_error(code, message)
+        else:
+            return  # the commit task reports it (its flush raises)
+        self._drop_upload(keep=True)
+        # Say why, half-close, and discard what is still in flight until the client stops
+        # (closing at once would reset the connection and could lose our explanation).
+        for chunk in self.proto.data_to_send():
+            self.write(chunk)
+        self.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(10.0, self.abort, f"{code}: client kept sending")
+        else:
+            self.close(code)
+
+    async def _commit(self, upload: Upload, sink: WriteBehind, trailer: Trailer) -> None:
+        try:
+            await sink.flush()
+        except FileStoreError as exc:
+            await self._run(upload.release)
+            self._refuse(exc)
+            return
+        try:
+            digest = await self._run(upload.commit, trailer.digest)
+        except FileStoreError as exc:
+            self.ctx.metrics[f"files_refused_{exc.code}"] += 1
+            await self._run(upload.release)
+            self.proto.send_error(exc.code, str(exc), offset=exc.offset)
+            self._flush()
+            return
+        except BaseException:
+            await self._run(upload.release)
+            raise
+        self.ctx.metrics["files_puts"] += 1
+        self.ctx.metrics["files_bytes_in"] += upload.size - upload.offset
+        self.log.info(
+            "stored %r (%d bytes, resumed at %d, %s %s)",
+            upload.name,
+            upload.size,
+            upload.offset,
+            upload.digest_name,
+            digest,
+            extra={"event": "files_put"},
+        )
+        self.proto.send_put_result(
+            upload.name, size=upload.size, digest_name=upload.digest_name, digest=digest
+        )
+        self._pump()
+
+    def _drop_upload(self, *, keep: bool) -> None:
+        """Hand a dropped upload to a cleanup task: finish its writes, then unlock it."""
+        upload, sink = self._upload, self._sink
+        self._upload = self._sink = None
+        if upload is None:
+            return
+
+        async def cleanup() -> None:
+            if sink is not None:
+                with contextlib.suppress(BaseException):
+                    await sink.flush()
+            await asyncio.get_running_loop().run_in_executor(
+                executor(), upload.release if keep else upload.discard
+            )
+
+        self.service._track(asyncio.ensure_future(cleanup()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m wirecat.services.files ROOT [ENDPOINT] [--loop KIND]``: a files server alone.
+
+    Prints ``listening <endpoint>`` (with the real port) on standard output once bound, then
+    serves until SIGINT/SIGTERM. Used by tests and benchmarks that need a separate process.
+    """
+    import argparse
+    import sys
+
+    from ..runtime.loop import run
+    from ..runtime.server import Server, run_until_signal
+
+    parser = argparse.ArgumentParser(prog="python -m wirecat.services.files")
+    parser.add_argument("root")
+    parser.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT)
+    parser.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    parser.add_argument("--readonly", action="store_true")
+    parser.add_argument("--max-file-size", type=int, default=None)
+    parser.add_argument("--quota", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    async def serve() -> int:
+        service = FilesService(
+            [parse_endpoint(args.endpoint)],
+            args.root,
+            readonly=args.readonly,
+            max_file_size=args.max_file_size,
+            quota=args.quota,
+        )
+        server = Server([service], limits=Limits(idle_timeout=None))
+        await server.start()
+        print(f"listening {server.endpoint('files')}", flush=True)
+        sys.stdout.flush()
+        return await run_until_signal(server)
+
+    return run(serve(), loop=args.loop)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
