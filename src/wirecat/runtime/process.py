@@ -8,14 +8,17 @@
 Bytes from the peer go to the process's stdin; when the peer half-closes, the process's
 stdin is closed (it reads EOF). The process's stdout goes to the peer; when the process
 closes its stdout (usually by exiting), the peer is sent EOF. The process's stderr is
-inherited. If the peer resets the connection, or the bridge is cancelled, the process is
-terminated (SIGTERM, then SIGKILL after ``grace`` seconds).
+inherited. The process runs in its own session and process group; if the peer resets the
+connection, or the bridge is cancelled, the whole group is terminated (SIGTERM, then
+SIGKILL after ``grace`` seconds), so a shell's children do not outlive it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import Mapping, Sequence
 
 from ..errors import ConnectionClosed
@@ -27,16 +30,21 @@ _CHUNK = 64 * 1024
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), grace)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+    """Stop the process and everything it started (its own process group)."""
+    if proc.returncode is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            _signal_group(proc, signal.SIGKILL)
+            await proc.wait()
+    # A shell's children outlive it: clean up the rest of the group as well.
+    _signal_group(proc, signal.SIGTERM)
+
+
+def _signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
 
 
 async def bridge_process(

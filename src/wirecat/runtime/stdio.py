@@ -143,8 +143,8 @@ class _PipeReader(StdinReader):
     def close(self) -> None:
         if not self._transport.is_closing():
             self._transport.close()
-            with contextlib.suppress(OSError):
-                os.set_blocking(self._fd, True)
+        with contextlib.suppress(OSError):  # O_NONBLOCK is shared with whoever gave us stdin
+            os.set_blocking(self._fd, True)
 
 
 class _ThreadReader(StdinReader):
@@ -217,7 +217,7 @@ async def open_stdin(fd: int = 0, *, max_chunks: int = _MAX_CHUNKS) -> StdinRead
         except BaseException:
             pipe.close()
             raise
-        return _PipeReader(reader, transport, dup)
+        return _PipeReader(reader, transport, fd)
     return _ThreadReader(fd, loop, max_chunks)
 
 
@@ -394,7 +394,7 @@ async def open_stdout(fd: int = 1, *, high_water: int = _HIGH_WATER) -> StdoutWr
             pipe.close()
             raise
         transport.set_write_buffer_limits(high=high_water)
-        return _PipeWriter(transport, proto, dup)
+        return _PipeWriter(transport, proto, fd)
     return _ThreadWriter(fd, loop, high_water)
 
 
