@@ -18,6 +18,12 @@ __all__ = ["ENDPOINT", "EXIT_INTERRUPTED", "LOOP_OPTION", "die", "run_command"]
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
+class BadEndpoint(click.BadParameter):
+    """A bad endpoint on the command line: exit 64 like every other invalid endpoint."""
+
+    exit_code = 64
+
+
 class EndpointType(click.ParamType):  # type: ignore[type-arg]  # generic since click 8.3
     """A click parameter parsed with :func:`parse_endpoint` (bad input -> usage error)."""
 
@@ -31,7 +37,7 @@ class EndpointType(click.ParamType):  # type: ignore[type-arg]  # generic since 
         try:
             return parse_endpoint(str(value), default_host="127.0.0.1")
         except InvalidEndpoint as exc:
-            self.fail(str(exc), param, ctx)
+            raise BadEndpoint(str(exc), ctx, param) from None
 
 
 ENDPOINT = EndpointType()

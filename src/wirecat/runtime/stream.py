@@ -40,6 +40,7 @@ from ..errors import (
 from ..protocols.buffer import StreamBuffer
 from .connection import format_address
 from .listeners import Listener, unix_address
+from .logs import logger as _log
 
 __all__ = ["Connection", "DatagramConnection", "connect", "open_connection_listener"]
 
@@ -175,6 +176,16 @@ class Connection:
         if self._eof_sent:
             raise LocalProtocolError(f"send() after send_eof() on {self.endpoint}")
         self._t.write(data)
+        await self._p.drain()
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes written but not yet handed to the kernel."""
+        return self._t.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is below its high-water mark (returns at once if it is,
+        or if the connection is gone)."""
         await self._p.drain()
 
     async def send_eof(self) -> None:
@@ -519,8 +530,9 @@ async def open_connection_listener(
 ) -> Listener:
     """Listen on a stream endpoint and run ``handler(conn)`` as a task per accepted peer.
 
-    The connection is closed when the handler returns or raises (the exception is logged by
-    the loop's handler). Close the listener to stop accepting; open connections stay.
+    The connection is closed when the handler returns or raises (the exception is logged to
+    the ``wirecat`` logger, never left unretrieved). Close the listener to stop accepting;
+    open connections stay.
 
     Raises:
         AddressInUse, PermissionDenied, ListenError, InvalidEndpoint.
@@ -539,6 +551,8 @@ async def open_connection_listener(
             async def run() -> None:
                 try:
                     await handler(conn)
+                except Exception:
+                    _log.exception("connection handler for %s failed", conn.peer_address)
                 finally:
                     await conn.aclose()
 
