@@ -13,7 +13,15 @@ from ..errors import InvalidEndpoint, WirecatError, exit_code_for
 from ..runtime.logs import configure_logging
 from ..runtime.loop import LoopKind, run
 
-__all__ = ["ENDPOINT", "EXIT_INTERRUPTED", "LOOP_OPTION", "die", "run_command"]
+__all__ = [
+    "ENDPOINT",
+    "EXIT_INTERRUPTED",
+    "LOOP_OPTION",
+    "die",
+    "run_command",
+    "tls_client_options",
+    "tls_connect_kwargs",
+]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
@@ -82,3 +90,100 @@ def run_command(
     except ValueError as exc:  # e.g. uvloop requested but missing
         die(str(exc), 64)
     sys.exit(code or 0)
+
+
+def tls_client_options(f: Any) -> Any:
+    """Add the TLS client flags (for ``tls://`` endpoints) to a verb."""
+    options = [
+        click.option(
+            "--cafile",
+            type=click.Path(dir_okay=False, exists=True),
+            default=None,
+            help="tls: trust these PEM CAs instead of the system store.",
+        ),
+        click.option(
+            "--pin",
+            default=None,
+            metavar="sha256:HEX",
+            help="tls: accept only this certificate (works with self-signed servers).",
+        ),
+        click.option(
+            "--insecure",
+            is_flag=True,
+            help="tls: do not verify the server at all (prints a warning).",
+        ),
+        click.option(
+            "--servername",
+            default=None,
+            metavar="NAME",
+            help="tls: name to send (SNI) and verify; default the endpoint's host.",
+        ),
+        click.option(
+            "--alpn",
+            multiple=True,
+            metavar="PROTO",
+            help="tls: ALPN protocol to offer (repeatable).",
+        ),
+        click.option(
+            "--cert",
+            "client_cert",
+            type=click.Path(dir_okay=False, exists=True),
+            default=None,
+            help="tls: client certificate (PEM) for mTLS.",
+        ),
+        click.option(
+            "--key",
+            "client_key",
+            type=click.Path(dir_okay=False, exists=True),
+            default=None,
+            help="tls: private key for --cert.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def tls_connect_kwargs(
+    endpoint: Endpoint,
+    *,
+    cafile: str | None,
+    pin: str | None,
+    insecure: bool,
+    servername: str | None,
+    alpn: tuple[str, ...],
+    client_cert: str | None,
+    client_key: str | None,
+) -> dict[str, Any]:
+    """Turn the TLS client flags into keyword arguments for :func:`wirecat.connect`.
+
+    Exits 64 when TLS flags are given for a non-TLS endpoint or a pin is malformed, and 78
+    when a file cannot be loaded.
+    """
+    from ..runtime.tls import TLSError, client_context, parse_pin
+
+    given = cafile or pin or insecure or servername or alpn or client_cert
+    if endpoint.scheme != "tls":
+        if given:
+            die(f"TLS options need a tls:// endpoint, not {endpoint}", 64)
+        return {}
+    try:
+        if pin:
+            parse_pin(pin)
+        if insecure:
+            click.echo(
+                "wirecat: warning: --insecure: the server's identity is NOT verified; "
+                "anyone on the path can read and change this connection",
+                err=True,
+            )
+        ctx = client_context(
+            cafile=cafile,
+            insecure=insecure,
+            pinned=pin is not None,
+            cert=client_cert,
+            key=client_key,
+            alpn=alpn,
+        )
+    except TLSError as exc:
+        die(str(exc), 64 if "pin" in str(exc) else 78)
+    return {"ssl": ctx, "pin": pin, "server_hostname": servername}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ..endpoints import Endpoint, parse_endpoint
@@ -9,7 +11,7 @@ from ..errors import InvalidEndpoint
 from ..runtime.loop import LoopKind
 from ..runtime.stdio import BridgeResult, bridge_datagram, bridge_stream, open_stdin, open_stdout
 from ..runtime.stream import Connection, connect
-from .common import LOOP_OPTION, die, run_command
+from .common import LOOP_OPTION, die, run_command, tls_client_options, tls_connect_kwargs
 
 __all__ = ["connect_command", "endpoint_argument"]
 
@@ -45,8 +47,9 @@ async def _connect_main(
     wait: float | None,
     crlf: bool,
     verbose: bool,
+    tls: dict[str, Any],
 ) -> int:
-    conn = await connect(ep, timeout=timeout)
+    conn = await connect(ep, timeout=timeout, **tls)
     stdin = await open_stdin()
     stdout = await open_stdout()
     try:
@@ -96,6 +99,7 @@ async def _connect_main(
 )
 @click.option("-C", "--crlf", is_flag=True, help="Send every LF from stdin as CRLF.")
 @click.option("-v", "--verbose", is_flag=True, help="Print connection details on stderr.")
+@tls_client_options
 @LOOP_OPTION
 def connect_command(
     endpoint: str,
@@ -105,12 +109,21 @@ def connect_command(
     timeout: float,
     crlf: bool,
     verbose: bool,
+    cafile: str | None,
+    pin: str | None,
+    insecure: bool,
+    servername: str | None,
+    alpn: tuple[str, ...],
+    client_cert: str | None,
+    client_key: str | None,
     loop_kind: LoopKind,
 ) -> None:
     """Connect to ENDPOINT; copy stdin to it and what it sends to stdout.
 
-    ENDPOINT is tcp://HOST:PORT, HOST:PORT (tcp), udp://HOST:PORT, unix:/PATH or
-    unix+dgram:/PATH; `HOST PORT` works too. Bytes pass through unchanged.
+    ENDPOINT is tcp://HOST:PORT, HOST:PORT (tcp), tls://HOST:PORT, udp://HOST:PORT,
+    unix:/PATH or unix+dgram:/PATH; `HOST PORT` works too. Bytes pass through unchanged.
+    TLS verifies the server against the system CAs (TLS 1.2+, AEAD ciphers) unless told
+    otherwise with --cafile, --pin or --insecure.
 
     End of stream: when stdin ends, wirecat half-closes the connection (the peer reads
     EOF) and keeps printing until the peer closes, then exits 0. When the peer closes
@@ -130,9 +143,21 @@ def connect_command(
       wirecat connect --crlf mail.example.com:25     # talk SMTP by hand
       echo hi | wirecat connect udp://127.0.0.1:7007 # one datagram, 1 s for replies
       echo stats | wirecat connect unix:/run/app.sock
+      wirecat connect tls://example.com:443 --alpn http/1.1
+      wirecat connect tls://127.0.0.1:7443 --pin sha256:9f86d0...   # self-signed server
       tail -f log | wirecat connect --no-shutdown --wait 2 host:9000
     """
     ep = endpoint_argument(endpoint, port)
+    tls = tls_connect_kwargs(
+        ep,
+        cafile=cafile,
+        pin=pin,
+        insecure=insecure,
+        servername=servername,
+        alpn=alpn,
+        client_cert=client_cert,
+        client_key=client_key,
+    )
     run_command(
         _connect_main(
             ep,
@@ -141,6 +166,7 @@ def connect_command(
             wait=wait,
             crlf=crlf,
             verbose=verbose,
+            tls=tls,
         ),
         loop=loop_kind,
     )

@@ -481,8 +481,8 @@ class BridgeResult:
     Attributes:
         sent: bytes sent to the peer (after ``crlf`` conversion).
         received: bytes received from the peer and written to stdout.
-        reason: ``"peer closed"``, ``"wait expired"``, ``"stdout closed"`` or
-            ``"stdin closed"`` (datagram bridges, after ``wait``).
+        reason: ``"peer closed"``, ``"wait expired"``, ``"peer quiet"`` (TLS),
+            ``"stdout closed"`` or ``"stdin closed"`` (datagram bridges, after ``wait``).
     """
 
     sent: int = 0
@@ -505,6 +505,7 @@ async def bridge_stream(
     wait: float | None = None,
     crlf: bool = False,
     stop_on_peer_eof: bool | None = None,
+    no_half_close_linger: float = 1.0,
 ) -> BridgeResult:
     """Copy ``stdin`` to ``conn`` and ``conn`` to ``stdout`` until the session ends.
 
@@ -518,6 +519,8 @@ async def bridge_stream(
         crlf: send every bare LF as CRLF.
         stop_on_peer_eof: end as soon as the peer closes its side, without waiting for stdin
             to end. ``None`` means "when stdin is a terminal".
+        no_half_close_linger: where the connection cannot half-close (TLS) and ``wait`` is
+            ``None``, after stdin EOF end once nothing arrived for this many seconds.
 
     Returns:
         A :class:`BridgeResult`. ``conn`` is left open; the caller closes it.
@@ -566,6 +569,19 @@ async def bridge_stream(
                 await up
             return result
         up.result()  # stdin ended first (or reading it failed: raise)
+        if wait is None and half_close and not conn.can_send_eof:
+            # No half-close on TLS (RFC 8446 6.1), so the peer cannot learn that we are done
+            # and may never close. Like socat -t: end once it has been quiet for a while.
+            while True:
+                before = result.received
+                try:
+                    async with asyncio.timeout(no_half_close_linger):
+                        await asyncio.shield(down)
+                    break
+                except TimeoutError:
+                    if result.received == before:
+                        result.reason = "peer quiet"
+                        return result
         try:
             async with asyncio.timeout(wait):
                 await asyncio.shield(down)

@@ -179,6 +179,11 @@ class Connection:
         await self._p.drain()
 
     @property
+    def can_send_eof(self) -> bool:
+        """False where a half-close does not exist (TLS: close_notify ends both directions)."""
+        return self._t.can_write_eof()
+
+    @property
     def write_buffer_size(self) -> int:
         """Bytes written but not yet handed to the kernel."""
         return self._t.get_write_buffer_size()
