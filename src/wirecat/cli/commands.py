@@ -1,14 +1,23 @@
-"""The list of ``wirecat`` verbs. Each verb module adds its command here (one line each)."""
+"""The list of ``wirecat`` verbs, in the order ``wirecat --help`` shows them."""
 
 from __future__ import annotations
 
 import click
 
-COMMANDS: list[click.Command] = []
+from .bench import bench as bench_command
+from .chat import chat_command
+from .connect import connect_command
+from .files import get_command, ls_command, send_command
+from .listen import listen_command
+from .serve import serve_command
 
-from .serve import serve_command  # noqa: E402
-
-COMMANDS.append(serve_command)
-from .bench import bench as bench_command  # noqa: E402
-
-COMMANDS.append(bench_command)
+COMMANDS: list[click.Command] = [
+    serve_command,
+    connect_command,
+    listen_command,
+    chat_command,
+    send_command,
+    get_command,
+    ls_command,
+    bench_command,
+]

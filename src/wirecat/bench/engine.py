@@ -1,0 +1,510 @@
+"""One load-generator worker: raw ``asyncio.Protocol`` clients on one event loop.
+
+The clients do as little as possible per message so that the load generator is not what is
+measured: payloads are built once, replies are counted rather than parsed, and one latency
+sample is one ``perf_counter_ns`` pair plus one histogram increment.
+
+Model: the echo clients of MagicStack/uvloop's ``examples/bench``; wrk's connection loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import resource
+import ssl
+from collections import Counter
+from collections.abc import Callable
+from time import perf_counter, perf_counter_ns
+from typing import Any
+
+from .config import BenchConfig, WorkerResult
+from .histogram import Histogram
+
+__all__ = ["classify_error", "open_connection", "raise_fd_limit", "run_worker"]
+
+_STREAM_BURST = 64  # chunks written before yielding to the loop, whatever the kernel takes
+
+
+def classify_error(exc: BaseException) -> str:
+    """Return the error kind reported for ``exc`` (``connect_refused``, ``reset``, ...)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connect_refused"
+    if isinstance(exc, TimeoutError):
+        return "connect_timeout"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return "reset"
+    if isinstance(exc, ssl.SSLError):
+        return "tls_error"
+    if isinstance(exc, OSError):
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return "no_free_port"
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return "too_many_open_files"
+        if exc.errno == errno.ENOENT:
+            return "connect_refused"
+        return "connect_error"
+    return type(exc).__name__
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file soft limit toward ``wanted`` (at most the hard limit).
+
+    Returns:
+        The soft limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):  # pragma: no cover - refused by the OS
+            pass
+    return soft
+
+
+class _Run:
+    """State shared by every client of one worker."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        self.config = config
+        self.hist = Histogram()
+        self.errors: Counter[str] = Counter()
+        self.ops = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.connects = 0
+        self.deliveries = 0  # chat: messages received by members
+        #: operations still allowed (-1: no count limit)
+        self.remaining = config.count if config.count is not None else -1
+        self.stop = False  # no new operations
+        self.closing = False  # connections are being closed on purpose
+        self.inflight = 0
+        self.live = 0  # clients still able to work
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.on_measure: Callable[[str], None] | None = None
+
+    def reset(self) -> None:
+        """End of warm-up: forget what was measured so far (errors are kept)."""
+        self.hist.reset()
+        self.ops = self.bytes_sent = self.bytes_received = self.deliveries = 0
+        if self.config.mode == "connect":
+            self.connects = 0
+        if self.config.count is not None:
+            self.remaining = self.config.count
+
+    def check_done(self) -> None:
+        if self.done.done():
+            return
+        if self.live <= 0 or (self.remaining == 0 and self.inflight == 0):
+            self.done.set_result(None)
+
+    def lost(self, exc: BaseException | None) -> None:
+        """A client's connection ended."""
+        self.live -= 1
+        if not self.closing:
+            self.errors[classify_error(exc) if exc is not None else "closed_by_peer"] += 1
+        self.check_done()
+
+
+class _EchoClient(asyncio.Protocol):
+    """Ping-pong: send the payload, wait until as many bytes came back, repeat."""
+
+    __slots__ = ("alive", "payload", "pending", "run", "size", "t0", "transport")
+
+    def __init__(self, run: _Run, payload: bytes) -> None:
+        self.run = run
+        self.payload = payload
+        self.size = len(payload)
+        self.pending = 0
+        self.t0 = 0
+        self.alive = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.alive = True
+
+    def start(self) -> None:
+        self._send(perf_counter_ns())
+
+    def _send(self, now: int) -> None:
+        run = self.run
+        if run.stop or run.remaining == 0:
+            run.check_done()
+            return
+        if run.remaining > 0:
+            run.remaining -= 1
+        run.inflight += 1
+        self.pending = self.size
+        self.t0 = now
+        self.transport.write(self.payload)  # type: ignore[union-attr]
+        run.bytes_sent += self.size
+
+    def data_received(self, data: bytes) -> None:
+        run = self.run
+        n = len(data)
+        run.bytes_received += n
+        pending = self.pending - n
+        if pending > 0:
+            self.pending = pending
+            return
+        now = perf_counter_ns()
+        if pending < 0:
+            if pending + n <= 0:  # nothing was expected at all
+                run.errors["unexpected_data"] += 1
+                self.pending = 0
+                return
+            run.errors["unexpected_data"] += 1
+        self.pending = 0
+        run.inflight -= 1
+        run.hist.record(now - self.t0)
+        run.ops += 1
+        self._send(now)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.alive:
+            self.alive = False
+            if self.pending > 0:
+                self.run.inflight -= 1
+                self.pending = 0
+            self.run.lost(exc)
+
+
+class _StreamClient(asyncio.Protocol):
+    """Bulk one-way: write chunks while the transport accepts them; count what comes back."""
+
+    __slots__ = ("alive", "loop", "paused", "payload", "run", "size", "transport")
+
+    def __init__(self, run: _Run, payload: bytes) -> None:
+        self.run = run
+        self.payload = payload
+        self.size = len(payload)
+        self.paused = False
+        self.alive = False
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.alive = True
+
+    def start(self) -> None:
+        self._pump()
+
+    def _pump(self) -> None:
+        run = self.run
+        write = self.transport.write  # type: ignore[union-attr]
+        payload, size = self.payload, self.size
+        for _ in range(_STREAM_BURST):
+            if self.paused or not self.alive:
+                return
+            if run.stop or run.remaining == 0:
+                run.check_done()
+                return
+            if run.remaining > 0:
+                run.remaining -= 1
+            write(payload)
+            run.bytes_sent += size
+            run.ops += 1
+        self.loop.call_soon(self._pump)  # the kernel took a burst: let reads and timers run
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        self.run.bytes_received += len(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.alive:
+            self.alive = False
+            self.run.lost(exc)
+
+
+class _OneShotClient(asyncio.Protocol):
+    """Connect mode: optionally wait for ``size`` bytes back, then report through a future."""
+
+    __slots__ = ("pending", "replied", "run")
+
+    def __init__(self, run: _Run, size: int) -> None:
+        self.run = run
+        self.pending = size
+        self.replied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if size == 0:
+            self.replied.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.run.bytes_received += len(data)
+        self.pending -= len(data)
+        if self.pending <= 0 and not self.replied.done():
+            self.replied.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.replied.done():
+            self.replied.set_exception(exc or ConnectionResetError("closed before the reply"))
+            self.replied.exception()  # retrieved: no "never retrieved" warning if unused
+
+
+def _tls_context(config: BenchConfig) -> ssl.SSLContext | None:
+    if config.endpoint.scheme != "tls":
+        return None
+    ctx = ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def open_connection(
+    config: BenchConfig,
+    factory: Callable[[], asyncio.Protocol],
+    source: str | None = None,
+) -> tuple[asyncio.Transport, asyncio.Protocol]:
+    """Open one connection to ``config.endpoint`` with protocol ``factory()``.
+
+    Args:
+        config: the run (endpoint, TLS options).
+        factory: builds the protocol instance.
+        source: local IP address to bind to, or ``None``.
+
+    Returns:
+        The transport and protocol.
+
+    Raises:
+        OSError: the connection failed (callers classify it with :func:`classify_error`).
+    """
+    loop = asyncio.get_running_loop()
+    ep = config.endpoint
+    transport: asyncio.Transport
+    proto: asyncio.Protocol
+    if ep.is_unix:
+        transport, proto = await loop.create_unix_connection(factory, ep.path)
+    else:
+        ctx = _tls_context(config)
+        local = (source, 0) if source else None
+        host, port = str(ep.host), int(ep.port or 0)
+        if ctx is None:
+            transport, proto = await loop.create_connection(factory, host, port, local_addr=local)
+        else:
+            transport, proto = await loop.create_connection(
+                factory, host, port, ssl=ctx, server_hostname=host, local_addr=local
+            )
+    return transport, proto
+
+
+async def _open_all(
+    run: _Run, make: Callable[[], asyncio.Protocol]
+) -> list[tuple[asyncio.Transport, Any]]:
+    """Open ``conns`` connections, ``connect_concurrency`` at once, bounded in time."""
+    config = run.config
+    sources = itertools.cycle(config.source_addresses or (None,))
+    opened: list[tuple[asyncio.Transport, Any]] = []
+    sem = asyncio.Semaphore(config.connect_concurrency)
+
+    async def one(source: str | None) -> None:
+        async with sem:
+            try:
+                t, p = await open_connection(config, make, source)
+            except (OSError, ssl.SSLError) as exc:
+                run.errors[classify_error(exc)] += 1
+                return
+            opened.append((t, p))
+
+    tasks = [asyncio.ensure_future(one(next(sources))) for _ in range(config.conns)]
+    try:
+        async with asyncio.timeout(config.connect_timeout):
+            await asyncio.gather(*tasks)
+    except TimeoutError:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        missing = config.conns - len(opened) - sum(run.errors.values())
+        if missing > 0:
+            run.errors["connect_timeout"] += missing
+    run.connects = len(opened)
+    return opened
+
+
+async def _measure(run: _Run, kick: Callable[[], None]) -> float:
+    """Start traffic, handle warm-up, stop at the duration cap or when done; return seconds."""
+    loop = asyncio.get_running_loop()
+    config = run.config
+    hook = run.on_measure
+    if config.warmup > 0:
+        kick()
+        await asyncio.wait([run.done], timeout=config.warmup)
+        run.reset()
+        if hook is not None:
+            hook("start")
+    else:
+        if hook is not None:
+            hook("start")
+        kick()
+    start = perf_counter()
+
+    def time_up() -> None:
+        if not run.done.done():
+            run.done.set_result(None)
+
+    handle = loop.call_later(config.duration, time_up)
+    try:
+        await run.done
+    finally:
+        handle.cancel()
+    run.stop = True
+    elapsed = perf_counter() - start
+    if hook is not None:
+        hook("stop")
+    return elapsed
+
+
+async def _run_persistent(run: _Run, start: Callable[[], None] | None) -> float:
+    config = run.config
+    payload = (
+        bytes(i % 251 for i in range(config.size))
+        if config.size < 4096
+        else (b"wirecat!" * (config.size // 8 + 1))[: config.size]
+    )
+    cls = _EchoClient if config.mode == "echo" else _StreamClient
+    clients: list[_EchoClient | _StreamClient] = []
+
+    def make() -> asyncio.Protocol:
+        c = cls(run, payload)
+        clients.append(c)
+        return c
+
+    opened = await _open_all(run, make)
+    live = [p for _, p in opened if p.alive]
+    run.live = len(live)
+    if not live:
+        return 0.0
+    if start is not None:
+        start()
+
+    def kick() -> None:
+        for c in live:
+            c.start()
+
+    try:
+        return await _measure(run, kick)
+    finally:
+        run.closing = True
+        for t, _ in opened:
+            t.abort()
+        await asyncio.sleep(0)
+
+
+async def _run_connect(run: _Run, start: Callable[[], None] | None) -> float:
+    config = run.config
+    payload = b"x" * config.size
+    sources = itertools.cycle(config.source_addresses or (None,))
+    if start is not None:
+        start()
+    run.live = config.conns
+
+    async def slot() -> None:
+        try:
+            while not run.stop:
+                if run.remaining == 0:
+                    break
+                if run.remaining > 0:
+                    run.remaining -= 1
+                run.inflight += 1
+                t0 = perf_counter_ns()
+                transport: asyncio.Transport | None = None
+                try:
+                    async with asyncio.timeout(config.connect_timeout):
+                        transport, proto = await open_connection(
+                            config, lambda: _OneShotClient(run, config.size), next(sources)
+                        )
+                        if config.size:
+                            transport.write(payload)
+                            run.bytes_sent += config.size
+                        await proto.replied  # type: ignore[attr-defined]
+                except (OSError, ssl.SSLError) as exc:
+                    run.errors[classify_error(exc)] += 1
+                    await asyncio.sleep(0.001)  # a refusing server must not turn this into a spin
+                else:
+                    run.hist.record(perf_counter_ns() - t0)
+                    run.ops += 1
+                    run.connects += 1
+                finally:
+                    run.inflight -= 1
+                    if transport is not None:
+                        transport.close()
+        finally:
+            run.live -= 1
+            run.check_done()
+
+    tasks: list[asyncio.Task[None]] = []
+
+    def kick() -> None:
+        tasks.extend(asyncio.ensure_future(slot()) for _ in range(config.conns))
+
+    try:
+        return await _measure(run, kick)
+    finally:
+        run.closing = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_worker(
+    config: BenchConfig,
+    start: Callable[[], None] | None = None,
+    on_measure: Callable[[str], None] | None = None,
+) -> WorkerResult:
+    """Run one worker's share of a benchmark on the running loop.
+
+    Args:
+        config: this worker's part (see :meth:`BenchConfig.split`); assumed valid.
+        start: called (it may block) once every connection is open, right before traffic
+            starts; workers use it to start together. ``None``: start at once.
+        on_measure: called with ``"start"`` right before the measured window (after
+            warm-up) and ``"stop"`` right after it, while every connection is still open;
+            for sampling outside counters (a server's CPU time) over exactly that window.
+            It runs on the loop: keep it short.
+
+    Returns:
+        What this worker measured. Connection failures are counted in ``errors``, never
+        raised. Bounded in time: at most ``connect_timeout + warmup + duration`` seconds
+        (plus the ``connect_timeout`` of operations in flight in ``connect`` mode).
+    """
+    raise_fd_limit(config.conns + 256)
+    run = _Run(config)
+    run.on_measure = on_measure
+    if config.mode == "chat":
+        from .chat import run_chat
+
+        elapsed = await run_chat(run, start)
+    elif config.mode == "connect":
+        elapsed = await _run_connect(run, start)
+    else:
+        elapsed = await _run_persistent(run, start)
+    return WorkerResult(
+        ops=run.ops,
+        deliveries=run.deliveries,
+        bytes_sent=run.bytes_sent,
+        bytes_received=run.bytes_received,
+        connects=run.connects,
+        elapsed=elapsed,
+        errors=run.errors,
+        latency=run.hist,
+    )

@@ -1,0 +1,284 @@
+"""``wirecat bench ENDPOINT``: a load generator for any stream server.
+
+Thin: flags become one :class:`~wirecat.bench.BenchConfig`; :func:`~wirecat.bench.run_bench`
+does the work; the report is printed as text or JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import click
+
+from ..bench import BenchConfig, BenchReport, default_size, run_bench
+from ..bench.config import CHAT_PROTOCOLS, MODES
+from ..endpoints import parse_endpoint
+from ..errors import (
+    ConnectError,
+    ConnectionClosedError,
+    ConnectionRefused,
+    ConnectTimeout,
+    WirecatError,
+    exit_code_for,
+)
+
+__all__ = ["bench"]
+
+_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 1024**2}
+
+
+class ByteSize(click.ParamType):  # type: ignore[type-arg]
+    """A size in bytes: ``64``, ``1KiB``, ``64k`` (1000), ``1MiB``."""
+
+    name = "BYTES"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(value))
+        if not m or m.group(2).lower() not in _UNITS:
+            self.fail(f"{value!r} is not a size (examples: 64, 1KiB, 64k, 1MiB)", param, ctx)
+        return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def _si(value: float, unit: str) -> str:
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}{unit}"
+    return f"{value:.1f} {unit}".rstrip()
+
+
+def _us(value: float) -> str:
+    return f"{value / 1000:.2f} ms" if value >= 1000 else f"{value:.1f} µs"
+
+
+def format_report(report: BenchReport) -> str:
+    """Return the human-readable report, a few aligned lines."""
+    data = report.to_json()
+    c = report.config
+    what = {
+        "echo": "round trips",
+        "stream": "chunks",
+        "connect": "connections",
+        "chat": "messages",
+    }[c.mode]
+    head = (
+        f"wirecat bench {c.mode} {c.endpoint}: {c.conns} conn(s) x {c.size} B, "
+        f"{report.workers} worker(s), {data['duration_s']:.2f} s measured"
+    )
+    lines = [head, f"  {what:<12} {data['ops']:>12,}   {_si(data['ops_per_s'], '')}/s"]
+    if c.mode == "chat":
+        rate = _si(data["deliveries_per_s"], "")
+        lines.append(f"  {'deliveries':<12} {data['deliveries']:>12,}   {rate}/s")
+    lines.append(
+        f"  {'bytes':<12} sent {_si(data['bytes_sent'], 'B')}, received "
+        f"{_si(data['bytes_received'], 'B')}   {_si(data['bytes_per_s'], 'B/s')}"
+    )
+    if data["latency_samples"]:
+        lat = data["latency_us"]
+        lines.append(
+            f"  {'latency':<12} p50 {_us(lat['p50'])}  p90 {_us(lat['p90'])}  "
+            f"p99 {_us(lat['p99'])}  p99.9 {_us(lat['p99_9'])}  max {_us(lat['max'])}"
+        )
+    errs = ", ".join(f"{k} {v}" for k, v in data["errors_by_kind"].items())
+    lines.append(f"  {'errors':<12} {data['errors']}" + (f" ({errs})" if errs else ""))
+    return "\n".join(lines)
+
+
+def _failure(report: BenchReport) -> WirecatError | None:
+    """Return the error to exit with when nothing at all succeeded, else None."""
+    r = report.result
+    if r.ops or r.connects or not r.errors:
+        return None
+    kind = r.errors.most_common(1)[0][0]
+    where = str(report.config.endpoint)
+    if kind == "connect_refused":
+        return ConnectionRefused(f"connection refused by {where} (is a server listening there?)")
+    if kind == "connect_timeout":
+        return ConnectTimeout(f"timed out connecting to {where}")
+    if kind == "reset":
+        return ConnectionClosedError(f"every connection to {where} was reset")
+    return ConnectError(f"no connection to {where} succeeded ({kind})")
+
+
+@click.command("bench")
+@click.argument("endpoint")
+@click.option(
+    "-m",
+    "--mode",
+    type=click.Choice(MODES),
+    default="echo",
+    show_default=True,
+    help="echo: ping-pong round trips; stream: one-way bulk; connect: connections/s; "
+    "chat: room fan-out.",
+)
+@click.option(
+    "-c",
+    "--conns",
+    type=click.IntRange(1, 100_000),
+    default=1,
+    show_default=True,
+    help="Concurrent connections (chat: room members).",
+)
+@click.option(
+    "-s",
+    "--size",
+    type=ByteSize(),
+    default=None,
+    help="Payload bytes per message [default: echo 64, stream 64KiB, connect 0, chat 64].",
+)
+@click.option(
+    "-d",
+    "--duration",
+    type=click.FloatRange(0, 86400, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to measure; a hard cap even with --count.",
+)
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(1),
+    default=None,
+    help="Stop after this many operations in total (round trips, chunks, connections, "
+    "chat messages).",
+)
+@click.option(
+    "-w",
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Load-generator processes, each with its own event loop.",
+)
+@click.option(
+    "--warmup",
+    type=click.FloatRange(0, 3600),
+    default=0.0,
+    show_default=True,
+    help="Seconds of traffic before measuring starts.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds allowed for opening the connections.",
+)
+@click.option(
+    "--connect-concurrency",
+    type=click.IntRange(1, 100_000),
+    default=256,
+    show_default=True,
+    help="Connections opened at once during set-up (1 for servers with a short backlog).",
+)
+@click.option(
+    "--loop",
+    "loop_kind",
+    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    default="auto",
+    show_default=True,
+    help="Event loop of the load generator.",
+)
+@click.option(
+    "--source-addr",
+    "source_addrs",
+    multiple=True,
+    metavar="IP",
+    help="Bind connections to these local addresses in turn (e.g. 127.0.0.2); "
+    "repeat the flag. Spreads many connections over more ephemeral ports.",
+)
+@click.option("--insecure", is_flag=True, help="tls://: do not verify the certificate.")
+@click.option(
+    "--senders",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="chat: how many members send.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0, 1e7, min_open=True),
+    default=None,
+    help="chat: messages/s per sender [default: one in flight per sender].",
+)
+@click.option("--room", default="bench", show_default=True, help="chat: room name.")
+@click.option(
+    "--chat-protocol",
+    type=click.Choice(CHAT_PROTOCOLS),
+    default="wirecat",
+    show_default=True,
+    help="chat: wirecat JSON lines, plain lines (ncat --broker) or redis pub/sub.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    endpoint: str,
+    mode: str,
+    conns: int,
+    size: int | None,
+    duration: float,
+    count: int | None,
+    workers: int,
+    warmup: float,
+    connect_timeout: float,
+    connect_concurrency: int,
+    loop_kind: str,
+    source_addrs: tuple[str, ...],
+    insecure: bool,
+    senders: int,
+    rate: float | None,
+    room: str,
+    chat_protocol: str,
+    as_json: bool,
+) -> None:
+    """Load-test the server at ENDPOINT: messages/s, bytes/s, latency percentiles.
+
+    Every run is bounded: --duration caps it even with --count. Latency is measured per
+    operation (a round trip, a connection, a chat message from send to the last member).
+
+    \b
+    Examples:
+      wirecat bench 127.0.0.1:7007 -c 100 -d 10            # echo round trips, 64 B
+      wirecat bench 127.0.0.1:7007 -m stream -s 1MiB        # bulk throughput
+      wirecat bench 127.0.0.1:7007 -m connect -c 50         # connections per second
+      wirecat bench 127.0.0.1:7070 -m chat -c 100 --json    # chat fan-out to 100 members
+    """
+    try:
+        config = BenchConfig(
+            endpoint=parse_endpoint(endpoint),
+            mode=mode,  # type: ignore[arg-type]
+            conns=conns,
+            size=size if size is not None else default_size(mode),  # type: ignore[arg-type]
+            duration=duration,
+            count=count,
+            workers=workers,
+            warmup=warmup,
+            connect_timeout=connect_timeout,
+            connect_concurrency=connect_concurrency,
+            loop=loop_kind,  # type: ignore[arg-type]
+            insecure=insecure,
+            source_addresses=source_addrs,
+            senders=senders,
+            rate=rate,
+            room=room,
+            chat_protocol=chat_protocol,  # type: ignore[arg-type]
+        )
+        try:
+            config.validate()
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        report = run_bench(config)
+        failure = _failure(report)
+        if failure is not None:
+            raise failure
+    except WirecatError as exc:
+        click.echo(f"wirecat bench: {exc}", err=True)
+        ctx.exit(exit_code_for(exc))
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        click.echo(format_report(report))
