@@ -86,6 +86,8 @@ class ServerContext:
         self.connections: set[StreamHandler] = set()
         self.access = access or AccessList()
         self.per_source: dict[str, int] = {}
+        self._dirty: list[StreamHandler] = []
+        self._flush_scheduled = False
         rate = self.limits.conn_rate
         self.conn_rate = KeyedRateLimiter(rate, self.limits.conn_burst) if rate else None
         self.closing = False
@@ -125,6 +127,21 @@ class ServerContext:
             self.per_source[source] = n
         else:
             self.per_source.pop(source, None)
+
+    def _schedule_flush(self, handler: StreamHandler) -> None:
+        self._dirty.append(handler)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for handler in dirty:
+            try:
+                handler._flush()
+            except Exception:
+                handler._crashed()
 
     def _discard(self, handler: StreamHandler) -> None:
         self.connections.discard(handler)
@@ -177,10 +194,18 @@ class StreamHandler(asyncio.Protocol):
         self._close_reason = ""
         self.source: str | None = None  # peer IP for per-source limits; None for unix
         self._login_handle: asyncio.TimerHandle | None = None
+        self._queued: list[bytes] | None = None  # coalesced writes of this loop iteration
+        self._queued_size = 0
+        self._flush_on_close = False
 
     #: Services whose peers must complete a login (first line, hello) set this to True and
     #: call :meth:`login_complete`; until then ``limits.login_timeout`` applies.
     needs_login = False
+
+    #: Fan-out services set this to True: writes are coalesced per loop iteration (see
+    #: :meth:`write`). Leave it False where bytes must reach the transport at once, e.g.
+    #: before ``loop.sendfile`` or ``transport.write_eof``.
+    coalesce_writes = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -238,7 +263,12 @@ class StreamHandler(asyncio.Protocol):
             self._crashed()
             return False
         # TLS has no half-close: close_notify ends both directions (RFC 8446 6.1).
-        return bool(keep_open) and self.transport.get_extra_info("sslcontext") is None
+        keep_open = bool(keep_open) and self.transport.get_extra_info("sslcontext") is None
+        if not keep_open:
+            # The transport closes itself after we return: hand it what is queued first.
+            self._flush()
+            self.closing = True
+        return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle_handle is not None:
@@ -316,11 +346,17 @@ class StreamHandler(asyncio.Protocol):
 
     @property
     def output_size(self) -> int:
-        """Bytes written but not yet handed to the kernel."""
-        return self.transport.get_write_buffer_size() if self.transport else 0
+        """Bytes written but not yet handed to the kernel (coalesced ones included)."""
+        if self.transport is None:
+            return 0
+        return self.transport.get_write_buffer_size() + self._queued_size
 
     def write(self, data: bytes) -> bool:
         """Queue ``data`` for the peer without blocking.
+
+        With :attr:`coalesce_writes`, the bytes are held until the end of this loop
+        iteration and every chunk queued meanwhile goes out in one ``transport.write``
+        (one syscall per connection per iteration, however many messages fan out to it).
 
         Returns:
             True if queued; False if the connection is closing (the data is dropped) or if
@@ -330,22 +366,52 @@ class StreamHandler(asyncio.Protocol):
         """
         if self.closing:
             return False
+        if self.coalesce_writes:
+            queued = self._queued
+            if queued is None:
+                self._queued = [data]
+                self.ctx._schedule_flush(self)
+            else:
+                queued.append(data)
+            self._queued_size += len(data)
+            return True
         self.transport.write(data)
-        if self.writing_paused and self.transport.get_write_buffer_size() > self.limits.max_output:
-            self.ctx.metrics["slow_consumers"] += 1
-            self.log.warning(
-                "slow consumer: more than %d bytes unsent, disconnecting",
-                self.limits.max_output,
-                extra={"event": "limit", "reason": "slow_consumer"},
-            )
-            self.abort("slow_consumer")
-            return False
+        if self.writing_paused:
+            return self._check_output()
         return True
+
+    def _flush(self) -> None:
+        """Hand the coalesced chunks to the transport (called once per loop iteration)."""
+        queued = self._queued
+        if queued is None:
+            return
+        self._queued = None
+        self._queued_size = 0
+        if self.closing and not self._flush_on_close:
+            return
+        self.transport.write(queued[0] if len(queued) == 1 else b"".join(queued))
+        if self.writing_paused:
+            self._check_output()
+
+    def _check_output(self) -> bool:
+        if self.transport.get_write_buffer_size() <= self.limits.max_output:
+            return True
+        self.ctx.metrics["slow_consumers"] += 1
+        self.log.warning(
+            "slow consumer: more than %d bytes unsent, disconnecting",
+            self.limits.max_output,
+            extra={"event": "limit", "reason": "slow_consumer"},
+        )
+        self.abort("slow_consumer")
+        return False
 
     def close(self, reason: str = "") -> None:
         """Flush queued output, then close. Idempotent."""
         if self.closing:
             return
+        if self._queued is not None:
+            self._flush_on_close = True
+            self._flush()
         self.closing = True
         self._close_reason = reason
         if self.transport is not None:
@@ -354,6 +420,8 @@ class StreamHandler(asyncio.Protocol):
     def abort(self, reason: str) -> None:
         """Drop queued output and close now. Idempotent."""
         self.closing = True
+        self._queued = None
+        self._queued_size = 0
         if not self._close_reason:
             self._close_reason = reason
         if self.transport is not None:

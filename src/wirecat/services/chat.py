@@ -63,6 +63,8 @@ class ChatHandler(StreamHandler):
     registers (a nick, or a JSON ``hello``), the runtime's ``login_timeout`` applies.
     """
 
+    coalesce_writes = True  # one write per member per loop iteration, however many messages
+
     needs_login = True
 
     def __init__(self, ctx: ServerContext, service: ChatService) -> None:
