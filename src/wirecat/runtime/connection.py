@@ -18,10 +18,8 @@ Model: websockets ``asyncio/connection.py``; uvicorn ``protocols/http/flow_contr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import socket
 from collections import Counter
 from typing import TYPE_CHECKING, Any, cast
 
@@ -88,6 +86,8 @@ class ServerContext:
         self.per_source: dict[str, int] = {}
         self._dirty: list[StreamHandler] = []
         self._flush_scheduled = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_tick = 10.0
         rate = self.limits.conn_rate
         self.conn_rate = KeyedRateLimiter(rate, self.limits.conn_burst) if rate else None
         self.closing = False
@@ -127,6 +127,30 @@ class ServerContext:
             self.per_source[source] = n
         else:
             self.per_source.pop(source, None)
+
+    def _watch_idle(self, idle_timeout: float) -> None:
+        """Make sure the idle sweep runs often enough for ``idle_timeout`` seconds."""
+        tick = min(max(idle_timeout / 4, 0.01), 10.0)
+        if self._idle_timer is not None and tick >= self._idle_tick:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_tick = tick
+        self._idle_timer = asyncio.get_running_loop().call_later(tick, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        # One timer per server instead of one per connection: an idle connection costs no
+        # timer, and a sweep is O(connections) every idle_timeout/4 seconds.
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for handler in list(self.connections):
+            timeout = handler.limits.idle_timeout
+            if timeout is not None and not handler.closing and now - handler._last_rx >= timeout:
+                handler._idle_expired(now)
+        if self.connections:
+            self._idle_timer = loop.call_later(self._idle_tick, self._sweep_idle)
+        else:
+            self._idle_timer = None
 
     def _schedule_flush(self, handler: StreamHandler) -> None:
         self._dirty.append(handler)
@@ -177,19 +201,41 @@ class StreamHandler(asyncio.Protocol):
     the loop: an exception escaping a hook is logged and the connection is aborted.
     """
 
+    # Slots keep an idle connection small (no per-instance __dict__); subclasses that add
+    # attributes without their own __slots__ simply get a __dict__ back.
+    __slots__ = (
+        "_accepted",
+        "_close_reason",
+        "_flush_on_close",
+        "_last_rx",
+        "_log",
+        "_login_handle",
+        "_loop",
+        "_peername",
+        "_queued",
+        "_queued_size",
+        "closing",
+        "ctx",
+        "id",
+        "limits",
+        "service",
+        "source",
+        "transport",
+        "writing_paused",
+    )
+
     def __init__(self, ctx: ServerContext, service: Service | None = None) -> None:
         self.ctx = ctx
         self.service = service
         self.limits: Limits = (service.limits if service and service.limits else None) or ctx.limits
         self.id = next(_ids)
-        self.peer = "?"
+        self._peername: Any = None
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
-        self.log: logging.LoggerAdapter = _ConnLog(ctx.log, {})  # type: ignore[type-arg]
+        self._log: logging.LoggerAdapter | None = None  # type: ignore[type-arg]
         self.writing_paused = False
         self.closing = False
         self._accepted = False
         self._last_rx = 0.0
-        self._idle_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._close_reason = ""
         self.source: str | None = None  # peer IP for per-source limits; None for unix
@@ -211,12 +257,9 @@ class StreamHandler(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
-        peername = transport.get_extra_info("peername")
-        self.peer = format_address(peername)
+        self._peername = peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and peername:
-            self.source = str(peername[0])
-        name = self.service.name if self.service else "-"
-        self.log = _ConnLog(ctx.log, {"service": name, "conn_id": self.id, "peer": self.peer})
+            self.source = peername[0]
         self._loop = loop = asyncio.get_running_loop()
         reason = ctx.admit(self.source, loop.time())
         if reason is not None:
@@ -232,23 +275,19 @@ class StreamHandler(asyncio.Protocol):
         self._accepted = True
         ctx.connections.add(self)
         ctx.metrics["accepted"] += 1
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY: asyncio and uvloop both set it on every TCP transport already.
         lim = self.limits
         self.transport.set_write_buffer_limits(high=lim.write_high_water, low=lim.write_low_water)
+        self._last_rx = loop.time()
         if lim.idle_timeout is not None:
-            self._last_rx = loop.time()
-            self._idle_handle = loop.call_later(lim.idle_timeout, self._check_idle)
+            ctx._watch_idle(lim.idle_timeout)
         if self.needs_login and lim.login_timeout is not None:
             self._login_handle = loop.call_later(lim.login_timeout, self._login_expired)
         self.log.debug("connected", extra={"event": "connect"})
         self._guard(self.on_connect)
 
     def data_received(self, data: bytes) -> None:
-        if self._idle_handle is not None:
-            self._last_rx = self._loop.time()  # type: ignore[union-attr]
+        self._last_rx = self._loop.time()  # type: ignore[union-attr]
         try:
             self.on_data(data)
         except Exception:
@@ -271,9 +310,6 @@ class StreamHandler(asyncio.Protocol):
         return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
         if self._login_handle is not None:
             self._login_handle.cancel()
             self._login_handle = None
@@ -326,6 +362,21 @@ class StreamHandler(asyncio.Protocol):
         self.close("idle timeout")
 
     # -- tools -----------------------------------------------------------------------------
+    @property
+    def peer(self) -> str:
+        """The peer's address: ``127.0.0.1:5555``, ``[::1]:5555`` or ``unix``."""
+        return format_address(self._peername)
+
+    @property
+    def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """A logger that adds ``service``, ``conn_id`` and ``peer`` to every record."""
+        log = self._log
+        if log is None:
+            name = self.service.name if self.service else "-"
+            extra = {"service": name, "conn_id": self.id, "peer": self.peer}
+            log = self._log = _ConnLog(self.ctx.log, extra)
+        return log
+
     @property
     def close_reason(self) -> str:
         """Why we closed or aborted (``"slow_consumer"``, ``"idle timeout"``, ...); ``""``
@@ -457,18 +508,13 @@ class StreamHandler(asyncio.Protocol):
         self.write(b"error: login timeout\n")
         self.close("login timeout")
 
-    def _check_idle(self) -> None:
-        self._idle_handle = None
-        timeout = self.limits.idle_timeout
-        if self.closing or timeout is None or self._loop is None:
-            return
-        elapsed = self._loop.time() - self._last_rx
-        if elapsed >= timeout:
-            self.ctx.metrics["idle_timeouts"] += 1
-            self.log.info("idle for %.1f s, closing", elapsed, extra={"event": "idle_timeout"})
-            self._guard(self.on_idle)
-        else:
-            self._idle_handle = self._loop.call_later(timeout - elapsed, self._check_idle)
+    def _idle_expired(self, now: float) -> None:
+        """Called by the server's idle sweep once ``idle_timeout`` passed without input."""
+        self.ctx.metrics["idle_timeouts"] += 1
+        elapsed = now - self._last_rx
+        self.log.info("idle for %.1f s, closing", elapsed, extra={"event": "idle_timeout"})
+        self._last_rx = now  # a hook that keeps the connection is asked again a period later
+        self._guard(self.on_idle)
 
     def _guard(self, hook: Any) -> None:
         try:

@@ -24,6 +24,8 @@ __all__ = ["EchoService"]
 
 
 class _EchoHandler(StreamHandler):
+    __slots__ = ()
+
     def on_data(self, data: bytes) -> None:
         self.transport.write(data)
         if self.writing_paused:

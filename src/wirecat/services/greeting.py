@@ -15,6 +15,8 @@ DEFAULT_BANNER = "Thank you for connecting"
 
 
 class _GreetingHandler(StreamHandler):
+    __slots__ = ()
+
     service: GreetingService
 
     def on_connect(self) -> None:
