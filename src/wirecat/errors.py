@@ -200,6 +200,11 @@ _RESET = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ESHUTDOWN}
 _DENIED = {errno.EACCES, errno.EPERM}
 
 
+def _reason(exc: BaseException) -> str:
+    """A never-empty reason: strerror, else the message, else the class name."""
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 def translate_os_error(exc: OSError, *, what: str, phase: str = "connect") -> WirecatError:
     """Map an ``OSError`` raised at the I/O boundary to the wirecat tree.
 
@@ -215,7 +220,7 @@ def translate_os_error(exc: OSError, *, what: str, phase: str = "connect") -> Wi
     import ssl
 
     if isinstance(exc, socket.gaierror):
-        return NameResolutionError(f"cannot resolve {what}: {exc.strerror or exc}")
+        return NameResolutionError(f"cannot resolve {what}: {_reason(exc)}")
     if isinstance(exc, TimeoutError):
         return ConnectTimeout(f"timed out connecting to {what}")
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -244,17 +249,17 @@ def translate_os_error(exc: OSError, *, what: str, phase: str = "connect") -> Wi
                 f"cannot listen on {what}: address not available on this host "
                 "(use 127.0.0.1, ::1, 0.0.0.0 or [::])"
             )
-        return ListenError(f"cannot listen on {what}: {exc.strerror or exc}")
+        return ListenError(f"cannot listen on {what}: {_reason(exc)}")
     if phase == "connect":
         if code in _REFUSED:
             return ConnectionRefused(f"connection refused by {what} (is a server listening there?)")
         if code in {errno.ETIMEDOUT}:
             return ConnectTimeout(f"timed out connecting to {what}")
         if code in {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}:
-            return ConnectError(f"cannot reach {what}: {exc.strerror or exc}")
+            return ConnectError(f"cannot reach {what}: {_reason(exc)}")
         if code in _DENIED:
             return ConnectError(f"permission denied connecting to {what}")
-        return ConnectError(f"cannot connect to {what}: {exc.strerror or exc}")
+        return ConnectError(f"cannot connect to {what}: {_reason(exc)}")
     if code in _RESET:
         return ConnectionClosedError(f"connection to {what} was reset by the peer")
-    return NetworkError(f"I/O error on {what}: {exc.strerror or exc}")
+    return NetworkError(f"I/O error on {what}: {_reason(exc)}")

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import click
 
 from ..endpoints import Endpoint
-from ..errors import NetworkError, WirecatError, WirecatTimeout, exit_code_for
+from ..errors import HandshakeError, NetworkError, WirecatError, WirecatTimeout, exit_code_for
 from ..files.client import FilesClient, Progress, TransferError, TransferResult
 from ..runtime.loop import LoopKind
-from .common import ENDPOINT, LOOP_OPTION, run_command
+from .common import ENDPOINT, LOOP_OPTION, run_command, tls_client_options, tls_connect_kwargs
 
 __all__ = ["TRANSFER_EXIT_CODES", "get_command", "ls_command", "send_command"]
 
@@ -136,14 +136,16 @@ async def _with_retries(
     timeout: float,
     retries: int,
     job: Callable[[FilesClient], Awaitable[T]],
+    connect_kw: dict[str, Any],
 ) -> T:
     attempt = 0
     while True:
         try:
-            async with await FilesClient.connect(ep, timeout=timeout) as client:
+            async with await FilesClient.connect(ep, timeout=timeout, **connect_kw) as client:
                 return await job(client)
         except (NetworkError, WirecatTimeout) as exc:
-            if attempt >= retries or isinstance(exc, WirecatTimeout):
+            # a certificate that failed verification will fail again: do not retry it
+            if attempt >= retries or isinstance(exc, WirecatTimeout | HandshakeError):
                 raise
             attempt += 1
             click.echo(f"wirecat: {exc}; resuming (attempt {attempt}/{retries})", err=True)
@@ -170,6 +172,7 @@ def _show_bar(quiet: bool, as_json: bool) -> bool:
 @_JSON
 @_TIMEOUT
 @_RETRIES
+@tls_client_options
 @LOOP_OPTION
 def send_command(
     file: str,
@@ -183,6 +186,7 @@ def send_command(
     timeout: float,
     retries: int,
     loop_kind: LoopKind,
+    **tls: Any,
 ) -> None:
     """Upload FILE to a files service at ENDPOINT (e.g. 127.0.0.1:7071), verified, resumable.
 
@@ -190,8 +194,10 @@ def send_command(
     Examples:
       wirecat send big.iso 127.0.0.1:7071
       wirecat send report.pdf 127.0.0.1:7071 --as docs/2024.pdf --digest sha256 --json
+      wirecat send big.iso tls://files.example:7443 --pin sha256:3f1c...
     """
     target = name or os.path.basename(file)
+    connect_kw = tls_connect_kwargs(endpoint, **tls)
 
     async def main() -> int:
         update, stop = _progress_bar(_show_bar(quiet, as_json), f"send {target}")
@@ -208,6 +214,7 @@ def send_command(
                     resume=not no_resume,
                     progress=update,
                 ),
+                connect_kw,
             )
         except (WirecatError, OSError) as exc:
             stop()
@@ -230,6 +237,7 @@ def send_command(
 @_JSON
 @_TIMEOUT
 @_RETRIES
+@tls_client_options
 @LOOP_OPTION
 def get_command(
     name: str,
@@ -243,6 +251,7 @@ def get_command(
     timeout: float,
     retries: int,
     loop_kind: LoopKind,
+    **tls: Any,
 ) -> None:
     """Download NAME from a files service at ENDPOINT, verified, resumable, atomic.
 
@@ -250,8 +259,10 @@ def get_command(
     Examples:
       wirecat get big.iso 127.0.0.1:7071
       wirecat get docs/2024.pdf 127.0.0.1:7071 -o /tmp/r.pdf --json
+      wirecat get big.iso tls://files.example:7443 --cafile ca.pem
     """
     dest = output or os.path.basename(name)
+    connect_kw = tls_connect_kwargs(endpoint, **tls)
 
     async def main() -> int:
         update, stop = _progress_bar(_show_bar(quiet, as_json), f"get {name}")
@@ -268,6 +279,7 @@ def get_command(
                     resume=not no_resume,
                     progress=update,
                 ),
+                connect_kw,
             )
         except (WirecatError, OSError) as exc:
             stop()
@@ -284,15 +296,22 @@ def get_command(
 @click.argument("path", default="")
 @_JSON
 @_TIMEOUT
+@tls_client_options
 @LOOP_OPTION
 def ls_command(
-    endpoint: Endpoint, path: str, as_json: bool, timeout: float, loop_kind: LoopKind
+    endpoint: Endpoint,
+    path: str,
+    as_json: bool,
+    timeout: float,
+    loop_kind: LoopKind,
+    **tls: Any,
 ) -> None:
     """List the files of a files service at ENDPOINT (optionally of directory PATH)."""
+    connect_kw = tls_connect_kwargs(endpoint, **tls)
 
     async def main() -> int:
         try:
-            async with await FilesClient.connect(endpoint, timeout=timeout) as client:
+            async with await FilesClient.connect(endpoint, timeout=timeout, **connect_kw) as client:
                 listing = await client.list(path)
         except WirecatError as exc:
             return _fail(exc, as_json)

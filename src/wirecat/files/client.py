@@ -6,13 +6,16 @@ Example::
         result = await client.upload("big.iso", "isos/big.iso")
         print(result.digest_name, result.digest)
 
-Uploads go out with ``sendfile(2)`` while a worker thread hashes the local file; downloads
-are written and hashed on a worker thread as they arrive, into a hidden part file next to the
-destination that is renamed into place only once the digest matched. Both resume: an upload
+Uploads go out with ``sendfile(2)`` on a thread while another hashes the local file;
+downloads are received on threads straight from the socket, written and hashed
+(:class:`~wirecat.files.pipeline.SocketBody`), into a hidden part file next to the
+destination that is renamed into place only once the digest matched. ``tls://`` works too
+(``ssl=``, ``pin=``), through the TLS transport. Both resume: an upload
 continues from the ``partial`` bytes the server reports, a download from the local part file.
 
 The client is an ``asyncio.Protocol`` of its own (not :func:`wirecat.connect`) so that body
-bytes reach the file without passing through a stream buffer, and so it can ``sendfile``.
+bytes reach the file without passing through a stream buffer, and so it can ``sendfile``
+and take the socket over for a body.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl as _ssl
 import stat
 import time
 from collections import deque
@@ -31,6 +35,7 @@ from ..endpoints import Endpoint, parse_endpoint
 from ..errors import (
     ConnectionClosedError,
     ConnectTimeout,
+    HandshakeError,
     InvalidEndpoint,
     ProtocolError,
     RemoteProtocolError,
@@ -53,7 +58,7 @@ from ..protocols.files import (
     Trailer,
 )
 from .digest import Hasher, hash_fd, new_hasher
-from .pipeline import WriteBehind, executor
+from .pipeline import BodyOutcome, SocketBody, WriteBehind, executor
 from .zerocopy import send_file_range
 
 __all__ = ["FilesClient", "Progress", "TransferError", "TransferResult"]
@@ -94,7 +99,7 @@ class TransferResult:
         digest_name: ``"blake3"`` or ``"sha256"``.
         digest: the verified whole-file digest (hex).
         seconds: wall time of the transfer.
-        method: how the body was sent (``"loop.sendfile"``, ``"os.sendfile"``, ``"copy"``)
+        method: how the body was sent (``"sendfile"``, ``"copy"``)
             or ``"recv"`` for downloads.
     """
 
@@ -134,6 +139,11 @@ class _Protocol(asyncio.Protocol):
         self.body_sink: Callable[[bytes], None] | None = None
         self.error: BaseException | None = None
         self.lost = False
+        #: pause reading once a get's header arrived, so the body is read on threads
+        self.take_over_body = False
+        self.body_paused = False
+        self.body: SocketBody | None = None  # receiving on threads: cancel it if we close
+        self._closed = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -158,10 +168,18 @@ class _Protocol(asyncio.Protocol):
             if sink is not None and type(ev) is BodyChunk:
                 sink(ev.data)
             else:
+                if type(ev) is GetStart and self.take_over_body:
+                    self._pause_for_body()
                 self.events.append(ev)
                 wake = True
         if wake:
             self._wakeup.set()
+
+    def _pause_for_body(self) -> None:
+        core = self.core
+        if core.body_left and not core.buffered and not self.transport.is_closing():
+            self.transport.pause_reading()
+            self.body_paused = True
 
     def eof_received(self) -> bool:
         self.core.receive_eof()
@@ -170,6 +188,9 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._closed.set()
+        if self.body is not None:
+            self.body.cancel()
         if exc is not None and self.error is None:
             self.error = exc
         self._wakeup.set()
@@ -191,6 +212,9 @@ class _Protocol(asyncio.Protocol):
     async def wait_writable(self) -> None:
         while not self._writable.is_set():
             await self._writable.wait()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
 
     async def wait_empty(self) -> None:
         t = self.transport
@@ -236,16 +260,32 @@ class FilesClient:
 
     @classmethod
     async def connect(
-        cls, endpoint: str | Endpoint, *, timeout: float | None = 10.0
+        cls,
+        endpoint: str | Endpoint,
+        *,
+        timeout: float | None = 10.0,
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        pin: str | None = None,
+        handshake_timeout: float = 10.0,
     ) -> FilesClient:
-        """Connect to a files service at ``endpoint`` (``tcp://``, ``host:port``, ``unix:``).
+        """Connect to a files service at ``endpoint`` (``tcp://``, ``host:port``, ``tls://``,
+        ``unix:``).
 
         Args:
             endpoint: where the service listens.
             timeout: seconds for the connection, and later for each response.
+            ssl: client context for ``tls://`` (default: verify against the system CAs, or
+                no chain check when ``pin`` is given; see
+                :func:`wirecat.runtime.tls.client_context`).
+            server_hostname: name to send as SNI and to verify; default the endpoint's host.
+            pin: ``sha256:HEX`` of the server's certificate; the connection is refused
+                unless it matches (works with self-signed servers).
+            handshake_timeout: TLS handshake deadline in seconds.
 
         Raises:
-            InvalidEndpoint, ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError.
+            InvalidEndpoint, ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError,
+            HandshakeError (verification failed or the pin does not match), HandshakeTimeout.
         """
         ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
         loop = asyncio.get_running_loop()
@@ -253,12 +293,30 @@ class FilesClient:
             async with asyncio.timeout(timeout):
                 if ep.scheme == "tcp":
                     _, proto = await loop.create_connection(_Protocol, ep.host or "", ep.port or 0)
+                elif ep.scheme == "tls":
+                    from ..runtime.tls import check_pin, client_context
+
+                    transport, proto = await loop.create_connection(
+                        _Protocol,
+                        ep.host or "",
+                        ep.port or 0,
+                        ssl=ssl or client_context(pinned=pin is not None),
+                        server_hostname=server_hostname or ep.host,
+                        ssl_handshake_timeout=handshake_timeout,
+                    )
+                    if pin is not None and not check_pin(
+                        transport.get_extra_info("ssl_object"), pin
+                    ):
+                        transport.abort()
+                        raise HandshakeError(
+                            f"TLS certificate of {ep} does not match the pinned {pin}"
+                        )
                 elif ep.scheme == "unix":
                     assert ep.path is not None
                     path = "\0" + ep.path[1:] if ep.path.startswith("@") else ep.path
                     _, proto = await loop.create_unix_connection(_Protocol, path)
                 else:
-                    raise InvalidEndpoint(f"the files service speaks tcp or unix, not {ep}")
+                    raise InvalidEndpoint(f"the files service speaks tcp, tls or unix, not {ep}")
         except TimeoutError:
             raise ConnectTimeout(f"timed out after {timeout} s connecting to {ep}") from None
         except OSError as exc:
@@ -498,12 +556,17 @@ class FilesClient:
         overwrite: bool = False,
         resume: bool = True,
         progress: Progress | None = None,
+        zero_copy: bool = True,
     ) -> TransferResult:
         """Download ``name`` to the local path ``dest``, verified and atomically placed.
 
         Bytes go to ``.<dest name>.wcpart`` next to ``dest``; once the server's whole-file
         digest matches what arrived, the part is fsynced and renamed to ``dest``. With
         ``resume``, an existing part continues from its size.
+
+        On a plain socket the body is received on two threads straight from the socket
+        into preallocated buffers (:class:`~wirecat.files.pipeline.SocketBody`);
+        ``zero_copy=False`` (and TLS) receive it through the event loop instead.
 
         Raises:
             TransferError: ``local_exists`` (``dest`` exists and not ``overwrite``),
@@ -518,7 +581,9 @@ class FilesClient:
         part = os.path.join(directory, f".{base}.wcpart")
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
-            return await self._download(name, dest, part, fd, digest, overwrite, resume, progress)
+            return await self._download(
+                name, dest, part, fd, digest, overwrite, resume, progress, zero_copy
+            )
         except BaseException:
             with contextlib.suppress(OSError):
                 if os.fstat(fd).st_size == 0:  # nothing worth keeping for a resume
@@ -537,6 +602,7 @@ class FilesClient:
         overwrite: bool,
         resume: bool,
         progress: Progress | None,
+        zero_copy: bool,
     ) -> TransferResult:
         offset = os.fstat(fd).st_size if resume else 0
         if not resume:
@@ -545,25 +611,60 @@ class FilesClient:
         hasher = new_hasher(digest)
         if offset:
             await self._run(hash_fd, fd, hasher, 0, offset)
+        p = self._p
+        t = p.transport
+        takeover = (
+            zero_copy
+            and t.get_extra_info("socket") is not None
+            and t.get_extra_info("sslcontext") is None
+            and SocketBody.acquire()
+        )
+        p.take_over_body = takeover
         try:
-            start = await self._start_get(name, offset, digest)
-        except TransferError as exc:
-            if exc.code != "conflict":
-                raise
-            os.ftruncate(fd, 0)  # our part is longer than the file: start over
-            hasher, offset = new_hasher(digest), 0
-            start = await self._start_get(name, 0, digest)
+            try:
+                start = await self._start_get(name, offset, digest)
+            except TransferError as exc:
+                if exc.code != "conflict":
+                    raise
+                os.ftruncate(fd, 0)  # our part is longer than the file: start over
+                hasher, offset = new_hasher(digest), 0
+                start = await self._start_get(name, 0, digest)
+            return await self._receive(
+                name, dest, part, fd, digest, overwrite, progress, start, offset, hasher, started
+            )
+        finally:
+            p.take_over_body = False
+            if takeover:
+                SocketBody.release()
+
+    async def _receive(
+        self,
+        name: str,
+        dest: str,
+        part: str,
+        fd: int,
+        digest: str,
+        overwrite: bool,
+        progress: Progress | None,
+        start: GetStart,
+        offset: int,
+        hasher: Hasher,
+        started: float,
+    ) -> TransferResult:
         os.lseek(fd, offset, os.SEEK_SET)
         size = start.size
         done = offset
         if progress is not None:
             progress(done, size)
 
-        def write(chunk: bytes) -> None:
+        def write_only(chunk: bytes | memoryview) -> None:
             view = memoryview(chunk)
             pos = 0
             while pos < len(view):
                 pos += os.write(fd, view[pos:])
+
+        def write(chunk: bytes | memoryview) -> None:
+            write_only(chunk)
             hasher.update(chunk)
 
         def written(n: int) -> None:
@@ -573,6 +674,11 @@ class FilesClient:
                 progress(done, size)
 
         p = self._p
+        if p.body_paused:
+            trailer = await self._receive_on_threads(part, write_only, hasher.update, written)
+            return await self._finish_download(
+                name, dest, part, fd, digest, overwrite, size, offset, hasher, trailer, started
+            )
         sink = WriteBehind(
             write, on_pause=p.transport.pause_reading, on_resume=p.transport.resume_reading
         )
@@ -598,6 +704,80 @@ class FilesClient:
                 await sink.flush()
         if sink.error is not None:
             raise TransferError("local_io", f"cannot write {part}: {sink.error}")
+        return await self._finish_download(
+            name, dest, part, fd, digest, overwrite, size, offset, hasher, trailer, started
+        )
+
+    async def _receive_on_threads(
+        self,
+        part: str,
+        write: Callable[[memoryview], object],
+        digest: Callable[[memoryview], object],
+        written: Callable[[int], None],
+    ) -> Trailer:
+        """The body straight from the socket (:class:`SocketBody`); the loop only waits."""
+        p = self._p
+        prefix: list[bytes] = []
+        queued = list(p.events)
+        p.events.clear()
+        for ev in queued:  # chunks that arrived with the header
+            if isinstance(ev, BodyChunk):
+                prefix.append(ev.data)
+            else:
+                p.events.append(ev)
+        sock = p.transport.get_extra_info("socket")
+        body = SocketBody(
+            sock.fileno(),
+            write,
+            digest=digest,
+            prefix=prefix,
+            idle_timeout=self.timeout,
+            progress=written,
+        )
+        p.body = body
+        try:
+            outcome = await body.run(p.core.body_left)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            p.body = None
+        if outcome.end != "done":
+            self.abort()
+            raise self._body_failure(outcome, part)
+        p.core.body_received(outcome.received)
+        p.body_paused = False
+        p.transport.resume_reading()
+        p._take()  # BodyEnd
+        await self._expect(BodyEnd)
+        return await self._expect(Trailer)
+
+    def _body_failure(self, outcome: BodyOutcome, part: str) -> BaseException:
+        if outcome.end == "write_error":
+            return TransferError("local_io", f"cannot write {part}: {outcome.error}")
+        if outcome.end == "idle":
+            return WirecatTimeout(f"no data from {self.endpoint} for {self.timeout} s")
+        if outcome.end == "recv_error" and isinstance(outcome.error, OSError):
+            return translate_os_error(outcome.error, what=str(self.endpoint), phase="io")
+        return ConnectionClosedError(
+            f"{self.endpoint} closed the connection mid-download "
+            f"({outcome.received} bytes received this time)"
+        )
+
+    async def _finish_download(
+        self,
+        name: str,
+        dest: str,
+        part: str,
+        fd: int,
+        digest: str,
+        overwrite: bool,
+        size: int,
+        offset: int,
+        hasher: Hasher,
+        trailer: Trailer,
+        started: float,
+    ) -> TransferResult:
         local = hasher.hexdigest()
         if local != trailer.digest:
             with contextlib.suppress(OSError):

@@ -1,4 +1,11 @@
-"""Write-behind: blocking file writes and hashing on a worker thread, in order, bounded.
+"""Receiving file bodies off the event loop.
+
+- :class:`SocketBody`: the fast path. The transport stops reading; threads ``recv`` the
+  body straight from the socket into preallocated buffers, write and hash them.
+- :class:`WriteBehind`: the loop path (TLS, ``zero_copy=False``, or too many bodies at
+  once): the loop receives chunks and hands them to a worker thread that writes and hashes.
+
+Write-behind: blocking file writes and hashing on a worker thread, in order, bounded.
 
 The event loop receives a chunk and hands it over with :meth:`WriteBehind.push` (no copy);
 a worker thread writes it to the file and feeds the digest while the loop goes back to the
@@ -12,12 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import queue
+import select
 import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-__all__ = ["WriteBehind", "executor"]
+__all__ = ["BodyOutcome", "SocketBody", "WriteBehind", "executor"]
 
 _executor: ThreadPoolExecutor | None = None
 _REPORT_EVERY = 4 * 1024 * 1024  # bytes written between progress reports to the loop
@@ -150,3 +161,262 @@ class WriteBehind:
                 self._on_resume()
         if final and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
+
+
+# -- taking a socket over for one body ------------------------------------------------------
+_BODY_CHUNK = 1024 * 1024  # bytes per receive buffer
+_BODY_BUFFERS = 6  # buffers in flight between the receiving, writing and hashing threads
+_BODY_REPORT = 4 * 1024 * 1024  # bytes written between progress reports to the loop
+_MAX_TAKEOVERS = 16  # bodies received on threads at once (per process); others use the loop
+
+_takeovers = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BodyOutcome:
+    """How :meth:`SocketBody.run` ended.
+
+    Attributes:
+        received: body bytes taken from the socket (give them to ``body_received``).
+        written: bytes ``write`` accepted (less than ``received`` after a write error).
+        end: ``"done"`` (all of it), ``"eof"`` (the peer ended its stream early), ``"idle"``
+            (nothing arrived for ``idle_timeout`` seconds), ``"cancelled"``,
+            ``"recv_error"`` or ``"write_error"`` (see ``error``).
+        error: the exception for ``recv_error`` / ``write_error``.
+    """
+
+    received: int
+    written: int
+    end: str
+    error: BaseException | None = None
+
+
+class SocketBody:
+    """Receive one body of known length straight from a socket, on threads.
+
+    While the event loop does not read the socket (its transport is paused), one thread
+    ``recv``s into a few preallocated 1 MiB buffers, a second runs ``write(view)`` on each
+    and a third ``digest(view)`` (all release the GIL): a three-stage pipeline in which
+    receiving, writing and hashing overlap, and no Python object is made per chunk. Nothing
+    past the body is read: what follows (a trailer) stays in the kernel for the transport
+    once it resumes.
+
+    The socket descriptor is duplicated, so closing the transport meanwhile cannot make a
+    thread use a reused descriptor number; :meth:`cancel` (also called when the awaiting
+    task is cancelled) wakes the threads. At most ``_MAX_TAKEOVERS`` bodies per process run
+    this way (:meth:`acquire`); buffers cost ``6 MiB`` per body.
+
+    Args:
+        sock_fd: the connected socket (non-blocking; it stays so).
+        write: a blocking callable taking a ``memoryview`` valid only during the call.
+        digest: a blocking callable fed the same views, in order, after ``write`` (on its own
+            thread); ``None`` if ``write`` hashes itself.
+        prefix: body bytes that already arrived through the transport, written first.
+        idle_timeout: seconds without a byte after which the body ends as ``"idle"``.
+        progress: called on the loop thread with bytes written since the last call.
+    """
+
+    def __init__(
+        self,
+        sock_fd: int,
+        write: Callable[[memoryview], object],
+        *,
+        digest: Callable[[memoryview], object] | None = None,
+        prefix: list[bytes] | None = None,
+        idle_timeout: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self._write = write
+        self._digest = digest
+        self._prefix = [p for p in prefix or () if p]
+        self._idle_ms = -1 if idle_timeout is None else max(1, int(idle_timeout * 1000))
+        self._progress = progress
+        self._loop = asyncio.get_running_loop()
+        self._stop = False
+        self._fd = os.dup(sock_fd)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._views = [memoryview(bytearray(_BODY_CHUNK)) for _ in range(_BODY_BUFFERS)]
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._full: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._written_q: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        for i in range(_BODY_BUFFERS):
+            self._free.put(i)
+        self._received = 0
+        self._written = 0
+        self._end = "done"
+        self._error: BaseException | None = None
+        self._write_error: BaseException | None = None
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._threads_left = 3 if digest is not None else 2
+        self._closed = False  # set on the loop thread once the descriptors are closed
+
+    @staticmethod
+    def acquire() -> bool:
+        """Take one of the per-process slots; False if all are busy (use the loop path)."""
+        global _takeovers
+        if _takeovers >= _MAX_TAKEOVERS:
+            return False
+        _takeovers += 1
+        return True
+
+    @staticmethod
+    def release() -> None:
+        """Give back a slot taken by :meth:`acquire`."""
+        global _takeovers
+        _takeovers = max(0, _takeovers - 1)
+
+    def cancel(self) -> None:
+        """Stop receiving soon (thread-safe, idempotent); :meth:`run` ends as ``cancelled``."""
+        self._stop = True
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
+
+    async def wait_done(self) -> None:
+        """Return once both threads are finished (the descriptors are closed by then)."""
+        await asyncio.shield(self._done)
+
+    async def run(self, length: int) -> BodyOutcome:
+        """Receive ``length`` body bytes (after the prefix) and write them; call once."""
+        jobs: list[tuple[Callable[..., None], tuple[object, ...]]] = [
+            (self._recv_loop, (length,)),
+            (self._write_loop, ()),
+        ]
+        if self._digest is not None:
+            jobs.append((self._digest_loop, ()))
+        for target, args in jobs:
+            threading.Thread(
+                target=self._thread, args=(target, *args), name="wirecat-body", daemon=True
+            ).start()
+        try:
+            await asyncio.shield(self._done)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        if self._write_error is not None:
+            return BodyOutcome(self._received, self._written, "write_error", self._write_error)
+        return BodyOutcome(self._received, self._written, self._end, self._error)
+
+    # -- threads --------------------------------------------------------------------------
+    def _thread(self, target: Callable[..., None], *args: object) -> None:
+        try:
+            target(*args)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(self._thread_done)
+
+    def _thread_done(self) -> None:
+        self._threads_left -= 1
+        if self._threads_left == 0:
+            self._closed = True
+            for fd in (self._fd, self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if not self._done.done():
+                self._done.set_result(None)
+
+    def _recv_loop(self, length: int) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        got = 0
+        try:
+            while got < length and not self._stop:
+                idx = self._free.get()
+                if self._stop:
+                    self._free.put(idx)
+                    break
+                view = self._views[idx]
+                want = min(len(view), length - got)
+                pos = 0
+                while pos < want and not self._stop:
+                    try:
+                        n = os.readv(self._fd, [view[pos:want]])
+                    except BlockingIOError:
+                        if pos:
+                            break  # hand over what we have; wait with the writer busy
+                        ready = poller.poll(self._idle_ms)
+                        if not ready:
+                            self._end = "idle"
+                            self._stop = True
+                        elif any(fd == self._wake_r for fd, _ in ready):
+                            self._end = "cancelled" if self._end == "done" else self._end
+                            self._stop = True
+                        continue
+                    except OSError as exc:
+                        self._end, self._error, self._stop = "recv_error", exc, True
+                        break
+                    if n == 0:
+                        self._end, self._stop = "eof", True
+                        break
+                    pos += n
+                got += pos
+                self._received = got
+                if pos:
+                    self._full.put((idx, pos))
+                else:
+                    self._free.put(idx)
+            if self._stop and self._end == "done":
+                self._end = "cancelled"
+        finally:
+            self._full.put(None)
+
+    def _write_loop(self) -> None:
+        since = 0
+        digest = self._digest
+        try:
+            for chunk in self._prefix:
+                self._write(memoryview(chunk))
+                if digest is not None:
+                    digest(memoryview(chunk))
+                self._written += len(chunk)
+                since += len(chunk)
+        except BaseException as exc:
+            self._fail_write(exc)
+        while True:
+            item = self._full.get()
+            if item is None:
+                break
+            idx, n = item
+            if self._write_error is None:
+                try:
+                    self._write(self._views[idx][:n])
+                except BaseException as exc:
+                    self._fail_write(exc)
+                else:
+                    self._written += n
+                    since += n
+                    if since >= _BODY_REPORT:
+                        self._report(since)
+                        since = 0
+                    if digest is not None:
+                        self._written_q.put(item)
+                        continue
+            self._free.put(idx)
+        if digest is not None:
+            self._written_q.put(None)
+        if since:
+            self._report(since)
+
+    def _digest_loop(self) -> None:
+        assert self._digest is not None
+        while True:
+            item = self._written_q.get()
+            if item is None:
+                break
+            idx, n = item
+            if self._write_error is None:
+                try:
+                    self._digest(self._views[idx][:n])
+                except BaseException as exc:
+                    self._fail_write(exc)
+            self._free.put(idx)
+
+    def _fail_write(self, exc: BaseException) -> None:
+        self._write_error = exc
+        self.cancel()
+
+    def _report(self, n: int) -> None:
+        if self._progress is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._progress, n)

@@ -466,8 +466,14 @@ class Upload:
         """Hash the bytes already held (``[0, offset)``), blocking. Call once, first."""
         hash_fd(self._fd, self._hasher, 0, self.offset)
 
-    def write(self, data: bytes | memoryview) -> None:
-        """Append ``data`` to the part file and the running digest (blocking).
+    def digest_update(self, data: bytes | memoryview) -> None:
+        """Feed ``data`` to the running digest; for writes made with ``digest=False``, in the
+        same order (blocking; may run on another thread than :meth:`write`, one at a time)."""
+        self._hasher.update(data)
+
+    def write(self, data: bytes | memoryview, *, digest: bool = True) -> None:
+        """Append ``data`` to the part file and, unless ``digest`` is False, to the running
+        digest (blocking). With ``digest=False`` the caller feeds :meth:`digest_update`.
 
         Raises:
             FileStoreError: ``no_space`` (ENOSPC/EDQUOT; what was written is kept for a
@@ -482,7 +488,8 @@ class Upload:
         try:
             while pos < n:
                 w = write(self._fd, view[pos:])
-                self._hasher.update(view[pos : pos + w])
+                if digest:
+                    self._hasher.update(view[pos : pos + w])
                 pos += w
                 self.received += w
         except OSError as exc:

@@ -458,12 +458,18 @@ class _FilesProtocol:
         self._events: list[FilesEvent] = []
         self._out: list[bytes] = []
         self._body_left = 0  # bytes of the current body not yet received / sent
+        self._deferred: ProtocolError | None = None
         self._eof = False
 
     @property
     def state(self) -> State:
         """The conversation's current :class:`State`."""
         return self._state
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet parsed into events (a partial line, early data)."""
+        return len(self._buffer)
 
     @property
     def body_left(self) -> int:
@@ -498,6 +504,7 @@ class _FilesProtocol:
         """
         if self._eof:
             raise LocalProtocolError("receive_data() after receive_eof()")
+        self._raise_deferred()
         if not data or self._state is State.CLOSED:
             return
         left = self._body_left
@@ -516,8 +523,33 @@ class _FilesProtocol:
         self._buffer.feed(data)
         self._parse()
 
+    def body_received(self, n: int) -> None:
+        """Record ``n`` body bytes the caller read from the peer itself (e.g. on a thread).
+
+        The counterpart of :meth:`body_sent` for the peer's body: only while that body is
+        flowing and nothing is buffered here (drain :meth:`events_received` first, and read
+        no further than :attr:`body_left`). Emits :class:`BodyEnd` when the body is complete.
+
+        Raises:
+            LocalProtocolError: not inside the peer's body, bytes still buffered here, or
+                more bytes than the body has left.
+        """
+        if n == 0:
+            return
+        if self._state not in self._peer_body_states or len(self._buffer):
+            raise LocalProtocolError(f"cannot take body bytes in state {self._state.name}")
+        if n < 0 or n > self._body_left:
+            raise LocalProtocolError(f"body overrun: {n} bytes, {self._body_left} left")
+        self._body_left -= n
+        if self._body_left == 0:
+            self._end_body()
+
     def receive_eof(self) -> None:
-        """Feed the end of the peer's stream; emits :class:`EndOfStream`. Idempotent."""
+        """Feed the end of the peer's stream; emits :class:`EndOfStream`. Idempotent.
+
+        Never raises: a peer error still held from pipelined input stays in
+        :meth:`take_error`.
+        """
         if self._eof:
             return
         self._eof = True
@@ -580,8 +612,26 @@ class _FilesProtocol:
         self._out.append(_encode(obj, self.max_header))
 
     def _after_local_step(self) -> None:
-        if len(self._buffer):
-            self._parse()
+        # Pipelined peer input is parsed now, but a peer's error must not surface from our
+        # own send_*() call: keep it for the next receive_*() and for take_error().
+        if len(self._buffer) and self._deferred is None:
+            try:
+                self._parse()
+            except ProtocolError as exc:
+                if isinstance(exc, LocalProtocolError):
+                    raise
+                self._deferred = exc
+
+    def take_error(self) -> ProtocolError | None:
+        """Return (and clear) a peer error found while a ``send_*`` call parsed pipelined
+        input; the caller should answer it as if ``receive_data`` had raised it."""
+        exc, self._deferred = self._deferred, None
+        return exc
+
+    def _raise_deferred(self) -> None:
+        if self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            raise exc
 
     def send_body(self, data: bytes) -> None:
         """Queue body bytes (no copy). The total must equal the declared body length.

@@ -521,6 +521,13 @@ async def connect(
                 return conn
     except TimeoutError:
         raise ConnectTimeout(f"timed out after {timeout} s connecting to {ep}") from None
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+        if ep.scheme == "tls" and "handshake" not in str(exc).lower():
+            raise HandshakeError(
+                f"TLS handshake with {ep} failed: the server closed the connection "
+                "(does it require a client certificate, or another TLS version?)"
+            ) from exc
+        raise translate_os_error(exc, what=str(ep), phase="connect") from exc
     except OSError as exc:
         raise translate_os_error(exc, what=str(ep), phase="connect") from exc
     raise InvalidEndpoint(f"cannot connect to {ep.scheme} endpoints yet: {ep}")

@@ -29,6 +29,7 @@ from ..errors import WirecatError
 
 __all__ = [
     "INTERMEDIATE_CIPHERS",
+    "INTERMEDIATE_GROUPS",
     "SelfSigned",
     "TLSError",
     "TLSProfile",
@@ -53,6 +54,10 @@ INTERMEDIATE_CIPHERS = ":".join(
         "ECDHE-RSA-CHACHA20-POLY1305",
     ]
 )
+
+
+#: Mozilla intermediate key-exchange groups (OpenSSL names).
+INTERMEDIATE_GROUPS = "X25519:prime256v1:secp384r1"
 
 
 class TLSError(WirecatError):
@@ -118,6 +123,12 @@ def server_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx, profile)
     ctx.options |= ssl.OP_NO_TICKET
+    # Key exchange groups: Mozilla intermediate allows X25519, P-256 and P-384 only.
+    set_groups = getattr(ctx, "set_groups", None)  # Python 3.13+ / OpenSSL 3
+    if set_groups is not None:
+        set_groups(INTERMEDIATE_GROUPS)
+    else:  # older Pythons can name a single curve only: P-256 is in every client
+        ctx.set_ecdh_curve("prime256v1")
     try:
         _load_chain(ctx, cert, key)
         if client_ca:

@@ -2,10 +2,12 @@
 
 Wires :mod:`wirecat.protocols.files` (sans-I/O) and :class:`wirecat.files.store.FileStore`
 to the runtime. Per connection, one request at a time: headers are parsed on the loop, every
-file system call runs on a worker thread, received body bytes go straight to a
-:class:`~wirecat.files.pipeline.WriteBehind` (write + hash off the loop, bounded, pausing the
-socket when the disk lags), downloads go out with ``sendfile(2)``
-(:func:`~wirecat.files.zerocopy.send_file_range`).
+file system call runs on a worker thread. An upload body is received on threads straight
+from the socket while the transport is paused (:class:`~wirecat.files.pipeline.SocketBody`:
+recv, write and hash overlap), or, on TLS, through the loop into a
+:class:`~wirecat.files.pipeline.WriteBehind` (bounded, pausing the socket when the disk
+lags). Downloads go out with ``sendfile(2)`` on a thread
+(:func:`~wirecat.files.zerocopy.send_file_range`); TLS copies through the transport.
 
 An upload is confirmed only after the digest matched and the file was fsynced, renamed and
 its directory fsynced. A connection that drops mid-upload keeps its part file for a resume.
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from ..endpoints import Endpoint, parse_endpoint
-from ..errors import LimitExceeded, ProtocolError
-from ..files.pipeline import WriteBehind, executor
+from ..errors import LimitExceeded, LocalProtocolError, ProtocolError
+from ..files.pipeline import SocketBody, WriteBehind, executor
 from ..files.store import FileStore, FileStoreError, ReadHandle, Upload
 from ..files.zerocopy import send_file_range
 from ..protocols.files import (
@@ -54,14 +57,15 @@ class FilesService(Service):
     """Serve a directory: ``stat``, ``list``, ``get`` and resumable, verified ``put``.
 
     Args:
-        endpoints: where to listen (stream endpoints: tcp, unix); empty means
+        endpoints: where to listen (stream endpoints: tcp, tls, unix); empty means
             :data:`DEFAULT_ENDPOINT`.
         root: the directory served; created if missing. Nothing outside it is reachable.
         readonly: refuse uploads (``--files-readonly``).
         max_file_size: largest upload accepted, in bytes (``--max-file-size``; ``None``: any).
         quota: most bytes the root may hold, part files included (``--quota``; ``None``: any).
         max_header: longest request header line, in bytes.
-        zero_copy: use ``sendfile(2)`` for downloads where the transport allows it.
+        zero_copy: use ``sendfile(2)`` for downloads and receive upload bodies on threads
+            straight from the socket, where the transport allows it (not TLS).
         limits: per-service limits (``None``: the server's).
 
     Raises:
@@ -113,6 +117,8 @@ class FilesHandler(StreamHandler):
         self._task: asyncio.Task[None] | None = None
         self._upload: Upload | None = None
         self._sink: WriteBehind | None = None
+        self._body: SocketBody | None = None
+        self._closed = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
         self._eof = False
@@ -134,7 +140,10 @@ class FilesHandler(StreamHandler):
         return self._task is not None and not self._task.done()
 
     def on_close(self, exc: Exception | None) -> None:
+        self._closed.set()  # stop a sendfile thread
         self._writable.set()  # wake a download; it sees the closed transport and stops
+        if self._body is not None:
+            self._body.cancel()
         if self._deadline is not None:
             self._deadline.cancel()
         self._drop_upload(keep=True)
@@ -160,6 +169,9 @@ class FilesHandler(StreamHandler):
     async def wait_writable(self) -> None:
         while not self._writable.is_set() and not self.closing:
             await self._writable.wait()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
 
     async def wait_empty(self) -> None:
         t = self.transport
@@ -198,7 +210,7 @@ class FilesHandler(StreamHandler):
         elif isinstance(event, Trailer):
             upload, sink = self._upload, self._sink
             self._upload = self._sink = None  # the commit task owns it now
-            if upload is not None and sink is not None:
+            if upload is not None:
                 self._start(self._commit(upload, sink, event))
         elif isinstance(event, PutRequest):
             self._start(self._put(event))
@@ -227,6 +239,13 @@ class FilesHandler(StreamHandler):
         if task.cancelled():
             return
         exc = task.exception()
+        deferred = self.proto.take_error()
+        if isinstance(exc, ProtocolError) and not isinstance(exc, LocalProtocolError):
+            deferred = deferred or exc
+            exc = None
+        if exc is None and deferred is not None:
+            self._fatal(deferred)  # the peer pipelined a bad header behind a good request
+            return
         if exc is not None:
             self.log.error("files request failed: %r", exc, exc_info=exc)
             self.ctx.metrics["handler_errors"] += 1
@@ -364,13 +383,79 @@ class FilesHandler(StreamHandler):
         if self.closing:
             self._drop_upload(keep=True)
             return
-        self._sink = WriteBehind(
-            upload.write,
-            on_pause=self.pause_reading,
-            on_resume=self.resume_reading,
-            on_error=self._write_failed,
-        )
+        takeover = self._takeover_ok(req.size - upload.offset)
+        if takeover:
+            self.pause_reading()  # the body is read on threads (SocketBody)
+        else:
+            self._sink = WriteBehind(
+                upload.write,
+                on_pause=self.pause_reading,
+                on_resume=self.resume_reading,
+                on_error=self._write_failed,
+            )
         self.proto.send_ready()
+        self._pump()
+        if takeover:
+            await self._receive_body(upload)
+
+    def _takeover_ok(self, length: int) -> bool:
+        """May the body be received on threads straight from the socket? (takes a slot)"""
+        t = self.transport
+        return (
+            self.service.zero_copy
+            and length > 0
+            and not self.proto.buffered  # early body bytes: keep them in order, use the loop
+            and t.get_extra_info("socket") is not None
+            and t.get_extra_info("sslcontext") is None
+            and SocketBody.acquire()
+        )
+
+    async def _receive_body(self, upload: Upload) -> None:
+        sock = self.transport.get_extra_info("socket")
+        try:
+            body = SocketBody(
+                sock.fileno(),
+                functools.partial(upload.write, digest=False),
+                digest=upload.digest_update,
+                idle_timeout=self.limits.idle_timeout,
+            )
+        except OSError as exc:  # out of descriptors: fall back to the loop
+            SocketBody.release()
+            self.log.warning("cannot take the socket over: %s", exc)
+            self._sink = WriteBehind(
+                upload.write,
+                on_pause=self.pause_reading,
+                on_resume=self.resume_reading,
+                on_error=self._write_failed,
+            )
+            self.resume_reading()
+            return
+        self._body = body
+        try:
+            outcome = await body.run(self.proto.body_left)
+        finally:
+            SocketBody.release()
+        self._body = None
+        if self._upload is not upload or self.closing:
+            return  # the connection went away; _drop_upload waited for the threads
+        self.proto.body_received(outcome.received)
+        if outcome.end == "write_error":
+            assert outcome.error is not None
+            self._write_failed(outcome.error)
+            return
+        if outcome.end == "idle":
+            # (the runtime's idle timer may also have counted "idle_timeouts": it saw no
+            # data_received since the header, and on_idle left the decision to us)
+            self.ctx.metrics["files_upload_idle"] += 1
+            self.log.info(
+                "no upload byte for %s s, closing",
+                self.limits.idle_timeout,
+                extra={"event": "idle_timeout"},
+            )
+            self.close("idle timeout")
+            return
+        # done: the trailer follows; eof / recv_error: the transport finds out and reports
+        self.resume_reading()
         self._pump()
 
     def _write_failed(self, exc: BaseException) -> None:
@@ -395,9 +480,10 @@ class FilesHandler(StreamHandler):
         else:
             self.close(code)
 
-    async def _commit(self, upload: Upload, sink: WriteBehind, trailer: Trailer) -> None:
+    async def _commit(self, upload: Upload, sink: WriteBehind | None, trailer: Trailer) -> None:
         try:
-            await sink.flush()
+            if sink is not None:
+                await sink.flush()
         except FileStoreError as exc:
             await self._run(upload.release)
             self._refuse(exc)
@@ -431,15 +517,19 @@ class FilesHandler(StreamHandler):
 
     def _drop_upload(self, *, keep: bool) -> None:
         """Hand a dropped upload to a cleanup task: finish its writes, then unlock it."""
-        upload, sink = self._upload, self._sink
+        upload, sink, body = self._upload, self._sink, self._body
         self._upload = self._sink = None
         if upload is None:
             return
+        if body is not None:
+            body.cancel()
 
         async def cleanup() -> None:
             if sink is not None:
                 with contextlib.suppress(BaseException):
                     await sink.flush()
+            if body is not None:
+                await body.wait_done()
             await asyncio.get_running_loop().run_in_executor(
                 executor(), upload.release if keep else upload.discard
             )
@@ -450,8 +540,10 @@ class FilesHandler(StreamHandler):
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m wirecat.services.files ROOT [ENDPOINT] [--loop KIND]``: a files server alone.
 
-    Prints ``listening <endpoint>`` (with the real port) on standard output once bound, then
-    serves until SIGINT/SIGTERM. Used by tests and benchmarks that need a separate process.
+    Prints ``listening <endpoint>`` (with the real port) on standard output once bound (and,
+    with ``--self-signed`` for a ``tls://`` endpoint, ``pin sha256:...`` on the next line),
+    then serves until SIGINT/SIGTERM. Used by tests and benchmarks that need a separate
+    process.
     """
     import argparse
     import sys
@@ -466,7 +558,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--readonly", action="store_true")
     parser.add_argument("--max-file-size", type=int, default=None)
     parser.add_argument("--quota", type=int, default=None)
+    parser.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="tls:// endpoint: make a throwaway certificate; prints 'pin sha256:...' too",
+    )
     args = parser.parse_args(argv)
+    tls = None
+    pin = None
+    if args.self_signed:
+        from ..runtime.tls import self_signed, server_context
+
+        made = self_signed()
+        tls, pin = server_context(made.cert_pem, made.key_pem), made.fingerprint
 
     async def serve() -> int:
         service = FilesService(
@@ -476,9 +580,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_file_size=args.max_file_size,
             quota=args.quota,
         )
-        server = Server([service], limits=Limits(idle_timeout=None))
+        server = Server([service], limits=Limits(idle_timeout=None), tls=tls)
         await server.start()
         print(f"listening {server.endpoint('files')}", flush=True)
+        if pin is not None:
+            print(f"pin {pin}", flush=True)
         sys.stdout.flush()
         return await run_until_signal(server)
 
