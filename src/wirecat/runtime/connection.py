@@ -87,6 +87,7 @@ class ServerContext:
         self._dirty: list[StreamHandler] = []
         self._flush_scheduled = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._idle_tick = 10.0
         rate = self.limits.conn_rate
         self.conn_rate = KeyedRateLimiter(rate, self.limits.conn_burst) if rate else None
@@ -145,12 +146,22 @@ class ServerContext:
         now = loop.time()
         for handler in list(self.connections):
             timeout = handler.limits.idle_timeout
-            if timeout is not None and not handler.closing and now - handler._last_rx >= timeout:
+            if (
+                timeout is not None
+                and not handler.closing
+                and handler.transport is not None  # not while a TLS handshake runs
+                and now - handler._last_rx >= timeout
+            ):
                 handler._idle_expired(now)
         if self.connections:
             self._idle_timer = loop.call_later(self._idle_tick, self._sweep_idle)
         else:
             self._idle_timer = None
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Keep a reference to a background task until it finishes."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _schedule_flush(self, handler: StreamHandler) -> None:
         self._dirty.append(handler)
@@ -256,8 +267,34 @@ class StreamHandler(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self._accepted:  # admitted by the TLS accept loop before its handshake
+            if self.closing:  # and closed (shutdown, idle) while the handshake ran
+                self.transport.abort()
+                return
+            self._established()
+            return
+        reason = self.admit(transport.get_extra_info("peername"))
+        if reason is not None:
+            if reason == "denied":
+                self.transport.abort()  # tell a denied peer nothing
+            else:
+                self.transport.write(f"error: {reason}, try again later\n".encode())
+                self.transport.close()
+            return
+        self._established()
+
+    def admit(self, peername: Any) -> str | None:
+        """Run the server's admission checks for a peer at ``peername`` (by address only).
+
+        Called by :meth:`connection_made`, or by a TLS listener before the handshake so that
+        no byte is read or sent to a refused peer.
+
+        Returns:
+            ``None`` when admitted (the connection then counts against every limit until it
+            is lost), else the reason for refusal (already counted and logged).
+        """
         ctx = self.ctx
-        self._peername = peername = transport.get_extra_info("peername")
+        self._peername = peername
         if isinstance(peername, tuple) and peername:
             self.source = peername[0]
         self._loop = loop = asyncio.get_running_loop()
@@ -266,14 +303,31 @@ class StreamHandler(asyncio.Protocol):
             ctx.metrics[_REFUSAL_METRIC.get(reason, "refused")] += 1
             self.log.warning("refused: %s", reason, extra={"event": "refused", "reason": reason})
             self.closing = True
-            if reason == "denied":
-                self.transport.abort()  # tell a denied peer nothing
-            else:
-                self.transport.write(f"error: {reason}, try again later\n".encode())
-                self.transport.close()
-            return
+            return reason
         self._accepted = True
         ctx.connections.add(self)
+        self._last_rx = loop.time()
+        return None
+
+    def handshake_failed(self, exc: BaseException) -> None:
+        """The TLS handshake of an admitted peer failed: count it and release its limits."""
+        self.ctx.metrics["tls_handshake_failures"] += 1
+        self.log.info(
+            "TLS handshake failed: %s",
+            str(exc) or type(exc).__name__,
+            extra={"event": "tls_failure", "reason": type(exc).__name__},
+        )
+        self.closing = True
+        if self._accepted:
+            self._accepted = False
+            self.ctx._discard(self)
+            self.ctx.release(self.source)
+
+    def _established(self) -> None:
+        """The connection is admitted (and its TLS handshake done): start serving it."""
+        loop = self._loop
+        assert loop is not None
+        ctx = self.ctx
         ctx.metrics["accepted"] += 1
         # TCP_NODELAY: asyncio and uvloop both set it on every TCP transport already.
         lim = self.limits

@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import stat
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ssl import SSLContext
+from typing import Any, Protocol, cast
 
 from ..endpoints import Endpoint
 from ..errors import InvalidEndpoint, ListenError, translate_os_error
+from .logs import logger as _log
 
 __all__ = [
+    "AdmittingProtocol",
     "Listener",
     "bound_endpoint",
     "open_datagram_listener",
     "open_stream_listener",
+    "open_tls_listener",
     "unix_address",
 ]
 
@@ -48,13 +54,25 @@ class Listener:
     server: asyncio.Server | None = None
     transport: asyncio.DatagramTransport | None = None
     _unlink: str | None = field(default=None, repr=False)
+    _accepting: asyncio.Task[None] | None = field(default=None, repr=False)
+    _sock: socket.socket | None = field(default=None, repr=False)
+    _handshakes: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     def close(self) -> None:
-        """Stop accepting (stream) or receiving (datagram). Idempotent. Open connections stay."""
+        """Stop accepting (stream) or receiving (datagram). Idempotent. Open connections stay;
+        TLS handshakes still running are cancelled (those peers are not connected yet)."""
         if self.server is not None:
             self.server.close()
         if self.transport is not None:
             self.transport.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+            for task in list(self._handshakes):
+                task.cancel()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         if self._unlink:
             with contextlib.suppress(OSError):
                 os.unlink(self._unlink)
@@ -217,3 +235,87 @@ async def open_datagram_listener(
     except OSError as exc:
         raise translate_os_error(exc, what=str(endpoint), phase="listen") from exc
     return Listener(bound_endpoint(endpoint, sock), transport=transport, _unlink=unlink)
+
+
+class AdmittingProtocol(Protocol):
+    """What :func:`open_tls_listener` needs of a protocol: admission before the handshake."""
+
+    def admit(self, peername: Any) -> str | None: ...
+
+    def handshake_failed(self, exc: BaseException) -> None: ...
+
+
+_ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+async def open_tls_listener(
+    endpoint: Endpoint,
+    factory: Callable[[], AdmittingProtocol],
+    *,
+    ssl: SSLContext,
+    handshake_timeout: float = 10.0,
+    backlog: int = 1024,
+    reuse_port: bool = False,
+) -> Listener:
+    """Listen on a ``tls`` endpoint, admitting each peer *before* its TLS handshake.
+
+    asyncio's own TLS servers call ``connection_made`` only after the handshake, so access
+    lists and connection caps would run after a denied peer already got the certificate.
+    Here an accept loop asks ``factory().admit(peername)`` first: a refused peer is reset
+    (``SO_LINGER`` 0) without a byte sent; an admitted one counts against the limits during
+    its handshake (``loop.connect_accepted_socket``, bounded by ``handshake_timeout``
+    seconds), and ``handshake_failed(exc)`` releases it if the handshake fails. The loop
+    survives running out of file descriptors (EMFILE) by pausing briefly.
+
+    Raises:
+        AddressInUse, PermissionDenied, ListenError, InvalidEndpoint.
+    """
+    if endpoint.scheme != "tls":
+        raise InvalidEndpoint(f"open_tls_listener needs a tls:// endpoint, not {endpoint}")
+    try:
+        sock = _inet_socket(endpoint, socket.SOCK_STREAM, reuse_port)
+        sock.listen(backlog)
+    except OSError as exc:
+        raise translate_os_error(exc, what=str(endpoint), phase="listen") from exc
+    listener = Listener(bound_endpoint(endpoint, sock), _sock=sock)
+    loop = asyncio.get_running_loop()
+
+    async def handshake(conn: socket.socket, proto: AdmittingProtocol) -> None:
+        try:
+            await loop.connect_accepted_socket(
+                lambda: cast(asyncio.Protocol, proto),
+                conn,
+                ssl=ssl,
+                ssl_handshake_timeout=handshake_timeout,
+            )
+        except BaseException as exc:
+            proto.handshake_failed(exc)
+            conn.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    async def accept_loop() -> None:
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY:
+                    _log.warning("accept on %s failed (%s); retrying", endpoint, exc.strerror)
+                    await asyncio.sleep(0.1)  # back off while descriptors are exhausted
+                    continue
+                if sock.fileno() < 0:
+                    return  # the listener was closed
+                continue  # ECONNABORTED and friends: that peer is gone, serve the next
+            conn.setblocking(False)
+            proto = factory()
+            if proto.admit(addr) is not None:
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # reset: the refused peer gets no byte, not even a ServerHello
+                continue
+            task = loop.create_task(handshake(conn, proto))
+            listener._handshakes.add(task)
+            task.add_done_callback(listener._handshakes.discard)
+
+    listener._accepting = loop.create_task(accept_loop())
+    return listener

@@ -20,7 +20,12 @@ from collections.abc import Sequence
 from ..endpoints import Endpoint
 from .connection import ServerContext, StreamHandler
 from .limits import Limits
-from .listeners import Listener, open_datagram_listener, open_stream_listener
+from .listeners import (
+    Listener,
+    open_datagram_listener,
+    open_stream_listener,
+    open_tls_listener,
+)
 
 __all__ = ["Server", "ServerContext", "Service", "run_until_signal"]
 
@@ -132,13 +137,19 @@ class Server:
                             reuse_port=self.reuse_port,
                         )
                     else:
-                        lst = await open_stream_listener(
-                            ep,
-                            functools.partial(svc.stream_handler, ctx),
-                            reuse_port=self.reuse_port,
-                            ssl=self.tls,
-                            handshake_timeout=ctx.limits.handshake_timeout,
-                        )
+                        factory = functools.partial(svc.stream_handler, ctx)
+                        if ep.scheme == "tls" and self.tls is not None:
+                            lst = await open_tls_listener(
+                                ep,
+                                factory,
+                                ssl=self.tls,
+                                handshake_timeout=ctx.limits.handshake_timeout,
+                                reuse_port=self.reuse_port,
+                            )
+                        else:
+                            lst = await open_stream_listener(
+                                ep, factory, reuse_port=self.reuse_port, ssl=self.tls
+                            )
                     self.listeners.append((svc.name, lst))
                     ctx.log.info("%s listening on %s", svc.name, lst.endpoint)
         except BaseException:
