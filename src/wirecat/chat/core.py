@@ -61,6 +61,7 @@ from ..protocols.chat import (
     check_nick,
     check_room,
 )
+from ..runtime.limits import TokenBucket
 
 __all__ = [
     "ChatCore",
@@ -140,35 +141,6 @@ class RateLimit:
             raise ValueError("burst must be >= 1 message")
         if self.kick_after < 0:
             raise ValueError("kick_after must be >= 0")
-
-
-class TokenBucket:
-    """A token bucket: ``rate`` tokens per second, at most ``burst`` stored.
-
-    Args:
-        rate: tokens added per second.
-        burst: capacity; the bucket starts full.
-        now: the current time in seconds (a monotonic clock).
-    """
-
-    __slots__ = ("_stamp", "_tokens", "burst", "rate")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self._tokens = float(burst)
-        self._stamp = now
-
-    def take(self, now: float) -> bool:
-        """Take one token at time ``now`` (seconds); return False if none is left."""
-        elapsed = now - self._stamp
-        if elapsed > 0:
-            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
-            self._stamp = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 class Member:

@@ -187,6 +187,21 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
     help="Absolute deadline to finish logging in (chat: first line) (0: none).",
 )
 @click.option(
+    "--chat-rate",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    metavar="PER_SECOND",
+    help="Chat messages per second per member before 'rate_limited' (0: no limit).",
+)
+@click.option(
+    "--chat-burst",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Chat messages a member may send at once after a quiet period.",
+)
+@click.option(
     "--udp-rate",
     type=click.FloatRange(min=0),
     default=1000.0,
@@ -314,6 +329,8 @@ def serve_command(
     conn_rate: float,
     conn_burst: int,
     login_timeout: float,
+    chat_rate: float,
+    chat_burst: int,
     udp_rate: float,
     allow_rules: tuple[str, ...],
     deny_rules: tuple[str, ...],
@@ -376,6 +393,8 @@ def serve_command(
             max_file_size=max_file_size,
             quota=quota,
             udp_rate=udp_rate or None,
+            chat_rate=chat_rate or None,
+            chat_burst=chat_burst,
         )
 
     try:

@@ -34,6 +34,8 @@ def build_services(
     max_file_size: int | None = None,
     quota: int | None = None,
     udp_rate: float | None = None,
+    chat_rate: float | None = 5.0,
+    chat_burst: int = 10,
 ) -> list[Service]:
     """Return the services to run; ``None`` for a service means "not enabled".
 
@@ -51,7 +53,14 @@ def build_services(
     if chat:
         from ..services.chat import ChatService
 
-        services.append(ChatService(chat, history=history))
+        if chat_rate:
+            services.append(
+                ChatService(chat, history=history, max_rate=chat_rate, burst=chat_burst)
+            )
+        else:  # no per-member limit (benchmarks, trusted programs)
+            services.append(
+                ChatService(chat, history=history, max_rate=1e9, burst=10**9, kick_after=0)
+            )
     if files_dir is not None:
         from ..services.files import FilesService
 
