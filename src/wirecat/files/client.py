@@ -34,8 +34,6 @@ from typing import Any, TypeVar
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import (
     ConnectionClosedError,
-    ConnectTimeout,
-    HandshakeError,
     InvalidEndpoint,
     ProtocolError,
     RemoteProtocolError,
@@ -57,6 +55,7 @@ from ..protocols.files import (
     StatResult,
     Trailer,
 )
+from ..runtime.stream import open_transport
 from .digest import Hasher, hash_fd, new_hasher
 from .pipeline import BodyOutcome, SocketBody, WriteBehind, executor
 from .zerocopy import send_file_range
@@ -288,39 +287,17 @@ class FilesClient:
             HandshakeError (verification failed or the pin does not match), HandshakeTimeout.
         """
         ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                if ep.scheme == "tcp":
-                    _, proto = await loop.create_connection(_Protocol, ep.host or "", ep.port or 0)
-                elif ep.scheme == "tls":
-                    from ..runtime.tls import check_pin, client_context
-
-                    transport, proto = await loop.create_connection(
-                        _Protocol,
-                        ep.host or "",
-                        ep.port or 0,
-                        ssl=ssl or client_context(pinned=pin is not None),
-                        server_hostname=server_hostname or ep.host,
-                        ssl_handshake_timeout=handshake_timeout,
-                    )
-                    if pin is not None and not check_pin(
-                        transport.get_extra_info("ssl_object"), pin
-                    ):
-                        transport.abort()
-                        raise HandshakeError(
-                            f"TLS certificate of {ep} does not match the pinned {pin}"
-                        )
-                elif ep.scheme == "unix":
-                    assert ep.path is not None
-                    path = "\0" + ep.path[1:] if ep.path.startswith("@") else ep.path
-                    _, proto = await loop.create_unix_connection(_Protocol, path)
-                else:
-                    raise InvalidEndpoint(f"the files service speaks tcp, tls or unix, not {ep}")
-        except TimeoutError:
-            raise ConnectTimeout(f"timed out after {timeout} s connecting to {ep}") from None
-        except OSError as exc:
-            raise translate_os_error(exc, what=str(ep), phase="connect") from exc
+        if ep.scheme not in ("tcp", "tls", "unix"):
+            raise InvalidEndpoint(f"the files service speaks tcp, tls or unix, not {ep}")
+        _, proto = await open_transport(
+            ep,
+            _Protocol,
+            timeout=timeout,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            pin=pin,
+            handshake_timeout=handshake_timeout,
+        )
         return cls(ep, proto, timeout=timeout)
 
     async def aclose(self) -> None:

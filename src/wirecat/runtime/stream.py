@@ -23,7 +23,7 @@ import socket
 import tempfile
 from collections.abc import Awaitable, Callable
 from ssl import SSLContext
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import (
@@ -42,7 +42,13 @@ from .connection import format_address
 from .listeners import Listener, unix_address
 from .logs import logger as _log
 
-__all__ = ["Connection", "DatagramConnection", "connect", "open_connection_listener"]
+__all__ = [
+    "Connection",
+    "DatagramConnection",
+    "connect",
+    "open_connection_listener",
+    "open_transport",
+]
 
 _READ_HIGH_WATER = 256 * 1024  # bytes buffered unread before we stop reading
 _DEFAULT_MAX_LINE = 64 * 1024
@@ -416,6 +422,89 @@ class DatagramConnection:
         await self.aclose()
 
 
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+async def open_transport(
+    endpoint: Endpoint,
+    factory: Callable[[], P],
+    *,
+    timeout: float | None = 10.0,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
+    pin: str | None = None,
+    handshake_timeout: float = 10.0,
+) -> tuple[asyncio.Transport, P]:
+    """Connect a stream endpoint (``tcp``, ``tls``, ``unix``) to a protocol from ``factory``.
+
+    The one place that resolves, connects, runs and checks the TLS handshake (SNI, ``pin``)
+    and translates errors; :func:`connect` and the files client both use it.
+
+    Args:
+        endpoint: where to connect.
+        factory: makes the protocol (called once).
+        timeout, ssl, server_hostname, pin, handshake_timeout: as in :func:`connect`.
+
+    Returns:
+        ``(transport, protocol)``.
+
+    Raises:
+        InvalidEndpoint: not a stream endpoint.
+        ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError,
+        HandshakeError, HandshakeTimeout.
+    """
+    ep = endpoint
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            if ep.scheme in ("tcp", "tls"):
+                kwargs: dict[str, Any] = {}
+                if isinstance(loop, asyncio.BaseEventLoop):  # uvloop lacks Happy Eyeballs
+                    kwargs["happy_eyeballs_delay"] = 0.25  # RFC 8305
+                if ep.scheme == "tls":
+                    from .tls import client_context
+
+                    kwargs["ssl"] = ssl or client_context(pinned=pin is not None)
+                    kwargs["server_hostname"] = server_hostname or ep.host
+                    kwargs["ssl_handshake_timeout"] = handshake_timeout
+                transport, proto = await loop.create_connection(
+                    factory, ep.host or "", ep.port or 0, **kwargs
+                )
+                if pin is not None:
+                    from .tls import check_pin
+
+                    if not check_pin(transport.get_extra_info("ssl_object"), pin):
+                        transport.abort()
+                        raise HandshakeError(
+                            f"TLS certificate of {ep} does not match the pinned {pin}"
+                        )
+                return transport, proto
+            if ep.scheme == "unix":
+                assert ep.path is not None
+                # Connect the socket ourselves: uvloop rejects abstract ("\0name") paths.
+                usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    usock.setblocking(False)
+                    await loop.sock_connect(usock, unix_address(ep.path))
+                    utransport, uproto = await loop.create_unix_connection(factory, sock=usock)
+                except BaseException:
+                    usock.close()
+                    raise
+                return utransport, uproto
+    except TimeoutError:
+        raise ConnectTimeout(f"timed out after {timeout} s connecting to {ep}") from None
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+        if ep.scheme == "tls" and "handshake" not in str(exc).lower():
+            raise HandshakeError(
+                f"TLS handshake with {ep} failed: the server closed the connection "
+                "(does it require a client certificate, or another TLS version?)"
+            ) from exc
+        raise translate_os_error(exc, what=str(ep), phase="connect") from exc
+    except OSError as exc:
+        raise translate_os_error(exc, what=str(ep), phase="connect") from exc
+    raise InvalidEndpoint(f"{ep} is not a stream endpoint (tcp, tls or unix)")
+
+
 async def connect(
     endpoint: str | Endpoint,
     *,
@@ -454,45 +543,20 @@ async def connect(
         HandshakeTimeout: the TLS handshake took longer than ``handshake_timeout``.
     """
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
+    if ep.scheme in ("tcp", "tls", "unix"):
+        _, proto = await open_transport(
+            ep,
+            lambda: _StreamProtocol(read_high_water),
+            timeout=timeout,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            pin=pin,
+            handshake_timeout=handshake_timeout,
+        )
+        return Connection(ep, proto)
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            if ep.scheme in ("tcp", "tls"):
-                kwargs: dict[str, Any] = {}
-                if isinstance(loop, asyncio.BaseEventLoop):  # uvloop lacks Happy Eyeballs
-                    kwargs["happy_eyeballs_delay"] = 0.25  # RFC 8305
-                if ep.scheme == "tls":
-                    from .tls import client_context
-
-                    kwargs["ssl"] = ssl or client_context(pinned=pin is not None)
-                    kwargs["server_hostname"] = server_hostname or ep.host
-                    kwargs["ssl_handshake_timeout"] = handshake_timeout
-                transport, proto = await loop.create_connection(
-                    lambda: _StreamProtocol(read_high_water), ep.host or "", ep.port or 0, **kwargs
-                )
-                if pin is not None:
-                    from .tls import check_pin
-
-                    if not check_pin(transport.get_extra_info("ssl_object"), pin):
-                        transport.abort()
-                        raise HandshakeError(
-                            f"TLS certificate of {ep} does not match the pinned {pin}"
-                        )
-                return Connection(ep, proto)
-            if ep.scheme == "unix":
-                assert ep.path is not None
-                # Connect the socket ourselves: uvloop rejects abstract ("\0name") paths.
-                usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    usock.setblocking(False)
-                    await loop.sock_connect(usock, unix_address(ep.path))
-                    _, proto = await loop.create_unix_connection(
-                        lambda: _StreamProtocol(read_high_water), sock=usock
-                    )
-                except BaseException:
-                    usock.close()
-                    raise
-                return Connection(ep, proto)
             if ep.scheme == "udp":
                 dtransport, dproto = await loop.create_datagram_endpoint(
                     lambda: _DatagramProtocol(max_queue), remote_addr=(ep.host or "", ep.port or 0)
@@ -521,13 +585,6 @@ async def connect(
                 return conn
     except TimeoutError:
         raise ConnectTimeout(f"timed out after {timeout} s connecting to {ep}") from None
-    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
-        if ep.scheme == "tls" and "handshake" not in str(exc).lower():
-            raise HandshakeError(
-                f"TLS handshake with {ep} failed: the server closed the connection "
-                "(does it require a client certificate, or another TLS version?)"
-            ) from exc
-        raise translate_os_error(exc, what=str(ep), phase="connect") from exc
     except OSError as exc:
         raise translate_os_error(exc, what=str(ep), phase="connect") from exc
     raise InvalidEndpoint(f"cannot connect to {ep.scheme} endpoints yet: {ep}")
