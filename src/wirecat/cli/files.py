@@ -161,6 +161,37 @@ def _show_bar(quiet: bool, as_json: bool) -> bool:
     return not quiet and not as_json and sys.stderr.isatty()
 
 
+def _run_transfer(
+    verb: str,
+    name: str,
+    op: Callable[[FilesClient, Callable[[int, int], None] | None], Awaitable[TransferResult]],
+    *,
+    endpoint: Endpoint,
+    timeout: float,
+    retries: int,
+    connect_kw: dict[str, Any],
+    quiet: bool,
+    as_json: bool,
+    loop_kind: LoopKind,
+) -> None:
+    """Run one verified transfer with retries and a progress bar; exit with its code."""
+
+    async def main() -> int:
+        update, stop = _progress_bar(_show_bar(quiet, as_json), f"{verb} {name}")
+        try:
+            result = await _with_retries(
+                endpoint, timeout, retries, lambda c: op(c, update), connect_kw
+            )
+        except (WirecatError, OSError) as exc:
+            stop()
+            return _fail(exc, as_json)
+        stop()
+        _summary(verb, result, as_json, quiet)
+        return 0
+
+    run_command(main(), loop=loop_kind)
+
+
 @click.command("send")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True))
 @click.argument("endpoint", type=ENDPOINT)
@@ -199,31 +230,25 @@ def send_command(
     target = name or os.path.basename(file)
     connect_kw = tls_connect_kwargs(endpoint, **tls)
 
-    async def main() -> int:
-        update, stop = _progress_bar(_show_bar(quiet, as_json), f"send {target}")
-        try:
-            result = await _with_retries(
-                endpoint,
-                timeout,
-                retries,
-                lambda c: c.upload(
-                    file,
-                    target,
-                    digest=digest,
-                    overwrite=overwrite,
-                    resume=not no_resume,
-                    progress=update,
-                ),
-                connect_kw,
-            )
-        except (WirecatError, OSError) as exc:
-            stop()
-            return _fail(exc, as_json)
-        stop()
-        _summary("send", result, as_json, quiet)
-        return 0
-
-    run_command(main(), loop=loop_kind)
+    _run_transfer(
+        "send",
+        target,
+        lambda c, update: c.upload(
+            file,
+            target,
+            digest=digest,
+            overwrite=overwrite,
+            resume=not no_resume,
+            progress=update,
+        ),
+        endpoint=endpoint,
+        timeout=timeout,
+        retries=retries,
+        connect_kw=connect_kw,
+        quiet=quiet,
+        as_json=as_json,
+        loop_kind=loop_kind,
+    )
 
 
 @click.command("get")
@@ -264,31 +289,25 @@ def get_command(
     dest = output or os.path.basename(name)
     connect_kw = tls_connect_kwargs(endpoint, **tls)
 
-    async def main() -> int:
-        update, stop = _progress_bar(_show_bar(quiet, as_json), f"get {name}")
-        try:
-            result = await _with_retries(
-                endpoint,
-                timeout,
-                retries,
-                lambda c: c.download(
-                    name,
-                    dest,
-                    digest=digest,
-                    overwrite=overwrite,
-                    resume=not no_resume,
-                    progress=update,
-                ),
-                connect_kw,
-            )
-        except (WirecatError, OSError) as exc:
-            stop()
-            return _fail(exc, as_json)
-        stop()
-        _summary("get", result, as_json, quiet)
-        return 0
-
-    run_command(main(), loop=loop_kind)
+    _run_transfer(
+        "get",
+        name,
+        lambda c, update: c.download(
+            name,
+            dest,
+            digest=digest,
+            overwrite=overwrite,
+            resume=not no_resume,
+            progress=update,
+        ),
+        endpoint=endpoint,
+        timeout=timeout,
+        retries=retries,
+        connect_kw=connect_kw,
+        quiet=quiet,
+        as_json=as_json,
+        loop_kind=loop_kind,
+    )
 
 
 @click.command("ls")
