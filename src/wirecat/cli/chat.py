@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import itertools
 from datetime import datetime
+from typing import Any
 
 import click
 from rich.console import Console
@@ -65,7 +66,7 @@ from ..protocols.chat import (
 from ..protocols.lines import Line, LineFramer, LineOverflow
 from ..runtime.stdio import StdinReader, open_stdin
 from ..runtime.stream import Connection, connect
-from .common import ENDPOINT, LOOP_OPTION, run_command
+from .common import ENDPOINT, LOOP_OPTION, run_command, tls_client_options, tls_connect_kwargs
 
 __all__ = ["ChatRefused", "chat_command"]
 
@@ -239,11 +240,16 @@ _HELP = (
 
 
 async def _chat_main(
-    endpoint: Endpoint, nick: str | None, room: str, timeout: float, raw: bool
+    endpoint: Endpoint,
+    nick: str | None,
+    room: str,
+    timeout: float,
+    raw: bool,
+    tls: dict[str, Any],
 ) -> int:
     if not endpoint.is_stream or endpoint.scheme == "stdio":
         raise InvalidEndpoint(f"chat needs a stream endpoint (tcp, tls, unix), not {endpoint}")
-    conn = await connect(endpoint, timeout=timeout)
+    conn = await connect(endpoint, timeout=timeout, **tls)
     assert isinstance(conn, Connection)
     console = Console(highlight=False, soft_wrap=True, emoji=False)
     async with conn:
@@ -294,6 +300,7 @@ async def _chat_main(
     help="Seconds to connect and register.",
 )
 @click.option("--json", "raw", is_flag=True, help="Print the server's JSON lines as they are.")
+@tls_client_options
 @LOOP_OPTION
 def chat_command(
     endpoint: Endpoint,
@@ -302,6 +309,7 @@ def chat_command(
     timeout: float,
     raw: bool,
     loop_kind: str,
+    **tls_flags: Any,
 ) -> None:
     """Chat on a wirecat chat server at ENDPOINT (its JSON-lines mode).
 
@@ -312,9 +320,11 @@ def chat_command(
     \b
     Examples:
       wirecat chat 127.0.0.1:7070 --nick ann
+      wirecat chat tls://127.0.0.1:7443 --nick ann --pin sha256:3f1c...
       wirecat chat [::1]:7070 -n ann -r '#rust'
       printf 'hello\\n' | wirecat chat 127.0.0.1:7070 -n bot --json
     """
     if not room.startswith("#"):
         room = "#" + room
-    run_command(_chat_main(endpoint, nick, room, timeout, raw), loop=loop_kind)  # type: ignore[arg-type]
+    tls = tls_connect_kwargs(endpoint, **tls_flags)
+    run_command(_chat_main(endpoint, nick, room, timeout, raw, tls), loop=loop_kind)  # type: ignore[arg-type]
