@@ -43,7 +43,7 @@ def peer(name: str) -> str:
     """Return the path of peer program ``name``; fail (never skip) when it is missing."""
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} not installed: run scripts/setup-test.sh")
+        pytest.fail(f"{name} not installed: scripts/test.sh installs the real peers")
     return path
 
 
