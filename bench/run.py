@@ -3,17 +3,19 @@
 
 Runs wirecat and reference peers side by side in one run: the server under test pinned to
 core 0, the load generator (``wirecat.bench``, in this process) pinned to core 1, interleaved
-repetitions, medians with min-max, server CPU time per operation from /proc/PID/stat
-(utime+stime of the server's whole session, reaped children included).
+repetitions, medians with min-max, server CPU time per operation (process CPU clocks of the
+server's whole session, reaped children included) over exactly the measured window.
 
     .venv/bin/python bench/run.py            # the full suite (about 7 minutes)
     .venv/bin/python bench/run.py --quick    # smoke run: 1 repetition, short runs
     .venv/bin/python bench/run.py --only echo,idle --reps 5
 
 Parts: ``echo`` (round trips, 1/10/100 connections x 64 B/1 KiB), ``chat`` (fan-out to a room
-of 100 and 1000 members), ``idle`` (server RSS per idle connection), ``files`` (rows from
-bench/bench_files.py, when present). Traffic goes to 127.0.0.1 only; every process started
-here is killed on the way out.
+of 100 and 1000 members), ``multicore`` (echo 100 x 64 B, ``wirecat serve --workers 1/2``),
+``idle`` (server RSS per idle connection), ``files`` (rows from bench/bench_files.py). wirecat
+runs through its CLI (``wirecat serve``). Traffic goes to 127.0.0.1 only; every process
+started here is killed on the way out. The report starts with the issue's targets, each
+marked met or not met.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ PY = sys.executable
 HOST = "127.0.0.1"
 SERVER_CORE, LOAD_CORE = 0, 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NPROC = len(os.sched_getaffinity(0))  # before the runner pins itself to one core
+PARTS = ("echo", "chat", "multicore", "idle", "files")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 sys.path.insert(0, str(ROOT / "src"))
@@ -113,6 +117,22 @@ def settle(sid: int, baseline: int, limit: float = 3.0) -> None:
         time.sleep(0.05)
 
 
+def session_split(sid: int) -> dict[int, tuple[float, int]]:
+    """Per live process of session ``sid``: (CPU seconds so far, open sockets)."""
+    out: dict[int, tuple[float, int]] = {}
+    for pid, _ in session_procs(sid):
+        cpu = process_cpu(pid)
+        if cpu is None:
+            continue
+        socks = 0
+        with suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with suppress(OSError):
+                    socks += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        out[pid] = (cpu, socks)
+    return out
+
+
 def session_rss(sid: int) -> int:
     """Resident bytes of every process in session ``sid``."""
     return sum(int(f[21]) * PAGE for _, f in session_procs(sid))
@@ -145,9 +165,11 @@ class Peer:
     argv: list[str]
     ready: str = "stdout"
     note: str = ""
+    cores: str = str(SERVER_CORE)  # taskset -c list for the server
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     baseline: int = 1  # processes in its session when idle
+    idle_socks: dict[int, int] = field(default_factory=dict)  # per process, no client
     log_path: Path | None = None
 
     def start(self) -> None:
@@ -156,7 +178,7 @@ class Peer:
         self.log_path = OUT / f"server-{self.name}.log"
         err = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            ["taskset", "-c", str(SERVER_CORE), *argv],
+            ["taskset", "-c", self.cores, *argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if self.ready == "stdout" else subprocess.DEVNULL,
             stderr=err,
@@ -176,6 +198,7 @@ class Peer:
         self.port = port
         time.sleep(0.5)  # let the readiness probe's child (ncat, socat) exit
         self.baseline = sum(1 for _ in session_procs(self.sid))
+        self.idle_socks = {pid: socks for pid, (_, socks) in session_split(self.sid).items()}
 
     @property
     def sid(self) -> int:
@@ -251,26 +274,34 @@ def build_go() -> Path | None:
     return out
 
 
+def wirecat_bin() -> str:
+    return str(Path(PY).with_name("wirecat"))
+
+
+def wirecat_echo_argv(*extra: str) -> list[str]:
+    return [
+        wirecat_bin(),
+        "serve",
+        "-q",
+        "--no-greeting",
+        "--no-chat",
+        "--echo",
+        f"tcp://{HOST}:{{port}}",
+        "--max-conns",
+        "20000",
+        "--max-conns-per-source",
+        "0",
+        "--conn-rate",
+        "0",
+        *extra,
+    ]
+
+
 def echo_peers() -> list[Peer]:
-    wirecat = str(Path(PY).with_name("wirecat"))
     peers = [
         Peer(
             "wirecat",
-            [
-                wirecat,
-                "serve",
-                "-q",
-                "--no-greeting",
-                "--no-chat",
-                "--echo",
-                f"tcp://{HOST}:{{port}}",
-                "--max-conns",
-                "20000",
-                "--max-conns-per-source",
-                "0",
-                "--conn-rate",
-                "0",
-            ],
+            wirecat_echo_argv(),
             ready="port",
             note="wirecat serve, echo service (uvloop, StreamHandler)",
         ),
@@ -301,8 +332,12 @@ def echo_peers() -> list[Peer]:
 
 def chat_peers() -> list[Peer]:
     peers = [
-        Peer("wirecat", [PY, str(PEERS / "wirecat_chat.py"), HOST, "0"],
-             note="ChatService, JSON lines, rate limit lifted"),
+        Peer("wirecat", [wirecat_bin(), "serve", "-q", "--no-greeting", "--no-echo",
+                         "--chat", f"tcp://{HOST}:{{port}}", "--chat-rate", "0",
+                         "--max-conns", "20000", "--max-conns-per-source", "0",
+                         "--conn-rate", "0"],
+             ready="port", note="wirecat serve --chat, JSON lines, --chat-rate 0 (no per-member "
+             "limit)"),
     ]  # fmt: skip
     if shutil.which("ncat"):
         peers.append(
@@ -335,14 +370,21 @@ class Sample:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def measure(peer: Peer, case: str, config: BenchConfig, per: str = "ops") -> Sample:
+def measure(
+    peer: Peer, case: str, config: BenchConfig, per: str = "ops", split: bool = False
+) -> Sample:
     marks: dict[str, tuple[float, float, float]] = {}
+    procs: dict[str, dict[int, tuple[float, int]]] = {}
 
     def on_measure(what: str) -> None:  # exactly the measured window, connections open
         marks[what] = (session_cpu(peer.sid), time.perf_counter(), time.process_time())
+        if split:  # after the marks: reading /proc/PID/fd is not free
+            procs[what] = session_split(peer.sid)
 
     settle(peer.sid, peer.baseline)
+    began = time.perf_counter()
     report = run_bench(config, on_measure=on_measure)
+    total = time.perf_counter() - began
     data = report.to_json()
     if "stop" not in marks:
         raise RuntimeError(f"nothing measured: {data['errors_by_kind']}")
@@ -360,8 +402,22 @@ def measure(peer: Peer, case: str, config: BenchConfig, per: str = "ops") -> Sam
         p50_us=data["latency_us"]["p50"],
         p99_us=data["latency_us"]["p99"],
         errors=data["errors"],
-        raw=data,
+        raw={**data, "setup_s": total - wall},  # connecting, joining, closing
     )
+    if split and "start" in procs and "stop" in procs:
+        # Each worker process: its share of the server's CPU in the window, and the client
+        # connections it holds (sockets now less those it had before any client came).
+        # (--workers N > 1: a parent that only waits, plus N workers; leave the parent out)
+        a, b = procs["start"], procs["stop"]
+        pids = [pid for pid in sorted(b) if pid in a and (pid != peer.sid or len(b) == 1)]
+        sample.raw["procs"] = [
+            {
+                "pid": pid,
+                "cpu_s": b[pid][0] - a[pid][0],
+                "conns": b[pid][1] - peer.idle_socks.get(pid, 0),
+            }
+            for pid in pids
+        ]
     log(
         f"  {case:<14} {peer.name:<12} {rate:>12,.0f}/s  cpu {sample.cpu_us_per_op:6.2f} us/op  "
         f"srv {sample.server_util:4.0%} gen {sample.load_util:4.0%}  err {sample.errors}"
@@ -374,6 +430,8 @@ def interleaved(
     cases: list[tuple[str, Callable[[Peer], BenchConfig | None]]],
     reps: int,
     per: str,
+    failures: list[str] | None = None,
+    split: bool = False,
 ) -> list[Sample]:
     samples: list[Sample] = []
     for rep in range(reps):
@@ -385,9 +443,11 @@ def interleaved(
                 if config is None:
                     continue
                 try:
-                    samples.append(measure(peer, case, config, per))
+                    samples.append(measure(peer, case, config, per, split))
                 except Exception as exc:  # one peer failing must not sink the suite
                     log(f"  {case} {peer.name}: FAILED {type(exc).__name__}: {exc}")
+                    if failures is not None:
+                        failures.append(f"{case}, {peer.name}: {type(exc).__name__}: {exc}")
                 time.sleep(0.1)
     return samples
 
@@ -416,12 +476,6 @@ def run_echo(reps: int, duration: float) -> dict[str, Any]:
     return {"samples": samples, "cases": [c[0] for c in cases], "notes": notes}
 
 
-NCAT_BROKER_NOTE = (
-    "ncat --broker is left out of the 1000-member case: in a trial it logged 669 accepted "
-    "connections out of 1000 and the room never filled (set-up timed out after 30 s)."
-)
-
-
 def run_chat(reps: int, duration: float, quick: bool) -> dict[str, Any]:
     peers = chat_peers()
     proto = {"wirecat": "wirecat", "ncat-broker": "lines", "redis": "redis"}
@@ -429,8 +483,6 @@ def run_chat(reps: int, duration: float, quick: bool) -> dict[str, Any]:
     cases = [(f"{m} members", m, n) for m, n in sizes]
 
     def make(p: Peer, members: int, count: int) -> BenchConfig | None:
-        if p.name == "ncat-broker" and members > 500:
-            return None  # it stops accepting at ~670 connections: see NCAT_BROKER_NOTE
         return BenchConfig(
             parse_endpoint(p.endpoint),
             mode="chat",
@@ -438,21 +490,79 @@ def run_chat(reps: int, duration: float, quick: bool) -> dict[str, Any]:
             count=count,
             size=64,
             duration=max(duration, 15.0),
-            connect_timeout=30.0,
-            # ncat's listen backlog is 10: a burst of connects overflows it
-            connect_concurrency=1 if p.name == "ncat-broker" else 256,
+            connect_timeout=45.0 if p.name == "ncat-broker" else 30.0,
+            # ncat's listen backlog is 10 and it accepts slowly: a burst of connects overflows
+            # it and the SYN retries stretch set-up to tens of seconds
+            connect_concurrency=4 if p.name == "ncat-broker" else 256,
             chat_protocol=proto[p.name],  # type: ignore[arg-type]
         )
 
+    failures: list[str] = []
     with running(peers) as live:
         samples = interleaved(
             live,
             [(name, lambda p, m=m, n=n: make(p, m, n)) for name, m, n in cases],
             reps,
             "deliveries",
+            failures,
         )
         notes = {p.name: p.note for p in live}
-    return {"samples": samples, "cases": [c[0] for c in cases], "notes": notes}
+    return {
+        "samples": samples,
+        "cases": [c[0] for c in cases],
+        "notes": notes,
+        "failures": failures,
+    }
+
+
+MULTICORE_CASE = "100 x 64 B"
+
+
+def multicore_peers() -> list[Peer]:
+    both = f"{SERVER_CORE},{LOAD_CORE}"
+    peers = [
+        Peer("wirecat-w1-core0", wirecat_echo_argv("--workers", "1"), ready="port",
+             note=f"--workers 1, server on core {SERVER_CORE} only (the echo tables' set-up)"),
+        Peer("wirecat-w1", wirecat_echo_argv("--workers", "1"), ready="port", cores=both,
+             note=f"--workers 1, server may run on cores {both}"),
+        Peer("wirecat-w2", wirecat_echo_argv("--workers", "2"), ready="port", cores=both,
+             note=f"--workers 2 (SO_REUSEPORT), server may run on cores {both}"),
+    ]  # fmt: skip
+    go = build_go()
+    if go is not None:
+        peers.append(
+            Peer("go-2cores", [str(go), HOST, "0"], cores=both,
+                 note=f"Go, GOMAXPROCS=2, may run on cores {both}: a multi-threaded reference")
+        )  # fmt: skip
+    return peers
+
+
+def run_multicore(reps: int, duration: float) -> dict[str, Any]:
+    """Echo 100 x 64 B against ``wirecat serve --workers 1`` and ``--workers 2``.
+
+    The load generator stays pinned to core 1; the servers of the 2-core rows may use both
+    cores, so a second worker shares core 1 with the load generator.
+    """
+    peers = multicore_peers()
+    with running(peers) as live:
+        for p in live:
+            run_bench(BenchConfig(parse_endpoint(p.endpoint), conns=100, duration=0.3))
+        samples = interleaved(
+            live,
+            [
+                (
+                    MULTICORE_CASE,
+                    lambda p: BenchConfig(
+                        parse_endpoint(p.endpoint), conns=100, size=64, duration=duration
+                    ),
+                )
+            ],
+            reps,
+            "ops",
+            split=True,
+        )
+        notes = {p.name: p.note for p in live}
+    return {"samples": samples, "cases": [MULTICORE_CASE], "notes": notes}
 
 
 async def _hold_idle(port: int, n: int, sources: list[str]) -> list[asyncio.Transport]:
@@ -487,47 +597,69 @@ async def _hold_idle(port: int, n: int, sources: list[str]) -> list[asyncio.Tran
     return held
 
 
-def run_idle(n: int) -> dict[str, Any]:
-    raise_fd_limit(n + 1000)
+def _idle_row(p: Peer, n: int, sources: list[str]) -> dict[str, Any] | None:
+    rss0 = session_rss(p.sid)
+    loop = asyncio.new_event_loop()
+    held: list[asyncio.Transport] = []
+    try:
+        t0 = time.perf_counter()
+        held = loop.run_until_complete(_hold_idle(p.port, n, sources))
+        opened = time.perf_counter() - t0
+        time.sleep(1.0)
+        rss1 = session_rss(p.sid)
+        log(f"  idle {p.name:<12} {n:>6} conns {(rss1 - rss0) / n / 1024:7.2f} KiB/conn")
+        return {
+            "peer": p.name, "conns": n, "rss_before": rss0, "rss_after": rss1,
+            "per_conn": (rss1 - rss0) / n, "open_s": opened,
+        }  # fmt: skip
+    except Exception as exc:
+        log(f"  idle {p.name} {n}: FAILED {type(exc).__name__}: {exc}")
+        return None
+    finally:
+        for t in held:
+            t.abort()
+        loop.run_until_complete(asyncio.sleep(0.2))
+        loop.close()
+
+
+def run_idle(n: int, quick: bool) -> dict[str, Any]:
+    """RSS growth per idle connection: every peer at ``n``, then a fresh wirecat at the most
+    connections the hard RLIMIT_NOFILE lets one process hold (1000 descriptors spare)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    most = 100_000 if hard == resource.RLIM_INFINITY else min(100_000, hard - 1000)
+    raise_fd_limit(max(n, most) + 1000)
     peers = [p for p in echo_peers() if p.name not in ("ncat", "socat")]
     sources = [f"127.0.0.{i}" for i in range(1, 9)]
     rows = []
     with running(peers) as live:
         for p in live:
-            rss0 = session_rss(p.sid)
-            loop = asyncio.new_event_loop()
-            held: list[asyncio.Transport] = []
-            try:
-                t0 = time.perf_counter()
-                held = loop.run_until_complete(_hold_idle(p.port, n, sources))
-                opened = time.perf_counter() - t0
-                time.sleep(1.0)
-                rss1 = session_rss(p.sid)
-                rows.append({
-                    "peer": p.name, "conns": n, "rss_before": rss0, "rss_after": rss1,
-                    "per_conn": (rss1 - rss0) / n, "open_s": opened,
-                })  # fmt: skip
-                log(f"  idle {p.name:<12} {(rss1 - rss0) / n / 1024:7.2f} KiB/conn")
-            except Exception as exc:
-                log(f"  idle {p.name}: FAILED {type(exc).__name__}: {exc}")
-            finally:
-                for t in held:
-                    t.abort()
-                loop.run_until_complete(asyncio.sleep(0.2))
-                loop.close()
-    return {"rows": rows, "n": n}
+            row = _idle_row(p, n, sources)
+            if row is not None:
+                rows.append(row)
+    if most > n and not quick:
+        fresh = [p for p in echo_peers() if p.name == "wirecat"]
+        with running(fresh) as live:
+            for p in live:
+                row = _idle_row(p, most, sources)
+                if row is not None:
+                    rows.append(row)
+    return {"rows": rows, "n": n, "most": most, "hard": hard}
+
+
+FILES_SIZE, FILES_REPEAT = "1G", 3
 
 
 def run_files(quick: bool) -> dict[str, Any]:
+    """Rows of bench/bench_files.py: one file over loopback, each tool once per pass."""
     script = BENCH / "bench_files.py"
     if not script.exists():
         return {"skipped": "bench/bench_files.py does not exist yet"}
-    size = "64M" if quick else "256M"
-    argv = [PY, str(script), "--json", "--size", size]
+    size, repeat = ("64M", 1) if quick else (FILES_SIZE, FILES_REPEAT)
+    argv = [PY, str(script), "--json", "--size", size, "--repeat", str(repeat)]
     try:
-        res = subprocess.run(argv, capture_output=True, timeout=240, cwd=ROOT)
+        res = subprocess.run(argv, capture_output=True, timeout=300, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        return {"skipped": "bench_files.py took more than 240 s"}
+        return {"skipped": "bench_files.py took more than 300 s"}
     if res.returncode != 0:
         return {"skipped": f"bench_files.py exited {res.returncode}: "
                            f"{res.stderr.decode(errors='replace')[-300:]}"}  # fmt: skip
@@ -535,10 +667,25 @@ def run_files(quick: bool) -> dict[str, Any]:
         data = json.loads(res.stdout)
     except ValueError:
         return {"skipped": "bench_files.py did not print JSON"}
-    rows = data.get("rows", data.get("results", data)) if isinstance(data, dict) else data
-    if isinstance(rows, dict):
-        rows = [rows]
-    return {"rows": rows, "argv": " ".join(["bench/bench_files.py", *argv[2:]])}
+    # --repeat 1: a list of rows; more: {"runs": [rows per pass], "median": rows}
+    passes: list[list[dict[str, Any]]] = data["runs"] if isinstance(data, dict) else [data]
+    rows = []
+    for i, first in enumerate(passes[0]):
+        per = [p[i] for p in passes if i < len(p) and p[i].get("tool") == first.get("tool")]
+        rates = [r["gbps"] for r in per if r.get("gbps")]
+        row: dict[str, Any] = {"tool": first.get("tool"), "detail": first.get("detail")}
+        row["gbps"] = med(rates)
+        for base in ("iperf3", "nc", "socat"):
+            vals = []
+            for p in passes:
+                ref = next((r["gbps"] for r in p if r.get("tool") == base and r.get("gbps")), 0)
+                mine = p[i].get("gbps") if i < len(p) else None
+                if ref and mine:
+                    vals.append(mine / ref)
+            row[f"vs_{base}"] = med(vals)[0]
+        rows.append(row)
+    return {"rows": rows, "argv": " ".join(["bench/bench_files.py", *argv[2:]]),
+            "passes": len(passes)}  # fmt: skip
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -641,23 +788,350 @@ def _socat_version() -> str:
     return next((ln for ln in out.splitlines() if ln.startswith("socat version")), "?")
 
 
-def write_results(args: argparse.Namespace, parts: dict[str, Any], took: float) -> Path:
+# -- targets and the previous full run ---------------------------------------------------------
+
+#: Figures of the previous full run (bench/RESULTS.md of commit 0d8f571, before the
+#: optimisations listed in bench/OPTIMISATIONS.md), for the "previous vs this run" table.
+PREVIOUS_RUN = "commit 0d8f571, 2026-11-21 05:46 UTC"
+PREVIOUS: dict[str, float] = {
+    "echo_rt_go": 1.11,
+    "echo_cpu_go": 0.84,
+    "chat100_rate": 168_600,
+    "chat100_redis": 0.34,
+    "chat100_ncat": 0.39,
+    "chat100_cpu_redis": 6.71,
+    "chat1000_rate": 192_800,
+    "chat1000_redis": 0.33,
+    "chat1000_cpu_redis": 4.43,
+    "idle_kib": 2.52,
+    "files_send_iperf3": 0.175,
+    "files_get_iperf3": 0.189,
+}
+
+#: The issue's targets.
+ECHO_RT_GO = 1.0  # echo 100 x 64 B round trips/s >= 1.0x Go
+ECHO_CPU_GO = 1.1  # ... and server CPU per round trip within 1.1x of Go
+CHAT_NCAT = 1.0  # chat fan-out at 1000 members >= 1.0x ncat --broker deliveries/s
+CHAT_REDIS = 3.0  # ... and >= 3x Redis pub/sub
+IDLE_BYTES = 1.5 * 1024  # idle RSS per connection at 10k and 100k, one process
+
+
+def status(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**not met**")
+
+
+def fmt_x(x: float) -> str:
+    return "n/a" if x != x else f"{x:.2f}x"
+
+
+def peer_med(part: dict[str, Any], case: str, peer: str, attr: str) -> float:
+    return med([getattr(s, attr) for s in part["samples"] if s.case == case and s.peer == peer])[0]
+
+
+def idle_by(parts: dict[str, Any]) -> dict[tuple[str, int], float]:
+    rows = parts.get("idle", {}).get("rows", [])
+    return {(r["peer"], r["conns"]): r["per_conn"] for r in rows}
+
+
+def files_row(parts: dict[str, Any], tool: str) -> dict[str, Any] | None:
+    rows = parts.get("files", {}).get("rows", [])
+    return next((r for r in rows if r.get("tool") == tool and "blake3" in str(r["detail"])), None)
+
+
+def targets_section(parts: dict[str, Any]) -> list[str]:
+    md = [
+        "## Targets",
+        "",
+        "Medians of this run. `ratio` = wirecat / peer (for CPU and memory, lower is better).",
+        "",
+        "| target | wirecat | peer | ratio | status |",
+        "|---|---:|---:|---:|---|",
+    ]
+    if "echo" in parts:
+        e, case = parts["echo"], "100 x 64 B"
+        wr, gr = peer_med(e, case, "wirecat", "rate"), peer_med(e, case, "go", "rate")
+        wc = peer_med(e, case, "wirecat", "cpu_us_per_op")
+        gc = peer_med(e, case, "go", "cpu_us_per_op")
+        md += [
+            f"| echo 100 x 64 B: round trips/s >= {ECHO_RT_GO:.1f}x Go | {fmt_rate(wr)}/s "
+            f"| Go {fmt_rate(gr)}/s | {fmt_x(wr / gr)} "
+            f"| {status(None if gr != gr else wr / gr >= ECHO_RT_GO)} |",
+            f"| echo 100 x 64 B: server CPU per round trip <= {ECHO_CPU_GO:.1f}x Go "
+            f"| {wc:.2f} µs | Go {gc:.2f} µs | {fmt_x(wc / gc)} "
+            f"| {status(None if gc != gc else wc / gc <= ECHO_CPU_GO)} |",
+        ]
+    if "chat" in parts:
+        c, case = parts["chat"], "1000 members"
+        wr = peer_med(c, case, "wirecat", "rate")
+        nr = peer_med(c, case, "ncat-broker", "rate")
+        rr = peer_med(c, case, "redis", "rate")
+        ncat = f"ncat {fmt_rate(nr)}/s" if nr == nr else "ncat: no run completed"
+        md += [
+            f"| chat 1000 members: deliveries/s >= {CHAT_NCAT:.1f}x ncat --broker "
+            f"| {fmt_rate(wr)}/s | {ncat} | {fmt_x(wr / nr)} "
+            f"| {status(None if nr != nr else wr / nr >= CHAT_NCAT)} |",
+            f"| chat 1000 members: deliveries/s >= {CHAT_REDIS:.1f}x Redis pub/sub "
+            f"| {fmt_rate(wr)}/s | Redis {fmt_rate(rr)}/s | {fmt_x(wr / rr)} "
+            f"| {status(None if rr != rr else wr / rr >= CHAT_REDIS)} |",
+        ]
+    if "idle" in parts:
+        i, by = parts["idle"], idle_by(parts)
+        n, most = i["n"], i["most"]
+        w = by.get(("wirecat", n), float("nan"))
+        g = by.get(("go", n), float("nan"))
+        md.append(
+            f"| idle: <= 1.5 KB (read as {IDLE_BYTES:,.0f} B) RSS per connection at {n:,} "
+            f"| {w:,.0f} B ({w / 1024:.2f} KiB) | Go {g:,.0f} B | {fmt_x(w / g)} "
+            f"| {status(None if w != w else w <= IDLE_BYTES)} |"
+        )
+        wm = by.get(("wirecat", most), float("nan"))
+        seen = f"{wm:,.0f} B ({wm / 1024:.2f} KiB) at {most:,}" if wm == wm else "not run"
+        md.append(
+            f"| idle: the same at 100,000 in one process | {seen} | - | - "
+            f"| **not measurable here**: the hard RLIMIT_NOFILE is {i['hard']:,} and cannot be "
+            f"raised; at {most:,} connections (the most that fit): "
+            f"{status(None if wm != wm else wm <= IDLE_BYTES)} |"
+        )
+    if "multicore" in parts:
+        m = parts["multicore"]
+        w1 = peer_med(m, MULTICORE_CASE, "wirecat-w1-core0", "rate")
+        w2 = peer_med(m, MULTICORE_CASE, "wirecat-w2", "rate")
+        md.append(
+            f"| `serve --workers N`: show the scaling on this machine | --workers 2: "
+            f"{fmt_rate(w2)}/s | --workers 1: {fmt_rate(w1)}/s | {fmt_x(w2 / w1)} "
+            "| shown (see Multi-core: 2 cores cannot show scaling) |"
+        )
+    for tool in ("wirecat send", "wirecat get"):
+        r = files_row(parts, tool)
+        if r is not None:
+            md.append(
+                f"| files: {tool} ({r['detail']}): no numeric target, reported "
+                f"| {r['gbps'][0]:.2f} GB/s | iperf3 / nc / socat "
+                f"| {fmt_x(r['vs_iperf3'])} / {fmt_x(r['vs_nc'])} / {fmt_x(r['vs_socat'])} "
+                "| reported |"
+            )
+    return [*md, ""]
+
+
+def summary_section(parts: dict[str, Any]) -> list[str]:
+    out = []
+    if "echo" in parts:
+        e, case = parts["echo"], "100 x 64 B"
+        out.append(
+            f"- echo {case}: wirecat/Go round trips/s "
+            f"**{r2(ratio(e, case, 'wirecat', 'go', 'rate'))}**, server CPU per round trip "
+            f"wirecat/Go **{r2(ratio(e, case, 'wirecat', 'go', 'cpu_us_per_op'))}** "
+            f"(wirecat/py-uvloop {r2(ratio(e, case, 'wirecat', 'py-uvloop', 'cpu_us_per_op'))})"
+        )
+    if "chat" in parts:
+        c = parts["chat"]
+        for case in c["cases"]:
+            out.append(
+                f"- chat {case}: wirecat/ncat-broker deliveries/s "
+                f"**{r2(ratio(c, case, 'wirecat', 'ncat-broker', 'rate'))}**, wirecat/redis "
+                f"**{r2(ratio(c, case, 'wirecat', 'redis', 'rate'))}**; CPU per delivery "
+                f"wirecat/ncat-broker "
+                f"**{r2(ratio(c, case, 'wirecat', 'ncat-broker', 'cpu_us_per_op'))}**, "
+                f"wirecat/redis **{r2(ratio(c, case, 'wirecat', 'redis', 'cpu_us_per_op'))}**"
+            )
+    if "multicore" in parts:
+        m, base = parts["multicore"], "wirecat-w1-core0"
+        out.append(
+            "- echo 100 x 64 B, `--workers 2` (cores 0-1) / `--workers 1` (core 0): round "
+            f"trips/s **{r2(ratio(m, MULTICORE_CASE, 'wirecat-w2', base, 'rate'))}**, server "
+            "CPU per round trip "
+            f"**{r2(ratio(m, MULTICORE_CASE, 'wirecat-w2', base, 'cpu_us_per_op'))}**"
+        )
+    if "idle" in parts:
+        i, by = parts["idle"], idle_by(parts)
+        if ("wirecat", i["n"]) in by:
+            text = (
+                f"- idle: wirecat **{by[('wirecat', i['n'])] / 1024:.2f} KiB** per connection "
+                f"at {i['n']:,}"
+            )
+            if ("wirecat", i["most"]) in by:
+                text += f", **{by[('wirecat', i['most'])] / 1024:.2f} KiB** at {i['most']:,}"
+            others = [
+                f"{p} {by[(p, i['n'])] / 1024:.2f} KiB"
+                for p in ("py-uvloop", "go", "node")
+                if (p, i["n"]) in by
+            ]
+            out.append(text + (f" ({', '.join(others)})" if others else ""))
+    for tool in ("wirecat send", "wirecat get"):
+        r = files_row(parts, tool)
+        if r is not None:
+            out.append(
+                f"- files, {tool} ({r['detail']}): **{r2(r['vs_iperf3'])}** x iperf3, "
+                f"{r2(r['vs_nc'])} x nc, {r2(r['vs_socat'])} x socat"
+            )
+    return ["## Summary", "", *out, ""]
+
+
+def previous_section(parts: dict[str, Any]) -> list[str]:
+    """The previous full run's headline figures beside this run's."""
+    rows: list[tuple[str, str, str]] = []
+    p = PREVIOUS
+    if "echo" in parts:
+        e, case = parts["echo"], "100 x 64 B"
+        rows += [
+            ("echo 100 x 64 B, wirecat/Go round trips/s", f"{p['echo_rt_go']:.2f}",
+             r2(ratio(e, case, "wirecat", "go", "rate"))),
+            ("echo 100 x 64 B, server CPU per round trip wirecat/Go", f"{p['echo_cpu_go']:.2f}",
+             r2(ratio(e, case, "wirecat", "go", "cpu_us_per_op"))),
+        ]  # fmt: skip
+    if "chat" in parts:
+        c = parts["chat"]
+        for m in (100, 1000):
+            case = f"{m} members"
+            rows += [
+                (f"chat {m} members, wirecat deliveries/s", fmt_rate(p[f"chat{m}_rate"]),
+                 fmt_rate(peer_med(c, case, "wirecat", "rate"))),
+                (f"chat {m} members, wirecat/redis deliveries/s", f"{p[f'chat{m}_redis']:.2f}",
+                 r2(ratio(c, case, "wirecat", "redis", "rate"))),
+                (f"chat {m} members, CPU per delivery wirecat/redis",
+                 f"{p[f'chat{m}_cpu_redis']:.2f}",
+                 r2(ratio(c, case, "wirecat", "redis", "cpu_us_per_op"))),
+            ]  # fmt: skip
+        rows.append(
+            ("chat 100 members, wirecat/ncat-broker deliveries/s", f"{p['chat100_ncat']:.2f}",
+             r2(ratio(c, "100 members", "wirecat", "ncat-broker", "rate")))
+        )  # fmt: skip
+    if "idle" in parts:
+        w = idle_by(parts).get(("wirecat", parts["idle"]["n"]), float("nan"))
+        rows.append(("idle, wirecat KiB per connection at 10,000", f"{p['idle_kib']:.2f}",
+                     r2(w / 1024)))  # fmt: skip
+    for tool, key in (("wirecat send", "files_send_iperf3"), ("wirecat get", "files_get_iperf3")):
+        r = files_row(parts, tool)
+        if r is not None:
+            rows.append((f"files, {tool} blake3 / iperf3", f"{p[key]:.3f} (256 MiB, 1 pass)",
+                         f"{r['vs_iperf3']:.3f}"))  # fmt: skip
+    if not rows:
+        return []
+    return [
+        f"**The previous full run ({PREVIOUS_RUN}) against this one.** The previous run used "
+        "bench/peers/wirecat_chat.py (the chat service through the library, limit lifted) "
+        "where this one runs `wirecat serve --chat ... --chat-rate 0`, and 256 MiB in one pass "
+        "for files.",
+        "",
+        "| figure | previous full run | this run |",
+        "|---|---:|---:|",
+        *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+        "",
+    ]
+
+
+def multicore_table(part: dict[str, Any]) -> list[str]:
+    base = "wirecat-w1-core0"
+    samples: list[Sample] = [s for s in part["samples"] if s.case == MULTICORE_CASE]
+    peers = list(dict.fromkeys(s.peer for s in samples))
+    ref_rate = peer_med(part, MULTICORE_CASE, base, "rate")
+    ref_cpu = peer_med(part, MULTICORE_CASE, base, "cpu_us_per_op")
+    lines = [
+        f"| server | rt/s median (min-max) | ÷ {base} | server CPU µs/rt (÷ {base}) "
+        "| server CPU | loadgen CPU | p50 µs | p99 µs | connections per worker "
+        "| CPU share per worker "
+        "| errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for p in peers:
+        ss = [s for s in samples if s.peer == p]
+        r, lo, hi = med([s.rate for s in ss])
+        cpu = med([s.cpu_us_per_op for s in ss])[0]
+        srv = med([s.server_util for s in ss])[0]
+        gen = med([s.load_util for s in ss])[0]
+        p50 = med([s.p50_us for s in ss])[0]
+        p99 = med([s.p99_us for s in ss])[0]
+        split = ss[len(ss) // 2].raw.get("procs", [])  # one run's split (the middle one)
+        if p.startswith("wirecat") and split:
+            total = sum(w["cpu_s"] for w in split) or 1.0
+            socks = " / ".join(str(w["conns"]) for w in split)
+            share = " / ".join(f"{w['cpu_s'] / total:.0%}" for w in split)
+        else:
+            socks = share = "-"  # Go: one process, threads
+        lines.append(
+            f"| {p} | {fmt_rate(r)} ({fmt_rate(lo)}-{fmt_rate(hi)}) | {r / ref_rate:.2f} "
+            f"| {cpu:.2f} ({cpu / ref_cpu:.2f}) | {srv:.0%} | {gen:.0%} | {p50:,.0f} | {p99:,.0f} "
+            f"| {socks} | {share} | {sum(s.errors for s in ss)} |"
+        )
+    return [*lines, ""]
+
+
+def multicore_findings(part: dict[str, Any]) -> list[str]:
+    """This run's comparisons, in words."""
+
+    def r(a: str, b: str, attr: str) -> str:
+        return r2(ratio(part, MULTICORE_CASE, a, b, attr))
+
+    gen = med([s.load_util for s in part["samples"]])[0]
+    return [
+        f"In this run: `--workers 2` vs `--workers 1` on the same two cores: "
+        f"**{r('wirecat-w2', 'wirecat-w1', 'rate')}x** the round trips/s and "
+        f"**{r('wirecat-w2', 'wirecat-w1', 'cpu_us_per_op')}x** the server CPU per round trip; "
+        f"vs one worker alone on core {SERVER_CORE}: "
+        f"{r('wirecat-w2', 'wirecat-w1-core0', 'rate')}x and "
+        f"{r('wirecat-w2', 'wirecat-w1-core0', 'cpu_us_per_op')}x. Go on both cores: "
+        f"{r('go-2cores', 'wirecat-w1-core0', 'rate')}x and "
+        f"{r('go-2cores', 'wirecat-w1-core0', 'cpu_us_per_op')}x. The load generator ran at "
+        f"{gen:.0%} of its core (median of every multi-core run): it, not the server, sets the "
+        "pace of every row.",
+        "",
+    ]
+
+
+MULTICORE_TEXT = """\
+What the numbers mean. This machine has 2 cores and the load generator needs one of them, so
+`--workers 2` cannot get a core per worker here: its second worker shares core 1 with the load
+generator (the `server CPU` column can exceed 100% only by taking time from the client). The
+round trips/s of the 2-core rows therefore say as much about the scheduler and the client as
+about wirecat; the figure that carries over to a bigger machine is **server CPU per round
+trip**: if it stays flat from 1 to 2 workers, the workers do not get in each other's way (no
+shared state, no lock: each process runs its own event loop on its own listening socket, and
+the kernel hands every new connection to one of them). Here it does not stay quite flat: a
+worker that shares core 1 with the load generator is switched in and out against it for
+every batch it serves, and any server allowed on both cores (one wirecat worker, or Go) pays
+for the same migrations and context switches, which a core per worker would not cost.
+`connections per worker` counts the
+client connections each worker held during the measured window (one run, the middle one),
+and `CPU share per worker` its share of the server's CPU time: SO_REUSEPORT spreads
+connections by a hash of the 4-tuple (addresses and ports), so with 100 connections the split
+is near even but not exact, and it is fixed per connection (a few heavy connections can land
+on one worker; one connection never spreads). Go with GOMAXPROCS=2 on the same cores is the
+reference for what a multi-threaded server gets out of this set-up.
+
+What to expect on more cores: for the stateless services (echo, greeting, UDP echo) each
+worker is a copy of the one-process server, so with enough connections and a load generator
+on cores of its own, throughput should grow close to linearly with the number of workers (one
+per core) until the kernel's own work (loopback or NIC softirq processing, the network stack
+taking locks per socket) or the NIC becomes the limit; CPU per round trip should stay where
+the one-worker row has it. Latency per round trip does not improve (one connection is always
+served by one worker). Chat does not scale with `--workers`: rooms live in one process's
+memory, so chat (and files, and Unix-socket listeners) stay in worker 0 until a shared hub
+(e.g. a broker between workers) exists; chat fan-out is bound by that one process.
+"""
+
+
+def write_results(
+    args: argparse.Namespace, parts: dict[str, Any], took: float, meta: dict[str, Any]
+) -> Path:
     v = versions()
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = "python bench/run.py " + " ".join(sys.argv[1:])
+    now = meta["date"]
+    cmd = " ".join(["bench/run", *meta["argv"]])
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     md = [
         "# wirecat peer benchmarks",
         "",
-        f"Generated by `{cmd.strip()}` on {now} in {took / 60:.1f} minutes. Do not edit by hand:",
-        "re-run the suite (see bench/README.md).",
-        "",
-        f"- machine: {v['cpu']}, {v['mem']} RAM, Linux {v['kernel']} (shared with other jobs: "
-        "compare ratios within this run, not absolute numbers across runs)",
+        f"- command: `{cmd}` (bench/run.py), run on {now}, took {took / 60:.1f} minutes. "
+        "Do not edit by hand: re-run the suite (see bench/README.md).",
+        f"- machine: nproc {NPROC}, CPU `{v['cpu']}` (/proc/cpuinfo model name), {v['mem']} RAM, "
+        f"kernel Linux {v['kernel']}; RLIMIT_NOFILE hard limit {hard:,} (cannot be raised "
+        "here). Shared with other jobs: compare ratios within this run, not absolute numbers "
+        "across runs.",
         f"- Python {v['python']}, uvloop {v['uvloop']}; {v['go']}; node {v['node']}; "
         f"{v['ncat']}; {v['socat']}; {v['redis']}",
         f"- server pinned to core {SERVER_CORE}, load generator (`wirecat.bench`, one uvloop "
-        f"process) to core {LOAD_CORE}; {args.reps} interleaved repetitions (peer order rotated "
-        "each time), medians with min-max",
+        f"process) to core {LOAD_CORE} (the multi-core rows say where their servers run); "
+        f"{args.reps} interleaved repetitions (peer order rotated each time), medians with "
+        "min-max",
         "- server CPU = CPU time of the server's whole session (forked children included) over "
         "exactly the measured window, divided by the operations completed: live processes "
         "through their process CPU clock (ns, all threads), reaped children through "
@@ -667,7 +1141,12 @@ def write_results(args: argparse.Namespace, parts: dict[str, Any], took: float) 
         "loadgen near 100% means the client, not the server, set the pace: then compare the "
         "CPU µs/op column.",
         "",
+        *targets_section(parts),
+        *summary_section(parts),
     ]
+    limits = BENCH / "LIMITS.md"
+    if limits.exists():
+        md += ["## What limits the targets not met", "", *limits.read_text().splitlines()[2:], ""]
     if "echo" in parts:
         e = parts["echo"]
         md += [
@@ -675,7 +1154,8 @@ def write_results(args: argparse.Namespace, parts: dict[str, Any], took: float) 
             "",
             f"Ping-pong, one message in flight per connection, {args.duration:g} s per run. "
             "Ratios: `÷ go` is this server's rate over the Go server's; `wirecat ÷ this` is "
-            "wirecat's rate over this server's.",
+            "wirecat's rate over this server's. Every server here has one core (Go's runtime "
+            "sees one CPU, so GOMAXPROCS=1); Go on two cores is in the Multi-core section.",
             "",
             *table(e, "go", "rt"),
         ]
@@ -690,32 +1170,67 @@ def write_results(args: argparse.Namespace, parts: dict[str, Any], took: float) 
             "message; CPU per delivery; latency per delivery (send to receipt).",
             "",
             *table(c, "redis", "delivery"),
-            NCAT_BROKER_NOTE,
+        ]
+        if c["failures"]:
+            md += ["Runs that failed (left out of the medians):", ""]
+            md += [f"- {f}" for f in c["failures"]] + [""]
+        setup = med([s.raw["setup_s"] for s in c["samples"]
+                     if s.peer == "ncat-broker" and s.case == "1000 members"])  # fmt: skip
+        if setup[0] == setup[0]:
+            md += [
+                "ncat --broker is in the 1000-member case again: an earlier run left it out "
+                "after a trial in which it accepted 669 of 1000 connections within the 30 s "
+                "set-up bound. Its listen backlog is 10 and it accepts slowly, so members now "
+                f"connect 4 at a time (bound 45 s); its set-up (not measured time) took "
+                f"{setup[0]:.0f} s ({setup[1]:.0f}-{setup[2]:.0f}) for 1000 members in this run.",
+                "",
+            ]
+        md += ["Peers: " + "; ".join(f"{k}: {n}" for k, n in c["notes"].items()), ""]
+    if "multicore" in parts:
+        m = parts["multicore"]
+        md += [
+            "## Multi-core: `wirecat serve --workers N`",
+            "",
+            f"Echo {MULTICORE_CASE}, {args.duration:g} s per run, interleaved like the rest. "
+            f"The load generator stays on core {LOAD_CORE} in every row. `wirecat-w1-core0` "
+            f"is the echo tables' set-up (one process on core {SERVER_CORE}); the other rows "
+            f"may run on cores {SERVER_CORE} and {LOAD_CORE}. Ratios are over "
+            "`wirecat-w1-core0`.",
+            "",
+            *multicore_table(m),
+            "Peers: " + "; ".join(f"{k}: {n}" for k, n in m["notes"].items()),
+            "",
+            *multicore_findings(m),
+            *MULTICORE_TEXT.splitlines(),
             "",
         ]
-        md += ["Peers: " + "; ".join(f"{k}: {n}" for k, n in c["notes"].items()), ""]
     if "idle" in parts:
         i = parts["idle"]
         md += [
             "## Idle connections",
             "",
-            f"Server RSS growth with {i['n']:,} open idle connections (each echoed one byte, so "
-            "the server has accepted and set it up), sources spread over 127.0.0.1-8.",
+            f"Server RSS growth with N open idle connections (each echoed one byte, so the "
+            "server has accepted and set it up), sources spread over 127.0.0.1-8. Every peer "
+            f"at {i['n']:,}; then a fresh wirecat at {i['most']:,}, the most one process can "
+            "hold here.",
             "",
-            "| server | KiB per connection | RSS before MiB | RSS after MiB | open time s |",
-            "|---|---:|---:|---:|---:|",
+            "| server | connections | KiB per connection | bytes per connection "
+            "| RSS before MiB | RSS after MiB | open time s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for r in sorted(i["rows"], key=lambda r: r["per_conn"]):
+        for r in sorted(i["rows"], key=lambda r: (r["conns"], r["per_conn"])):
             md.append(
-                f"| {r['peer']} | {r['per_conn'] / 1024:.2f} | {r['rss_before'] / 2**20:.1f} | "
-                f"{r['rss_after'] / 2**20:.1f} | {r['open_s']:.1f} |"
+                f"| {r['peer']} | {r['conns']:,} | {r['per_conn'] / 1024:.2f} "
+                f"| {r['per_conn']:,.0f} | {r['rss_before'] / 2**20:.1f} "
+                f"| {r['rss_after'] / 2**20:.1f} | {r['open_s']:.1f} |"
             )
         md += [
             "",
-            "100k idle connections do not fit this machine: the hard RLIMIT_NOFILE is "
-            f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]:,}, so one server process cannot "
-            "hold more than that many sockets. ncat/socat fork a process per connection and are "
-            "left out.",
+            f"100k idle connections do not fit this machine: the hard RLIMIT_NOFILE is "
+            f"{i['hard']:,} (soft raised to it; the hard limit cannot be raised without "
+            "privileges this environment does not grant), so one server process cannot hold "
+            f"more than that many sockets; {i['most']:,} is the closest. ncat/socat fork a "
+            "process per connection and are left out.",
             "",
         ]
     if "files" in parts:
@@ -724,48 +1239,45 @@ def write_results(args: argparse.Namespace, parts: dict[str, Any], took: float) 
         if "skipped" in f:
             md += [f"Skipped: {f['skipped']}.", ""]
         else:
-            rows = [r for r in f["rows"] if isinstance(r, dict)]
-            keys = list(dict.fromkeys(k for r in rows for k in r))
-            md += [f"From `python {f['argv']}` (bench/bench_files.py, owned separately).", ""]
-            md += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-            md += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+            md += [
+                f"From `python {f['argv']}` (bench/bench_files.py): one file on /dev/shm over "
+                f"loopback, every tool once per pass, {f['passes']} pass(es); rate in GB/s "
+                "(10^9 bytes/s; bench_files.py's `gbps` field), median (min-max); ratios "
+                "taken within each pass, then the median.",
+                "",
+                "| tool | detail | GB/s median (min-max) | ÷ iperf3 | ÷ nc | ÷ socat |",
+                "|---|---|---:|---:|---:|---:|",
+            ]
+            for r in f["rows"]:
+                g = r["gbps"]
+                rate = "-" if g[0] != g[0] else f"{g[0]:.2f} ({g[1]:.2f}-{g[2]:.2f})"
+                md.append(
+                    f"| {r['tool']} | {r['detail']} | {rate} | {r2(r['vs_iperf3'])} "
+                    f"| {r2(r['vs_nc'])} | {r2(r['vs_socat'])} |"
+                )
             md.append("")
-    summary = []
-    if "echo" in parts:
-        case = "100 x 64 B"
-        e = parts["echo"]
-        thr = ratio(e, case, "wirecat", "go", "rate")
-        cpu_go = ratio(e, case, "wirecat", "go", "cpu_us_per_op")
-        cpu_uv = ratio(e, case, "wirecat", "py-uvloop", "cpu_us_per_op")
-        summary += [
-            f"- echo {case}: wirecat/Go throughput **{r2(thr)}**, server CPU per round trip "
-            f"wirecat/Go **{r2(cpu_go)}**, wirecat/py-uvloop CPU per round trip **{r2(cpu_uv)}**",
-        ]
-    if "chat" in parts:
-        c = parts["chat"]
-        for case in c["cases"]:
-            summary.append(
-                f"- chat {case}: wirecat/redis deliveries/s "
-                f"**{r2(ratio(c, case, 'wirecat', 'redis', 'rate'))}**, wirecat/ncat-broker "
-                f"**{r2(ratio(c, case, 'wirecat', 'ncat-broker', 'rate'))}**; CPU per delivery "
-                f"wirecat/redis **{r2(ratio(c, case, 'wirecat', 'redis', 'cpu_us_per_op'))}**"
-            )
-    if "idle" in parts:
-        by = {r["peer"]: r["per_conn"] for r in parts["idle"]["rows"]}
-        if "wirecat" in by:
-            summary.append(
-                f"- idle: wirecat **{by['wirecat'] / 1024:.2f} KiB** per connection"
-                + (f" (Go {by['go'] / 1024:.2f} KiB)" if "go" in by else "")
-            )
-    out = md[:]
-    insert_at = next(i for i, ln in enumerate(out) if ln.startswith("## "))
-    out[insert_at:insert_at] = ["## Summary", "", *summary, ""]
+    opt = BENCH / "OPTIMISATIONS.md"
+    if opt.exists():
+        md += ["## What each optimisation bought", "", *opt.read_text().splitlines()[2:], ""]
+        md += previous_section(parts)
     notes = BENCH / "PROFILE.md"
     if notes.exists():
-        out += ["## Profiling notes", "", *notes.read_text().splitlines()[2:], ""]
+        md += ["## Profiling notes", "", *notes.read_text().splitlines()[2:], ""]
     path = Path(args.out)
-    path.write_text("\n".join(out).rstrip() + "\n")
+    path.write_text("\n".join(md).rstrip() + "\n")
     return path
+
+
+def render(args: argparse.Namespace) -> int:
+    raw = json.loads(Path(args.render).read_text())
+    meta = raw.pop("_meta")
+    parts = {
+        k: {**v, "samples": [Sample(**s) for s in v.get("samples", [])]} for k, v in raw.items()
+    }
+    args.reps, args.duration = meta["reps"], meta["duration"]
+    path = write_results(args, parts, meta["took"], meta)
+    log(f"wrote {path} from {args.render}")
+    return 0
 
 
 def main() -> int:
@@ -774,13 +1286,24 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
     ap.add_argument("--duration", type=float, default=None, help="seconds per echo run (1.5)")
     ap.add_argument("--idle-conns", type=int, default=10_000, help="idle connections (10000)")
-    ap.add_argument("--only", default="echo,chat,idle,files", help="parts to run")
+    ap.add_argument("--only", default=",".join(PARTS), help="parts to run")
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"), help="report path")
+    ap.add_argument(
+        "--render",
+        metavar="JSON",
+        help="measure nothing: rewrite the report from a results.json of an earlier run "
+        "(after editing OPTIMISATIONS.md or PROFILE.md)",
+    )
     args = ap.parse_args()
+    if args.render:
+        return render(args)
     args.reps = args.reps or (1 if args.quick else 3)
     args.duration = args.duration or (0.5 if args.quick else 1.5)
     if args.quick:
         args.idle_conns = min(args.idle_conns, 2000)
+    only = set(args.only.split(","))
+    if only - set(PARTS):
+        ap.error(f"--only takes {','.join(PARTS)}")
     missing = [t for t in ("taskset",) if shutil.which(t) is None]
     if missing or (os.cpu_count() or 1) < 2:
         print("bench/run.py needs taskset (util-linux) and 2 cores", file=sys.stderr)
@@ -789,25 +1312,35 @@ def main() -> int:
     os.sched_setaffinity(0, {LOAD_CORE})
     started = time.monotonic()
     parts: dict[str, Any] = {}
-    only = set(args.only.split(","))
     if "echo" in only:
         log("== echo")
         parts["echo"] = run_echo(args.reps, args.duration)
     if "chat" in only:
         log("== chat fan-out")
         parts["chat"] = run_chat(args.reps, args.duration, args.quick)
+    if "multicore" in only:
+        log("== multi-core (serve --workers)")
+        parts["multicore"] = run_multicore(args.reps, args.duration)
     if "idle" in only:
         log("== idle connections")
-        parts["idle"] = run_idle(args.idle_conns)
+        parts["idle"] = run_idle(args.idle_conns, args.quick)
     if "files" in only:
         log("== bulk files")
         parts["files"] = run_files(args.quick)
     took = time.monotonic() - started
-    raw = {
+    raw: dict[str, Any] = {
         k: {**v, "samples": [s.__dict__ for s in v.get("samples", [])]} for k, v in parts.items()
     }
+    meta = {
+        "argv": sys.argv[1:],
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "took": took,
+        "reps": args.reps,
+        "duration": args.duration,
+    }
+    raw["_meta"] = meta
     (OUT / "results.json").write_text(json.dumps(raw, indent=1, default=str))
-    path = write_results(args, parts, took)
+    path = write_results(args, parts, took, meta)
     log(f"wrote {path} in {took / 60:.1f} min")
     return 0
 

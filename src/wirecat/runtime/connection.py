@@ -218,16 +218,15 @@ class StreamHandler(asyncio.Protocol):
         "_accepted",
         "_close_reason",
         "_flush_on_close",
+        "_id",
         "_last_rx",
         "_log",
         "_login_handle",
         "_loop",
-        "_peername",
         "_queued",
         "_queued_size",
         "closing",
         "ctx",
-        "id",
         "limits",
         "service",
         "source",
@@ -239,8 +238,7 @@ class StreamHandler(asyncio.Protocol):
         self.ctx = ctx
         self.service = service
         self.limits: Limits = (service.limits if service and service.limits else None) or ctx.limits
-        self.id = next(_ids)
-        self._peername: Any = None
+        self._id: int | None = None  # assigned on first use (no int object per idle peer)
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self._log: logging.LoggerAdapter | None = None  # type: ignore[type-arg]
         self.writing_paused = False
@@ -294,7 +292,6 @@ class StreamHandler(asyncio.Protocol):
             is lost), else the reason for refusal (already counted and logged).
         """
         ctx = self.ctx
-        self._peername = peername
         if isinstance(peername, tuple) and peername:
             self.source = peername[0]
         self._loop = loop = asyncio.get_running_loop()
@@ -337,7 +334,8 @@ class StreamHandler(asyncio.Protocol):
             ctx._watch_idle(lim.idle_timeout)
         if self.needs_login and lim.login_timeout is not None:
             self._login_handle = loop.call_later(lim.login_timeout, self._login_expired)
-        self.log.debug("connected", extra={"event": "connect"})
+        if ctx.log.isEnabledFor(logging.DEBUG):  # don't build the per-connection logger
+            self.log.debug("connected", extra={"event": "connect"})
         self._guard(self.on_connect)
 
     def data_received(self, data: bytes) -> None:
@@ -373,11 +371,13 @@ class StreamHandler(asyncio.Protocol):
         self._accepted = False
         self.ctx._discard(self)
         self.ctx.release(self.source)
-        self.log.debug(
-            "closed%s",
-            f" ({self._close_reason})" if self._close_reason else "",
-            extra={"event": "close", "reason": self._close_reason or (str(exc) if exc else None)},
-        )
+        if self.ctx.log.isEnabledFor(logging.DEBUG):
+            reason = self._close_reason or (str(exc) if exc else None)
+            self.log.debug(
+                "closed%s",
+                f" ({self._close_reason})" if self._close_reason else "",
+                extra={"event": "close", "reason": reason},
+            )
         try:
             self.on_close(exc)
         except Exception:
@@ -427,9 +427,23 @@ class StreamHandler(asyncio.Protocol):
 
     # -- tools -----------------------------------------------------------------------------
     @property
+    def id(self) -> int:
+        """This connection's number, unique in the process (for logs)."""
+        if self._id is None:
+            self._id = next(_ids)
+        return self._id
+
+    @property
     def peer(self) -> str:
-        """The peer's address: ``127.0.0.1:5555``, ``[::1]:5555`` or ``unix``."""
-        return format_address(self._peername)
+        """The peer's address: ``127.0.0.1:5555``, ``[::1]:5555`` or ``unix``.
+
+        Read from the transport when asked (nothing is stored per idle connection); after
+        the transport is gone, the source address without its port.
+        """
+        addr = self.transport.get_extra_info("peername") if self.transport is not None else None
+        if addr:
+            return format_address(addr)
+        return self.source if self.source is not None else "unix"
 
     @property
     def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
