@@ -48,13 +48,6 @@ import pytest
 
 from helpers import DEFAULT_TEST_TIMEOUT, LOOP_KINDS, SCALE, run_async, scaled, short_unix_dir
 
-try:  # uvloop is a dependency on Linux; elsewhere its tests are skipped, not failed.
-    import uvloop  # noqa: F401
-
-    _HAVE_UVLOOP = True
-except ImportError:  # pragma: no cover
-    _HAVE_UVLOOP = False
-
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -75,11 +68,9 @@ def _kinds_for(node_marker: Any) -> tuple[str, ...]:
 
 def _loop_params(kinds: tuple[str, ...]) -> list[Any]:
     return [
-        pytest.param(
-            k,
-            id=k,
-            marks=pytest.mark.skipif(k == "uvloop" and not _HAVE_UVLOOP, reason="no uvloop"),
-        )
+        # No skip when uvloop is missing: it is a dependency on Linux, so its absence must
+        # fail the uvloop half of the suite (the loop factory raises), not hide it.
+        pytest.param(k, id=k)
         for k in kinds
     ]
 
