@@ -18,30 +18,7 @@ with atheris.instrument_imports():
     from wirecat.errors import InvalidMessage
     from wirecat.protocols import chat
 
-CODES = frozenset(
-    [
-        "bad_utf8",
-        "control_chars",
-        "line_too_long",
-        "bad_json",
-        "bad_shape",
-        "unknown_command",
-        "bad_arguments",
-        "invalid_nick",
-        "nick_taken",
-        "invalid_room",
-        "text_too_long",
-        "empty_text",
-        "not_registered",
-        "already_registered",
-        "not_in_room",
-        "no_such_room",
-        "no_such_nick",
-        "too_many_rooms",
-        "rate_limited",
-        "flooding",
-    ]
-)
+CODES = chat.ERROR_CODES
 
 
 def _check(result: object) -> None:

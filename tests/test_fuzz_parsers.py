@@ -38,30 +38,7 @@ FUZZ = settings(
 )
 
 #: Every ``ErrorEvent.code`` documented in protocols/chat.py.
-CHAT_ERROR_CODES = frozenset(
-    [
-        "bad_utf8",
-        "control_chars",
-        "line_too_long",
-        "bad_json",
-        "bad_shape",
-        "unknown_command",
-        "bad_arguments",
-        "invalid_nick",
-        "nick_taken",
-        "invalid_room",
-        "text_too_long",
-        "empty_text",
-        "not_registered",
-        "already_registered",
-        "not_in_room",
-        "no_such_room",
-        "no_such_nick",
-        "too_many_rooms",
-        "rate_limited",
-        "flooding",
-    ]
-)
+CHAT_ERROR_CODES = chat.ERROR_CODES
 
 # Text that looks like endpoints often enough to get past the first checks.
 _endpoint_alphabet = st.sampled_from(

@@ -64,6 +64,7 @@ from .lines import EndOfStream, Line, LineEvent, LineFramer, LineOverflow
 
 __all__ = [
     "COMMAND_TYPES",
+    "ERROR_CODES",
     "JSON_CODEC",
     "MAX_TEXT",
     "NICK_RE",
@@ -115,6 +116,33 @@ __all__ = [
     "parse_json_line",
     "parse_text_line",
 ]
+
+
+#: Every ``ErrorEvent.code`` the chat protocol and core may send (the JSON ``error.code``).
+ERROR_CODES: frozenset[str] = frozenset(
+    [
+        "bad_utf8",
+        "control_chars",
+        "line_too_long",
+        "bad_json",
+        "bad_shape",
+        "unknown_command",
+        "bad_arguments",
+        "invalid_nick",
+        "nick_taken",
+        "invalid_room",
+        "text_too_long",
+        "empty_text",
+        "not_registered",
+        "already_registered",
+        "not_in_room",
+        "no_such_room",
+        "no_such_nick",
+        "too_many_rooms",
+        "rate_limited",
+        "flooding",
+    ]
+)
 
 #: A nick: a letter or ``_``, then up to 23 letters, digits, ``_`` or ``-`` (ASCII).
 NICK_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,23}")

@@ -87,7 +87,6 @@ class ServerContext:
         self._dirty: list[StreamHandler] = []
         self._flush_scheduled = False
         self._idle_timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._idle_tick = 10.0
         rate = self.limits.conn_rate
         self.conn_rate = KeyedRateLimiter(rate, self.limits.conn_burst) if rate else None
@@ -158,11 +157,6 @@ class ServerContext:
         else:
             self._idle_timer = None
 
-    def _track(self, task: asyncio.Task[None]) -> None:
-        """Keep a reference to a background task until it finishes."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def _schedule_flush(self, handler: StreamHandler) -> None:
         self._dirty.append(handler)
         if not self._flush_scheduled:
@@ -217,7 +211,6 @@ class StreamHandler(asyncio.Protocol):
     __slots__ = (
         "_accepted",
         "_close_reason",
-        "_flush_on_close",
         "_id",
         "_last_rx",
         "_log",
@@ -251,7 +244,6 @@ class StreamHandler(asyncio.Protocol):
         self._login_handle: asyncio.TimerHandle | None = None
         self._queued: list[bytes] | None = None  # coalesced writes of this loop iteration
         self._queued_size = 0
-        self._flush_on_close = False
 
     #: Services whose peers must complete a login (first line, hello) set this to True and
     #: call :meth:`login_complete`; until then ``limits.login_timeout`` applies.
@@ -516,7 +508,7 @@ class StreamHandler(asyncio.Protocol):
             return
         self._queued = None
         self._queued_size = 0
-        if self.closing and not self._flush_on_close:
+        if self.closing:  # aborted: queued output is dropped
             return
         self.transport.write(queued[0] if len(queued) == 1 else b"".join(queued))
         if self.writing_paused:
@@ -538,9 +530,7 @@ class StreamHandler(asyncio.Protocol):
         """Flush queued output, then close. Idempotent."""
         if self.closing:
             return
-        if self._queued is not None:
-            self._flush_on_close = True
-            self._flush()
+        self._flush()  # before closing is set, so the queued bytes still go out
         self.closing = True
         self._close_reason = reason
         if self.transport is not None:
