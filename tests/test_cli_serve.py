@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import select
 import selectors
 import signal
 import socket
@@ -121,13 +123,19 @@ def test_serve_answers_textbook_clients_then_drains_on_sigterm() -> None:
 def test_second_signal_forces_exit_past_a_peer_that_ignores_the_close() -> None:
     with serving("--grace", "30") as srv, _client(srv.ports[("echo", "tcp")]) as e:
         # A peer that never reads: its echo backs up, so the graceful close cannot finish.
+        # Backed up = the server stopped reading us: our socket stays unwritable (a busy
+        # server that merely lags behind would drain it, and then the close could finish).
         e.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         e.setblocking(False)
-        try:
-            while True:
-                e.send(b"x" * 65536)
-        except BlockingIOError:
-            pass
+        deadline = time.monotonic() + scaled(20)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    e.send(b"x" * 65536)
+            if not select.select([], [e], [], scaled(0.5))[1]:
+                break
+        else:
+            pytest.fail("the server kept reading a peer that never reads")
         srv.proc.send_signal(signal.SIGINT)
         with pytest.raises(subprocess.TimeoutExpired):
             srv.proc.wait(timeout=scaled(0.5))  # still draining: grace is 30 s

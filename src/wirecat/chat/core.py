@@ -27,18 +27,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
+from ..auth import User, Users
 from ..errors import WirecatError
 from ..protocols.chat import (
     Bye,
+    CloseRoom,
     Command,
     Direct,
     Dm,
+    Done,
     ErrorEvent,
     Hello,
     Help,
     HelpText,
     Join,
     Joined,
+    Kick,
+    Kicked,
     Message,
     Nick,
     NickChanged,
@@ -48,6 +53,7 @@ from ..protocols.chat import (
     Ping,
     Pong,
     Quit,
+    RoomClosed,
     RoomJoined,
     RoomList,
     RoomParted,
@@ -77,7 +83,7 @@ __all__ = [
     "TokenBucket",
 ]
 
-HubEvent: TypeAlias = Message | Direct | Joined | Parted | NickChanged
+HubEvent: TypeAlias = Message | Direct | Joined | Parted | NickChanged | Kicked | RoomClosed
 """Events that travel through the hub (what another server process would need)."""
 
 
@@ -150,17 +156,20 @@ class Member:
         id: unique per core.
         sink: where its output goes.
         nick: its nick, or ``None`` before :class:`~wirecat.protocols.chat.Hello`.
+        user: the authenticated user (set by the front-end once its token was verified),
+            or ``None`` for a guest.
         rooms: the rooms it is in, in join order; the last one is the *current* room.
         must_close: set by the core when the front-end must close the connection after
             sending the reply (after ``quit``, or when kicked for flooding).
     """
 
-    __slots__ = ("_bucket", "_strikes", "id", "must_close", "nick", "rooms", "sink")
+    __slots__ = ("_bucket", "_strikes", "id", "must_close", "nick", "rooms", "sink", "user")
 
     def __init__(self, member_id: int, sink: Sink, bucket: TokenBucket) -> None:
         self.id = member_id
         self.sink = sink
         self.nick: str | None = None
+        self.user: User | None = None
         self.rooms: dict[str, Room] = {}
         self.must_close = False
         self._bucket = bucket
@@ -303,6 +312,11 @@ class ChatCore:
         clock: wall-clock seconds since the epoch, for message timestamps.
         monotonic: monotonic seconds, for rate limits.
         server_name: sent in the welcome.
+        users: the users file (:class:`~wirecat.auth.Users`): user names are owned nicks,
+            rooms may be restricted, admins may kick and close rooms (``None``: everyone is a
+            guest and the admin commands are refused).
+        guests: with ``users``, whether members without a token may register (with a nick
+            that is not a user name).
 
     Not thread-safe: call it from the event loop thread only.
     """
@@ -320,11 +334,16 @@ class ChatCore:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         server_name: str = "wirecat",
+        users: Users | None = None,
+        guests: bool = True,
     ) -> None:
         if check_room(default_room) is not None:
             raise ValueError(f"invalid default room {default_room!r}")
         self.hub = hub if hub is not None else LocalHub(history_size=history_size)
-        self.hub.bind(self._deliver)
+        self.hub.bind(self._on_hub_event)
+        self.users = users
+        self.guests = guests or users is None
+        self.closed_rooms: set[str] = set()
         self.default_room = default_room
         self.motd = motd
         self.rate = rate or RateLimit()
@@ -400,31 +419,61 @@ class ChatCore:
     def hello(self, member: Member, nick: str | None, ref: str | int | None = None) -> Welcome:
         """Register ``member`` as ``nick`` (``None``: the next free ``guest-N``).
 
+        An authenticated member (:attr:`Member.user` set) gets its user name as nick (a
+        different ``nick`` is refused). With a users file, a guest may not take a user's name,
+        and is refused altogether when ``guests`` is off.
+
         Raises:
-            ChatError: ``already_registered``, ``invalid_nick``, ``nick_taken``.
+            ChatError: ``already_registered``, ``invalid_nick``, ``nick_taken``,
+                ``auth_required``.
         """
         if member.nick is not None:
             raise ChatError("already_registered", f"you are already {member.nick}")
-        if nick is None:
+        user = member.user
+        if user is not None:
+            if nick is not None and nick.casefold() != user.name.casefold():
+                raise ChatError("auth_required", f"your token is for {user.name}, not {nick}")
+            nick = user.name
+            if nick.casefold() in self._nicks:
+                raise ChatError("nick_taken", f"{nick} is already connected")
+        elif not self.guests:
+            raise ChatError(
+                "auth_required", "this server admits registered users only: send a user's token"
+            )
+        elif nick is None:
             nick = self._guest_nick()
         else:
+            if self.users is not None and nick in self.users:
+                raise ChatError("auth_required", f"{nick} is a registered user: send its token")
             self._check_free(nick)
         member.nick = nick
         self._nicks[nick.casefold()] = member
-        return Welcome(nick, self.motd, self.default_room, self.server_name, ref)
+        roles = tuple(sorted(user.roles)) if user is not None else ()
+        return Welcome(
+            nick, self.motd, self.default_room, self.server_name, ref,
+            user.name if user is not None else None, roles,
+        )  # fmt: skip
 
     def join(self, member: Member, room_name: str, ref: str | int | None = None) -> RoomJoined:
         """Add ``member`` to ``room_name`` (created if needed); it becomes the current room.
 
         Joining a room already joined only makes it current. The room hears a join event
-        (the member too), and the reply holds the members and the room's history.
+        (the member too), and the reply holds the members and the room's history. An admin
+        joining a closed room reopens it.
 
         Raises:
-            ChatError: ``invalid_room``, ``too_many_rooms``.
+            ChatError: ``invalid_room``, ``too_many_rooms``, ``forbidden`` (a restricted
+                room), ``room_closed``.
         """
         if (err := check_room(room_name)) is not None:
             raise ChatError(err.code, err.reason)
         nick = self._nick(member)
+        if self.users is not None and not self.users.may_join(member.user, room_name):
+            raise ChatError("forbidden", f"{room_name} is restricted to its listed users")
+        if room_name in self.closed_rooms:
+            if not self._is_admin(member):
+                raise ChatError("room_closed", f"{room_name} was closed by an admin")
+            self.closed_rooms.discard(room_name)
         room = member.rooms.pop(room_name, None)
         if room is not None:  # already in: just make it current
             member.rooms[room_name] = room
@@ -528,13 +577,17 @@ class ChatCore:
         """Change ``member``'s nick to ``new``; everyone sharing a room with it is told.
 
         Raises:
-            ChatError: ``invalid_nick``, ``nick_taken``.
+            ChatError: ``invalid_nick``, ``nick_taken``, ``nick_reserved`` (another user's
+                name).
         """
         old = self._nick(member)
         if new == old:
             return NickSet(new, old, False, ref)
         if new.casefold() != old.casefold():
             self._check_free(new)
+            own = member.user is not None and member.user.name.casefold() == new.casefold()
+            if self.users is not None and new in self.users and not own:
+                raise ChatError("nick_reserved", f"{new} is a registered user's name")
         del self._nicks[old.casefold()]
         member.nick = new
         self._nicks[new.casefold()] = member
@@ -551,7 +604,85 @@ class ChatCore:
         self.disconnect(member, f"quit: {reason}" if reason else "quit")
         return Bye(reason, ref)
 
+    def kick(
+        self,
+        member: Member,
+        nick: str,
+        room_name: str | None = None,
+        reason: str | None = None,
+        ref: str | int | None = None,
+    ) -> Done:
+        """Admins: remove ``nick`` from ``room_name`` (``None``: the admin's current room).
+
+        The room (the kicked member included) hears a :class:`Kicked` event; the member stays
+        connected and may join again (unless the room is restricted or closed).
+
+        Raises:
+            ChatError: ``forbidden`` (not an admin), ``no_such_nick``, ``not_in_room``.
+        """
+        by = self._admin(member)
+        if room_name is None:
+            room_name = self._my_room(member, None).name
+        target = self._nicks.get(nick.casefold())
+        if target is None or target.nick is None:
+            raise ChatError("no_such_nick", f"nobody is called {nick!r} here")
+        if room_name not in target.rooms:
+            raise ChatError("not_in_room", f"{target.nick} is not in {room_name}")
+        self.counters["kicks"] += 1
+        self.hub.publish(
+            Kicked(self.hub.next_id(), self._clock(), room_name, target.nick, by, reason)
+        )
+        return Done(f"kicked {target.nick} from {room_name}", ref)
+
+    def close_room(
+        self, member: Member, room_name: str | None = None, ref: str | int | None = None
+    ) -> Done:
+        """Admins: remove every member from ``room_name`` (``None``: the current room).
+
+        The room hears a :class:`RoomClosed` event; joins are then refused with
+        ``room_closed`` until an admin joins it (which reopens it).
+
+        Raises:
+            ChatError: ``forbidden`` (not an admin), ``not_in_room`` (no current room).
+        """
+        by = self._admin(member)
+        if room_name is None:
+            room_name = self._my_room(member, None).name
+        self.counters["rooms_closed"] += 1
+        self.hub.publish(RoomClosed(self.hub.next_id(), self._clock(), room_name, by))
+        return Done(f"closed {room_name}", ref)
+
     # -- internals ---------------------------------------------------------------------------
+    def _is_admin(self, member: Member) -> bool:
+        return member.user is not None and member.user.is_admin
+
+    def _admin(self, member: Member) -> str:
+        nick = self._nick(member)
+        if not self._is_admin(member):
+            raise ChatError("forbidden", "only admins may do that")
+        return nick
+
+    def _on_hub_event(self, event: HubEvent) -> None:
+        """Hub callback: deliver ``event``, then apply its effect on this process's rooms."""
+        self._deliver(event)  # the kicked member, and a closed room's members, hear it too
+        if type(event) is Kicked:
+            target = self._nicks.get(event.nick.casefold())
+            if target is not None:
+                self._leave(target, event.room)
+        elif type(event) is RoomClosed:
+            self.closed_rooms.add(event.room)
+            room = self.rooms.get(event.room)
+            for m in list(room.members) if room is not None else ():
+                self._leave(m, event.room)
+
+    def _leave(self, member: Member, room_name: str) -> None:
+        """Take ``member`` out of ``room_name`` locally, without announcing it."""
+        room = member.rooms.pop(room_name, None)
+        if room is not None:
+            room.remove(member)
+            if not room.members:
+                self.rooms.pop(room_name, None)
+
     def _dispatch(self, member: Member, cmd: Command) -> ServerEvent:
         match cmd:
             case Say(text, room, action, ref):
@@ -576,6 +707,10 @@ class ChatCore:
                 return HelpText(ref)
             case Ping(ref):
                 return Pong(ref)
+            case Kick(nick, room, reason, ref):
+                return self.kick(member, nick, room, reason, ref)
+            case CloseRoom(room, ref):
+                return self.close_room(member, room, ref)
         raise ChatError("unknown_command", f"unknown command {type(cmd).__name__}")
 
     def _nick(self, member: Member) -> str:
@@ -602,7 +737,7 @@ class ChatCore:
     def _guest_nick(self) -> str:
         while True:
             nick = f"guest-{next(self._guests)}"
-            if nick.casefold() not in self._nicks:
+            if nick.casefold() not in self._nicks and not (self.users and nick in self.users):
                 return nick
 
     def _charge(self, member: Member) -> None:

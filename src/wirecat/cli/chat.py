@@ -38,12 +38,14 @@ from ..protocols.chat import (
     Command,
     Direct,
     Dm,
+    Done,
     EndOfStream,
     ErrorEvent,
     Hello,
     HelpText,
     Join,
     Joined,
+    Kicked,
     Message,
     NickChanged,
     NickSet,
@@ -51,6 +53,7 @@ from ..protocols.chat import (
     Parted,
     Pong,
     Quit,
+    RoomClosed,
     RoomJoined,
     RoomList,
     RoomParted,
@@ -66,7 +69,15 @@ from ..protocols.chat import (
 from ..protocols.lines import Line, LineFramer, LineOverflow
 from ..runtime.stdio import StdinReader, open_stdin
 from ..runtime.stream import Connection, connect
-from .common import ENDPOINT, LOOP_OPTION, run_command, tls_client_options, tls_connect_kwargs
+from .common import (
+    ENDPOINT,
+    LOOP_OPTION,
+    read_token,
+    run_command,
+    tls_client_options,
+    tls_connect_kwargs,
+    token_options,
+)
 
 __all__ = ["ChatRefused", "chat_command"]
 
@@ -122,6 +133,14 @@ class _Client:
                 out = Text.assemble(self._stamp(ts), (f"*** {nick} left {room}{why}", "dim"))
             case NickChanged(_, ts, old, new):
                 out = Text.assemble(self._stamp(ts), (f"*** {old} is now known as {new}", "dim"))
+            case Kicked(_, ts, room, nick, by, reason):
+                why = f" ({reason})" if reason else ""
+                text = f"*** {nick} was kicked from {room} by {by}{why}"
+                out = Text.assemble(self._stamp(ts), (text, "bold yellow"))
+            case RoomClosed(_, ts, room, by):
+                out = Text.assemble(self._stamp(ts), (f"*** {room} was closed by {by}", "yellow"))
+            case Done(text):
+                self.info(f"*** {text}")
             case RoomJoined(room, members, history):
                 for msg in history:
                     self.show(msg)
@@ -236,6 +255,7 @@ _HELP = (
     "type text to talk in the current room; //text sends /text",
     "/join #room  /part [#room]  /msg NICK text  /me action",
     "/who [#room]  /rooms  /nick NAME  /help  /quit [reason]",
+    "admins: /kick NICK [#room] [reason]  /close [#room]",
 )
 
 
@@ -246,6 +266,7 @@ async def _chat_main(
     timeout: float,
     raw: bool,
     tls: dict[str, Any],
+    token: str | None = None,
 ) -> int:
     if not endpoint.is_stream or endpoint.scheme == "stdio":
         raise InvalidEndpoint(f"chat needs a stream endpoint (tcp, tls, unix), not {endpoint}")
@@ -256,10 +277,11 @@ async def _chat_main(
         client = _Client(conn, console, raw=raw)
         try:
             async with asyncio.timeout(timeout):
-                welcome = await client.expect(Hello(nick, next(client.refs)), Welcome)
+                welcome = await client.expect(Hello(nick, next(client.refs), token), Welcome)
                 assert isinstance(welcome, Welcome)
                 if not raw:
-                    client.info(f"*** connected to {endpoint} as {welcome.nick}")
+                    how = " (authenticated)" if welcome.user else ""
+                    client.info(f"*** connected to {endpoint} as {welcome.nick}{how}")
                     for line in welcome.motd.splitlines():
                         client.info(f"*** {line}")
                 joined = await client.expect(Join(room, next(client.refs)), RoomJoined)
@@ -300,6 +322,7 @@ async def _chat_main(
     help="Seconds to connect and register.",
 )
 @click.option("--json", "raw", is_flag=True, help="Print the server's JSON lines as they are.")
+@token_options
 @tls_client_options
 @LOOP_OPTION
 def chat_command(
@@ -308,6 +331,7 @@ def chat_command(
     room: str,
     timeout: float,
     raw: bool,
+    token_file: str | None,
     loop_kind: str,
     **tls_flags: Any,
 ) -> None:
@@ -322,9 +346,13 @@ def chat_command(
       wirecat chat 127.0.0.1:7070 --nick ann
       wirecat chat tls://127.0.0.1:7443 --nick ann --pin sha256:3f1c...
       wirecat chat [::1]:7070 -n ann -r '#rust'
+      WIRECAT_TOKEN=... wirecat chat tls://chat.example:7443 -n ann   # a user (serve --users)
       printf 'hello\\n' | wirecat chat 127.0.0.1:7070 -n bot --json
     """
     if not room.startswith("#"):
         room = "#" + room
     tls = tls_connect_kwargs(endpoint, **tls_flags)
-    run_command(_chat_main(endpoint, nick, room, timeout, raw, tls), loop=loop_kind)  # type: ignore[arg-type]
+    token = read_token(token_file)
+    if token is not None and nick is None:
+        raise click.UsageError("a token needs the user name: --nick NAME")
+    run_command(_chat_main(endpoint, nick, room, timeout, raw, tls, token), loop=loop_kind)  # type: ignore[arg-type]

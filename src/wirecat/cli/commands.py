@@ -10,6 +10,7 @@ from .connect import connect_command
 from .files import get_command, ls_command, send_command
 from .listen import listen_command
 from .serve import serve_command
+from .users import users_command
 
 COMMANDS: list[click.Command] = [
     serve_command,
@@ -20,4 +21,5 @@ COMMANDS: list[click.Command] = [
     get_command,
     ls_command,
     bench_command,
+    users_command,
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn
@@ -10,6 +11,7 @@ import click
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import InvalidEndpoint, WirecatError, exit_code_for
+from ..protocols import MAX_TOKEN
 from ..runtime.logs import configure_logging
 from ..runtime.loop import LoopKind, run
 
@@ -18,9 +20,11 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "LOOP_OPTION",
     "die",
+    "read_token",
     "run_command",
     "tls_client_options",
     "tls_connect_kwargs",
+    "token_options",
 ]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -64,6 +68,42 @@ def die(message: str, code: int = 1) -> NoReturn:
     """Print ``wirecat: message`` on stderr and exit with ``code``."""
     click.echo(f"wirecat: {message}", err=True)
     sys.exit(code)
+
+
+#: The environment variable a client reads its token from (never a command-line argument).
+TOKEN_ENV = "WIRECAT_TOKEN"
+
+token_options = click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help=f"Read your token (serve --users) from this file's first line; default ${TOKEN_ENV}.",
+)
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The client's token: the first line of ``token_file``, else ``$WIRECAT_TOKEN``, else None.
+
+    Tokens are never taken from the command line (other users see it in ``ps``).
+    Exits 64 on an unreadable file or a token that is empty or over MAX_TOKEN bytes.
+    """
+    if token_file is not None:
+        try:
+            with open(token_file, "rb") as fh:
+                raw = fh.readline(MAX_TOKEN + 2).rstrip(b"\r\n")
+        except OSError as exc:
+            die(f"cannot read {token_file}: {exc.strerror}", 66)
+        where = token_file
+    elif TOKEN_ENV in os.environ:
+        raw, where = os.environ[TOKEN_ENV].strip().encode(), f"${TOKEN_ENV}"
+    else:
+        return None
+    if not 0 < len(raw) <= MAX_TOKEN:
+        die(f"the token in {where} must be 1-{MAX_TOKEN} bytes", 64)
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        die(f"the token in {where} is not UTF-8", 64)
 
 
 def run_command(

@@ -19,7 +19,16 @@ from ..endpoints import Endpoint
 from ..errors import HandshakeError, NetworkError, WirecatError, WirecatTimeout, exit_code_for
 from ..files.client import FilesClient, Progress, TransferError, TransferResult
 from ..runtime.loop import LoopKind
-from .common import ENDPOINT, LOOP_OPTION, run_command, tls_client_options, tls_connect_kwargs
+from .common import (
+    ENDPOINT,
+    LOOP_OPTION,
+    die,
+    read_token,
+    run_command,
+    tls_client_options,
+    tls_connect_kwargs,
+    token_options,
+)
 
 __all__ = ["TRANSFER_EXIT_CODES", "get_command", "ls_command", "send_command"]
 
@@ -42,7 +51,34 @@ TRANSFER_EXIT_CODES: dict[str, int] = {
     "conflict": 75,
     "shutting_down": 75,
     "io_error": 74,
+    "auth_required": 77,
+    "auth_failed": 77,
 }
+
+
+def _auth_options(f: Any) -> Any:
+    """``--user`` and ``--token-file`` (token default ``$WIRECAT_TOKEN``)."""
+    f = token_options(f)
+    return click.option(
+        "--user",
+        default=None,
+        metavar="NAME",
+        help="Authenticate as NAME (servers started with --users); token from "
+        "--token-file or $WIRECAT_TOKEN.",
+    )(f)
+
+
+def _connect_kwargs(endpoint: Endpoint, flags: dict[str, Any]) -> dict[str, Any]:
+    """FilesClient.connect keywords from the TLS and authentication flags."""
+    user, token_file = flags.pop("user", None), flags.pop("token_file", None)
+    kw = tls_connect_kwargs(endpoint, **flags)
+    if user is not None:
+        token = read_token(token_file)
+        if token is None:
+            die("--user needs a token: --token-file FILE or $WIRECAT_TOKEN", 64)
+        kw.update(user=user, token=token)
+    return kw
+
 
 _DIGEST = click.option(
     "--digest",
@@ -203,6 +239,7 @@ def _run_transfer(
 @_JSON
 @_TIMEOUT
 @_RETRIES
+@_auth_options
 @tls_client_options
 @LOOP_OPTION
 def send_command(
@@ -226,9 +263,10 @@ def send_command(
       wirecat send big.iso 127.0.0.1:7071
       wirecat send report.pdf 127.0.0.1:7071 --as docs/2024.pdf --digest sha256 --json
       wirecat send big.iso tls://files.example:7443 --pin sha256:3f1c...
+      WIRECAT_TOKEN=... wirecat send big.iso tls://files.example:7443 --user ann
     """
     target = name or os.path.basename(file)
-    connect_kw = tls_connect_kwargs(endpoint, **tls)
+    connect_kw = _connect_kwargs(endpoint, tls)
 
     _run_transfer(
         "send",
@@ -262,6 +300,7 @@ def send_command(
 @_JSON
 @_TIMEOUT
 @_RETRIES
+@_auth_options
 @tls_client_options
 @LOOP_OPTION
 def get_command(
@@ -287,7 +326,7 @@ def get_command(
       wirecat get big.iso tls://files.example:7443 --cafile ca.pem
     """
     dest = output or os.path.basename(name)
-    connect_kw = tls_connect_kwargs(endpoint, **tls)
+    connect_kw = _connect_kwargs(endpoint, tls)
 
     _run_transfer(
         "get",
@@ -315,6 +354,7 @@ def get_command(
 @click.argument("path", default="")
 @_JSON
 @_TIMEOUT
+@_auth_options
 @tls_client_options
 @LOOP_OPTION
 def ls_command(
@@ -326,7 +366,7 @@ def ls_command(
     **tls: Any,
 ) -> None:
     """List the files of a files service at ENDPOINT (optionally of directory PATH)."""
-    connect_kw = tls_connect_kwargs(endpoint, **tls)
+    connect_kw = _connect_kwargs(endpoint, tls)
 
     async def main() -> int:
         try:

@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..auth import Users, UsersFileError
 from ..endpoints import Endpoint, parse_endpoint
 from ..runtime.connection import ServerContext
 from ..runtime.limits import AccessList, Limits, read_rules
@@ -46,9 +47,15 @@ def _print_table(server: Server, console: Console) -> None:
     console.print("[dim]Ctrl-C drains and stops (twice forces).[/dim]")
 
 
-def _warn_exposed(server: Server, console: Console) -> None:
+def _warn_exposed(server: Server, console: Console, authenticated: bool) -> None:
     exposed = [str(ep) for _, ep in server.bound if not ep.is_loopback and ep.scheme != "tls"]
-    if exposed:
+    if exposed and authenticated:
+        console.print(
+            "[bold yellow]warning:[/] listening beyond loopback without TLS: "
+            + ", ".join(exposed)
+            + " — tokens and messages cross the network in clear text (use tls://)."
+        )
+    elif exposed:
         console.print(
             "[bold yellow]warning:[/] listening beyond loopback without TLS or authentication: "
             + ", ".join(exposed)
@@ -202,6 +209,20 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
     help="Chat messages a member may send at once after a quiet period.",
 )
 @click.option(
+    "--users",
+    "users_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="TOML users file (make one with 'wirecat users add'): chat and files then need a "
+    "user's token; user names are reserved nicks, admins may /kick and /close.",
+)
+@click.option(
+    "--guests",
+    is_flag=True,
+    help="With --users: also let chat members in without a token, under other nicks.",
+)
+@click.option(
     "--udp-rate",
     type=click.FloatRange(min=0),
     default=1000.0,
@@ -331,6 +352,8 @@ def serve_command(
     login_timeout: float,
     chat_rate: float,
     chat_burst: int,
+    users_file: str | None,
+    guests: bool,
     udp_rate: float,
     allow_rules: tuple[str, ...],
     deny_rules: tuple[str, ...],
@@ -362,6 +385,7 @@ def serve_command(
       wirecat serve --chat tcp://127.0.0.1:7070 --chat unix:/tmp/chat.sock
       wirecat serve --files ./shared --files-readonly
       wirecat serve --chat tls://127.0.0.1:7443 --self-signed
+      wirecat serve --chat tls://[::]:7443 --cert site.pem --key site.key --users users.toml
       wirecat serve --echo tls://[::]:7443 --cert site.pem --key site.key
       wirecat serve --log-format json -v
 
@@ -395,8 +419,18 @@ def serve_command(
             udp_rate=udp_rate or None,
             chat_rate=chat_rate or None,
             chat_burst=chat_burst,
+            users=users,
+            guests=guests,
         )
 
+    if guests and not users_file:
+        die("--guests needs --users FILE (without it everyone is a guest)", 64)
+    users = None
+    if users_file:
+        try:
+            users = Users.load(users_file)
+        except UsersFileError as exc:
+            die(str(exc), 78)
     try:
         services = services_for(0)
         limits = Limits(
@@ -460,7 +494,7 @@ def serve_command(
             if fingerprint:
                 console.print(f"self-signed certificate {fingerprint}", soft_wrap=True)
                 console.print(f"  clients: wirecat connect ... --pin {fingerprint}", soft_wrap=True)
-            _warn_exposed(server, console)
+            _warn_exposed(server, console, users is not None)
         return await run_until_signal(server)
 
     if workers == 1:

@@ -42,6 +42,7 @@ from ..errors import (
     translate_os_error,
 )
 from ..protocols.files import (
+    AuthResult,
     BodyChunk,
     BodyEnd,
     EndOfStream,
@@ -267,6 +268,8 @@ class FilesClient:
         server_hostname: str | None = None,
         pin: str | None = None,
         handshake_timeout: float = 10.0,
+        user: str | None = None,
+        token: str | None = None,
     ) -> FilesClient:
         """Connect to a files service at ``endpoint`` (``tcp://``, ``host:port``, ``tls://``,
         ``unix:``).
@@ -281,10 +284,12 @@ class FilesClient:
             pin: ``sha256:HEX`` of the server's certificate; the connection is refused
                 unless it matches (works with self-signed servers).
             handshake_timeout: TLS handshake deadline in seconds.
+            user, token: authenticate with :meth:`auth` first (servers with ``--users``).
 
         Raises:
             InvalidEndpoint, ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError,
-            HandshakeError (verification failed or the pin does not match), HandshakeTimeout.
+            HandshakeError (verification failed or the pin does not match), HandshakeTimeout,
+            TransferError (``auth_failed``).
         """
         ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
         if ep.scheme not in ("tcp", "tls", "unix"):
@@ -298,7 +303,14 @@ class FilesClient:
             pin=pin,
             handshake_timeout=handshake_timeout,
         )
-        return cls(ep, proto, timeout=timeout)
+        client = cls(ep, proto, timeout=timeout)
+        if token is not None:
+            try:
+                await client.auth(user or "", token)
+            except BaseException:
+                client.abort()
+                raise
+        return client
 
     async def aclose(self) -> None:
         """Close the connection. Idempotent."""
@@ -342,6 +354,17 @@ class FilesClient:
         return await asyncio.get_running_loop().run_in_executor(executor(), fn, *args)
 
     # -- requests ------------------------------------------------------------------------
+    async def auth(self, user: str, token: str) -> AuthResult:
+        """Authenticate as ``user`` (servers started with ``--users`` ask for it first).
+
+        Raises:
+            TransferError: ``auth_failed`` (the server then closes the connection).
+            ConnectionClosedError, WirecatTimeout, ProtocolError.
+        """
+        self._p.core.send_auth(user, token)
+        self._flush()
+        return await self._expect(AuthResult)
+
     async def stat(self, name: str) -> StatResult:
         """Ask about ``name`` (exists, size, partial upload held).
 

@@ -19,6 +19,7 @@ JSON-lines protocol (client -> server; every command may carry ``"ref"``, a stri
 64 characters or an integer, echoed in the reply to that command)::
 
     {"type":"hello","nick":"ann"}            nick optional: null or absent -> guest-N
+    {"type":"hello","nick":"ann","token":"..."}   on servers with a users file (see below)
     {"type":"join","room":"#lobby"}
     {"type":"part","room":"#lobby"}          room optional: the most recently joined room
     {"type":"say","room":"#lobby","text":"hi"}   room optional, as for part
@@ -27,10 +28,13 @@ JSON-lines protocol (client -> server; every command may carry ``"ref"``, a stri
     {"type":"who","room":"#lobby"}           room optional
     {"type":"rooms"}   {"type":"nick","nick":"ann2"}   {"type":"quit","reason":"bye"}
     {"type":"ping"}    {"type":"help"}
+    {"type":"kick","nick":"bob","room":"#lobby","reason":"spam"}   admins; room, reason optional
+    {"type":"close","room":"#lobby"}         admins; room optional
 
 Server -> client. Replies answer one command each (and carry its ``ref``)::
 
-    welcome {nick, server, default_room, motd}      hello
+    welcome {nick, server, default_room, motd, user?, roles?}   hello (user: authenticated)
+    done    {text}                           kick, close
     joined  {room, members:[nick], history:[message]}   join
     parted  {room}       sent {id, ts}       who {room, members:[nick]}
     rooms   {rooms:[{room, members:int}]}    renamed {nick, old}
@@ -43,6 +47,14 @@ Events (fan-out; ``id`` is a server-assigned increasing integer, ``ts`` ISO 8601
     dm      {id, ts, from, to, text}
     join    {id, ts, room, nick}       part {id, ts, room, nick, reason?}
     nick    {id, ts, old, new}         notice {text}       shutdown {}
+    kick    {id, ts, room, nick, by, reason}   close {id, ts, room, by}
+
+Authentication (servers started with a users file, see :mod:`wirecat.auth`): a JSON client
+sends its token in ``hello``; in text mode, a registered nick is answered with a prompt and
+the next line is taken as the token (never parsed as a command). Errors: ``auth_required``
+(a registered nick without a token, or a server without guests), ``auth_failed`` (wrong
+token: the connection is closed), ``nick_reserved`` (``nick`` to a user's name),
+``forbidden`` (a restricted room, or an admin command without the role), ``room_closed``.
 
 Limits: nicks match :data:`NICK_RE`, rooms :data:`ROOM_RE` (case-sensitive), texts are at
 most ``max_text`` bytes of UTF-8 (default :data:`MAX_TEXT`) without control characters.
@@ -54,12 +66,13 @@ import json
 import re
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Final, TypeAlias
 
 from ..errors import InvalidMessage, LocalProtocolError
+from . import MAX_TOKEN
 from .lines import EndOfStream, Line, LineEvent, LineFramer, LineOverflow
 
 __all__ = [
@@ -72,10 +85,12 @@ __all__ = [
     "TEXT_CODEC",
     "Bye",
     "ChatServerProtocol",
+    "CloseRoom",
     "Codec",
     "Command",
     "Direct",
     "Dm",
+    "Done",
     "EndOfStream",
     "ErrorEvent",
     "Hello",
@@ -84,6 +99,8 @@ __all__ = [
     "Join",
     "Joined",
     "JsonCodec",
+    "Kick",
+    "Kicked",
     "Message",
     "Mode",
     "Nick",
@@ -96,6 +113,7 @@ __all__ = [
     "Pong",
     "Quit",
     "Ref",
+    "RoomClosed",
     "RoomJoined",
     "RoomList",
     "RoomParted",
@@ -141,6 +159,11 @@ ERROR_CODES: frozenset[str] = frozenset(
         "too_many_rooms",
         "rate_limited",
         "flooding",
+        "auth_required",
+        "auth_failed",
+        "nick_reserved",
+        "forbidden",
+        "room_closed",
     ]
 )
 
@@ -163,10 +186,14 @@ Ref: TypeAlias = str | int | None
 # -- commands (client -> server) -----------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Register with ``nick`` (``None``: the server picks ``guest-N``)."""
+    """Register with ``nick`` (``None``: the server picks ``guest-N``).
+
+    ``token``: the user's secret on servers with a users file (never shown in ``repr``).
+    """
 
     nick: str | None = None
     ref: Ref = None
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +263,27 @@ class Quit:
 
 
 @dataclass(frozen=True, slots=True)
+class Kick:
+    """Admins: remove ``nick`` from ``room`` (``None``: the admin's current room)."""
+
+    nick: str
+    room: str | None = None
+    reason: str | None = None
+    ref: Ref = None
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRoom:
+    """Admins: remove everyone from ``room`` (``None``: the current room) and close it.
+
+    A closed room refuses joins (``room_closed``) until an admin joins it again.
+    """
+
+    room: str | None = None
+    ref: Ref = None
+
+
+@dataclass(frozen=True, slots=True)
 class Help:
     """Ask for the list of commands."""
 
@@ -249,7 +297,9 @@ class Ping:
     ref: Ref = None
 
 
-Command: TypeAlias = Hello | Join | Part | Say | Dm | Who | Rooms | Nick | Quit | Help | Ping
+Command: TypeAlias = (
+    Hello | Join | Part | Say | Dm | Who | Rooms | Nick | Quit | Help | Ping | Kick | CloseRoom
+)
 
 
 # -- events (server -> client) -------------------------------------------------------------
@@ -309,6 +359,28 @@ class NickChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class Kicked:
+    """``nick`` was removed from ``room`` by the admin ``by``."""
+
+    id: int
+    ts: float
+    room: str
+    nick: str
+    by: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomClosed:
+    """The admin ``by`` closed ``room``: every member was removed from it."""
+
+    id: int
+    ts: float
+    room: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """The server is going away."""
 
@@ -329,6 +401,8 @@ class Welcome:
     default_room: str = "#lobby"
     server: str = "wirecat"
     ref: Ref = None
+    user: str | None = None  # the authenticated user name, if any
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +481,14 @@ class HelpText:
 
 
 @dataclass(frozen=True, slots=True)
+class Done:
+    """Reply to an admin command (:class:`Kick`, :class:`CloseRoom`): ``text`` says what."""
+
+    text: str
+    ref: Ref = None
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorEvent:
     """A command failed or a line was rejected; nothing else happened.
 
@@ -416,7 +498,8 @@ class ErrorEvent:
             ``bad_arguments``, ``invalid_nick``, ``nick_taken``, ``invalid_room``,
             ``text_too_long``, ``empty_text``, ``not_registered``, ``already_registered``,
             ``not_in_room``, ``no_such_room``, ``no_such_nick``, ``too_many_rooms``,
-            ``rate_limited``, ``flooding``.
+            ``rate_limited``, ``flooding``, ``auth_required``, ``auth_failed``,
+            ``nick_reserved``, ``forbidden``, ``room_closed`` (see :data:`ERROR_CODES`).
         reason: one human-readable sentence.
         ref: the ``ref`` of the command that failed, if it had one.
     """
@@ -432,6 +515,8 @@ ServerEvent: TypeAlias = (
     | Joined
     | Parted
     | NickChanged
+    | Kicked
+    | RoomClosed
     | Shutdown
     | Notice
     | Welcome
@@ -444,6 +529,7 @@ ServerEvent: TypeAlias = (
     | Bye
     | Pong
     | HelpText
+    | Done
     | ErrorEvent
 )
 
@@ -459,10 +545,14 @@ _HELP_LINES: Final = (
     "  /nick NAME       change your nick",
     "  /help            this help",
     "  /quit [reason]   leave",
+    "admins:",
+    "  /kick NICK [#room] [reason]  remove NICK from a room (default: the current room)",
+    "  /close [#room]   remove everyone from a room and close it",
 )
 #: JSON command types, in the order of the module docstring.
 COMMAND_TYPES: Final = (
-    "hello", "join", "part", "say", "me", "dm", "who", "rooms", "nick", "quit", "ping", "help"
+    "hello", "join", "part", "say", "me", "dm", "who", "rooms", "nick", "quit", "ping", "help",
+    "kick", "close",
 )  # fmt: skip
 
 
@@ -628,10 +718,36 @@ def _t_who(rest: str, max_text: int) -> Command | ErrorEvent:
     return check_room(room) or Who(room)
 
 
+def _cut_reason(text: str) -> str | None:
+    if len(text.encode()) > _MAX_REASON:
+        text = text.encode()[:_MAX_REASON].decode(errors="ignore")
+    return text or None
+
+
 def _t_quit(rest: str, max_text: int) -> Command | ErrorEvent:
-    if len(rest.encode()) > _MAX_REASON:
-        rest = rest.encode()[:_MAX_REASON].decode(errors="ignore")
-    return Quit(rest or None)
+    return Quit(_cut_reason(rest))
+
+
+def _t_kick(rest: str, max_text: int) -> Command | ErrorEvent:
+    nick, _, rest = rest.partition(" ")
+    if not nick:
+        return _usage("/kick NICK [#room] [reason]")
+    room: str | None = None
+    rest = rest.strip(" \t")
+    if rest.startswith("#"):
+        room, _, rest = rest.partition(" ")
+        if (err := check_room(room)) is not None:
+            return err
+    return check_nick(nick) or Kick(nick, room, _cut_reason(rest.strip(" \t")))
+
+
+def _t_close(rest: str, max_text: int) -> Command | ErrorEvent:
+    if not rest:
+        return CloseRoom(None)
+    if " " in rest:
+        return _usage("/close [#room]")
+    room = _room_arg(rest)
+    return check_room(room) or CloseRoom(room)
 
 
 _TEXT_COMMANDS: Final[dict[str, Callable[[str, int], Command | ErrorEvent]]] = {
@@ -650,6 +766,8 @@ _TEXT_COMMANDS: Final[dict[str, Callable[[str, int], Command | ErrorEvent]]] = {
     "help": lambda rest, m: Help(),
     "quit": _t_quit,
     "ping": lambda rest, m: Ping(),
+    "kick": _t_kick,
+    "close": _t_close,
 }
 
 
@@ -685,7 +803,10 @@ def _t_parted(ev: Parted) -> bytes:
 
 
 def _t_welcome(ev: Welcome) -> bytes:
-    out = [f"*** you are {ev.nick}"]
+    who = f"*** you are {ev.nick}"
+    if ev.user is not None:
+        who += " (authenticated" + (f"; roles: {', '.join(ev.roles)})" if ev.roles else ")")
+    out = [who]
     out.extend(f"*** {line}" for line in ev.motd.splitlines())
     out.append("*** type /help for commands")
     return _lines(*out)
@@ -703,6 +824,12 @@ _TEXT_ENCODERS: Final[dict[type, Callable[[Any], bytes]]] = {
     Joined: lambda ev: f"*** {ev.nick} joined {ev.room}\n".encode(),
     Parted: _t_parted,
     NickChanged: lambda ev: f"*** {ev.old} is now known as {ev.new}\n".encode(),
+    Kicked: lambda ev: (
+        f"*** {ev.nick} was kicked from {ev.room} by {ev.by}"
+        + (f" ({ev.reason})" if ev.reason else "")
+        + "\n"
+    ).encode(),
+    RoomClosed: lambda ev: f"*** {ev.room} was closed by {ev.by}\n".encode(),
     Shutdown: lambda ev: b"*** server shutting down\n",
     Notice: lambda ev: _lines(*(f"*** {line}" for line in ev.text.splitlines() or [""])),
     Welcome: _t_welcome,
@@ -715,6 +842,7 @@ _TEXT_ENCODERS: Final[dict[type, Callable[[Any], bytes]]] = {
     Bye: lambda ev: b"*** bye\n",
     Pong: lambda ev: b"*** pong\n",
     HelpText: lambda ev: _lines(*(f"*** {line}" for line in _HELP_LINES)),
+    Done: lambda ev: f"*** {ev.text}\n".encode(),
     ErrorEvent: lambda ev: f"!!! {ev.code}: {ev.reason}\n".encode(),
 }
 
@@ -801,6 +929,20 @@ def _j_parted(ev: Parted) -> dict[str, Any]:
     return obj
 
 
+def _j_welcome(ev: Welcome) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "type": "welcome",
+        "nick": ev.nick,
+        "server": ev.server,
+        "default_room": ev.default_room,
+        "motd": ev.motd,
+    }
+    if ev.user is not None:
+        obj["user"] = ev.user
+        obj["roles"] = list(ev.roles)
+    return _with_ref(obj, ev.ref)
+
+
 _JSON_ENCODERS: Final[dict[type, Callable[[Any], dict[str, Any]]]] = {
     Message: _j_message,
     Direct: _j_direct,
@@ -811,18 +953,16 @@ _JSON_ENCODERS: Final[dict[type, Callable[[Any], dict[str, Any]]]] = {
     NickChanged: lambda ev: {
         "type": "nick", "id": ev.id, "ts": format_ts(ev.ts), "old": ev.old, "new": ev.new
     },
+    Kicked: lambda ev: {
+        "type": "kick", "id": ev.id, "ts": format_ts(ev.ts), "room": ev.room, "nick": ev.nick,
+        "by": ev.by, "reason": ev.reason,
+    },
+    RoomClosed: lambda ev: {
+        "type": "close", "id": ev.id, "ts": format_ts(ev.ts), "room": ev.room, "by": ev.by
+    },
     Shutdown: lambda ev: {"type": "shutdown"},
     Notice: lambda ev: {"type": "notice", "text": ev.text},
-    Welcome: lambda ev: _with_ref(
-        {
-            "type": "welcome",
-            "nick": ev.nick,
-            "server": ev.server,
-            "default_room": ev.default_room,
-            "motd": ev.motd,
-        },
-        ev.ref,
-    ),
+    Welcome: _j_welcome,
     RoomJoined: lambda ev: _with_ref(
         {
             "type": "joined",
@@ -846,6 +986,7 @@ _JSON_ENCODERS: Final[dict[type, Callable[[Any], dict[str, Any]]]] = {
     Bye: lambda ev: _with_ref({"type": "bye", "reason": ev.reason}, ev.ref),
     Pong: lambda ev: _with_ref({"type": "pong"}, ev.ref),
     HelpText: lambda ev: _with_ref({"type": "help", "commands": list(COMMAND_TYPES)}, ev.ref),
+    Done: lambda ev: _with_ref({"type": "done", "text": ev.text}, ev.ref),
     ErrorEvent: lambda ev: _with_ref(
         {"type": "error", "code": ev.code, "reason": ev.reason}, ev.ref
     ),
@@ -927,18 +1068,26 @@ def _j_text(obj: dict[str, Any], ref: Ref, max_text: int) -> str:
     return text
 
 
-def _j_quit(obj: dict[str, Any], ref: Ref) -> Quit:
+def _j_reason(obj: dict[str, Any], ref: Ref) -> str | None:
     reason = _field(obj, "reason", ref, optional=True)
     if reason is not None:
         if len(reason.encode(errors="replace")) > _MAX_REASON:
             raise _Shape(ErrorEvent("text_too_long", f"reason longer than {_MAX_REASON}", ref))
         if (err := _check_chars(reason, ref)) is not None:
             raise _Shape(err)
-    return Quit(reason, ref)
+    return reason
+
+
+def _j_hello(obj: dict[str, Any], ref: Ref) -> Hello:
+    nick = _j_nick(obj, "nick", ref, optional=True)
+    token = _field(obj, "token", ref, optional=True)
+    if token is not None and not 0 < len(token.encode(errors="replace")) <= MAX_TOKEN:
+        raise _Shape(ErrorEvent("bad_shape", f"token must be 1-{MAX_TOKEN} bytes", ref))
+    return Hello(nick, ref, token)
 
 
 _JSON_COMMANDS: Final[dict[str, Callable[[dict[str, Any], Ref, int], Command]]] = {
-    "hello": lambda o, r, m: Hello(_j_nick(o, "nick", r, optional=True), r),
+    "hello": lambda o, r, m: _j_hello(o, r),
     "join": lambda o, r, m: Join(_j_room(o, r) or "", r),
     "part": lambda o, r, m: Part(_j_room(o, r, optional=True), r),
     "say": lambda o, r, m: Say(_j_text(o, r, m), _j_room(o, r, optional=True), False, r),
@@ -947,9 +1096,13 @@ _JSON_COMMANDS: Final[dict[str, Callable[[dict[str, Any], Ref, int], Command]]] 
     "who": lambda o, r, m: Who(_j_room(o, r, optional=True), r),
     "rooms": lambda o, r, m: Rooms(r),
     "nick": lambda o, r, m: Nick(_j_nick(o, "nick", r) or "", r),
-    "quit": lambda o, r, m: _j_quit(o, r),
+    "quit": lambda o, r, m: Quit(_j_reason(o, r), r),
     "ping": lambda o, r, m: Ping(r),
     "help": lambda o, r, m: Help(r),
+    "kick": lambda o, r, m: Kick(
+        _j_nick(o, "nick", r) or "", _j_room(o, r, optional=True), _j_reason(o, r), r
+    ),
+    "close": lambda o, r, m: CloseRoom(_j_room(o, r, optional=True), r),
 }
 
 
@@ -1019,8 +1172,12 @@ def encode_json_command(cmd: Command) -> bytes:
     """
     obj: dict[str, Any]
     match cmd:
-        case Hello(nick):
-            obj = {"type": "hello"} if nick is None else {"type": "hello", "nick": nick}
+        case Hello(nick, _, token):
+            obj = {"type": "hello"}
+            if nick is not None:
+                obj["nick"] = nick
+            if token is not None:
+                obj["token"] = token
         case Join(room):
             obj = {"type": "join", "room": room}
         case Part(room) | Who(room):
@@ -1043,6 +1200,14 @@ def encode_json_command(cmd: Command) -> bytes:
             obj = {"type": "help"}
         case Ping():
             obj = {"type": "ping"}
+        case Kick(nick, room, reason):
+            obj = {"type": "kick", "nick": nick}
+            if room is not None:
+                obj["room"] = room
+            if reason is not None:
+                obj["reason"] = reason
+        case CloseRoom(room):
+            obj = {"type": "close"} if room is None else {"type": "close", "room": room}
         case _:
             raise LocalProtocolError(f"cannot encode {type(cmd).__name__}")
     return (_dumps(_with_ref(obj, cmd.ref)) + "\n").encode()
@@ -1116,10 +1281,27 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any], Ref], ServerEvent]]] = {
     "nick": lambda o, r: NickChanged(
         _i(o, "id"), _parse_ts(o.get("ts")), _s(o, "old"), _s(o, "new")
     ),
+    "kick": lambda o, r: Kicked(
+        _i(o, "id"),
+        _parse_ts(o.get("ts")),
+        _s(o, "room"),
+        _s(o, "nick"),
+        _s(o, "by"),
+        _opt_s(o, "reason"),
+    ),
+    "close": lambda o, r: RoomClosed(
+        _i(o, "id"), _parse_ts(o.get("ts")), _s(o, "room"), _s(o, "by")
+    ),
     "shutdown": lambda o, r: Shutdown(),
     "notice": lambda o, r: Notice(_s(o, "text")),
     "welcome": lambda o, r: Welcome(
-        _s(o, "nick"), _s(o, "motd"), _s(o, "default_room"), _s(o, "server"), r
+        _s(o, "nick"),
+        _s(o, "motd"),
+        _s(o, "default_room"),
+        _s(o, "server"),
+        r,
+        _opt_s(o, "user"),
+        _strs(o, "roles") if "roles" in o else (),
     ),
     "joined": lambda o, r: RoomJoined(_s(o, "room"), _strs(o, "members"), _d_history(o), r),
     "parted": lambda o, r: RoomParted(_s(o, "room"), r),
@@ -1130,6 +1312,7 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any], Ref], ServerEvent]]] = {
     "bye": lambda o, r: Bye(_opt_s(o, "reason"), r),
     "pong": lambda o, r: Pong(r),
     "help": lambda o, r: HelpText(r),
+    "done": lambda o, r: Done(_s(o, "text"), r),
     "error": lambda o, r: ErrorEvent(_s(o, "code"), _s(o, "reason"), r),
 }
 
@@ -1187,7 +1370,7 @@ class ChatServerProtocol:
         registered: set by the caller once a :class:`Hello` succeeded.
     """
 
-    __slots__ = ("_framer", "_pending", "max_text", "mode", "registered")
+    __slots__ = ("_framer", "_pending", "_token_for", "max_text", "mode", "registered")
 
     def __init__(self, *, max_line: int = 4096, max_text: int = MAX_TEXT) -> None:
         self._framer = LineFramer(max_line=max_line)
@@ -1195,6 +1378,7 @@ class ChatServerProtocol:
         self.max_text = max_text
         self.mode: Mode | None = None
         self.registered = False
+        self._token_for: str | None = None
 
     @property
     def codec(self) -> Codec:
@@ -1212,6 +1396,13 @@ class ChatServerProtocol:
     def receive_eof(self) -> None:
         """Feed the end of the stream (an unterminated last line is still parsed). Idempotent."""
         self._framer.receive_eof()
+
+    def expect_token(self, nick: str) -> None:
+        """Text mode: take the next line as the token for ``nick`` (a :class:`Hello` with it).
+
+        The line is not parsed as a command; an empty line gives ``auth_failed``.
+        """
+        self._token_for = nick
 
     def next_event(self) -> Command | ErrorEvent | EndOfStream | None:
         """Return the next command, input error or end of stream; ``None`` if more bytes are needed.
@@ -1245,4 +1436,13 @@ class ChatServerProtocol:
             if not data.strip(b" \t"):
                 return None  # blank lines between JSON objects are harmless
             return parse_json_line(data, max_text=self.max_text)
+        if self._token_for is not None:
+            nick, self._token_for = self._token_for, None
+            token = data.strip(b" \t\r")
+            if not 0 < len(token) <= MAX_TOKEN:
+                return ErrorEvent("auth_failed", f"a token is 1-{MAX_TOKEN} bytes")
+            try:
+                return Hello(nick, None, token.decode("utf-8"))
+            except UnicodeDecodeError:
+                return ErrorEvent("auth_failed", "a token is UTF-8 text")
         return parse_text_line(data, registered=self.registered, max_text=self.max_text)

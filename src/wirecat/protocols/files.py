@@ -14,6 +14,11 @@ for the wire format and the state diagram.
     S-O raw bytes, then {"digest":"<hex>"}
                                      <-      {"ok":true,"name":"a.iso","size":S,...}
 
+On a server started with a users file (``serve --users``) the first request must be
+``{"op":"auth","user":NAME,"token":TOKEN}``, answered ``{"ok":true,"user":NAME,"roles":[...]}``
+or ``auth_failed`` (then the connection closes); any other request before it gets
+``auth_required``.
+
 Resume works like tus (https://tus.io/protocols/resumable-upload): the server keeps what it
 received of an interrupted upload; ``stat`` reports it as ``partial``; the client sends a
 ``put`` with that ``offset``; any other offset is a ``conflict`` that changes nothing.
@@ -34,7 +39,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -45,6 +50,7 @@ from ..errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from . import MAX_TOKEN
 from .buffer import StreamBuffer
 
 __all__ = [
@@ -55,6 +61,8 @@ __all__ = [
     "MAX_NAME",
     "PART_PREFIX",
     "TRANSITIONS",
+    "AuthRequest",
+    "AuthResult",
     "BodyChunk",
     "BodyEnd",
     "EndOfStream",
@@ -103,6 +111,8 @@ ERROR_CODES: frozenset[str] = frozenset(
         "read_only",  # the server refuses uploads
         "io_error",  # another server-side I/O failure
         "shutting_down",  # the server is draining
+        "auth_required",  # the server has users: send auth first
+        "auth_failed",  # wrong user or token; the connection is closed after it
     }
 )
 
@@ -111,6 +121,22 @@ _MAX_INT = 2**63 - 1
 
 
 # -- events --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """Client authenticates as ``user`` with ``token`` (never shown in ``repr``)."""
+
+    user: str
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """Answer to ``auth``: the client is ``user``, with ``roles``."""
+
+    user: str
+    roles: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class StatRequest:
     """Client asks about ``name``: whether it exists, its size, how much of an upload is held."""
@@ -256,7 +282,9 @@ class EndOfStream:
 
 
 FilesEvent = (
-    StatRequest
+    AuthRequest
+    | AuthResult
+    | StatRequest
     | ListRequest
     | GetRequest
     | PutRequest
@@ -290,14 +318,20 @@ class State(IntEnum):
     AWAIT_RESULT = 10  # trailer sent; the server verifies, commits and answers
     ERROR = 11  # a fatal protocol error; one error response may still be sent
     CLOSED = 12  # nothing more may be sent or received
+    AWAIT_AUTH = 13  # auth sent; an auth result or an error is next
 
 
-_AWAITING = (State.AWAIT_STAT, State.AWAIT_LIST, State.AWAIT_GET, State.AWAIT_READY)
+_AWAITING = (
+    State.AWAIT_STAT, State.AWAIT_LIST, State.AWAIT_GET, State.AWAIT_READY, State.AWAIT_AUTH
+)  # fmt: skip
 
-#: ``(state, step) -> next state``. Steps: requests (``stat``, ``list``, ``get``, ``put``),
-#: responses (``stat_result``, ``list_result``, ``get_result``, ``ready``, ``put_result``,
-#: ``error``), framing (``body_end``, ``trailer``), and ``fatal`` / ``eof``.
+#: ``(state, step) -> next state``. Steps: requests (``auth``, ``stat``, ``list``, ``get``,
+#: ``put``), responses (``auth_result``, ``stat_result``, ``list_result``, ``get_result``,
+#: ``ready``, ``put_result``, ``error``), framing (``body_end``, ``trailer``), and
+#: ``fatal`` / ``eof``.
 TRANSITIONS: dict[tuple[State, str], State] = {
+    (State.IDLE, "auth"): State.AWAIT_AUTH,
+    (State.AWAIT_AUTH, "auth_result"): State.IDLE,
     (State.IDLE, "stat"): State.AWAIT_STAT,
     (State.IDLE, "list"): State.AWAIT_LIST,
     (State.IDLE, "get"): State.AWAIT_GET,
@@ -724,7 +758,15 @@ class FilesServerProtocol(_FilesProtocol):
             return
         op = obj.get("op")
         event: FilesEvent
-        if op == "stat":
+        if op == "auth":
+            token = _str(obj, "token")
+            if not 0 < len(token.encode(errors="replace")) <= MAX_TOKEN:
+                raise InvalidMessage(f"token must be 1-{MAX_TOKEN} bytes")
+            user = _str(obj, "user")
+            if not 0 < len(user) <= 64:
+                raise InvalidMessage("user must be 1-64 characters")
+            event = AuthRequest(user, token)
+        elif op == "stat":
             event = StatRequest(_str(obj, "name"))
         elif op == "list":
             event = ListRequest(_str(obj, "path", default=""))
@@ -748,7 +790,7 @@ class FilesServerProtocol(_FilesProtocol):
             )
             self._put = event
         else:
-            raise InvalidMessage(f"unknown op {op!r}; expected stat, list, get or put")
+            raise InvalidMessage(f"unknown op {op!r}; expected auth, stat, list, get or put")
         self._step(str(op), local=False)
         self._events.append(event)
 
@@ -775,6 +817,12 @@ class FilesServerProtocol(_FilesProtocol):
             obj["offset"] = offset
         self._send_header(obj)
         self._put = None
+        self._after_local_step()
+
+    def send_auth_result(self, user: str, roles: Iterable[str] = ()) -> None:
+        """Accept the pending :class:`AuthRequest`: the client is now ``user``."""
+        self._step("auth_result", local=True)
+        self._send_header({"ok": True, "user": user, "roles": sorted(roles)})
         self._after_local_step()
 
     def send_stat(
@@ -909,6 +957,16 @@ class FilesClientProtocol(_FilesProtocol):
         self._step(op, local=True)
         self._out.append(header)
 
+    def send_auth(self, user: str, token: str) -> None:
+        """Authenticate as ``user`` with ``token`` (servers with a users file ask it first).
+
+        Raises:
+            LocalProtocolError: a request is pending, or the token is empty or too long.
+        """
+        if not 0 < len(token.encode()) <= MAX_TOKEN:
+            raise LocalProtocolError(f"a token is 1-{MAX_TOKEN} bytes")
+        self._request("auth", {"user": user, "token": token})
+
     def send_stat(self, name: str) -> None:
         """Ask about ``name``. Raises LocalProtocolError if a request is pending."""
         self._request("stat", {"name": name})
@@ -1001,7 +1059,13 @@ class FilesClientProtocol(_FilesProtocol):
         if ok is not True:
             raise InvalidMessage('response must have "ok": true or false')
         event: FilesEvent
-        if state is State.AWAIT_STAT:
+        if state is State.AWAIT_AUTH:
+            roles = obj.get("roles", [])
+            if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+                raise InvalidMessage("roles must be a list of strings")
+            event = AuthResult(_str(obj, "user"), tuple(roles))
+            self._step("auth_result", local=False)
+        elif state is State.AWAIT_STAT:
             if "exists" not in obj:
                 raise InvalidMessage('stat result without "exists"')
             event = StatResult(

@@ -110,6 +110,10 @@ class TokenBucket:
         """True when the bucket would be full at ``now`` (its state can be forgotten)."""
         return self.tokens + (now - self.stamp) * self.rate >= self.burst
 
+    def empty_at(self, now: float) -> bool:
+        """True when not even one token would be available at ``now`` (nothing is spent)."""
+        return self.tokens + max(0.0, now - self.stamp) * self.rate < 1
+
 
 class KeyedRateLimiter:
     """One :class:`TokenBucket` per key (e.g. a source IP), in a bounded table.
@@ -137,6 +141,11 @@ class KeyedRateLimiter:
                     return False
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
         return bucket.take(now)
+
+    def exhausted(self, key: str, now: float) -> bool:
+        """Whether ``key`` has no token left at ``now`` (without spending one)."""
+        bucket = self._buckets.get(key)
+        return bucket is not None and bucket.empty_at(now)
 
 
 class AccessList:

@@ -12,7 +12,7 @@ __all__ = ["JsonFormatter", "configure_logging", "logger"]
 
 logger = logging.getLogger("wirecat")
 
-_CONTEXT = ("service", "conn_id", "peer", "event", "reason")
+_CONTEXT = ("service", "conn_id", "peer", "event", "reason", "user")
 
 
 class JsonFormatter(logging.Formatter):

@@ -6,9 +6,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..runtime.server import Service
+
+if TYPE_CHECKING:
+    from ..auth import Users
 
 __all__ = ["DEFAULTS", "build_services"]
 
@@ -36,8 +40,13 @@ def build_services(
     udp_rate: float | None = None,
     chat_rate: float | None = 5.0,
     chat_burst: int = 10,
+    users: Users | None = None,
+    guests: bool = False,
 ) -> list[Service]:
     """Return the services to run; ``None`` for a service means "not enabled".
+
+    ``users`` (a users file) makes chat and files require a token (chat: unless
+    ``guests``).
 
     Raises:
         ValueError: an option is invalid (e.g. a multi-line banner).
@@ -46,6 +55,11 @@ def build_services(
     from ..services.greeting import GreetingService
 
     services: list[Service] = []
+    failures = None
+    if users is not None:
+        from ..auth import AuthFailures
+
+        failures = AuthFailures()  # one table of failed logins for chat and files
     if greeting:
         services.append(GreetingService(greeting, banner=banner))
     if echo:
@@ -53,14 +67,19 @@ def build_services(
     if chat:
         from ..services.chat import ChatService
 
-        if chat_rate:
-            services.append(
-                ChatService(chat, history=history, max_rate=chat_rate, burst=chat_burst)
+        unlimited = not chat_rate  # no per-member limit (benchmarks, trusted programs)
+        services.append(
+            ChatService(
+                chat,
+                history=history,
+                max_rate=chat_rate or 1e9,
+                burst=10**9 if unlimited else chat_burst,
+                kick_after=0 if unlimited else 20,
+                users=users,
+                guests=guests,
+                auth_failures=failures,
             )
-        else:  # no per-member limit (benchmarks, trusted programs)
-            services.append(
-                ChatService(chat, history=history, max_rate=1e9, burst=10**9, kick_after=0)
-            )
+        )
     if files_dir is not None:
         from ..services.files import FilesService
 
@@ -71,6 +90,8 @@ def build_services(
                 readonly=files_readonly,
                 max_file_size=max_file_size,
                 quota=quota,
+                users=users,
+                auth_failures=failures,
             )
         )
     return services

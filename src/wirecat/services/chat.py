@@ -27,16 +27,20 @@ rate in a row) disconnects.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
+from ..auth import AuthFailures, Users
 from ..chat.core import ChatCore, Hub, LocalHub, Member, RateLimit
 from ..endpoints import Endpoint
 from ..protocols.chat import (
     MAX_TEXT,
     ChatServerProtocol,
     Codec,
+    Command,
     EndOfStream,
     ErrorEvent,
+    Hello,
     Join,
     Mode,
     Notice,
@@ -72,6 +76,8 @@ class ChatHandler(StreamHandler):
         self.chat = service
         self.proto = ChatServerProtocol(max_line=self.limits.max_line, max_text=service.max_text)
         self.member: Member | None = None  # set once accepted (not for refused peers)
+        self._auth: asyncio.Task[None] | None = None  # a token being checked: input waits
+        self._eof = False  # the peer half-closed while its token was being checked
 
     # -- Sink --------------------------------------------------------------------------------
     @property
@@ -99,6 +105,9 @@ class ChatHandler(StreamHandler):
 
     def on_eof(self) -> bool:
         self.proto.receive_eof()
+        if self._auth is not None:  # finish the lines after the token check
+            self._eof = True
+            return True
         self._pump(drain=True)
         return False  # flush our replies, then close
 
@@ -107,6 +116,8 @@ class ChatHandler(StreamHandler):
         self._pump()
 
     def on_close(self, exc: Exception | None) -> None:
+        if self._auth is not None:
+            self._auth.cancel()
         if self.member is not None:
             if self.close_reason:
                 reason = self.close_reason.replace("_", " ")  # "slow consumer", "idle timeout"...
@@ -122,34 +133,109 @@ class ChatHandler(StreamHandler):
     def _pump(self, *, drain: bool = False) -> None:
         """Run the complete lines received; pause while the peer does not read.
 
-        With ``drain`` (end of stream) every pending line is run regardless.
+        With ``drain`` (end of stream) every pending line is run regardless. Nothing runs
+        while a token is being checked: the lines after a login wait for its outcome.
         """
-        proto, core, member = self.proto, self.chat.core, self.member
+        proto, member = self.proto, self.member
         if member is None:
             return
-        while not self.closing and (drain or not self.writing_paused):
+        while not self.closing and self._auth is None and (drain or not self.writing_paused):
             ev = proto.next_event()
             if ev is None or isinstance(ev, EndOfStream):
                 return
             if isinstance(ev, ErrorEvent):
+                if ev.code == "auth_failed":  # an unusable token line
+                    self._auth_failed(None, ev.reason)
+                    return
                 self.ctx.metrics["chat_bad_input"] += 1
                 self.send(proto.codec.encode(ev))
                 continue
-            reply = core.handle(member, ev)
-            codec = proto.codec
-            self.send(codec.encode(reply))
-            if isinstance(reply, Welcome):
-                proto.registered = True
-                self.login_complete()
-                if proto.mode is Mode.TEXT:  # people land in the default room
-                    self.send(codec.encode(core.handle(member, Join(core.default_room))))
-            if member.must_close:
-                if isinstance(reply, ErrorEvent):
-                    self.ctx.metrics["chat_kicked"] += 1
-                    self.log.info("disconnecting: %s", reply.reason, extra={"event": "kick"})
-                core.disconnect(member, "flooding" if isinstance(reply, ErrorEvent) else None)
-                self.close(reply.code if isinstance(reply, ErrorEvent) else "quit")
-                return
+            if isinstance(ev, Hello) and member.nick is None and not self._login(ev):
+                continue
+            self._run(member, ev)
+
+    def _run(self, member: Member, cmd: Command) -> None:
+        """Run one command on the core and send the reply (and what follows from it)."""
+        core, proto = self.chat.core, self.proto
+        reply = core.handle(member, cmd)
+        codec = proto.codec
+        self.send(codec.encode(reply))
+        if isinstance(reply, Welcome):
+            proto.registered = True
+            self.login_complete()
+            if proto.mode is Mode.TEXT:  # people land in the default room
+                self.send(codec.encode(core.handle(member, Join(core.default_room))))
+        if member.must_close:
+            if isinstance(reply, ErrorEvent):
+                self.ctx.metrics["chat_kicked"] += 1
+                self.log.info("disconnecting: %s", reply.reason, extra={"event": "kick"})
+            core.disconnect(member, "flooding" if isinstance(reply, ErrorEvent) else None)
+            self.close(reply.code if isinstance(reply, ErrorEvent) else "quit")
+
+    # -- authentication ------------------------------------------------------------------------
+    def _login(self, hello: Hello) -> bool:
+        """A hello before registration: return True to run it on the core as it is.
+
+        A token is checked off the event loop (input waits meanwhile); in text mode a user's
+        name (or any name, without guests) is answered with a prompt for the token.
+        """
+        users, proto = self.chat.core.users, self.proto
+        if users is None:
+            return True
+        if hello.token is not None:
+            source = self.source or "unix"
+            loop = asyncio.get_running_loop()
+            if self.chat.auth_failures.blocked(source, loop.time()):
+                self._auth_failed(hello.nick, "too many failed logins from your address: try later")
+            else:
+                self.pause_reading()
+                self._auth = loop.create_task(self._verify(hello, source))
+            return False
+        if proto.mode is not Mode.TEXT or not (
+            not self.chat.core.guests or (hello.nick is not None and hello.nick in users)
+        ):
+            return True  # the core answers: a guest, or auth_required
+        if hello.nick is None:
+            self.send(proto.codec.encode(Notice("this server admits registered users only: name?")))
+        else:
+            proto.expect_token(hello.nick)
+            self.send(proto.codec.encode(Notice(f"token for {hello.nick}:")))
+        return False
+
+    async def _verify(self, hello: Hello, source: str) -> None:
+        users, member = self.chat.core.users, self.member
+        assert users is not None and member is not None
+        try:
+            user = None
+            if hello.nick is not None and hello.token is not None:
+                user = await users.averify(hello.nick, hello.token)
+        finally:
+            self._auth = None
+        if self.closing:
+            return
+        if user is None:
+            self.chat.auth_failures.failed(source, asyncio.get_running_loop().time())
+            self._auth_failed(hello.nick)
+            return
+        member.user = user
+        self.ctx.metrics["auth_ok"] += 1
+        self.log.info("authenticated", extra={"event": "auth", "user": user.name})
+        self._run(member, Hello(hello.nick, hello.ref))
+        self.resume_reading()
+        self._pump(drain=self._eof)
+        if self._eof:
+            self.close("eof")
+
+    def _auth_failed(self, name: str | None, reason: str = "wrong user name or token") -> None:
+        """Count, log (never the token) and refuse a login; the connection is closed."""
+        self.ctx.metrics["auth_failures"] += 1
+        self.log.warning(
+            "login refused: %s",
+            reason,
+            extra={"event": "auth_failed", "user": name or "", "reason": "auth_failed"},
+        )
+        self.send(self.proto.codec.encode(ErrorEvent("auth_failed", reason)))
+        self.close("auth_failed")
 
 
 class ChatService(Service):
@@ -170,6 +256,11 @@ class ChatService(Service):
         hub: the hub carrying events between processes (default: a :class:`LocalHub`).
         limits: limits for this service's connections (``None``: the server's);
             ``max_line`` bounds incoming lines.
+        users: a users file (:class:`~wirecat.auth.Users`): its names are nicks only their
+            token unlocks, its rooms are restricted, its admins may kick and close rooms.
+        guests: with ``users``, let members without a token in under other nicks.
+        auth_failures: failed logins allowed per source address (default: 5, then 1 per
+            10 s); the server keeps one table for all its services.
 
     Attributes:
         core: the :class:`ChatCore` shared by every connection of this service.
@@ -194,6 +285,9 @@ class ChatService(Service):
         max_text: int = MAX_TEXT,
         hub: Hub | None = None,
         limits: Limits | None = None,
+        users: Users | None = None,
+        guests: bool = False,
+        auth_failures: AuthFailures | None = None,
     ) -> None:
         super().__init__(endpoints, limits=limits)
         if max_text < 1:
@@ -205,7 +299,10 @@ class ChatService(Service):
             default_room=default_room,
             motd=motd,
             rate=RateLimit(rate=max_rate, burst=burst, kick_after=kick_after),
+            users=users,
+            guests=guests,
         )
+        self.auth_failures = auth_failures if auth_failures is not None else AuthFailures()
         self.banner_bytes = b""
         if banner:
             self.banner_bytes = ChatServerProtocol().codec.encode(Notice(banner))

@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+from ..auth import AuthFailures, User, Users
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import LimitExceeded, LocalProtocolError, ProtocolError
 from ..files.pipeline import SocketBody, WriteBehind, executor
@@ -29,6 +30,7 @@ from ..files.store import FileStore, FileStoreError, ReadHandle, Upload
 from ..files.zerocopy import send_file_range
 from ..protocols.files import (
     MAX_HEADER,
+    AuthRequest,
     BodyChunk,
     BodyEnd,
     EndOfStream,
@@ -67,6 +69,9 @@ class FilesService(Service):
         zero_copy: use ``sendfile(2)`` for downloads and receive upload bodies on threads
             straight from the socket, where the transport allows it (not TLS).
         limits: per-service limits (``None``: the server's).
+        users: a users file (:class:`~wirecat.auth.Users`): every request but ``auth`` is
+            refused with ``auth_required`` until the client authenticated.
+        auth_failures: failed logins allowed per source (shared with other services).
 
     Raises:
         OSError: ``root`` cannot be created or opened.
@@ -85,8 +90,12 @@ class FilesService(Service):
         max_header: int = MAX_HEADER,
         zero_copy: bool = True,
         limits: Limits | None = None,
+        users: Users | None = None,
+        auth_failures: AuthFailures | None = None,
     ) -> None:
         super().__init__(list(endpoints) or [parse_endpoint(DEFAULT_ENDPOINT)], limits=limits)
+        self.users = users
+        self.auth_failures = auth_failures if auth_failures is not None else AuthFailures()
         self.store = FileStore(root, readonly=readonly, max_file_size=max_file_size, quota=quota)
         self.max_header = max_header
         self.zero_copy = zero_copy
@@ -123,6 +132,7 @@ class FilesHandler(StreamHandler):
         self._writable.set()
         self._eof = False
         self._deadline: asyncio.TimerHandle | None = None
+        self.user: User | None = None  # set by a successful auth request
 
     # -- runtime hooks ------------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
@@ -212,6 +222,16 @@ class FilesHandler(StreamHandler):
             self._upload = self._sink = None  # the commit task owns it now
             if upload is not None:
                 self._start(self._commit(upload, sink, event))
+        elif isinstance(event, AuthRequest):
+            self._start(self._auth(event))
+        elif (
+            isinstance(event, PutRequest | GetRequest | StatRequest | ListRequest)
+            and self.service.users is not None
+            and self.user is None
+        ):
+            self.ctx.metrics["files_refused_auth_required"] += 1
+            self.proto.send_error("auth_required", "this server needs a user: send auth first")
+            self._flush()
         elif isinstance(event, PutRequest):
             self._start(self._put(event))
         elif isinstance(event, GetRequest):
@@ -277,6 +297,36 @@ class FilesHandler(StreamHandler):
         self._flush()
 
     # -- requests -----------------------------------------------------------------------
+    async def _auth(self, req: AuthRequest) -> None:
+        users, failures = self.service.users, self.service.auth_failures
+        source, loop = self.source or "unix", asyncio.get_running_loop()
+        user = None
+        if users is None:
+            reason = "this server has no users (do not send a token)"
+        elif failures.blocked(source, loop.time()):
+            reason = "too many failed logins from your address: try later"
+        else:
+            reason = "wrong user name or token"
+            user = await users.averify(req.user, req.token)
+            if user is None:
+                failures.failed(source, loop.time())
+        if user is None:
+            self.ctx.metrics["auth_failures"] += 1
+            self.log.warning(
+                "login refused: %s",
+                reason,
+                extra={"event": "auth_failed", "user": req.user, "reason": "auth_failed"},
+            )
+            self.proto.send_error("auth_failed", reason)
+            self._flush()
+            self.close("auth_failed")
+            return
+        self.user = user
+        self.ctx.metrics["auth_ok"] += 1
+        self.log.info("authenticated", extra={"event": "auth", "user": user.name})
+        self.proto.send_auth_result(user.name, user.roles)
+        self._pump()
+
     async def _stat(self, req: StatRequest) -> None:
         try:
             info = await self._run(self.service.store.stat, req.name)

@@ -1,0 +1,413 @@
+"""Token authentication and roles: a TOML users file of scrypt-hashed tokens.
+
+A users file maps user names to salted hashes of their tokens, gives users roles, and
+restricts rooms to listed users::
+
+    # wirecat users file (make entries with: wirecat users add FILE NAME)
+    [users.ann]
+    token = "$scrypt$ln=14,r=8,p=1$pGEi3l0Cyc4XSn0nQ5KMXg$0m1oZ..."
+    roles = ["admin"]
+
+    [users.bob]
+    token = "$scrypt$ln=14,r=8,p=1$..."
+
+    [rooms."#ops"]
+    members = ["ann", "bob"]
+
+Tokens are never stored: only ``$scrypt$ln=LOG2_N,r=R,p=P$SALT$HASH`` strings in the PHC
+string format (salt and hash in unpadded standard base64), made by :func:`hash_token` with
+:func:`hashlib.scrypt` (RFC 7914), a 16-byte random salt and a 32-byte key. Verification
+recomputes the key and compares with :func:`hmac.compare_digest` (constant time); an unknown
+user is checked against a dummy hash of the same cost, so the time taken does not tell
+whether a name exists. One check costs about 16 MiB and tens of milliseconds of CPU with the
+default ``ln=14``, so servers run it off the event loop (:meth:`Users.averify`), a few at a
+time, and count failures per source (:class:`AuthFailures`).
+
+Roles: ``admin`` may kick members and close rooms. A room listed under ``[rooms]`` admits
+only its ``members`` (and admins).
+
+Limits checked before anything is allocated: the file is at most :data:`MAX_FILE` bytes, a
+token at most :data:`MAX_TOKEN` bytes, and hash costs stay within bounds a server can afford
+(``ln`` 10-20, ``r`` 1-16, ``p`` 1-4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .errors import WirecatError
+from .protocols import MAX_TOKEN
+from .runtime.limits import KeyedRateLimiter
+
+__all__ = [
+    "MAX_FILE",
+    "MAX_TOKEN",
+    "ROLES",
+    "AuthFailures",
+    "User",
+    "Users",
+    "UsersFileError",
+    "add_user",
+    "hash_token",
+    "new_token",
+    "verify_token",
+]
+
+#: The largest users file read, in bytes.
+MAX_FILE: Final = 1024 * 1024
+#: The roles a user may have.
+ROLES: Final = frozenset({"admin"})
+#: Default scrypt cost: N = 2**14, r = 8, p = 1 (16 MiB, as recommended for interactive logins).
+DEFAULT_LOG_N: Final = 14
+
+_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,23}")  # = a chat nick
+_ROOM_RE: Final = re.compile(r"#[A-Za-z0-9_-]{1,32}")
+_HASH_RE: Final = re.compile(
+    r"\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d)\$([A-Za-z0-9+/]{16,64})\$([A-Za-z0-9+/]{16,128})"
+)
+_KEY_LEN: Final = 32
+_SALT_LEN: Final = 16
+
+
+class UsersFileError(WirecatError, ValueError):
+    """A users file is unreadable, too large, or malformed (the message says where)."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def _scrypt(token: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes:
+    n = 1 << log_n
+    return hashlib.scrypt(
+        token, salt=salt, n=n, r=r, p=p, maxmem=128 * r * n * p + (1 << 20), dklen=_KEY_LEN
+    )
+
+
+def new_token() -> str:
+    """Return a new random token: 32 bytes from :mod:`secrets`, URL-safe base64 (43 chars)."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str, *, log_n: int = DEFAULT_LOG_N, r: int = 8, p: int = 1) -> str:
+    """Hash ``token`` for a users file: ``$scrypt$ln=..,r=..,p=..$SALT$HASH``.
+
+    Args:
+        token: the secret (str; at most :data:`MAX_TOKEN` bytes of UTF-8).
+        log_n: log2 of scrypt's CPU/memory cost N (10-20).
+        r: block size (1-16). p: parallelism (1-4).
+
+    Raises:
+        ValueError: an empty or over-long token, or a cost out of bounds.
+    """
+    raw = token.encode()
+    if not raw or len(raw) > MAX_TOKEN:
+        raise ValueError(f"a token must be 1-{MAX_TOKEN} bytes")
+    _check_cost(log_n, r, p)
+    salt = os.urandom(_SALT_LEN)
+    return f"$scrypt$ln={log_n},r={r},p={p}${_b64(salt)}${_b64(_scrypt(raw, salt, log_n, r, p))}"
+
+
+def _check_cost(log_n: int, r: int, p: int) -> None:
+    if not (10 <= log_n <= 20 and 1 <= r <= 16 and 1 <= p <= 4):
+        raise ValueError(f"scrypt cost out of bounds (ln={log_n}, r={r}, p={p})")
+
+
+@dataclass(frozen=True, slots=True)
+class _Hash:
+    log_n: int
+    r: int
+    p: int
+    salt: bytes
+    key: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> _Hash:
+        m = _HASH_RE.fullmatch(text)
+        if m is None:
+            raise ValueError("not a '$scrypt$ln=N,r=R,p=P$SALT$HASH' string")
+        log_n, r, p = int(m[1]), int(m[2]), int(m[3])
+        _check_cost(log_n, r, p)
+        try:
+            salt, key = _unb64(m[4]), _unb64(m[5])
+        except (binascii.Error, ValueError):
+            raise ValueError("bad base64 in the salt or hash") from None
+        return cls(log_n, r, p, salt, key)
+
+    def matches(self, token: bytes) -> bool:
+        candidate = _scrypt(token, self.salt, self.log_n, self.r, self.p)
+        return hmac.compare_digest(candidate[: len(self.key)], self.key) and len(self.key) > 0
+
+
+def verify_token(token: str, hashed: str) -> bool:
+    """Return whether ``token`` matches ``hashed`` (from :func:`hash_token`), in constant time.
+
+    A token over :data:`MAX_TOKEN` bytes never matches (and is not hashed).
+
+    Raises:
+        ValueError: ``hashed`` is malformed.
+    """
+    parsed = _Hash.parse(hashed)
+    raw = token.encode()
+    return 0 < len(raw) <= MAX_TOKEN and parsed.matches(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An authenticated identity.
+
+    Attributes:
+        name: the user name (also the chat nick it owns).
+        roles: e.g. ``{"admin"}``.
+    """
+
+    name: str
+    roles: frozenset[str] = frozenset()
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether this user has the ``admin`` role."""
+        return "admin" in self.roles
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    user: User
+    hash: _Hash
+
+
+@dataclass(slots=True)
+class Users:
+    """The users, roles and restricted rooms of a users file.
+
+    Build one with :meth:`load` (from a path) or :meth:`parse` (from TOML text). Names are
+    matched case-insensitively, like chat nicks.
+
+    Attributes:
+        rooms: restricted room name -> the user names (casefolded) allowed in it.
+        max_concurrent: token checks run at once by :meth:`averify`; the others wait.
+    """
+
+    _entries: dict[str, _Entry] = field(default_factory=dict)
+    rooms: dict[str, frozenset[str]] = field(default_factory=dict)
+    max_concurrent: int = 2
+    _dummy: _Hash | None = None
+    _sem: asyncio.Semaphore | None = None
+
+    # -- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Users:
+        """Read a users file.
+
+        Raises:
+            UsersFileError: unreadable, larger than :data:`MAX_FILE`, or malformed.
+        """
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_FILE + 1)
+        except OSError as exc:
+            raise UsersFileError(f"cannot read users file {path}: {exc.strerror}") from None
+        if len(data) > MAX_FILE:
+            raise UsersFileError(f"users file {path} is larger than {MAX_FILE} bytes")
+        try:
+            return cls.parse(data.decode("utf-8"), source=str(path))
+        except UnicodeDecodeError:
+            raise UsersFileError(f"users file {path} is not UTF-8") from None
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "users file") -> Users:
+        """Parse users-file TOML (see the module docstring).
+
+        Raises:
+            UsersFileError: bad TOML, unknown keys, bad names, roles, hashes or rooms.
+        """
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsersFileError(f"{source}: {exc}") from None
+        users = cls()
+        _only_keys(doc, {"users", "rooms"}, source)
+        for name, spec in _table(doc, "users", source).items():
+            where = f"{source}: [users.{name}]"
+            if not _NAME_RE.fullmatch(name):
+                raise UsersFileError(
+                    f"{where}: a name is a letter or _ then 0-23 of A-Z a-z 0-9 _ -"
+                )
+            if not isinstance(spec, dict):
+                raise UsersFileError(f"{where}: expected a table")
+            _only_keys(spec, {"token", "roles"}, where)
+            token = spec.get("token")
+            if not isinstance(token, str):
+                raise UsersFileError(f'{where}: token = "$scrypt$..." is required')
+            try:
+                hashed = _Hash.parse(token)
+            except ValueError as exc:
+                raise UsersFileError(f"{where}: token: {exc}") from None
+            roles = spec.get("roles", [])
+            if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+                raise UsersFileError(f"{where}: roles must be a list of strings")
+            if unknown := set(roles) - ROLES:
+                raise UsersFileError(f"{where}: unknown roles {sorted(unknown)} (known: admin)")
+            key = name.casefold()
+            if key in users._entries:
+                raise UsersFileError(f"{where}: the name is given twice (case-insensitively)")
+            users._entries[key] = _Entry(User(name, frozenset(roles)), hashed)
+        for room, spec in _table(doc, "rooms", source).items():
+            where = f'{source}: [rooms."{room}"]'
+            if not _ROOM_RE.fullmatch(room):
+                raise UsersFileError(f"{where}: a room is # then 1-32 of A-Z a-z 0-9 _ -")
+            if not isinstance(spec, dict):
+                raise UsersFileError(f"{where}: expected a table")
+            _only_keys(spec, {"members"}, where)
+            members = spec.get("members")
+            if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+                raise UsersFileError(f'{where}: members = ["name", ...] is required')
+            if unknown := {m for m in members if m.casefold() not in users._entries}:
+                raise UsersFileError(f"{where}: members not in [users]: {sorted(unknown)}")
+            users.rooms[room] = frozenset(m.casefold() for m in members)
+        return users
+
+    # -- queries -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        """Whether ``name`` (case-insensitive) is a user: that nick is owned."""
+        return isinstance(name, str) and name.casefold() in self._entries
+
+    def users(self) -> list[User]:
+        """The users, in file order."""
+        return [e.user for e in self._entries.values()]
+
+    def may_join(self, user: User | None, room: str) -> bool:
+        """Whether ``user`` (``None``: a guest) may be in ``room``."""
+        allowed = self.rooms.get(room)
+        if allowed is None:
+            return True
+        return user is not None and (user.is_admin or user.name.casefold() in allowed)
+
+    def verify(self, name: str, token: str) -> User | None:
+        """Check ``token`` for ``name``; return the :class:`User`, or ``None`` (CPU-bound).
+
+        Takes about as long for an unknown name as for a known one.
+        """
+        entry = self._entries.get(name.casefold())
+        raw = token.encode("utf-8", "replace")
+        if not 0 < len(raw) <= MAX_TOKEN:
+            return None
+        if entry is None:
+            self._dummy_hash().matches(raw)
+            return None
+        return entry.user if entry.hash.matches(raw) else None
+
+    async def averify(self, name: str, token: str) -> User | None:
+        """:meth:`verify` in a worker thread, at most :attr:`max_concurrent` at once."""
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.max_concurrent)
+        async with self._sem:
+            return await asyncio.get_running_loop().run_in_executor(None, self.verify, name, token)
+
+    def _dummy_hash(self) -> _Hash:
+        if self._dummy is None:
+            costs = [(e.hash.log_n, e.hash.r, e.hash.p) for e in self._entries.values()]
+            log_n, r, p = max(costs) if costs else (DEFAULT_LOG_N, 8, 1)
+            self._dummy = _Hash(log_n, r, p, os.urandom(_SALT_LEN), os.urandom(_KEY_LEN))
+        return self._dummy
+
+
+def _table(doc: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise UsersFileError(f"{source}: [{key}] must be a table")
+    return value
+
+
+def _only_keys(table: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    if unknown := set(table) - set(allowed):
+        raise UsersFileError(f"{where}: unknown keys {sorted(unknown)}")
+
+
+class AuthFailures:
+    """Failed logins per source address: a token bucket each (default 5, then 1 per 10 s).
+
+    A source with no failures left is refused without its token being checked, which
+    bounds both guessing and the scrypt CPU an attacker can make the server spend.
+    Successful logins cost nothing.
+    """
+
+    def __init__(self, rate: float = 0.1, burst: int = 5) -> None:
+        self._limiter = KeyedRateLimiter(rate, burst)
+
+    def blocked(self, source: str, now: float) -> bool:
+        """Whether ``source`` has no failures left (check before verifying)."""
+        return self._limiter.exhausted(source, now)
+
+    def failed(self, source: str, now: float) -> None:
+        """Record a failed login from ``source`` (``now``: monotonic seconds)."""
+        self._limiter.allow(source, now)
+
+
+def add_user(
+    path: str | os.PathLike[str],
+    name: str,
+    *,
+    token: str | None = None,
+    roles: Iterable[str] = (),
+    log_n: int = DEFAULT_LOG_N,
+) -> str:
+    """Add ``name`` to the users file at ``path`` (created with mode 0600); return its token.
+
+    The new ``[users.NAME]`` table is appended; the whole result is parsed before it is
+    written, so a file never ends up malformed.
+
+    Args:
+        token: the token to store (``None``: a new random one from :func:`new_token`).
+        roles: e.g. ``["admin"]``.
+
+    Raises:
+        UsersFileError: the name exists, is invalid, a role is unknown, or the existing file
+            is malformed.
+        OSError: the file cannot be written.
+    """
+    existing = ""
+    if os.path.exists(path):
+        Users.load(path)  # refuse to append to a malformed file
+        with open(path, encoding="utf-8") as fh:
+            existing = fh.read()
+    if not _NAME_RE.fullmatch(name):
+        raise UsersFileError(f"invalid user name {name!r}")
+    roles = sorted(set(roles))
+    if unknown := set(roles) - ROLES:
+        raise UsersFileError(f"unknown roles {sorted(unknown)} (known: admin)")
+    token = token if token is not None else new_token()
+    lines = [f"[users.{name}]", f'token = "{hash_token(token, log_n=log_n)}"']
+    if roles:
+        lines.append("roles = [" + ", ".join(f'"{r}"' for r in roles) + "]")
+    sep = (
+        ""
+        if not existing or existing.endswith("\n\n")
+        else ("\n" if existing.endswith("\n") else "\n\n")
+    )
+    text = existing + sep + "\n".join(lines) + "\n"
+    if name in Users.parse(existing or "", source=str(path)):
+        raise UsersFileError(f"user {name!r} exists in {path}")
+    Users.parse(text, source=str(path))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return token

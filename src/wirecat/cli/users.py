@@ -1,0 +1,82 @@
+"""``wirecat users``: make and check the TOML users file of ``serve --users``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..auth import ROLES, Users, UsersFileError, add_user
+from ..protocols import MAX_TOKEN
+from .common import die
+
+
+@click.group("users")
+def users_command() -> None:
+    """Manage a users file: user names, scrypt-hashed tokens, roles, restricted rooms.
+
+    \b
+    Examples:
+      wirecat users add users.toml ann --role admin    # prints ann's new token once
+      echo "$TOKEN" | wirecat users add users.toml bob --token-stdin
+      wirecat users check users.toml
+      wirecat serve --chat tls://[::]:7443 --self-signed --users users.toml
+
+    Restrict a room by adding to the file, by hand:
+
+    \b
+      [rooms."#ops"]
+      members = ["ann", "bob"]
+    """
+
+
+@users_command.command("add")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.argument("name")
+@click.option(
+    "--role", "roles", multiple=True, type=click.Choice(sorted(ROLES)), help="Give a role."
+)
+@click.option(
+    "--token-stdin",
+    is_flag=True,
+    help="Read the token from the first line of stdin instead of making a random one.",
+)
+def add_command(path: str, name: str, roles: tuple[str, ...], token_stdin: bool) -> None:
+    """Add user NAME to FILE (created with mode 0600) and print its token on stdout.
+
+    Only a salted scrypt hash of the token is stored: the token cannot be shown again.
+    Give it to the user; clients send it with WIRECAT_TOKEN or --token-file, never on the
+    command line.
+    """
+    token = None
+    if token_stdin:
+        token = sys.stdin.readline().rstrip("\r\n")
+        if not 0 < len(token.encode()) <= MAX_TOKEN:
+            die(f"the token must be 1-{MAX_TOKEN} bytes on the first line of stdin", 64)
+    try:
+        made = add_user(path, name, token=token, roles=roles)
+    except UsersFileError as exc:
+        die(str(exc), 78)
+    except OSError as exc:
+        die(f"cannot write {path}: {exc.strerror}", 73)
+    click.echo(
+        f"added {name} to {path}" + (f" (roles: {', '.join(roles)})" if roles else ""), err=True
+    )
+    if token is None:
+        click.echo(made)
+
+
+@users_command.command("check")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
+def check_command(path: str) -> None:
+    """Check FILE and list its users, their roles and the restricted rooms (exit 78 if bad)."""
+    try:
+        users = Users.load(path)
+    except UsersFileError as exc:
+        die(str(exc), 78)
+    for user in users.users():
+        roles = f" ({', '.join(sorted(user.roles))})" if user.roles else ""
+        click.echo(f"user {user.name}{roles}")
+    for room, members in sorted(users.rooms.items()):
+        click.echo(f"room {room}: {', '.join(sorted(members))}")
+    click.echo(f"{path}: {len(users)} users, {len(users.rooms)} restricted rooms: OK", err=True)
