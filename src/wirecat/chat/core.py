@@ -584,10 +584,10 @@ class ChatCore:
         if new == old:
             return NickSet(new, old, False, ref)
         if new.casefold() != old.casefold():
-            self._check_free(new)
             own = member.user is not None and member.user.name.casefold() == new.casefold()
             if self.users is not None and new in self.users and not own:
                 raise ChatError("nick_reserved", f"{new} is a registered user's name")
+            self._check_free(new)
         del self._nicks[old.casefold()]
         member.nick = new
         self._nicks[new.casefold()] = member

@@ -44,6 +44,7 @@ from ..protocols.chat import (
     Join,
     Mode,
     Notice,
+    Ref,
     Shutdown,
     Welcome,
 )
@@ -186,7 +187,9 @@ class ChatHandler(StreamHandler):
             source = self.source or "unix"
             loop = asyncio.get_running_loop()
             if self.chat.auth_failures.blocked(source, loop.time()):
-                self._auth_failed(hello.nick, "too many failed logins from your address: try later")
+                self._auth_failed(
+                    hello.nick, "too many failed logins from your address: try later", hello.ref
+                )
             else:
                 self.pause_reading()
                 self._auth = loop.create_task(self._verify(hello, source))
@@ -215,7 +218,7 @@ class ChatHandler(StreamHandler):
             return
         if user is None:
             self.chat.auth_failures.failed(source, asyncio.get_running_loop().time())
-            self._auth_failed(hello.nick)
+            self._auth_failed(hello.nick, ref=hello.ref)
             return
         member.user = user
         self.ctx.metrics["auth_ok"] += 1
@@ -226,7 +229,9 @@ class ChatHandler(StreamHandler):
         if self._eof:
             self.close("eof")
 
-    def _auth_failed(self, name: str | None, reason: str = "wrong user name or token") -> None:
+    def _auth_failed(
+        self, name: str | None, reason: str = "wrong user name or token", ref: Ref = None
+    ) -> None:
         """Count, log (never the token) and refuse a login; the connection is closed."""
         self.ctx.metrics["auth_failures"] += 1
         self.log.warning(
@@ -234,7 +239,7 @@ class ChatHandler(StreamHandler):
             reason,
             extra={"event": "auth_failed", "user": name or "", "reason": "auth_failed"},
         )
-        self.send(self.proto.codec.encode(ErrorEvent("auth_failed", reason)))
+        self.send(self.proto.codec.encode(ErrorEvent("auth_failed", reason, ref)))
         self.close("auth_failed")
 
 
