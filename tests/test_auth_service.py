@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from helpers import scaled, serving, wait_for
 from wirecat.auth import Users, hash_token
 from wirecat.endpoints import Endpoint
 from wirecat.files.client import FilesClient, TransferError
 from wirecat.runtime.server import Server
+from wirecat.runtime.stream import Connection, connect
+from wirecat.runtime.tls import client_context, server_context
 from wirecat.services.chat import ChatService
 from wirecat.services.files import FilesService
 
@@ -364,3 +367,64 @@ def test_clients_authenticate_with_a_token_from_the_environment_or_a_file(
         refused = run("chat", eps["chat"], "-n", "ann", env={"WIRECAT_TOKEN": "WRONG-token"})
         assert refused.returncode != 0 and "wrong user name or token" in refused.stderr
         assert "Traceback" not in refused.stderr + wrong.stderr
+
+
+# -- mTLS: a verified client certificate names the user ----------------------------------------
+@pytest.fixture
+def mtls(tmp_path: Path) -> dict[str, Any]:
+    ca, clients = trustme.CA(), trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    clients.cert_pem.write_to_path(str(tmp_path / "clients.pem"))
+    for cn in ("bob", "zed"):
+        cert = clients.issue_cert(f"{cn}.example", common_name=cn)
+        cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / f"{cn}.pem"))
+    server = server_context(
+        b"".join(b.bytes() for b in leaf.cert_chain_pems),
+        leaf.private_key_pem.bytes(),
+        client_ca=str(tmp_path / "clients.pem"),
+    )
+    return {
+        "server": server,
+        **{cn: client_context(cafile=str(tmp_path / "ca.pem"), cert=str(tmp_path / f"{cn}.pem"))
+           for cn in ("bob", "zed")},
+    }  # fmt: skip
+
+
+async def test_a_client_certificate_naming_a_user_logs_in_without_a_token(
+    mtls: dict[str, Any], tmp_path: Path
+) -> None:
+    users = Users.parse(USERS)
+    chat_svc = ChatService([Endpoint("tls", "127.0.0.1", 0)], users=users, guests=True)
+    files_svc = FilesService([Endpoint("tls", "127.0.0.1", 0)], tmp_path / "root", users=users)
+    server = Server([chat_svc, files_svc], tls=mtls["server"])
+    await server.start()
+    try:
+        url = str(server.endpoint("chat"))
+        bob = await connect(url, ssl=mtls["bob"], timeout=T)
+        assert isinstance(bob, Connection)
+        async with bob:
+            await bob.send(b'{"type":"hello"}\n')
+            while not (line := await bob.recv_line(timeout=T)).startswith(b"{"):
+                pass
+            welcome = json.loads(line)
+            assert (welcome["type"], welcome["nick"], welcome["user"]) == ("welcome", "bob", "bob")
+        zed = await connect(url, ssl=mtls["zed"], timeout=T)  # not a user: a guest
+        assert isinstance(zed, Connection)
+        async with zed:
+            await zed.send(b'{"type":"hello","nick":"bob"}\n{"type":"hello","nick":"zed"}\n')
+            lines = [await zed.recv_line(timeout=T) for _ in range(5)]
+            objs = [json.loads(x) for x in lines if x.startswith(b"{")]
+            assert objs[0]["code"] == "auth_required" and "user" not in objs[1]
+        async with await FilesClient.connect(
+            server.endpoint("files"), timeout=T, ssl=mtls["bob"]
+        ) as files:
+            assert (await files.list()).entries == ()
+        async with await FilesClient.connect(
+            server.endpoint("files"), timeout=T, ssl=mtls["zed"]
+        ) as files:
+            with pytest.raises(TransferError) as info:
+                await files.list()
+            assert info.value.code == "auth_required"
+    finally:
+        await server.shutdown(grace=scaled(2))

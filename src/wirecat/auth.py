@@ -26,6 +26,10 @@ time, and count failures per source (:class:`AuthFailures`).
 Roles: ``admin`` may kick members and close rooms. A room listed under ``[rooms]`` admits
 only its ``members`` (and admins).
 
+mTLS: on a listener that requires client certificates (``serve --client-ca``), a verified
+certificate whose subject commonName is a user's name authenticates as that user without a
+token.
+
 Limits checked before anything is allocated: the file is at most :data:`MAX_FILE` bytes, a
 token at most :data:`MAX_TOKEN` bytes, and hash costs stay within bounds a server can afford
 (``ln`` 10-20, ``r`` 1-16, ``p`` 1-4).
@@ -289,6 +293,14 @@ class Users:
     def __contains__(self, name: object) -> bool:
         """Whether ``name`` (case-insensitive) is a user: that nick is owned."""
         return isinstance(name, str) and name.casefold() in self._entries
+
+    def get(self, name: str) -> User | None:
+        """The user called ``name`` (case-insensitive), without checking anything.
+
+        For identities proven otherwise, e.g. the subject of a verified client certificate.
+        """
+        entry = self._entries.get(name.casefold())
+        return entry.user if entry is not None else None
 
     def users(self) -> list[User]:
         """The users, in file order."""

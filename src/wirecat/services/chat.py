@@ -178,10 +178,22 @@ class ChatHandler(StreamHandler):
         """A hello before registration: return True to run it on the core as it is.
 
         A token is checked off the event loop (input waits meanwhile); in text mode a user's
-        name (or any name, without guests) is answered with a prompt for the token.
+        name (or any name, without guests) is answered with a prompt for the token. A verified
+        client certificate whose commonName is a user's name logs in as that user.
         """
-        users, proto = self.chat.core.users, self.proto
-        if users is None:
+        users, proto, member = self.chat.core.users, self.proto, self.member
+        if users is None or member is None:
+            return True
+        subject = self.peer_subject  # a verified client certificate (mTLS) names a user
+        cert_user = users.get(subject) if subject is not None else None
+        if (
+            cert_user is not None
+            and hello.token is None
+            and (hello.nick is None or hello.nick.casefold() == cert_user.name.casefold())
+        ):
+            member.user = cert_user
+            self.ctx.metrics["auth_ok"] += 1
+            self.log.info("authenticated by certificate", extra={"event": "auth", "user": subject})
             return True
         if hello.token is not None:
             source = self.source or "unix"

@@ -227,7 +227,7 @@ class FilesHandler(StreamHandler):
         elif (
             isinstance(event, PutRequest | GetRequest | StatRequest | ListRequest)
             and self.service.users is not None
-            and self.user is None
+            and not self._certified()
         ):
             self.ctx.metrics["files_refused_auth_required"] += 1
             self.proto.send_error("auth_required", "this server needs a user: send auth first")
@@ -295,6 +295,19 @@ class FilesHandler(StreamHandler):
         self.ctx.metrics[f"files_refused_{exc.code}"] += 1
         self.proto.send_error(exc.code, str(exc), offset=exc.offset)
         self._flush()
+
+    def _certified(self) -> bool:
+        """Whether the client is a user: by ``auth``, or by a verified client certificate
+        whose commonName is a user's name (mTLS)."""
+        users = self.service.users
+        if self.user is None and users is not None and (subject := self.peer_subject):
+            self.user = users.get(subject)
+            if self.user is not None:
+                self.ctx.metrics["auth_ok"] += 1
+                self.log.info(
+                    "authenticated by certificate", extra={"event": "auth", "user": subject}
+                )
+        return self.user is not None
 
     # -- requests -----------------------------------------------------------------------
     async def _auth(self, req: AuthRequest) -> None:
