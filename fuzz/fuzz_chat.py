@@ -55,7 +55,10 @@ def test_one_input(data: bytes) -> None:
             while (ev := proto.next_event()) is not None:
                 _check(ev)
                 if isinstance(ev, chat.Hello):
-                    proto.registered = True
+                    if ev.token is None and ev.nick and fdp.ConsumeBool():
+                        proto.expect_token(ev.nick)  # the next line is taken as a token
+                    else:
+                        proto.registered = True
         proto.receive_eof()
         while (ev := proto.next_event()) is not None:
             _check(ev)
