@@ -1,16 +1,23 @@
-"""The file store: jail, part files, resume offsets, locks, quota, ENOSPC, atomic commit."""
+"""The file store: jail, part files, resume offsets, locks, quota (shared by processes), ENOSPC,
+atomic commit."""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import select
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from helpers import scaled
 from wirecat.files.client import hash_file
 from wirecat.files.digest import new_hasher
-from wirecat.files.store import FileStore, FileStoreError
+from wirecat.files.store import LEDGER, FileStore, FileStoreError, Upload
 
 
 def digest_of(data: bytes, algo: str = "blake3") -> str:
@@ -173,3 +180,159 @@ def test_enospc_keeps_the_part_for_resume(tmp_path: Path) -> None:
     up.write(data[1000:])
     up.commit(digest_of(data))
     assert hash_file(tmp_path / "f") == digest_of(data)
+
+
+# -- one quota for every process sharing a root ---------------------------------------------
+
+
+def test_two_stores_on_one_root_share_the_quota(tmp_path: Path) -> None:
+    a = FileStore(tmp_path, quota=100)  # two stores = two processes: separate descriptors,
+    b = FileStore(tmp_path, quota=100)  # so separate flocks, no shared memory
+    up_a = a.begin_upload("a", size=60, offset=0)
+    with pytest.raises(FileStoreError) as e:
+        b.begin_upload("b", size=41, offset=0)  # 60 reserved by the other store
+    assert e.value.code == "quota"
+    assert a.usage == b.usage == 60  # the reservation, before any byte is written
+    up_b = b.begin_upload("b", size=40, offset=0)
+    with pytest.raises(FileStoreError) as e:
+        a.begin_upload("c", size=1, offset=0)
+    assert e.value.code == "quota"
+    up_b.write(b"y" * 40)
+    up_b.commit(digest_of(b"y" * 40))
+    up_a.write(b"x" * 25)
+    up_a.release()  # cut: the part keeps 25 bytes, the rest of the reservation is freed
+    assert b.usage == 65
+    up_c = b.begin_upload("c", size=35, offset=0)
+    with pytest.raises(FileStoreError) as e:
+        a.begin_upload("a", size=60, offset=25)  # the resume needs 35 more
+    assert e.value.code == "quota"
+    up_c.discard()
+    up_a = a.begin_upload("a", size=60, offset=25)
+    up_a.hash_prefix()
+    up_a.write(b"x" * 35)
+    up_a.commit(digest_of(b"x" * 60))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no ledger left at rest
+    assert a.usage == b.usage == 100
+
+
+def test_concurrent_admissions_from_many_stores_never_exceed_the_quota(tmp_path: Path) -> None:
+    quota, size, tries = 1000, 150, 12  # room for 6 of the 12
+    stores = [FileStore(tmp_path, quota=quota) for _ in range(tries)]
+    start = threading.Barrier(tries, timeout=scaled(10))
+    results: list[Upload | FileStoreError] = [FileStoreError("io_error", "not run")] * tries
+
+    def admit(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = stores[i].begin_upload(f"f{i}", size=size, offset=0)
+        except FileStoreError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=admit, args=(i,)) for i in range(tries)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(scaled(10))
+    admitted = [r for r in results if isinstance(r, Upload)]
+    refused = [r for r in results if isinstance(r, FileStoreError)]
+    assert len(admitted) == quota // size
+    assert {r.code for r in refused} == {"quota"}
+    for up in admitted:
+        up.write(b"z" * size)
+        up.commit(digest_of(b"z" * size))
+    held = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert held == len(admitted) * size <= quota
+
+
+def test_the_ledger_is_hidden_and_exists_only_while_uploads_are_live(tmp_path: Path) -> None:
+    store = FileStore(tmp_path, quota=100)
+    up = store.begin_upload("x", size=10, offset=0)
+    assert (tmp_path / LEDGER).is_file()
+    assert [e.name for e in store.listdir()] == []  # neither the part nor the ledger
+    for call in (lambda: store.stat(LEDGER), lambda: store.open_read(LEDGER)):
+        with pytest.raises(FileStoreError) as e:
+            call()
+        assert e.value.code == "bad_name"
+    up.write(b"0123456789")
+    up.commit(digest_of(b"0123456789"))
+    assert not (tmp_path / LEDGER).exists()
+    assert store.usage == 10  # the ledger itself is never counted
+
+
+def test_a_ledger_entry_for_a_part_nobody_holds_does_not_count(tmp_path: Path) -> None:
+    store = FileStore(tmp_path, quota=100)
+    up = store.begin_upload("x", size=90, offset=0)
+    up.write(b"a" * 5)
+    # a crash in this process: the descriptors go away without _finish (kernel drops the lock)
+    os.close(up._fd)
+    os.close(up._dir_fd)
+    up._done = True
+    assert (tmp_path / LEDGER).is_file()
+    assert store.usage == 5  # the part's bytes only, not its 90-byte reservation
+    up = store.begin_upload("y", size=95, offset=0)
+    up.discard()
+    assert not (tmp_path / LEDGER).exists()
+
+
+def test_writing_body_chunks_takes_no_lock_and_opens_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStore(tmp_path, quota=1000)
+    up = store.begin_upload("hot", size=300, offset=0)
+    ledger = (tmp_path / LEDGER).stat()
+
+    def forbidden(*args: object, **kw: object) -> None:
+        raise AssertionError("a system call on the hot path")
+
+    with monkeypatch.context() as m:
+        for mod, attr in ((os, "open"), (os, "stat"), (os, "lstat"), (fcntl, "flock")):
+            m.setattr(mod, attr, forbidden)
+        for _ in range(3):
+            up.write(b"q" * 100)
+    assert (tmp_path / LEDGER).stat().st_mtime_ns == ledger.st_mtime_ns
+    up.commit(digest_of(b"q" * 300))
+
+
+CRASHER = """
+import sys
+from wirecat.files.store import FileStore
+up = FileStore(sys.argv[1], quota=100).begin_upload("x", size=80, offset=0)
+up.write(b"c" * 10)
+print("holding", flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_a_killed_process_reservation_is_dropped(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], scaled(10))
+        assert ready and proc.stdout.readline() == "holding\n"
+        store = FileStore(tmp_path, quota=100)
+        with pytest.raises(FileStoreError) as e:
+            store.begin_upload("y", size=21, offset=0)  # 80 reserved by the other process
+        assert e.value.code == "quota"
+        proc.kill()  # SIGKILL: no cleanup at all
+        proc.wait(scaled(10))
+        assert (tmp_path / LEDGER).is_file()  # the dead entry is still written down...
+        up = store.begin_upload("y", size=90, offset=0)  # ...but no longer counts
+        assert store.usage == 100  # the dead upload's 10 bytes on disk + this 90
+        up.discard()
+        up = store.begin_upload("x", size=80, offset=10)  # and the part resumes
+        up.hash_prefix()
+        up.write(b"c" * 70)
+        up.commit(digest_of(b"c" * 80))
+        assert not (tmp_path / LEDGER).exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(scaled(10))
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                f.close()

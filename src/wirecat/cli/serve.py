@@ -323,8 +323,8 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
     type=click.IntRange(1, 256),
     default=1,
     show_default=True,
-    help="Processes sharing the tcp/udp ports (SO_REUSEPORT); chat, files and "
-    "unix listeners stay in the first.",
+    help="Processes sharing the tcp/udp ports (SO_REUSEPORT); chat and unix "
+    "listeners stay in the first.",
 )
 @click.option("-v", "--verbose", count=True, help="More logs (-v info, -vv debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the table of listeners.")
@@ -398,21 +398,24 @@ def serve_command(
     """
 
     def services_for(worker: int) -> list[Service]:
-        # Worker 0 runs everything; the others only the stateless services' inet listeners.
+        # Worker 0 runs everything; the others only the inet listeners of the services that
+        # keep no state in memory: greeting, echo, and files (its part-file locks and its
+        # quota are shared through the file system, see wirecat.files.store).
         def eps(given: tuple[Endpoint, ...], off: bool, name: str) -> list[Endpoint] | None:
             found = _endpoints(given, off, name)
             if worker == 0 or found is None:
                 return found
             return [ep for ep in found if ep.is_inet] or None
 
+        files = eps(files_eps, files_dir is None, "files")
         return build_services(
             greeting=eps(greeting_eps, no_greeting, "greeting"),
             echo=eps(echo_eps, no_echo, "echo"),
             chat=_endpoints(chat_eps, no_chat, "chat") if worker == 0 else None,
             banner=banner,
             history=history,
-            files_dir=files_dir if worker == 0 else None,
-            files=list(files_eps) or None,
+            files_dir=files_dir if files else None,
+            files=files,
             files_readonly=files_readonly,
             max_file_size=max_file_size,
             quota=quota,

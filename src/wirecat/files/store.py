@@ -18,6 +18,30 @@ Guarantees:
   confirmed. Readers see the old file or the new one, never a partial one, even after
   ``kill -9`` of the server.
 - **Limits.** ``max_file_size`` and ``quota`` (bytes) are checked before any body is read.
+- **One quota for every process sharing a root** (``wirecat serve --workers K``, or several
+  servers on one directory). A ``put`` is admitted under an exclusive ``flock`` of the root
+  directory itself (no lock file), which serialises admissions across processes:
+
+  1. usage is computed afresh: the sizes of the regular files under the root (each inode
+     once, so a part being linked to its final name is not counted twice), plus, for every
+     *live* upload, its declared final size instead of its part's current size;
+  2. the uploads in flight are in the **reservation ledger** :data:`LEDGER`, a small JSON
+     object ``{part path: [declared size, st_dev, st_ino]}`` at the root, replaced
+     atomically (write a temporary file, ``rename``) under the same lock and deleted once
+     empty. An entry is live only while its part file (same inode) is ``flock``-ed by its
+     uploader: probing takes ``LOCK_SH | LOCK_NB`` on it, which fails exactly then. The
+     kernel drops an uploader's lock when its process dies, so the reservations of a crashed
+     (``kill -9``) process stop counting at the next admission, with no pid bookkeeping
+     (pids are reused); what its part holds still counts, as bytes on disk;
+  3. the upload is admitted if usage + its declared size fits, and its entry is written
+     before the lock is released; the entry is removed when the upload ends (commit,
+     discard, release), under the lock again, only if it still names this part's inode.
+
+  Part files are opened (and ``flock``-ed) under the root lock too, so a probe never makes
+  an uploader see ``locked``. Writing body chunks makes no extra system call and takes no
+  lock: the declared size was reserved up front. Admission costs a walk of the root
+  (``O(files)``). Every process sharing a root must be given the same ``quota``; without a
+  quota none of this happens (no lock, no ledger, no walk).
 
 All methods block (file system calls): run them in a thread from async code.
 """
@@ -27,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import stat
 import threading
@@ -38,9 +63,19 @@ from ..errors import WirecatError
 from ..protocols.files import PART_PREFIX, Entry, check_name
 from .digest import DIGESTS, Hasher, hash_fd, new_hasher
 
-__all__ = ["FileStore", "FileStoreError", "ReadHandle", "StatInfo", "Upload"]
+__all__ = ["LEDGER", "FileStore", "FileStoreError", "ReadHandle", "StatInfo", "Upload"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+#: The reservation ledger at the root (see the module docstring). Named like the part file
+#: of ``.wcpart-quota``, a name :func:`~wirecat.protocols.files.check_name` refuses, so no
+#: upload's part can collide with it; like every part file it is hidden from listings and
+#: unreachable by clients, and it is not counted as usage.
+LEDGER = PART_PREFIX + PART_PREFIX + "quota"
+_LEDGER_TMP = LEDGER + ".tmp"
+
+#: One ledger entry: declared size in bytes, then the part's ``st_dev`` and ``st_ino``.
+_Entry = tuple[int, int, int]
 
 
 class FileStoreError(WirecatError):
@@ -118,8 +153,9 @@ class FileStore:
         root: the directory (created if missing). Nothing outside it is ever touched.
         readonly: refuse every upload (``read_only``).
         max_file_size: the largest file accepted, in bytes (``None``: no limit).
-        quota: the most bytes the root may hold, part files included (``None``: no limit).
-            Counted per process; a scan at start-up gives the initial usage.
+        quota: the most bytes the root may hold, part files and the rest of every upload in
+            flight included (``None``: no limit). Holds across all the processes sharing
+            ``root`` (give them all the same quota).
 
     Raises:
         OSError: ``root`` cannot be created or opened.
@@ -140,28 +176,159 @@ class FileStore:
         self.quota = quota
         #: ``write(fd, data) -> n``; tests replace it to simulate ENOSPC and short writes.
         self.write_hook: Callable[[int, bytes | memoryview], int] = os.write
-        self._lock = threading.Lock()
-        self._reserved = 0
-        self._usage = self._scan_usage() if quota is not None else 0
+        self._lock = threading.Lock()  # guards the digest cache
         self._digests: OrderedDict[tuple[int, int, int, int, str], str] = OrderedDict()
 
-    # -- bookkeeping ---------------------------------------------------------------------
+    # -- quota: usage, reservation ledger, root lock (see the module docstring) ----------
     @property
     def usage(self) -> int:
-        """Bytes held under the root (files and parts) as far as this store knows."""
-        return self._usage
+        """Bytes counted against the quota now, by every process sharing the root.
 
-    def _scan_usage(self) -> int:
-        total = 0
-        for dirpath, _dirs, files in os.walk(self.root):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    total += os.lstat(os.path.join(dirpath, name)).st_size
+        The regular files under the root (part files included), with each live upload
+        counted at its declared size. Blocking: takes the root lock and walks the tree.
+
+        Raises:
+            FileStoreError: ``io_error`` (the root cannot be locked or read).
+        """
+        with self._root_locked() as rfd:
+            try:
+                ledger = self._read_ledger(rfd)
+                total, pruned = self._usage_locked(ledger)
+            except OSError as exc:
+                raise FileStoreError("io_error", f"cannot count usage: {exc.strerror}") from None
+            if pruned:
+                with contextlib.suppress(OSError):  # pruning again later is harmless
+                    self._write_ledger(rfd, ledger)
         return total
 
-    def _account(self, delta: int) -> None:
-        with self._lock:
-            self._usage += delta
+    @contextlib.contextmanager
+    def _root_locked(self) -> Iterator[int]:
+        """Hold an exclusive ``flock`` of the root directory (all processes); yield its fd."""
+        try:
+            fd = os.open(self.root, _DIR_FLAGS)
+        except OSError as exc:
+            raise FileStoreError("io_error", f"cannot open the root: {exc.strerror}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise FileStoreError("io_error", f"cannot lock the root: {exc.strerror}") from None
+            yield fd
+        finally:
+            os.close(fd)  # drops the lock
+
+    @staticmethod
+    def _read_ledger(rfd: int) -> dict[str, _Entry]:
+        try:
+            fd = os.open(LEDGER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=rfd)
+        except FileNotFoundError:
+            return {}
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        try:
+            raw = json.loads(b"".join(chunks))
+        except ValueError:
+            # only a power loss between write and rename can leave this (it is replaced
+            # atomically); then no upload is live any more and an empty ledger is right
+            return {}
+        ledger: dict[str, _Entry] = {}
+        if isinstance(raw, dict):
+            for key, value in raw.items():
+                if (
+                    _valid_part_path(key)
+                    and isinstance(value, list)
+                    and len(value) == 3
+                    and all(type(v) is int and v >= 0 for v in value)
+                ):
+                    ledger[key] = (value[0], value[1], value[2])
+        return ledger
+
+    @staticmethod
+    def _write_ledger(rfd: int, ledger: dict[str, _Entry]) -> None:
+        """Replace the ledger atomically (or delete it when empty). Call under the root lock."""
+        if not ledger:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(LEDGER, dir_fd=rfd)
+            return
+        data = json.dumps({k: list(v) for k, v in ledger.items()}).encode()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(_LEDGER_TMP, flags, 0o644, dir_fd=rfd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(_LEDGER_TMP, LEDGER, src_dir_fd=rfd, dst_dir_fd=rfd)
+
+    def _is_live(self, path: str, entry: _Entry) -> bool:
+        """Is the part ``path`` (the same inode as ``entry``) locked by an uploader now?"""
+        dirs, base = self._split(path)
+        try:
+            with self._dir(dirs) as dfd:
+                fd = os.open(
+                    base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd
+                )
+        except (FileStoreError, OSError):
+            return False  # committed, discarded or removed: nothing reserved any more
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != entry[1:]:
+                return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+        finally:
+            os.close(fd)  # also drops our LOCK_SH at once
+
+    def _usage_locked(
+        self, ledger: dict[str, _Entry], skip: tuple[int, int] | None = None
+    ) -> tuple[int, bool]:
+        """Usage in bytes (see :attr:`usage`) and whether stale entries were dropped from
+        ``ledger``. The inode ``skip`` (the caller's own part) is left out. Root lock held."""
+        pruned = False
+        live: set[tuple[int, int]] = set()
+        total = 0
+        for path, entry in list(ledger.items()):
+            if entry[1:] == skip:
+                continue
+            if self._is_live(path, entry):
+                live.add(entry[1:])
+                total += entry[0]
+            else:
+                del ledger[path]
+                pruned = True
+        seen = set(live)
+        if skip is not None:
+            seen.add(skip)
+        for dirpath, _dirs, files in os.walk(self.root):
+            at_root = dirpath == self.root
+            for name in files:
+                if at_root and name in (LEDGER, _LEDGER_TMP):
+                    continue
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                ino = (st.st_dev, st.st_ino)
+                if stat.S_ISREG(st.st_mode) and ino not in seen:
+                    seen.add(ino)
+                    total += st.st_size
+        return total, pruned
+
+    def _unreserve(self, path: str, entry: _Entry) -> None:
+        """Drop ``path`` from the ledger if it is still this upload's entry (blocking)."""
+        with self._root_locked() as rfd:
+            ledger = self._read_ledger(rfd)
+            if ledger.get(path, (0, -1, -1))[1:] == entry[1:]:
+                del ledger[path]
+                self._write_ledger(rfd, ledger)
 
     def _digest_cache_get(self, key: tuple[int, int, int, int, str]) -> str | None:
         with self._lock:
@@ -339,16 +506,38 @@ class FileStore:
         with self._dir(dirs, create=True) as dfd:
             dir_fd = os.dup(dfd)
         try:
-            self._check_target(dir_fd, base, name, overwrite)
-            fd = self._open_part(dir_fd, PART_PREFIX + base, name)
+            with (
+                self._root_locked() if self.quota is not None else contextlib.nullcontext(-1)
+            ) as rfd:
+                return self._begin_locked(
+                    rfd, name, dirs, base, dir_fd, size, offset, digest, overwrite, restart
+                )
         except BaseException:
             os.close(dir_fd)
             raise
+
+    def _begin_locked(
+        self,
+        rfd: int,
+        name: str,
+        dirs: list[str],
+        base: str,
+        dir_fd: int,
+        size: int,
+        offset: int,
+        digest: str,
+        overwrite: bool,
+        restart: bool,
+    ) -> Upload:
+        """The rest of :meth:`begin_upload`, under the root lock (``rfd``) with a quota."""
+        self._check_target(dir_fd, base, name, overwrite)
+        fd = self._open_part(dir_fd, PART_PREFIX + base, name)
+        reservation: tuple[str, _Entry] | None = None
         try:
-            held = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            held = st.st_size
             if restart and offset == 0 and held:
                 os.ftruncate(fd, 0)
-                self._account(-held)
                 held = 0
             if offset != held or held > size:
                 raise FileStoreError(
@@ -356,21 +545,13 @@ class FileStore:
                     f"offset {offset} does not match the {held} bytes held for {name!r}",
                     offset=held,
                 )
-            need = size - offset
-            with self._lock:
-                if self.quota is not None and self._usage + self._reserved + need > self.quota:
-                    raise FileStoreError(
-                        "quota",
-                        f"{need} more bytes would exceed the quota of {self.quota} bytes "
-                        f"({self._usage + self._reserved} in use)",
-                    )
-                self._reserved += need
+            if self.quota is not None:
+                reservation = self._reserve(rfd, dirs, base, st, size, offset)
         except BaseException:
             if os.fstat(fd).st_size == 0:
                 with contextlib.suppress(OSError):
                     os.unlink(PART_PREFIX + base, dir_fd=dir_fd)
             os.close(fd)
-            os.close(dir_fd)
             raise
         return Upload(
             self,
@@ -382,7 +563,33 @@ class FileStore:
             offset=offset,
             digest=digest,
             overwrite=overwrite,
+            reservation=reservation,
         )
+
+    def _reserve(
+        self, rfd: int, dirs: list[str], base: str, st: os.stat_result, size: int, offset: int
+    ) -> tuple[str, _Entry]:
+        """Admit ``size`` bytes for the part ``st`` or refuse; record it. Root lock held."""
+        assert self.quota is not None
+        own = (st.st_dev, st.st_ino)
+        try:
+            ledger = self._read_ledger(rfd)
+            used, pruned = self._usage_locked(ledger, skip=own)
+            if used + size > self.quota:
+                if pruned:
+                    with contextlib.suppress(OSError):
+                        self._write_ledger(rfd, ledger)
+                raise FileStoreError(
+                    "quota",
+                    f"{size - offset} more bytes would exceed the quota of {self.quota} "
+                    f"bytes ({used + offset} in use or reserved)",
+                )
+            key, entry = "/".join([*dirs, PART_PREFIX + base]), (size, *own)
+            ledger[key] = entry
+            self._write_ledger(rfd, ledger)
+        except OSError as exc:
+            raise FileStoreError("io_error", f"quota bookkeeping failed: {exc.strerror}") from None
+        return key, entry
 
     def _check_target(self, dir_fd: int, base: str, name: str, overwrite: bool) -> None:
         try:
@@ -445,6 +652,7 @@ class Upload:
         offset: int,
         digest: str,
         overwrite: bool = False,
+        reservation: tuple[str, _Entry] | None = None,
     ) -> None:
         self.name = name
         self._overwrite = overwrite
@@ -458,7 +666,7 @@ class Upload:
         self._dir_fd = dir_fd
         self._fd = fd
         self._hasher: Hasher = new_hasher(digest)
-        self._reserved = size - offset
+        self._reservation = reservation
         self._done = False
         os.lseek(fd, offset, os.SEEK_SET)
 
@@ -500,8 +708,6 @@ class Upload:
                     "the part is kept, resume when space is freed",
                 ) from None
             raise FileStoreError("io_error", f"write failed: {exc.strerror}") from None
-        finally:
-            self._store._account(pos)
 
     def commit(self, expected: str) -> str:
         """Verify the whole-file digest, then make the file durable and visible (blocking).
@@ -532,11 +738,7 @@ class Upload:
         store, dfd = self._store, self._dir_fd
         try:
             os.fsync(self._fd)
-            old = 0
-            with contextlib.suppress(FileNotFoundError):
-                old_st = os.stat(self._base, dir_fd=dfd, follow_symlinks=False)
-                old = old_st.st_size if stat.S_ISREG(old_st.st_mode) else 0
-            self._publish(old)
+            self._publish()
             os.fsync(dfd)
         except OSError as exc:
             raise FileStoreError("io_error", f"commit failed: {exc.strerror}") from None
@@ -547,7 +749,7 @@ class Upload:
         self._finish()
         return actual
 
-    def _publish(self, old: int) -> None:
+    def _publish(self) -> None:
         dfd = self._dir_fd
         overwrite = self._overwrite
         if not overwrite:
@@ -569,7 +771,6 @@ class Upload:
             os.unlink(self._part, dir_fd=dfd)
             return
         os.rename(self._part, self._base, src_dir_fd=dfd, dst_dir_fd=dfd)
-        self._store._account(-old)
 
     def discard(self) -> None:
         """Delete the part file and release the lock (blocking). Idempotent."""
@@ -577,7 +778,6 @@ class Upload:
             return
         with contextlib.suppress(OSError):
             os.unlink(self._part, dir_fd=self._dir_fd)
-        self._store._account(-self.received)
         self._finish()
 
     def release(self) -> None:
@@ -588,8 +788,26 @@ class Upload:
 
     def _finish(self) -> None:
         self._done = True
-        with self._store._lock:
-            self._store._reserved -= self._reserved
-        self._reserved = 0
-        os.close(self._fd)
-        os.close(self._dir_fd)
+        try:
+            if self._reservation is not None:
+                # while the part is still locked: a prober sees it live until this returns
+                with contextlib.suppress(OSError, FileStoreError):
+                    self._store._unreserve(*self._reservation)
+                self._reservation = None
+        finally:
+            os.close(self._fd)
+            os.close(self._dir_fd)
+
+
+def _valid_part_path(path: str) -> bool:
+    """Is ``path`` (from the ledger) a part file's path under the root, jail rules kept?"""
+    dirs, _, base = path.rpartition("/")
+    if not base.startswith(PART_PREFIX):
+        return False
+    try:
+        check_name(base.removeprefix(PART_PREFIX))
+        if dirs:
+            check_name(dirs)
+    except ValueError:
+        return False
+    return True
