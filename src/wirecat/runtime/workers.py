@@ -3,7 +3,8 @@
 The kernel spreads new TCP connections and UDP flows across the workers' sockets by a hash
 of the 4-tuple, so each core runs its own event loop with no shared state. Services that
 keep state in memory (chat, until a shared hub exists) and Unix-socket listeners (which
-cannot be shared by port) run in worker 0 only.
+cannot be shared by port) run in worker 0 only; files run in every worker (their locks and
+quota live in the file system).
 
 Shutdown: SIGINT/SIGTERM to the parent is forwarded to every worker (each drains within its
 grace period); a second signal kills them. The parent exits with the first non-zero worker
