@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 import trustme
 
+from _chat import Peer
 from helpers import scaled, serving, wait_for
 from wirecat.auth import Users, hash_token
 from wirecat.endpoints import Endpoint
@@ -68,46 +68,6 @@ def assert_no_token_logged(caplog: pytest.LogCaptureFixture) -> None:
             assert token not in text, f"a token reached the log: {text}"
 
 
-class Peer:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, ep: Endpoint, source: str = "127.0.0.1") -> Peer:
-        reader, writer = await asyncio.open_connection(ep.host, ep.port, local_addr=(source, 0))
-        return cls(reader, writer)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def line(self) -> bytes:
-        data = await asyncio.wait_for(self.reader.readline(), T)
-        assert data.endswith(b"\n"), f"connection ended: {data!r}"
-        return data
-
-    async def until(self, prefix: bytes) -> bytes:
-        while not (line := await self.line()).startswith(prefix):
-            pass
-        return line
-
-    async def json(self, kind: str) -> dict[str, Any]:
-        while True:
-            line = await self.line()
-            if line.startswith(b"{") and (obj := json.loads(line))["type"] == kind:
-                assert isinstance(obj, dict)
-                return obj
-
-    async def rest(self) -> bytes:
-        """Everything until the server closes."""
-        return await asyncio.wait_for(self.reader.read(), T)
-
-    async def aclose(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
-
-
 @contextlib.asynccontextmanager
 async def chat(
     guests: bool = True, **kw: Any
@@ -121,7 +81,7 @@ async def chat(
 
 
 async def peer(ep: Endpoint, stack: contextlib.AsyncExitStack, source: str = "127.0.0.1") -> Peer:
-    p = await Peer.open(ep, source)
+    p = await Peer.open(ep, local_addr=(source, 0))
     stack.push_async_callback(p.aclose)
     await p.until(b"*** Programs:")
     return p
@@ -160,13 +120,13 @@ async def test_a_wrong_token_is_refused_counted_logged_and_closed(
     async with chat() as (server, ep, stack):
         p = await peer(ep, stack)
         await p.send(b"ann\nWRONG-token\n")
-        rest = await p.rest()
+        rest = await p.eof()
         assert rest.endswith(b"!!! auth_failed: wrong user name or token\n")
         assert b"you are" not in rest
         assert server.ctx.metrics["auth_failures"] == 1
         j = await peer(ep, stack)
         await j.send(b'{"type":"hello","nick":"bob","token":"WRONG-token","ref":1}\n')
-        assert json.loads(await j.rest()) == {
+        assert json.loads(await j.eof()) == {
             "type": "error", "code": "auth_failed", "reason": "wrong user name or token", "ref": 1
         }  # fmt: skip
         await wait_for(lambda: server.ctx.metrics["auth_failures"] == 2, what="2nd failure")
@@ -182,18 +142,18 @@ async def test_json_hello_with_token_then_pipelined_commands_run_in_order() -> N
         hello = {"type": "hello", "nick": "bob", "token": TOKENS["bob"], "ref": 1}
         lines = [hello, {"type": "join", "room": "#ops", "ref": 2}, {"type": "say", "text": "x"}]
         await p.send(b"".join(json.dumps(o).encode() + b"\n" for o in lines))
-        welcome = await p.json("welcome")
+        welcome = await p.json_until("welcome")
         assert (welcome["nick"], welcome["user"], welcome["roles"]) == ("bob", "bob", [])
-        assert (await p.json("joined"))["room"] == "#ops"  # restricted, bob is listed
-        assert (await p.json("message"))["text"] == "x"
+        assert (await p.json_until("joined"))["room"] == "#ops"  # restricted, bob is listed
+        assert (await p.json_until("message"))["text"] == "x"
         # a guest may not join the restricted room, nor take a user's name
         g = await peer(ep, stack)
         await g.send(b'{"type":"hello","nick":"ann"}\n{"type":"hello","nick":"zed"}\n')
-        assert (await g.json("error"))["code"] == "auth_required"
-        await g.json("welcome")
+        assert (await g.json_until("error"))["code"] == "auth_required"
+        await g.json_until("welcome")
         await g.send(b'{"type":"join","room":"#ops"}\n{"type":"nick","nick":"bob"}\n')
-        assert (await g.json("error"))["code"] == "forbidden"
-        assert (await g.json("error"))["code"] == "nick_reserved"
+        assert (await g.json_until("error"))["code"] == "forbidden"
+        assert (await g.json_until("error"))["code"] == "nick_reserved"
 
 
 async def test_lines_after_the_token_survive_a_half_close() -> None:
@@ -201,7 +161,7 @@ async def test_lines_after_the_token_survive_a_half_close() -> None:
         p = await peer(ep, stack)
         await p.send(f"bob\n{TOKENS['bob']}\nlast words\n".encode())
         p.writer.write_eof()
-        rest = await p.rest()
+        rest = await p.eof()
         assert b"*** you are bob (authenticated)\n" in rest
         assert b"#lobby <bob> last words\n" in rest
 
@@ -214,10 +174,10 @@ async def test_without_guests_everyone_needs_a_token() -> None:
         await p.send(b"carol\n")  # any name: the token is asked, and no name is given away
         assert await p.line() == b"*** token for carol:\n"
         await p.send(b"guess\n")
-        assert (await p.rest()).endswith(b"!!! auth_failed: wrong user name or token\n")
+        assert (await p.eof()).endswith(b"!!! auth_failed: wrong user name or token\n")
         j = await peer(ep, stack)
         await j.send(b'{"type":"hello","nick":"carol"}\n')
-        assert (await j.json("error"))["code"] == "auth_required"
+        assert (await j.json_until("error"))["code"] == "auth_required"
 
 
 async def test_failed_logins_are_limited_per_source(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,11 +193,11 @@ async def test_failed_logins_are_limited_per_source(monkeypatch: pytest.MonkeyPa
         for i in range(5):
             p = await peer(ep, stack, "127.0.0.2")
             await p.send(f"ann\nguess-{i}\n".encode())
-            assert (await p.rest()).endswith(b"wrong user name or token\n")
+            assert (await p.eof()).endswith(b"wrong user name or token\n")
         assert len(checks) == 5
         p = await peer(ep, stack, "127.0.0.2")  # even the right token: no more checks
         await p.send(f"ann\n{TOKENS['ann']}\n".encode())
-        assert (await p.rest()).endswith(b"too many failed logins from your address: try later\n")
+        assert (await p.eof()).endswith(b"too many failed logins from your address: try later\n")
         assert len(checks) == 5
         q = await peer(ep, stack, "127.0.0.3")  # another source is not affected
         await q.send(f"ann\n{TOKENS['ann']}\n".encode())
