@@ -271,12 +271,12 @@ _ROW = re.compile(r"(chat|files)\s+\S\s+tcp://127\.0\.0\.1:(\d+)")
 
 
 @contextlib.contextmanager
-def serve_with_users(tmp_path: Path) -> Iterator[dict[str, str]]:
+def serve_with_users(tmp_path: Path, *extra: str) -> Iterator[dict[str, str]]:
     users = tmp_path / "users.toml"
     users.write_text(USERS)
     argv = [*WIRECAT, "serve", "--no-greeting", "--no-echo", "--chat", "tcp://127.0.0.1:0",
             "--files", str(tmp_path / "root"), "--files-endpoint", "tcp://127.0.0.1:0",
-            "--users", str(users)]  # fmt: skip
+            "--users", str(users), *extra]  # fmt: skip
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
@@ -388,3 +388,12 @@ async def test_a_client_certificate_naming_a_user_logs_in_without_a_token(
             assert info.value.code == "auth_required"
     finally:
         await server.shutdown(grace=scaled(2))
+
+
+def test_serve_auth_failure_limit_is_a_flag(tmp_path: Path) -> None:
+    with serve_with_users(tmp_path, "--auth-failures", "1") as eps:
+        env = {"WIRECAT_TOKEN": "WRONG-token"}
+        first = run("ls", eps["files"], "--user", "bob", env=env)
+        assert first.returncode == 77 and "wrong user name or token" in first.stderr
+        right = run("ls", eps["files"], "--user", "bob", env={"WIRECAT_TOKEN": TOKENS["bob"]})
+        assert right.returncode == 77 and "too many failed logins" in right.stderr

@@ -218,6 +218,21 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
     "user's token; user names are reserved nicks, admins may /kick and /close.",
 )
 @click.option(
+    "--auth-failures",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Failed logins (chat, files) allowed per source IP before it is refused unchecked.",
+)
+@click.option(
+    "--auth-failure-rate",
+    type=click.FloatRange(min=0.001),
+    default=0.1,
+    show_default=True,
+    metavar="PER_SECOND",
+    help="How fast a source earns failed logins back.",
+)
+@click.option(
     "--guests",
     is_flag=True,
     help="With --users: also let chat members in without a token, under other nicks.",
@@ -353,6 +368,8 @@ def serve_command(
     chat_rate: float,
     chat_burst: int,
     users_file: str | None,
+    auth_failures: int,
+    auth_failure_rate: float,
     guests: bool,
     udp_rate: float,
     allow_rules: tuple[str, ...],
@@ -424,6 +441,7 @@ def serve_command(
             chat_burst=chat_burst,
             users=users,
             guests=guests,
+            auth_failures=(auth_failure_rate, auth_failures),
         )
 
     if guests and not users_file:

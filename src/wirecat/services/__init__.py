@@ -42,11 +42,13 @@ def build_services(
     chat_burst: int = 10,
     users: Users | None = None,
     guests: bool = False,
+    auth_failures: tuple[float, int] = (0.1, 5),
 ) -> list[Service]:
     """Return the services to run; ``None`` for a service means "not enabled".
 
     ``users`` (a users file) makes chat and files require a token (chat: unless
-    ``guests``).
+    ``guests``); ``auth_failures`` is ``(rate per second, burst)`` of failed logins allowed
+    per source IP, shared by both.
 
     Raises:
         ValueError: an option is invalid (e.g. a multi-line banner).
@@ -59,7 +61,7 @@ def build_services(
     if users is not None:
         from ..auth import AuthFailures
 
-        failures = AuthFailures()  # one table of failed logins for chat and files
+        failures = AuthFailures(*auth_failures)  # one table for chat and files
     if greeting:
         services.append(GreetingService(greeting, banner=banner))
     if echo:
