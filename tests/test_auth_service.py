@@ -325,7 +325,7 @@ def test_clients_authenticate_with_a_token_from_the_environment_or_a_file(
         assert welcome["user"] == "ann" and welcome["roles"] == ["admin"]
         assert any(e["type"] == "message" and e["text"] == "hi there" for e in events)
         refused = run("chat", eps["chat"], "-n", "ann", env={"WIRECAT_TOKEN": "WRONG-token"})
-        assert refused.returncode != 0 and "wrong user name or token" in refused.stderr
+        assert refused.returncode == 77 and "wrong user name or token" in refused.stderr
         assert "Traceback" not in refused.stderr + wrong.stderr
 
 

@@ -87,7 +87,15 @@ _QUIT_TIMEOUT = 5.0  # seconds to wait for the server's ``bye`` after stdin ends
 
 
 class ChatRefused(WirecatError):
-    """The chat server refused to register us (nick taken or invalid, bad room, ...)."""
+    """The chat server refused to register us (nick taken or invalid, bad room, ...).
+
+    ``exit_code`` is 77 (EX_NOPERM) when authentication was refused, else 1.
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{reason} ({code})")
+        self.code = code
+        self.exit_code = 77 if code.startswith("auth_") else 1
 
 
 def _nick_style(nick: str) -> str:
@@ -202,7 +210,7 @@ class _Client:
             if isinstance(ev, reply):
                 return ev
             if isinstance(ev, ErrorEvent) and ev.ref == cmd.ref:
-                raise ChatRefused(f"{ev.reason} ({ev.code})")
+                raise ChatRefused(ev.code, ev.reason)
             if not self.raw:
                 self.show(ev)
 

@@ -121,8 +121,8 @@ def run_command(
     configure_logging("json" if log_format == "json" else "text", verbosity)
     try:
         code = run(main, loop=loop)
-    except WirecatError as exc:
-        die(str(exc), exit_code_for(exc))
+    except WirecatError as exc:  # a verb's own errors may carry their exit code
+        die(str(exc), getattr(exc, "exit_code", None) or exit_code_for(exc))
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
