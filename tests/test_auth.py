@@ -411,3 +411,20 @@ def test_without_a_users_file_admin_commands_are_forbidden() -> None:
     core.handle(m, Join("#lobby"))
     assert _code(core.handle(m, Kick("ann"))) == "forbidden"
     assert _code(core.handle(m, CloseRoom())) == "forbidden"
+
+
+def test_remove_user_keeps_the_rest_of_the_file(tmp_path: Any) -> None:
+    path = tmp_path / "users.toml"
+    path.write_text(
+        "# team\n" + users_file(ops=["bob"]).replace("[users.bob]", "# bob is new\n[users.bob]")
+    )
+    add_user(path, "carol", log_n=FAST)
+    with pytest.raises(UsersFileError, match="listed in #ops"):
+        auth.remove_user(path, "bob")
+    with pytest.raises(UsersFileError, match="no user"):
+        auth.remove_user(path, "zed")
+    assert auth.remove_user(path, "ANN") == User("ann", frozenset({"admin"}))
+    text = path.read_text()
+    assert text.startswith("# team\n") and "# bob is new" in text and "[users.ann]" not in text
+    users = Users.load(path)
+    assert [u.name for u in users.users()] == ["bob", "carol"] and "#ops" in users.rooms

@@ -24,7 +24,7 @@ import trustme
 
 from _chat import Peer
 from helpers import scaled, serving, wait_for
-from wirecat.auth import Users, hash_token
+from wirecat.auth import User, Users, hash_token
 from wirecat.endpoints import Endpoint
 from wirecat.files.client import FilesClient, TransferError
 from wirecat.runtime.server import Server
@@ -253,6 +253,14 @@ def test_users_add_and_check(tmp_path: Path) -> None:
     assert check.returncode == 0 and check.stdout == "user ann (admin)\nuser bob\n"
     again = run("users", "add", path, "ann")
     assert again.returncode == 78 and "exists" in again.stderr
+    reset = run("users", "reset", path, "ann")
+    assert reset.returncode == 0, reset.stderr
+    users = Users.load(path)
+    assert users.verify("ann", token) is None  # the old token no longer works ...
+    assert users.verify("ann", reset.stdout.strip()) == User("ann", frozenset({"admin"}))
+    removed = run("users", "remove", path, "bob")
+    assert removed.returncode == 0 and "bob" not in Users.load(path)
+    assert run("users", "remove", path, "bob").returncode == 78
     Path(path).write_text("[users.x]\n")
     bad = run("users", "check", path)
     assert bad.returncode == 78 and "token" in bad.stderr and "Traceback" not in bad.stderr

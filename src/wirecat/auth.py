@@ -65,6 +65,7 @@ __all__ = [
     "add_user",
     "hash_token",
     "new_token",
+    "remove_user",
     "verify_token",
 ]
 
@@ -423,3 +424,52 @@ def add_user(
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     return token
+
+
+_TABLE_RE: Final = re.compile(r"\s*\[\s*([^\]]*?)\s*\]\s*(#.*)?")
+
+
+def remove_user(path: str | os.PathLike[str], name: str) -> User:
+    """Remove ``name``'s ``[users.NAME]`` table from the users file at ``path``; return it.
+
+    The rest of the file (comments, other tables) is kept as it is; the result is parsed
+    before it is written.
+
+    Raises:
+        UsersFileError: no such user, the file is malformed, or the user is still listed in
+            a restricted room (edit that room first).
+        OSError: the file cannot be written.
+    """
+    users = Users.load(path)
+    user = users.get(name)
+    if user is None:
+        raise UsersFileError(f"no user {name!r} in {path}")
+    in_rooms = sorted(r for r, members in users.rooms.items() if name.casefold() in members)
+    if in_rooms:
+        raise UsersFileError(f"{user.name} is listed in {', '.join(in_rooms)}: edit those first")
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines(keepends=True)
+    kept: list[str] = []
+    skipping = False
+    pending: list[str] = []  # comments and blanks while skipping: they may head the next table
+    for line in lines:
+        m = _TABLE_RE.fullmatch(line.rstrip("\r\n"))
+        if m is not None:
+            key = m[1].replace('"', "").replace("'", "").replace(" ", "")
+            skipping = key.casefold() == f"users.{user.name}".casefold()
+            if not skipping:
+                kept.extend(pending)
+            pending = []
+        if not skipping:
+            kept.append(line)
+        elif not line.strip() or line.lstrip().startswith("#"):
+            pending.append(line)
+        else:
+            pending = []  # they were inside the removed table
+    text = "".join(kept)
+    if user.name in Users.parse(text, source=str(path)):
+        raise UsersFileError(f"cannot remove {user.name}: its table is not a plain [users.NAME]")
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return user

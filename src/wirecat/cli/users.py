@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..auth import ROLES, Users, UsersFileError, add_user
+from ..auth import ROLES, Users, UsersFileError, add_user, remove_user
 from ..protocols import MAX_TOKEN
 from .common import die
 
@@ -20,6 +20,8 @@ def users_command() -> None:
       wirecat users add users.toml ann --role admin    # prints ann's new token once
       echo "$TOKEN" | wirecat users add users.toml bob --token-stdin
       wirecat users check users.toml
+      wirecat users reset users.toml bob        # a new token (the old one stops working)
+      wirecat users remove users.toml bob
       wirecat serve --chat tls://[::]:7443 --self-signed --users users.toml
 
     Restrict a room by adding to the file, by hand:
@@ -80,3 +82,33 @@ def check_command(path: str) -> None:
     for room, members in sorted(users.rooms.items()):
         click.echo(f"room {room}: {', '.join(sorted(members))}")
     click.echo(f"{path}: {len(users)} users, {len(users.rooms)} restricted rooms: OK", err=True)
+
+
+@users_command.command("remove")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, exists=True))
+@click.argument("name")
+def remove_command(path: str, name: str) -> None:
+    """Remove user NAME from FILE (a running server keeps the file it read at start)."""
+    try:
+        user = remove_user(path, name)
+    except UsersFileError as exc:
+        die(str(exc), 78)
+    except OSError as exc:
+        die(f"cannot write {path}: {exc.strerror}", 73)
+    click.echo(f"removed {user.name} from {path}", err=True)
+
+
+@users_command.command("reset")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, exists=True))
+@click.argument("name")
+def reset_command(path: str, name: str) -> None:
+    """Give user NAME a new random token (roles kept) and print it on stdout."""
+    try:
+        user = remove_user(path, name)
+        token = add_user(path, user.name, roles=user.roles)
+    except UsersFileError as exc:
+        die(str(exc), 78)
+    except OSError as exc:
+        die(f"cannot write {path}: {exc.strerror}", 73)
+    click.echo(f"new token for {user.name} in {path}", err=True)
+    click.echo(token)
