@@ -58,7 +58,7 @@ from ..protocols.files import (
 )
 from ..runtime.stream import open_transport
 from .digest import Hasher, hash_fd, new_hasher
-from .pipeline import BodyOutcome, SocketBody, WriteBehind, executor
+from .pipeline import BodyOutcome, FileHashJob, SocketBody, WriteBehind, executor
 from .zerocopy import send_file_range
 
 __all__ = ["FilesClient", "Progress", "TransferError", "TransferResult"]
@@ -440,7 +440,10 @@ class FilesClient:
                 restart = True
             started = time.perf_counter()
             hasher = new_hasher(digest)
-            hash_job = asyncio.ensure_future(self._run(hash_fd, fd, hasher, 0, size))
+            # on a thread of its own, in parallel with sendfile, reading a duplicate of fd
+            # (so closing fd below cannot pull it from under a hash still running)
+            job = FileHashJob(fd, hasher, 0, size)
+            hash_job = job.future
             try:
                 offset = await self._start_put(name, size, offset, digest, overwrite, restart)
                 if progress is not None:
@@ -460,14 +463,18 @@ class FilesClient:
                     )
                 except (OSError, ConnectionError) as exc:
                     raise await self._server_reason(exc) from exc
+                # a refusal (no_space) that arrived just as the last byte went out has closed
+                # the conversation: report it rather than a local protocol error
+                self._check_refused()
                 self._p.core.body_sent(size - offset)
                 await hash_job
             finally:
                 if not hash_job.done():
-                    hash_job.cancel()
+                    job.cancel()  # the thread stops at its next 1 MiB
                     with contextlib.suppress(BaseException):
                         await hash_job
             local = hasher.hexdigest()
+            self._check_refused()  # (as above, if it arrived while the hash finished)
             self._p.core.send_trailer(local)
             self._flush()
             # the server flushes, fsyncs and renames before answering: allow for the disk

@@ -28,7 +28,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-__all__ = ["BodyOutcome", "SocketBody", "WriteBehind", "executor"]
+from .digest import Hasher, hash_fd
+
+__all__ = ["BodyOutcome", "FileHashJob", "SocketBody", "WriteBehind", "executor"]
 
 _executor: ThreadPoolExecutor | None = None
 _REPORT_EVERY = 4 * 1024 * 1024  # bytes written between progress reports to the loop
@@ -161,6 +163,51 @@ class WriteBehind:
                 self._on_resume()
         if final and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
+
+
+# -- hashing a file on a thread of its own ------------------------------------------------
+class FileHashJob:
+    """Hash bytes ``[start, end)`` of a file on a thread of its own (not the shared pool).
+
+    The thread reads a duplicate of ``fd`` (and closes it), so the caller may close its
+    descriptor at any time; :meth:`cancel` makes it stop between 1 MiB chunks. Await
+    :attr:`future`: it raises what the hashing raised. (On the shared pool a cancelled job
+    kept hashing, from a descriptor its caller had already closed.)
+    """
+
+    def __init__(self, fd: int, hasher: Hasher, start: int, end: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[None] = self._loop.create_future()
+        self._stopped = False
+        dup = os.dup(fd)
+        threading.Thread(
+            target=self._run, args=(dup, hasher, start, end), name="wirecat-hash", daemon=True
+        ).start()
+
+    def cancel(self) -> None:
+        """Stop soon (loop thread; the future is cancelled)."""
+        self._stopped = True
+        if not self.future.done():
+            self.future.cancel()
+
+    def _run(self, fd: int, hasher: Hasher, start: int, end: int) -> None:
+        error: BaseException | None = None
+        try:
+            hash_fd(fd, hasher, start, end, stop=lambda: self._stopped)
+        except BaseException as exc:
+            error = exc
+        finally:
+            os.close(fd)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self._loop.call_soon_threadsafe(self._settle, error)
+
+    def _settle(self, error: BaseException | None) -> None:
+        if self.future.done():
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(None)
 
 
 # -- taking a socket over for one body ------------------------------------------------------
