@@ -1,11 +1,15 @@
 """Chat fan-out mode: ``conns`` members in one room, ``senders`` of them send.
 
 Every message text starts with a token ``wcb<sender>.<seq>.`` (then ``x`` padding up to
-``size`` bytes), so receipts are found with one regular-expression scan per chunk whatever
-the framing around them: wirecat chat JSON lines, plain lines (``ncat --broker``) or Redis
-RESP pub/sub. Latency is measured per delivery (send to receipt at one member, one clock:
-all members live on this loop); a message counts as an operation once every member that
-should get it has it.
+``size`` bytes), so receipts are found whatever the framing around them: wirecat chat JSON
+lines, plain lines (``ncat --broker``) or Redis RESP pub/sub. The client must cost less per
+delivery than the servers it measures, so nothing is done per message received: per chunk,
+a receiver counts each sender's tokens (``bytes.count``) and checks that the first and the
+last are the next seqs it expects (every message, in order, once; anything else is parsed
+token by token and reported). A message counts as an operation once every member that
+should get it has it. Latency (send to receipt at one member, one clock: all members live
+on this loop) is recorded for every delivery of one message in ``_LATENCY_EVERY``. A sender
+writes the messages its window allows in one ``write``.
 
 Set-up is bounded by ``connect_timeout``: connect every member, register and join (wirecat:
 ``hello`` + ``join``; redis: ``SUBSCRIBE``), then repeat a barrier message (seq 0) until every
@@ -34,6 +38,11 @@ _TOKEN_LEN = 19
 _MAX_PARTIAL = 1 << 20  # bytes of an unterminated line kept before giving up on it
 _BARRIER_INTERVAL = 0.1  # seconds between barrier messages during set-up
 _DEFAULT_WINDOW = 16  # messages per sender not yet delivered to everyone
+_PREFIX_LEN = 8  # len(b"wcb0000.")
+_SEQ0 = b"0" * 10
+_LATENCY_EVERY = 8  # latency is sampled on every delivery of one message in this many
+_FAST_SENDERS = 4  # members watching more senders than this parse every token
+_PARSE_EVERY = 32  # a member parses every token of one chunk in this many, whatever
 
 
 def make_token(sender: int, seq: int, size: int) -> bytes:
@@ -66,18 +75,43 @@ def _handshake(protocol: str, room: str, nick: str, subscribe: bool) -> bytes:
 
 
 class _Sender:
-    """Book-keeping of one sending member: send times and receipts still missing, by seq."""
+    """Book-keeping of one sending member, per seq: send times, and receivers still waiting.
 
-    __slots__ = ("index", "inflight", "left", "member", "next_seq", "remaining", "t0")
+    Receipts are not counted per message: each receiver only keeps the next seq it expects
+    from each sender (messages arrive in order, or the receiver is marked broken), and
+    ``at[q]`` counts the receivers whose next expected seq is ``q``. Message ``q`` is then
+    delivered to everyone once no receiver expects ``q`` or less: ``lo`` (the lowest seq not
+    yet delivered to everyone) moves past every ``q`` with ``at[q] == 0``, O(1) amortised per
+    chunk received, whatever the number of messages in it.
+    """
 
-    def __init__(self, index: int, member: _Member, remaining: int) -> None:
+    __slots__ = (
+        "at",
+        "index",
+        "inflight",
+        "lo",
+        "member",
+        "next_seq",
+        "prefix",
+        "remaining",
+        "t0",
+    )
+
+    def __init__(self, index: int, member: _Member, remaining: int, receivers: int) -> None:
         self.index = index
         self.member = member
-        self.t0: list[int] = [0]  # seq 0 is the barrier
-        self.left: list[int] = [0]
+        self.prefix = b"wcb%04d." % index  # what this sender's tokens start with
+        self.t0: list[int] = [0]  # send time per seq; seq 0 is the barrier
+        self.at: list[int] = [0, receivers]  # len(at) == next_seq + 1
+        self.lo = 1
         self.next_seq = 1
         self.inflight = 0
         self.remaining = remaining  # -1: no limit
+
+    def missing(self) -> int:
+        """Receipts still missing: messages sent but not yet received, over all receivers."""
+        end = self.next_seq
+        return sum(n * (end - q) for q, n in enumerate(self.at[:end]) if n)
 
 
 class _Chat:
@@ -104,50 +138,66 @@ class _Chat:
             self.protocol, self.room, make_token(sender, seq, self.run.config.size)
         )
 
-    def receipt(self, member: _Member, sender_index: int, seq: int, now: int) -> None:
-        if sender_index == member.sender_index or sender_index >= len(self.senders):
-            return  # our own message coming back, or a stranger's
-        if seq == 0:
-            if not member.barrier:
-                member.barrier = True
-                self.barrier_seen += 1
-                if self.barrier_seen >= self.expected and not self.barrier_done.done():
-                    self.barrier_done.set_result(None)
-            return
-        if not self.measuring:
-            return
-        s = self.senders[sender_index]
-        if seq >= len(s.left) or s.left[seq] <= 0:
-            return  # sent before this measurement, or a duplicate
-        run = self.run
-        run.hist.record(now - s.t0[seq])
-        run.deliveries += 1
-        left = s.left[seq] - 1
-        s.left[seq] = left
-        if left == 0:
-            run.ops += 1
-            s.inflight -= 1
-            if run.config.rate is None:
-                self.pump(s)
-            else:
-                self._maybe_done()
+    def barrier(self, member: _Member) -> None:
+        if not member.barrier:
+            member.barrier = True
+            self.barrier_seen += 1
+            if self.barrier_seen >= self.expected and not self.barrier_done.done():
+                self.barrier_done.set_result(None)
 
-    def send_one(self, s: _Sender) -> None:
+    def received(self, s: _Sender, old: int, new: int) -> None:
+        """A receiver got seqs ``old`` .. ``new - 1`` of ``s``, in order, just now."""
+        run = self.run
+        run.deliveries += new - old
+        at = s.at
+        at[old] -= 1
+        at[new] += 1
+        # Latency: every delivery of one message in _LATENCY_EVERY (seq 1, 1 + N, ...), so
+        # the sample is spread evenly over messages and members.
+        first = old + (1 - old) % _LATENCY_EVERY
+        if first < new:
+            now = perf_counter_ns()
+            hist, t0 = run.hist, s.t0
+            for q in range(first, new, _LATENCY_EVERY):
+                hist.record(now - t0[q])
+        lo = s.lo
+        if old != lo or at[lo]:
+            return
+        end = s.next_seq
+        while lo < end and not at[lo]:
+            lo += 1
+        done = lo - s.lo
+        s.lo = lo
+        run.ops += done
+        s.inflight -= done
+        if run.config.rate is None:
+            self.pump(s)
+        else:
+            self._maybe_done()
+
+    def send(self, s: _Sender, n: int) -> None:
+        """Send ``n`` messages of ``s`` in one write (their send time is one timestamp)."""
         seq = s.next_seq
-        s.next_seq += 1
-        data = self.encode(s.index, seq)
-        s.t0.append(perf_counter_ns())
-        s.left.append(self.expected)
-        s.inflight += 1
+        data = b"".join([self.encode(s.index, q) for q in range(seq, seq + n)])
+        s.next_seq = seq + n
+        s.t0.extend([perf_counter_ns()] * n)
+        s.at.extend([0] * n)
+        s.inflight += n
         if s.remaining > 0:
-            s.remaining -= 1
+            s.remaining -= n
         self.run.bytes_sent += len(data)
         s.member.write(data)
 
+    def send_one(self, s: _Sender) -> None:
+        self.send(s, 1)
+
     def pump(self, s: _Sender) -> None:
         run = self.run
-        while s.inflight < self.window and s.remaining != 0 and not run.stop:
-            self.send_one(s)
+        n = self.window - s.inflight
+        if s.remaining >= 0:
+            n = min(n, s.remaining)
+        if n > 0 and not run.stop:
+            self.send(s, n)
         self._maybe_done()
 
     def _maybe_done(self) -> None:
@@ -159,16 +209,48 @@ class _Chat:
 
 
 class _Member(asyncio.Protocol):
-    """One room member: counts tokens in whatever it receives."""
+    """One room member: counts the tokens of each sender in whatever it receives.
 
-    __slots__ = ("alive", "barrier", "chat", "partial", "sender_index", "transport")
+    Per chunk (complete lines only; a partial line waits for the rest), for each sender it
+    watches: ``bytes.count`` of the sender's token prefix, and the seqs of the first and
+    last token. If they are exactly the next ones expected (first is the next seq, last is
+    first + count - 1), the chunk holds that run of messages and nothing else of that
+    sender. With one sender, a chunk whose length is a whole number of messages of the
+    length learned from the last counted chunk is not even counted (first and last seq
+    only). Any other chunk, and one chunk in ``_PARSE_EVERY`` whatever it holds, is parsed
+    token by token: a gap or a message out of order marks this member broken (its receipts
+    stop counting: the run then reports ``undelivered``) and counts ``chat_out_of_order``;
+    a message twice counts ``chat_duplicate``. So a missing, repeated or late message is
+    always reported, except a swap of two messages inside one chunk that is not sampled.
+    """
+
+    __slots__ = (
+        "alive",
+        "barrier",
+        "broken",
+        "chat",
+        "chunks",
+        "next",
+        "partial",
+        "scan",
+        "sender_index",
+        "size",
+        "transport",
+        "watch",
+    )
 
     def __init__(self, chat: _Chat, sender_index: int) -> None:
         self.chat = chat
         self.sender_index = sender_index  # -1: receives only
         self.partial = b""
         self.barrier = False
+        self.broken = False
         self.alive = False
+        self.watch: list[_Sender] = []  # the senders whose messages this member must get
+        self.next: list[int] = []  # by sender index: the next seq expected from it
+        self.size = 0  # bytes per message of the one watched sender, once known (0: not)
+        self.chunks = 0  # chunks counted while measuring
+        self.scan = chat.protocol == "wirecat"  # look for error replies (see kick())
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -189,12 +271,97 @@ class _Member(asyncio.Protocol):
             self.partial = data if len(data) <= _MAX_PARTIAL else b""
             return
         self.partial = data[end:]
-        now = perf_counter_ns()
-        for m in TOKEN_RE.finditer(data, 0, end):
-            chat.receipt(self, int(m[1]), int(m[2]), now)
-        if chat.protocol == "wirecat" and b'"type":"error"' in data:
+        if chat.measuring:
+            if not self.broken:
+                self._count(data, end)
+        elif self.sender_index != 0:  # set-up: look for the barrier (seq 0 of sender 0)
+            for m in TOKEN_RE.finditer(data, 0, end):
+                if m[1] == b"0000" and m[2] == _SEQ0:
+                    chat.barrier(self)
+                    break
+        # Error replies answer commands: a sender's messages, or anyone's set-up (scanning
+        # every receiver's chunks for them would cost as much as counting the tokens).
+        if self.scan and b'"type":"error"' in data:
             for code in re.findall(rb'"code":"([a-z_]+)"', data, 0):
                 chat.run.errors["chat_" + code.decode()] += 1
+
+    def _count(self, data: bytes, end: int) -> None:
+        watch, nxt = self.watch, self.next
+        self.chunks = chunks = self.chunks + 1
+        if not chunks % _PARSE_EVERY:
+            pass  # a sample: the order inside the chunk is checked too
+        elif len(watch) == 1:  # the usual case: one sender
+            s = watch[0]
+            prefix = s.prefix
+            old = nxt[s.index]
+            i = data.find(prefix, 0, end) + _PREFIX_LEN
+            if i < _PREFIX_LEN:  # none of its messages
+                return
+            if int(data[i : i + 10]) == old:
+                # Messages of one sender have one length (same framing, fixed-width token),
+                # learned from the last chunk that was counted: a chunk of exactly n such
+                # messages whose last token is first + n - 1 needs no count (a scan of the
+                # whole chunk); any other chunk is counted.
+                size = self.size
+                if size and not end % size:
+                    n = end // size
+                    j = data.rfind(prefix, 0, end) + _PREFIX_LEN
+                    if int(data[j : j + 10]) == old + n - 1:
+                        nxt[s.index] = old + n
+                        self.chat.received(s, old, old + n)
+                        return
+                n = data.count(prefix, 0, end)
+                j = data.rfind(prefix, 0, end) + _PREFIX_LEN
+                if int(data[j : j + 10]) == old + n - 1:
+                    self.size = 0 if end % n else end // n
+                    nxt[s.index] = old + n
+                    self.chat.received(s, old, old + n)
+                    return
+        elif len(watch) <= _FAST_SENDERS:
+            runs: list[tuple[_Sender, int, int]] = []
+            for s in watch:
+                prefix = s.prefix
+                n = data.count(prefix, 0, end)
+                if not n:
+                    continue
+                old = nxt[s.index]
+                i = data.find(prefix, 0, end) + _PREFIX_LEN
+                j = data.rfind(prefix, 0, end) + _PREFIX_LEN
+                if int(data[i : i + 10]) != old or int(data[j : j + 10]) != old + n - 1:
+                    break
+                runs.append((s, old, old + n))
+            else:
+                for s, old, new in runs:
+                    nxt[s.index] = new
+                    self.chat.received(s, old, new)
+                return
+        self._parse(data, end)
+
+    def _parse(self, data: bytes, end: int) -> None:
+        """Every token of the chunk, one by one (many senders, or not the next seqs)."""
+        chat, nxt = self.chat, self.next
+        first = {s.index: nxt[s.index] for s in self.watch}
+        for m in TOKEN_RE.finditer(data, 0, end):
+            index = int(m[1])
+            expect = first.get(index)
+            if expect is None:
+                continue  # our own message coming back, or a stranger's
+            seq = int(m[2])
+            want = nxt[index]
+            if seq == want:
+                nxt[index] = want + 1
+            elif seq == 0:
+                continue  # a late barrier from set-up
+            elif seq < want:
+                chat.run.errors["chat_duplicate"] += 1
+            else:
+                chat.run.errors["chat_out_of_order"] += 1
+                self.broken = True
+                self.scan = chat.protocol == "wirecat"
+                break
+        for index, old in first.items():
+            if nxt[index] != old:
+                chat.received(chat.senders[index], old, nxt[index])
 
     def eof_received(self) -> bool:
         return False
@@ -247,7 +414,7 @@ async def run_chat(run: _Run, start: Callable[[], None] | None) -> float:
                 share = -1
                 if config.count is not None:
                     share = config.count // n_senders + (sender_index < config.count % n_senders)
-                chat.senders.append(_Sender(sender_index, member, share))
+                chat.senders.append(_Sender(sender_index, member, share, chat.expected))
 
     # Senders are members 0..senders-1; they connect first so their indexes are stable.
     await asyncio.gather(*(join(i, i) for i in range(n_senders)))
@@ -289,6 +456,11 @@ async def run_chat(run: _Run, start: Callable[[], None] | None) -> float:
             ticker = loop.call_later(1.0 / config.rate, tick)
 
     def kick() -> None:
+        for m in chat.members:
+            if m.sender_index < 0 or not redis:  # redis publishers do not subscribe
+                m.watch = [s for s in chat.senders if s.index != m.sender_index]
+            m.next = [1] * n_senders
+            m.scan = chat.protocol == "wirecat" and m.sender_index >= 0
         chat.measuring = True
         if config.rate is None:
             for s in chat.senders:
@@ -305,7 +477,7 @@ async def run_chat(run: _Run, start: Callable[[], None] | None) -> float:
         if ticker is not None:
             ticker.cancel()
         if config.count is not None:
-            missing = sum(sum(s.left) for s in chat.senders)
+            missing = sum(s.missing() for s in chat.senders)
             if missing:
                 run.errors["undelivered"] += missing
         _close_all(chat)

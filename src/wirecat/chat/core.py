@@ -5,9 +5,13 @@ commands of :mod:`wirecat.protocols.chat` and call :meth:`ChatCore.handle`; they
 core a :class:`Sink` per connection: where to write bytes, and the encoder of their format.
 
 Fan-out is built for large rooms: a room keeps its members grouped by encoder, so one event
-is encoded **once per format** and the same ``bytes`` object is handed to every member's
-``send``; nothing is allocated per member per message. Each member's output is bounded by
-the runtime (slow consumers are cut), so one stuck member never stalls a broadcast.
+is encoded **once per format**. Members whose sink can queue a shared write
+(:meth:`Sink.send_shared`, a :class:`~wirecat.runtime.connection.SharedWrite`) cost nothing
+per message: the room queues one shared write per format per loop iteration on each member,
+appends every later event of that iteration to it, and each member's connection writes the
+joined bytes once. Other sinks get the same ``bytes`` object through ``send``. Each
+member's output is bounded by the runtime (slow consumers are cut), so one stuck member
+never stalls a broadcast.
 
 Events that other processes would need to see (room messages, joins, parts, nick changes,
 direct messages) go through a :class:`Hub`. :class:`LocalHub` delivers them in-process and
@@ -67,6 +71,7 @@ from ..protocols.chat import (
     check_nick,
     check_room,
 )
+from ..runtime.connection import SharedWrite
 from ..runtime.limits import TokenBucket
 
 __all__ = [
@@ -120,6 +125,11 @@ class Sink(Protocol):
     def send(self, data: bytes) -> None:
         """Queue ``data`` for the peer without blocking (bounded by the runtime)."""
         ...
+
+    # Optional, looked up when the member joins a room:
+    # ``send_shared(shared: SharedWrite) -> bool`` queues a shared write whose bytes,
+    # including those appended later, reach the peer in order with its other output (see
+    # :class:`~wirecat.runtime.connection.SharedWrite`).
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +194,23 @@ class Member:
         return f"<Member {self.id} {self.nick or '(unregistered)'}>"
 
 
+class _Group:
+    """One encoder's members in a room, and the shared write of this loop iteration."""
+
+    __slots__ = ("open", "plain", "shared")
+
+    def __init__(self) -> None:
+        self.shared: dict[Member, Callable[[SharedWrite], object]] = {}  # send_shared
+        self.plain: dict[Member, Callable[[bytes], None]] = {}  # send, per event
+        self.open: SharedWrite | None = None  # appended to while is_open
+
+    def close(self) -> None:
+        """Stop appending to the current shared write (the receivers changed)."""
+        if self.open is not None:
+            self.open.join()  # frozen: those that queued it get exactly what it holds now
+            self.open = None
+
+
 class Room:
     """A room's local members, grouped by encoder for encode-once fan-out."""
 
@@ -192,7 +219,7 @@ class Room:
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: dict[Member, None] = {}  # insertion-ordered set
-        self._groups: dict[Encoder, dict[Member, Callable[[bytes], None]]] = {}
+        self._groups: dict[Encoder, _Group] = {}
 
     def __len__(self) -> int:
         return len(self.members)
@@ -202,14 +229,27 @@ class Room:
         if member in self.members:
             return
         self.members[member] = None
-        self._groups.setdefault(member.sink.codec, {})[member] = member.sink.send
+        sink = member.sink
+        group = self._groups.get(sink.codec)
+        if group is None:
+            group = self._groups[sink.codec] = _Group()
+        group.close()  # the next event opens a shared write that includes the newcomer
+        send_shared = getattr(sink, "send_shared", None)
+        if send_shared is not None:
+            group.shared[member] = send_shared
+        else:
+            group.plain[member] = sink.send
 
     def remove(self, member: Member) -> None:
         """Remove ``member`` if present."""
         if self.members.pop(member, 0) is None:
             for codec, group in self._groups.items():
-                if group.pop(member, None) is not None:
-                    if not group:
+                if (
+                    group.shared.pop(member, None) is not None
+                    or group.plain.pop(member, None) is not None
+                ):
+                    group.close()  # what it already holds is still its own; no more
+                    if not group.shared and not group.plain:
                         del self._groups[codec]
                     break
 
@@ -218,12 +258,26 @@ class Room:
         return tuple(sorted((m.nick or "?" for m in self.members), key=str.casefold))
 
     def broadcast(self, event: ServerEvent) -> None:
-        """Encode ``event`` once per encoder and send the same bytes to every member."""
+        """Encode ``event`` once per encoder and send the same bytes to every member.
+
+        Members with ``send_shared``: the first event of a loop iteration queues one
+        :class:`SharedWrite` on each; later ones are appended to it (no per-member work).
+        """
         for codec, group in tuple(self._groups.items()):
             data = codec.encode(event)
-            if data:
-                for send in tuple(group.values()):
+            if not data:
+                continue
+            if group.plain:
+                for send in tuple(group.plain.values()):
                     send(data)
+            if group.shared:
+                shared = group.open
+                if shared is not None and shared.is_open:
+                    shared.append(data)
+                else:
+                    group.open = shared = SharedWrite(data)
+                    for send_shared in tuple(group.shared.values()):
+                        send_shared(shared)
 
 
 class Hub(abc.ABC):

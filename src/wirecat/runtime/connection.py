@@ -29,7 +29,7 @@ from .logs import logger as _root_logger
 if TYPE_CHECKING:
     from .server import Service
 
-__all__ = ["ServerContext", "StreamHandler", "format_address"]
+__all__ = ["ServerContext", "SharedWrite", "StreamHandler", "format_address"]
 
 _ids = itertools.count(1)
 
@@ -186,6 +186,66 @@ class ServerContext:
         await self._empty.wait()
 
 
+class SharedWrite:
+    """Bytes that many connections receive at the same point of their output (fan-out).
+
+    A fan-out source (a chat room) makes one per loop iteration and queues the same object
+    on every receiving connection with :meth:`StreamHandler.write_shared`; each later
+    message of that iteration is one :meth:`append` (no work per connection). The chunks
+    are joined once, when the first of those connections flushes, and every connection
+    then hands the same ``bytes`` to its transport: one ``transport.write`` per connection
+    per iteration, however many messages, with no Python work per connection per message.
+
+    Order is kept per connection: while this object is a connection's last queued item,
+    appended bytes belong there; when something else is queued on that connection (its
+    own reply, another room's batch), the connection *detaches*: its queued item becomes a
+    copy of the bytes so far, and later appends reach it through :meth:`StreamHandler.write`.
+
+    A source must stop appending (open a new one) when its receivers change: an append
+    reaches every connection that queued this object and has not flushed yet.
+
+    Attributes:
+        size: bytes appended so far.
+    """
+
+    __slots__ = ("_chunks", "_data", "_detached", "size")
+
+    def __init__(self, data: bytes) -> None:
+        self._chunks = [data]
+        self._data: bytes | None = None  # the joined bytes, once flushed
+        self._detached: list[StreamHandler] = []
+        self.size = len(data)
+
+    @property
+    def is_open(self) -> bool:
+        """True until the first receiver flushed it (then :meth:`append` must not be called)."""
+        return self._data is None
+
+    def append(self, data: bytes) -> None:
+        """Add ``data`` for every receiver (only while :attr:`is_open`)."""
+        self._chunks.append(data)
+        self.size += len(data)
+        for handler in self._detached:
+            handler.write(data)
+
+    def join(self) -> bytes:
+        """Return the bytes (joined once); no more appends after this."""
+        data = self._data
+        if data is None:
+            chunks = self._chunks
+            data = self._data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._chunks = []
+            self._detached = []
+        return data
+
+    def _detach(self, handler: StreamHandler) -> bytes:
+        """``handler`` queues something after this: give it the bytes so far, then each
+        later append separately."""
+        self._detached.append(handler)
+        chunks = self._chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class _ConnLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = dict(self.extra or {})
@@ -217,7 +277,6 @@ class StreamHandler(asyncio.Protocol):
         "_login_handle",
         "_loop",
         "_queued",
-        "_queued_size",
         "closing",
         "ctx",
         "limits",
@@ -242,8 +301,9 @@ class StreamHandler(asyncio.Protocol):
         self._close_reason = ""
         self.source: str | None = None  # peer IP for per-source limits; None for unix
         self._login_handle: asyncio.TimerHandle | None = None
-        self._queued: list[bytes] | None = None  # coalesced writes of this loop iteration
-        self._queued_size = 0
+        # Coalesced writes of this loop iteration; the list is made on the first write and
+        # kept (empty between iterations), so fan-out allocates no list per member.
+        self._queued: list[bytes | SharedWrite] | None = None
 
     #: Services whose peers must complete a login (first line, hello) set this to True and
     #: call :meth:`login_complete`; until then ``limits.login_timeout`` applies.
@@ -470,7 +530,10 @@ class StreamHandler(asyncio.Protocol):
         """Bytes written but not yet handed to the kernel (coalesced ones included)."""
         if self.transport is None:
             return 0
-        return self.transport.get_write_buffer_size() + self._queued_size
+        queued = sum(
+            item.size if isinstance(item, SharedWrite) else len(item) for item in self._queued or ()
+        )
+        return self.transport.get_write_buffer_size() + queued
 
     def write(self, data: bytes) -> bool:
         """Queue ``data`` for the peer without blocking.
@@ -489,28 +552,62 @@ class StreamHandler(asyncio.Protocol):
             return False
         if self.coalesce_writes:
             queued = self._queued
-            if queued is None:
-                self._queued = [data]
+            if not queued:
+                if queued is None:
+                    self._queued = [data]
+                else:
+                    queued.append(data)
                 self.ctx._schedule_flush(self)
             else:
+                tail = queued[-1]
+                if type(tail) is SharedWrite and tail._data is None:
+                    queued[-1] = tail._detach(self)  # later appends come after ``data``
                 queued.append(data)
-            self._queued_size += len(data)
             return True
         self.transport.write(data)
         if self.writing_paused:
             return self._check_output()
         return True
 
+    def write_shared(self, shared: SharedWrite) -> bool:
+        """Queue ``shared``: its bytes, including those appended to it later in this loop
+        iteration, go out here, in order with this connection's other writes. Only for
+        handlers with :attr:`coalesce_writes` (others write through at once).
+
+        Returns:
+            True if queued; False if the connection is closing (nothing is queued).
+        """
+        if self.closing:
+            return False
+        queued = self._queued
+        if not queued:
+            if queued is None:
+                self._queued = [shared]
+            else:
+                queued.append(shared)
+            self.ctx._schedule_flush(self)
+        else:
+            tail = queued[-1]
+            if type(tail) is SharedWrite and tail._data is None:
+                queued[-1] = tail._detach(self)
+            queued.append(shared)
+        return True
+
     def _flush(self) -> None:
         """Hand the coalesced chunks to the transport (called once per loop iteration)."""
         queued = self._queued
-        if queued is None:
+        if not queued:
             return
-        self._queued = None
-        self._queued_size = 0
         if self.closing:  # aborted: queued output is dropped
+            queued.clear()
             return
-        self.transport.write(queued[0] if len(queued) == 1 else b"".join(queued))
+        if len(queued) == 1:
+            item = queued[0]
+            data = item.join() if isinstance(item, SharedWrite) else item
+        else:
+            data = b"".join([i.join() if isinstance(i, SharedWrite) else i for i in queued])
+        queued.clear()  # kept: no new (garbage-collected) list per connection per iteration
+        self.transport.write(data)
         if self.writing_paused:
             self._check_output()
 
@@ -540,7 +637,6 @@ class StreamHandler(asyncio.Protocol):
         """Drop queued output and close now. Idempotent."""
         self.closing = True
         self._queued = None
-        self._queued_size = 0
         if not self._close_reason:
             self._close_reason = reason
         if self.transport is not None:

@@ -93,6 +93,16 @@ class ChatHandler(StreamHandler):
             if self.writing_paused:
                 self.pause_reading()  # the peer does not read: stop taking its commands
 
+    #: Rooms queue one shared write per loop iteration here instead of calling :meth:`send`
+    #: per message (see :class:`~wirecat.runtime.connection.SharedWrite`).
+    send_shared = StreamHandler.write_shared
+
+    def pause_writing(self) -> None:
+        """The peer does not read fast enough: stop taking its commands until it does
+        (room traffic reaches the transport at flush time, not through :meth:`send`)."""
+        super().pause_writing()
+        self.pause_reading()
+
     # -- hooks ---------------------------------------------------------------------------------
     def on_connect(self) -> None:
         self.member = self.chat.core.connect(self)
