@@ -505,3 +505,17 @@ def test_protocols_import_no_io_modules() -> None:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"asyncio", "socket", "ssl", "selectors", "uvloop"}
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.floats(min_value=0, max_value=4e9, allow_nan=False)
+    | st.integers(0, 4_000_000_000).map(lambda s: s + 0.9995)
+    | st.integers(0, 4_000_000_000).map(lambda s: s + 0.001)
+)
+def test_format_ts_cache_matches_datetime(ts: float) -> None:
+    from datetime import UTC, datetime
+
+    expected = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    assert chat_mod.format_ts(ts) == expected
+    assert chat_mod.format_ts(ts) == expected  # from the cached second

@@ -63,6 +63,7 @@ most ``max_text`` bytes of UTF-8 (default :data:`MAX_TEXT`) without control char
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import deque
 from collections.abc import Callable
@@ -876,9 +877,26 @@ class TextCodec:
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
+_ts_second = -1  # the whole second whose ISO 8601 prefix is cached (one entry: clocks move on)
+_ts_prefix = ""
+
+
 def format_ts(ts: float) -> str:
-    """Format seconds since the epoch as ISO 8601 UTC with milliseconds (``...T..:..:...123Z``)."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """Format seconds since the epoch as ISO 8601 UTC with milliseconds (``...T..:..:...123Z``).
+
+    The ``YYYY-MM-DDTHH:MM:SS`` part is cached for the current second: messages stamped in
+    the same second cost one integer division and one string concatenation.
+    """
+    global _ts_second, _ts_prefix
+    second = math.floor(ts)
+    micro = round((ts - second) * 1e6)  # as datetime.fromtimestamp rounds, then truncate to ms
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    milli = micro // 1000
+    if second != _ts_second:
+        _ts_prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _ts_second = second
+    return f"{_ts_prefix}.{milli:03d}Z"
 
 
 def _parse_ts(value: object) -> float:
@@ -1027,6 +1045,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_loads = json.JSONDecoder(parse_constant=_reject_constant).decode  # one decoder, not one a line
+
+
 class _Shape(Exception):
     """Internal: a JSON command of the wrong shape (becomes a ``bad_shape``-like error)."""
 
@@ -1111,7 +1132,7 @@ def _load_object(data: bytes) -> dict[str, Any] | ErrorEvent:
     if isinstance(text, ErrorEvent):
         return text
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = _loads(text)
     except (ValueError, RecursionError) as exc:
         detail = str(exc).split(":")[0] if isinstance(exc, ValueError) else "nested too deeply"
         return ErrorEvent("bad_json", f"malformed JSON ({detail[:80]}): the line was dropped")
