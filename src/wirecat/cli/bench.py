@@ -238,7 +238,8 @@ def bench(
     """Load-test the server at ENDPOINT: messages/s, bytes/s, latency percentiles.
 
     Every run is bounded: --duration caps it even with --count. Latency is measured per
-    operation (a round trip, a connection, a chat message from send to the last member).
+    operation (a round trip, a connection); in chat mode per delivery (send to receipt by
+    one member), sampled on one message in 8, while every delivery is counted and checked.
 
     \b
     Examples:
