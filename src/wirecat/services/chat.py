@@ -216,10 +216,9 @@ class ChatHandler(StreamHandler):
                 self.pause_reading()
                 self._auth = loop.create_task(self._verify(hello, source))
             return False
-        if proto.mode is not Mode.TEXT or not (
-            not self.chat.core.guests or (hello.nick is not None and hello.nick in users)
-        ):
-            return True  # the core answers: a guest, or auth_required
+        owned = hello.nick is not None and hello.nick in users
+        if proto.mode is not Mode.TEXT or (self.chat.core.guests and not owned):
+            return True  # the core answers: a guest, or auth_required (JSON: no token)
         if hello.nick is None:
             self.send(proto.codec.encode(Notice("this server admits registered users only: name?")))
         else:
@@ -234,6 +233,10 @@ class ChatHandler(StreamHandler):
             user = None
             if hello.nick is not None and hello.token is not None:
                 user = await users.averify(hello.nick, hello.token)
+        except Exception as exc:  # e.g. the executor is gone at shutdown: not the peer's fault
+            self.log.error("token check failed: %r", exc, extra={"event": "auth_error"})
+            self.abort("internal error")
+            return
         finally:
             self._auth = None
         if self.closing:
