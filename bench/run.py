@@ -687,7 +687,22 @@ def run_files(quick: bool) -> dict[str, Any]:
             row[f"vs_{base}"] = med(vals)[0]
         rows.append(row)
     return {"rows": rows, "argv": " ".join(["bench/bench_files.py", *argv[2:]]),
-            "passes": len(passes)}  # fmt: skip
+            "passes": len(passes), "sha256_gbps": openssl_sha256_gbps()}  # fmt: skip
+
+
+def openssl_sha256_gbps() -> float | None:
+    """This machine's SHA-256 speed in GB/s: ``openssl speed -evp sha256`` on 1 MiB blocks
+    (the limit of a SHA-256-verified transfer; hashlib uses the same OpenSSL code)."""
+    argv = ["openssl", "speed", "-seconds", "2", "-bytes", "1048576", "-evp", "sha256"]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == "sha256" and fields[1].endswith("k"):
+            return float(fields[1][:-1]) * 1000 / 1e9  # "1831300.91k" = 1000s of bytes/s
+    return None
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -1107,8 +1122,9 @@ per core) until the kernel's own work (loopback or NIC softirq processing, the n
 taking locks per socket) or the NIC becomes the limit; CPU per round trip should stay where
 the one-worker row has it. Latency per round trip does not improve (one connection is always
 served by one worker). Chat does not scale with `--workers`: rooms live in one process's
-memory, so chat (and files, and Unix-socket listeners) stay in worker 0 until a shared hub
-(e.g. a broker between workers) exists; chat fan-out is bound by that one process.
+memory, so chat (and Unix-socket listeners) stay in worker 0 until a shared hub (e.g. a
+broker between workers) exists; chat fan-out is bound by that one process. Files run in every
+worker: their locks and quota live in the file system.
 """
 
 
@@ -1261,6 +1277,16 @@ def write_results(
                     f"| {r2(r['vs_nc'])} | {r2(r['vs_socat'])} |"
                 )
             md.append("")
+            sha = f.get("sha256_gbps")
+            sha_row = next((r for r in f["rows"] if "sha256" in str(r.get("detail"))), None)
+            if sha and sha_row and sha_row["gbps"][0] == sha_row["gbps"][0]:
+                md += [
+                    f"SHA-256 on this machine (`openssl speed -evp sha256`, 1 MiB blocks, one "
+                    f"core): {sha:.2f} GB/s. wirecat send with `--digest sha256` reaches "
+                    f"{sha_row['gbps'][0]:.2f} GB/s, **{sha_row['gbps'][0] / sha:.2f}x** of it: "
+                    "each side hashes every byte once on one core, beside the transfer.",
+                    "",
+                ]
     opt = BENCH / "OPTIMISATIONS.md"
     if opt.exists():
         md += ["## What each optimisation bought", "", *opt.read_text().splitlines()[2:], ""]
