@@ -11,6 +11,7 @@ is on ``sys.path`` because it has no ``__init__.py``).
   bounded; the only place where the suite polls.
 - :func:`serving`: ``async with serving(EchoService([...])) as server:`` starts a
   :class:`~wirecat.runtime.server.Server` and always shuts it down (bounded).
+- :func:`serve_in_thread`: a plain asyncio server (a reference peer) on a thread of its own.
 - :func:`short_unix_dir`: a short directory for Unix socket paths (``sun_path`` is 108 bytes;
   pytest's ``tmp_path`` can be longer).
 """
@@ -23,6 +24,7 @@ import gc
 import os
 import shutil
 import tempfile
+import threading
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -38,6 +40,7 @@ __all__ = [
     "LoopErrors",
     "run_async",
     "scaled",
+    "serve_in_thread",
     "serving",
     "short_unix_dir",
     "wait_for",
@@ -184,3 +187,32 @@ def short_unix_dir() -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def serve_in_thread(factory: Callable[[], asyncio.Protocol]) -> Iterator[str]:
+    """Run a server of ``factory`` protocols on its own asyncio loop in a thread, on
+    127.0.0.1 port 0; yield its endpoint string (``tcp://127.0.0.1:PORT``); stop it after.
+
+    Use with ``yield from`` in a generator fixture (or iterate once)."""
+    ready = threading.Event()
+    state: dict[str, object] = {}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        stop = asyncio.Event()
+        state["port"] = server.sockets[0].getsockname()[1]
+        state["stop"] = (loop, stop)
+        ready.set()
+        async with server:
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield f"tcp://127.0.0.1:{state['port']}"
+    finally:
+        loop, stop = state["stop"]  # type: ignore[misc]
+        loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
+        thread.join(10)

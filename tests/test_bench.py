@@ -12,14 +12,14 @@ import json
 import math
 import random
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import serve_in_thread
 from wirecat import parse_endpoint
 from wirecat.bench import BenchConfig, BenchReport, Histogram, WorkerResult
 from wirecat.bench.chat import TOKEN_RE, encode_message, make_token
@@ -254,35 +254,9 @@ class _Broker(asyncio.Protocol):
         self.peers.discard(self)
 
 
-def _serve(factory: Callable[[], asyncio.Protocol]) -> Iterator[str]:
-    """Run a server on its own loop in a thread; yield its endpoint string."""
-    ready = threading.Event()
-    state: dict[str, object] = {}
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(factory, "127.0.0.1", 0)
-        stop = asyncio.Event()
-        state["port"] = server.sockets[0].getsockname()[1]
-        state["stop"] = (loop, stop)
-        ready.set()
-        async with server:
-            await stop.wait()
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield f"tcp://127.0.0.1:{state['port']}"
-    finally:
-        loop, stop = state["stop"]  # type: ignore[misc]
-        loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
-        thread.join(10)
-
-
 @pytest.fixture
 def echo_server() -> Iterator[str]:
-    yield from _serve(_Echo)
+    yield from serve_in_thread(_Echo)
 
 
 @pytest.fixture
@@ -294,7 +268,7 @@ def broker_server() -> Iterator[str]:
         b.peers = peers
         return b
 
-    yield from _serve(factory)
+    yield from serve_in_thread(factory)
 
 
 def _bench(*args: str) -> Result:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
+from helpers import serve_in_thread
 from wirecat import parse_endpoint
 from wirecat.bench import BenchConfig, run_bench
 from wirecat.bench import chat as bench_chat
@@ -80,35 +80,10 @@ class _Broker(asyncio.Protocol):
             self.peers.remove(self)
 
 
-def _serve(factory: Callable[[], asyncio.Protocol]) -> Iterator[str]:
-    ready = threading.Event()
-    state: dict[str, object] = {}
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(factory, "127.0.0.1", 0)
-        stop = asyncio.Event()
-        state["port"] = server.sockets[0].getsockname()[1]
-        state["stop"] = (loop, stop)
-        ready.set()
-        async with server:
-            await stop.wait()
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield f"tcp://127.0.0.1:{state['port']}"
-    finally:
-        loop, stop = state["stop"]  # type: ignore[misc]
-        loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
-        thread.join(10)
-
-
 @pytest.fixture(params=["none", "drop", "dup", "swap", "cut", "noise"])
 def broker(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     peers: list[_Broker] = []
-    for endpoint in _serve(lambda: _Broker(peers, request.param)):
+    for endpoint in serve_in_thread(lambda: _Broker(peers, request.param)):
         yield endpoint, request.param
 
 
