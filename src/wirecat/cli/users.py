@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import click
 
 from ..auth import ROLES, Users, UsersFileError, add_user, remove_user
 from ..protocols import MAX_TOKEN
 from .common import die
+
+
+@contextlib.contextmanager
+def _users_file(path: str) -> Iterator[None]:
+    """A bad users file exits 78 (EX_CONFIG), a write failure 73 (EX_CANTCREAT)."""
+    try:
+        yield
+    except UsersFileError as exc:
+        die(str(exc), 78)
+    except OSError as exc:
+        die(f"cannot write {path}: {exc.strerror}", 73)
 
 
 @click.group("users")
@@ -55,12 +68,8 @@ def add_command(path: str, name: str, roles: tuple[str, ...], token_stdin: bool)
         token = sys.stdin.readline().rstrip("\r\n")
         if not 0 < len(token.encode()) <= MAX_TOKEN:
             die(f"the token must be 1-{MAX_TOKEN} bytes on the first line of stdin", 64)
-    try:
+    with _users_file(path):
         made = add_user(path, name, token=token, roles=roles)
-    except UsersFileError as exc:
-        die(str(exc), 78)
-    except OSError as exc:
-        die(f"cannot write {path}: {exc.strerror}", 73)
     click.echo(
         f"added {name} to {path}" + (f" (roles: {', '.join(roles)})" if roles else ""), err=True
     )
@@ -72,10 +81,8 @@ def add_command(path: str, name: str, roles: tuple[str, ...], token_stdin: bool)
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
 def check_command(path: str) -> None:
     """Check FILE and list its users, their roles and the restricted rooms (exit 78 if bad)."""
-    try:
+    with _users_file(path):
         users = Users.load(path)
-    except UsersFileError as exc:
-        die(str(exc), 78)
     for user in users.users():
         roles = f" ({', '.join(sorted(user.roles))})" if user.roles else ""
         click.echo(f"user {user.name}{roles}")
@@ -89,12 +96,8 @@ def check_command(path: str) -> None:
 @click.argument("name")
 def remove_command(path: str, name: str) -> None:
     """Remove user NAME from FILE (a running server keeps the file it read at start)."""
-    try:
+    with _users_file(path):
         user = remove_user(path, name)
-    except UsersFileError as exc:
-        die(str(exc), 78)
-    except OSError as exc:
-        die(f"cannot write {path}: {exc.strerror}", 73)
     click.echo(f"removed {user.name} from {path}", err=True)
 
 
@@ -103,12 +106,8 @@ def remove_command(path: str, name: str) -> None:
 @click.argument("name")
 def reset_command(path: str, name: str) -> None:
     """Give user NAME a new random token (roles kept) and print it on stdout."""
-    try:
+    with _users_file(path):
         user = remove_user(path, name)
         token = add_user(path, user.name, roles=user.roles)
-    except UsersFileError as exc:
-        die(str(exc), 78)
-    except OSError as exc:
-        die(f"cannot write {path}: {exc.strerror}", 73)
     click.echo(f"new token for {user.name} in {path}", err=True)
     click.echo(token)

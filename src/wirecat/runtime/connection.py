@@ -551,18 +551,7 @@ class StreamHandler(asyncio.Protocol):
         if self.closing:
             return False
         if self.coalesce_writes:
-            queued = self._queued
-            if not queued:
-                if queued is None:
-                    self._queued = [data]
-                else:
-                    queued.append(data)
-                self.ctx._schedule_flush(self)
-            else:
-                tail = queued[-1]
-                if type(tail) is SharedWrite and tail._data is None:
-                    queued[-1] = tail._detach(self)  # later appends come after ``data``
-                queued.append(data)
+            self._enqueue(data)
             return True
         self.transport.write(data)
         if self.writing_paused:
@@ -579,19 +568,23 @@ class StreamHandler(asyncio.Protocol):
         """
         if self.closing:
             return False
+        self._enqueue(shared)
+        return True
+
+    def _enqueue(self, item: bytes | SharedWrite) -> None:
+        """Queue ``item`` for this iteration's flush (scheduled by the first item)."""
         queued = self._queued
         if not queued:
             if queued is None:
-                self._queued = [shared]
+                self._queued = [item]
             else:
-                queued.append(shared)
+                queued.append(item)
             self.ctx._schedule_flush(self)
-        else:
-            tail = queued[-1]
-            if type(tail) is SharedWrite and tail._data is None:
-                queued[-1] = tail._detach(self)
-            queued.append(shared)
-        return True
+            return
+        tail = queued[-1]
+        if type(tail) is SharedWrite and tail._data is None:
+            queued[-1] = tail._detach(self)  # later appends to it come after ``item``
+        queued.append(item)
 
     def _flush(self) -> None:
         """Hand the coalesced chunks to the transport (called once per loop iteration)."""
