@@ -42,11 +42,12 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -63,6 +64,7 @@ __all__ = [
     "Users",
     "UsersFileError",
     "add_user",
+    "audit_login",
     "hash_token",
     "new_token",
     "remove_user",
@@ -353,6 +355,29 @@ def _table(doc: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
 def _only_keys(table: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
     if unknown := set(table) - set(allowed):
         raise UsersFileError(f"{where}: unknown keys {sorted(unknown)}")
+
+
+def audit_login(
+    log: logging.Logger | logging.LoggerAdapter[Any],
+    metrics: MutableMapping[str, int],
+    user: str,
+    *,
+    refused: str | None = None,
+    how: str = "token",
+) -> None:
+    """Count and log one login (never the token): ``auth_ok``, or ``auth_failures`` with the
+    ``refused`` reason. Log records carry ``event`` (``auth`` / ``auth_failed``) and ``user``."""
+    if refused is None:
+        metrics["auth_ok"] += 1
+        what = "authenticated" if how == "token" else f"authenticated by {how}"
+        log.info(what, extra={"event": "auth", "user": user})
+    else:
+        metrics["auth_failures"] += 1
+        log.warning(
+            "login refused: %s",
+            refused,
+            extra={"event": "auth_failed", "user": user, "reason": "auth_failed"},
+        )
 
 
 class AuthFailures:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from ..auth import AuthFailures, Users
+from ..auth import AuthFailures, Users, audit_login
 from ..chat.core import ChatCore, Hub, LocalHub, Member, RateLimit
 from ..endpoints import Endpoint
 from ..protocols.chat import (
@@ -202,8 +202,7 @@ class ChatHandler(StreamHandler):
             and (hello.nick is None or hello.nick.casefold() == cert_user.name.casefold())
         ):
             member.user = cert_user
-            self.ctx.metrics["auth_ok"] += 1
-            self.log.info("authenticated by certificate", extra={"event": "auth", "user": subject})
+            audit_login(self.log, self.ctx.metrics, cert_user.name, how="certificate")
             return True
         if hello.token is not None:
             source = self.source or "unix"
@@ -246,8 +245,7 @@ class ChatHandler(StreamHandler):
             self._auth_failed(hello.nick, ref=hello.ref)
             return
         member.user = user
-        self.ctx.metrics["auth_ok"] += 1
-        self.log.info("authenticated", extra={"event": "auth", "user": user.name})
+        audit_login(self.log, self.ctx.metrics, user.name)
         self._run(member, Hello(hello.nick, hello.ref))
         self.resume_reading()
         self._pump(drain=self._eof)
@@ -258,12 +256,7 @@ class ChatHandler(StreamHandler):
         self, name: str | None, reason: str = "wrong user name or token", ref: Ref = None
     ) -> None:
         """Count, log (never the token) and refuse a login; the connection is closed."""
-        self.ctx.metrics["auth_failures"] += 1
-        self.log.warning(
-            "login refused: %s",
-            reason,
-            extra={"event": "auth_failed", "user": name or "", "reason": "auth_failed"},
-        )
+        audit_login(self.log, self.ctx.metrics, name or "", refused=reason)
         self.send(self.proto.codec.encode(ErrorEvent("auth_failed", reason, ref)))
         self.close("auth_failed")
 

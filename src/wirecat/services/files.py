@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from ..auth import AuthFailures, User, Users
+from ..auth import AuthFailures, User, Users, audit_login
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import LimitExceeded, LocalProtocolError, ProtocolError
 from ..files.pipeline import SocketBody, WriteBehind, executor
@@ -303,10 +303,7 @@ class FilesHandler(StreamHandler):
         if self.user is None and users is not None and (subject := self.peer_subject):
             self.user = users.get(subject)
             if self.user is not None:
-                self.ctx.metrics["auth_ok"] += 1
-                self.log.info(
-                    "authenticated by certificate", extra={"event": "auth", "user": subject}
-                )
+                audit_login(self.log, self.ctx.metrics, self.user.name, how="certificate")
         return self.user is not None
 
     # -- requests -----------------------------------------------------------------------
@@ -324,19 +321,13 @@ class FilesHandler(StreamHandler):
             if user is None:
                 failures.failed(source, loop.time())
         if user is None:
-            self.ctx.metrics["auth_failures"] += 1
-            self.log.warning(
-                "login refused: %s",
-                reason,
-                extra={"event": "auth_failed", "user": req.user, "reason": "auth_failed"},
-            )
+            audit_login(self.log, self.ctx.metrics, req.user, refused=reason)
             self.proto.send_error("auth_failed", reason)
             self._flush()
             self.close("auth_failed")
             return
         self.user = user
-        self.ctx.metrics["auth_ok"] += 1
-        self.log.info("authenticated", extra={"event": "auth", "user": user.name})
+        audit_login(self.log, self.ctx.metrics, user.name)
         self.proto.send_auth_result(user.name, user.roles)
         self._pump()
 
