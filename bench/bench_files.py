@@ -12,7 +12,7 @@ picture; the receivers write to /dev/shm too (a file transfer, not a /dev/null s
 iperf3 which is memory to memory and serves as the ceiling. Rows:
 
 - ``wirecat send`` (blake3, sha256): ``wirecat send FILE`` to ``python -m
-  wirecat.services.files`` (sendfile out; in: threads recv, write and hash 1 MiB buffers,
+  wirecat serve --files`` (sendfile out; in: threads recv, write and hash 1 MiB buffers,
   fsync + rename, verified).
   The rate is size / the transfer time the client reports (process start-up excluded).
 - ``wirecat get`` (blake3): the reverse direction (sendfile on the server, the same
@@ -131,14 +131,17 @@ def bench_wirecat(
     py = sys.executable
     root = work / "wc-root"
     rows = []
+    root.mkdir(parents=True, exist_ok=True)
+    serve = [py, "-m", "wirecat.cli.main", "serve", "--no-greeting", "--no-echo", "--no-chat"]
+    files = ["--files", str(root), "--files-endpoint", "tcp://127.0.0.1:0"]
     with popen(
-        [py, "-m", "wirecat.services.files", str(root), "tcp://127.0.0.1:0", "--loop", loop],
+        [*serve, "--json", "--load-test", "--idle-timeout", "0", *files, "--loop", loop],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     ) as server:
         assert server.stdout is not None
-        endpoint = server.stdout.readline().split()[1]
+        endpoint = json.loads(server.stdout.readline())["endpoints"]["files"][0]
 
         def cli(*args: str) -> dict[str, Any]:
             s0, c0 = process_cpu(server.pid), children_cpu()

@@ -216,3 +216,28 @@ def serve_in_thread(factory: Callable[[], asyncio.Protocol]) -> Iterator[str]:
         loop, stop = state["stop"]  # type: ignore[misc]
         loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
         thread.join(10)
+
+
+def files_serve_argv(root: os.PathLike[str] | str, endpoint: str, *args: str) -> list[str]:
+    """``wirecat serve`` running only the files service on ``endpoint``, printing one JSON
+    ready line (``--json``) once bound; per-source limits lifted for tests and benchmarks."""
+    import sys
+
+    return [
+        *(sys.executable, "-m", "wirecat.cli.main", "serve"),
+        *("--no-greeting", "--no-echo", "--no-chat", "--load-test", "--json"),
+        *("--idle-timeout", "0", "--files", str(root), "--files-create"),
+        *("--files-endpoint", endpoint, *args),
+    ]
+
+
+def read_ready(stream: Any, timeout: float) -> dict[str, Any]:
+    """Read ``wirecat serve --json``'s ready line from a text ``stream`` (bounded wait)."""
+    import json
+    import select
+
+    ready, _, _ = select.select([stream], [], [], timeout)
+    line = stream.readline() if ready else ""
+    assert line.startswith("{"), f"no ready line from wirecat serve: {line!r}"
+    data: dict[str, Any] = json.loads(line)
+    return data

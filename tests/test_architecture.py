@@ -14,6 +14,8 @@ import pytest
 import wirecat
 import wirecat.protocols
 from wirecat import errors
+from wirecat.cli import exits
+from wirecat.cli.exits import exit_code_for
 from wirecat.errors import (
     AddressInUse,
     ConnectionRefused,
@@ -21,7 +23,6 @@ from wirecat.errors import (
     IdleTimeout,
     InvalidEndpoint,
     WirecatError,
-    exit_code_for,
 )
 
 SRC = Path(wirecat.__file__).parent
@@ -227,7 +228,7 @@ def test_exit_codes_distinct_for_common_failures() -> None:
 
 def test_exit_code_table_is_most_specific_first() -> None:
     # A class listed after one of its ancestors would never be reached.
-    table = [cls for cls, _ in errors.EXIT_CODES]
+    table = [cls for cls, _ in exits.EXIT_CODES]
     for i, cls in enumerate(table):
         for earlier in table[:i]:
             assert not issubclass(cls, earlier), f"{cls.__name__} shadowed by {earlier.__name__}"

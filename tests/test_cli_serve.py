@@ -164,7 +164,7 @@ def test_address_in_use_is_one_line_and_exit_71() -> None:
     [
         (["--no-greeting", "--no-echo", "--no-chat"], 64, "nothing to serve"),
         (["--echo", "tcp://[::1:7007"], 64, "unclosed '['"),
-        (["--echo", "tls://127.0.0.1:0", "--no-chat", "--no-greeting"], 64, "need --cert"),
+        (["--echo", "tls://127.0.0.1:0", "--no-chat", "--no-greeting"], 64, "--cert/--key"),
         (["--banner", "two\nlines", "--no-chat", "--no-echo"], 64, "one line"),
     ],
 )

@@ -14,24 +14,22 @@ from pathlib import Path
 
 import pytest
 
+from helpers import files_serve_argv, read_ready
 from wirecat.files.client import hash_file
 
 TIMEOUT = 20.0  # seconds, for every subprocess wait
 
 
 class FilesServer:
-    """``python -m wirecat.services.files ROOT tcp://127.0.0.1:0`` in a subprocess."""
+    """``wirecat serve`` with only files on ``tcp://127.0.0.1:0``, in a subprocess."""
 
     def __init__(self, root: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wirecat.services.files", str(root), "tcp://127.0.0.1:0"],
-            stdout=subprocess.PIPE,
-            text=True,
+            files_serve_argv(root, "tcp://127.0.0.1:0"), stdout=subprocess.PIPE, text=True
         )
         assert self.proc.stdout is not None
-        first = self.proc.stdout.readline()  # printed once bound: no sleep needed
-        assert first.startswith("listening "), first
-        self.endpoint = first.split()[1]
+        ready = read_ready(self.proc.stdout, TIMEOUT)  # printed once bound: no sleep needed
+        self.endpoint = ready["endpoints"]["files"][0]
         host, port = self.endpoint.removeprefix("tcp://").rsplit(":", 1)
         self.addr = (host, int(port))
 

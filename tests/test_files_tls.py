@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from helpers import files_serve_argv, read_ready
 from wirecat.endpoints import Endpoint, parse_endpoint
 from wirecat.errors import HandshakeError
 from wirecat.files.client import FilesClient, hash_file
@@ -105,22 +106,15 @@ def test_tls_refused_without_pin_or_with_a_wrong_one(tmp_path: Path, cert: SelfS
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wirecat.services.files",
-            str(tmp_path / "root"),
-            "tls://127.0.0.1:0",
-            "--self-signed",
-        ],
+        files_serve_argv(tmp_path / "root", "tls://127.0.0.1:0", "--self-signed"),
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert proc.stdout is not None
-        first, second = proc.stdout.readline(), proc.stdout.readline()  # printed once bound
-        assert first.startswith("listening ") and second.startswith("pin "), (first, second)
-        yield first.split()[1], second.split()[1]
+        ready = read_ready(proc.stdout, TIMEOUT)  # printed once bound
+        assert ready["fingerprint"].startswith("sha256:"), ready
+        yield ready["endpoints"]["files"][0], ready["fingerprint"]
     finally:
         proc.terminate()
         proc.wait(TIMEOUT * 2)

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from helpers import scaled
+from helpers import files_serve_argv, read_ready, scaled
 from wirecat.files.client import hash_file
 from wirecat.files.digest import new_hasher
 from wirecat.files.store import LEDGER
@@ -88,19 +88,16 @@ def digest_of(data: bytes) -> str:
 
 
 class FilesProc:
-    """``python -m wirecat.services.files ROOT tcp://127.0.0.1:0 [args]`` in a subprocess."""
+    """``wirecat serve`` with only files on ``tcp://127.0.0.1:0`` (and ``args``), in a
+    subprocess."""
 
     def __init__(self, root: Path, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wirecat.services.files", str(root), "tcp://127.0.0.1:0", *args],
-            stdout=subprocess.PIPE,
-            text=True,
+            files_serve_argv(root, "tcp://127.0.0.1:0", *args), stdout=subprocess.PIPE, text=True
         )
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], scaled(15))
-        first = self.proc.stdout.readline() if ready else ""
-        assert first.startswith("listening "), first
-        host, port = first.split()[1].removeprefix("tcp://").rsplit(":", 1)
+        ready = read_ready(self.proc.stdout, scaled(15))
+        host, port = ready["endpoints"]["files"][0].removeprefix("tcp://").rsplit(":", 1)
         self.addr = (host, int(port))
 
     def kill9(self) -> None:

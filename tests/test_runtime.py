@@ -21,6 +21,7 @@ import pytest
 
 import wirecat
 from helpers import scaled, serving, wait_for
+from wirecat.cli.exits import exit_code_for
 from wirecat.endpoints import Endpoint, parse_endpoint
 from wirecat.errors import (
     AddressInUse,
@@ -34,7 +35,6 @@ from wirecat.errors import (
     ListenError,
     NameResolutionError,
     WirecatError,
-    exit_code_for,
 )
 from wirecat.runtime.connection import ServerContext, StreamHandler, format_address
 from wirecat.runtime.limits import Limits

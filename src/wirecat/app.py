@@ -1,56 +1,266 @@
-"""Running wirecat's services from Python: :func:`serve`."""
+"""Running wirecat's services from Python: :class:`Server`, :func:`serve` and :func:`run`.
+
+::
+
+    config = wirecat.ServeConfig(echo=["tcp://127.0.0.1:0"], greeting=[], chat=[])
+    async with wirecat.Server(config) as server:
+        print(server.endpoint("echo"))            # tcp://127.0.0.1:40123 (the real port)
+        await server.serve_forever()              # until server.shutdown() or cancelled
+
+    wirecat.run(config)                           # blocking, with signals and --workers
+
+``wirecat serve`` is :func:`run` with a config built from its flags. Model: uvicorn's
+``Config`` -> ``Server`` -> ``run``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .endpoints import Endpoint, parse_endpoint
-from .runtime.limits import Limits
-from .runtime.server import Server, Service, run_until_signal
-from .services import DEFAULTS, build_services
+from .config import ServeConfig
+from .endpoints import Endpoint
+from .errors import ConfigError, WirecatError
+from .runtime.connection import ServerContext
+from .runtime.limits import AccessList, Limits, read_rules
+from .runtime.logs import configure_logging
+from .runtime.logs import logger as _log
+from .runtime.loop import run as run_loop
+from .runtime.server import Server as _ServiceRunner
+from .runtime.server import Service, run_until_signal
 
-__all__ = ["serve"]
+if TYPE_CHECKING:
+    from .auth import Users
+
+__all__ = ["Prepared", "Server", "build_services", "prepare", "run", "serve"]
 
 
-def _eps(value: Sequence[str | Endpoint] | None, name: str) -> list[Endpoint] | None:
-    if value is None:
-        return [parse_endpoint(e) for e in DEFAULTS[name]]
-    return [parse_endpoint(e) if isinstance(e, str) else e for e in value]
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a config needs loaded once per process tree, before worker processes fork.
+
+    Attributes:
+        tls: the server ``SSLContext`` of ``tls://`` listeners (``None`` without any).
+        fingerprint: ``sha256:HEX`` of a self-signed certificate, for clients' pins.
+        users: the users file, loaded (``None`` without one).
+        access: the allow/deny rules.
+    """
+
+    tls: ssl.SSLContext | None
+    fingerprint: str | None
+    users: Users | None
+    access: AccessList
 
 
-async def serve(
-    services: Sequence[Service] | None = None,
-    *,
-    greeting: Sequence[str | Endpoint] | None = None,
-    echo: Sequence[str | Endpoint] | None = None,
-    chat: Sequence[str | Endpoint] | None = None,
-    banner: str = "Thank you for connecting",
-    limits: Limits | None = None,
-    handle_signals: bool = True,
-) -> Server:
-    """Run wirecat's services until SIGINT/SIGTERM (or until cancelled); return the server.
-
-    Args:
-        services: explicit services to run; when given, the per-service arguments are ignored.
-        greeting, echo, chat: endpoints per service (strings or :class:`Endpoint`); ``None``
-            means the default loopback endpoints, ``[]`` turns the service off.
-        banner: the greeting line.
-        limits: server-wide :class:`Limits`.
-        handle_signals: install SIGINT/SIGTERM handlers (main thread only). With False,
-            run until the calling task is cancelled, then drain.
+def prepare(config: ServeConfig) -> Prepared:
+    """Load the TLS certificate (or make a self-signed one), the users file and the rules.
 
     Raises:
-        AddressInUse, PermissionDenied, ListenError: a listener could not be opened.
-        InvalidEndpoint: an endpoint string does not parse.
+        TLSError: the certificate, key or CA file cannot be used.
+        UsersFileError: the users file cannot be read or is invalid.
+        ConfigError: an allow/deny file cannot be read.
     """
-    if services is None:
-        services = build_services(
-            greeting=_eps(greeting, "greeting"),
-            echo=_eps(echo, "echo"),
-            chat=_eps(chat, "chat"),
-            banner=banner,
+    tls_ctx: ssl.SSLContext | None = None
+    fingerprint: str | None = None
+    t = config.tls
+    if t.configured:
+        from .runtime.tls import self_signed, server_context
+
+        if t.cert:
+            tls_ctx = server_context(t.cert, t.key, profile=t.profile, client_ca=t.client_ca)
+        else:
+            made = self_signed()
+            fingerprint = made.fingerprint
+            tls_ctx = server_context(
+                made.cert_pem, made.key_pem, profile=t.profile, client_ca=t.client_ca
+            )
+    users = None
+    if config.users:
+        from .auth import Users
+
+        users = Users.load(config.users)
+    return Prepared(tls_ctx, fingerprint, users, AccessList(config.allow, config.deny))
+
+
+def load_rules(paths: Sequence[str]) -> tuple[str, ...]:
+    """Read CIDR rules from files (one per line, ``#`` comments), for ``allow``/``deny``.
+
+    Raises:
+        ConfigError: a file cannot be read.
+    """
+    rules: list[str] = []
+    for path in paths:
+        try:
+            rules.extend(read_rules(path))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", field="allow") from None
+    return tuple(rules)
+
+
+def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) -> list[Service]:
+    """The services of ``config`` for worker process ``worker``.
+
+    Worker 0 runs everything; the others only the inet listeners of the services that keep
+    no state in memory: greeting, echo and files (files' locks and quota live in the file
+    system, see :mod:`wirecat.files.store`). Chat and Unix listeners stay in worker 0.
+
+    Raises:
+        ConfigError: a service refuses its settings.
+        OSError: the files root cannot be opened.
+    """
+    from .services.echo import EchoService
+    from .services.greeting import GreetingService
+
+    def eps(name: str) -> list[Endpoint]:
+        found = list(config.services().get(name, ()))
+        return found if worker == 0 else [ep for ep in found if ep.is_inet]
+
+    users = prepared.users
+    failures = None
+    if users is not None:
+        from .auth import AuthFailures
+
+        failures = AuthFailures(config.auth_failure_rate, config.auth_failures)
+    services: list[Service] = []
+    try:
+        if found := eps("greeting"):
+            services.append(GreetingService(found, banner=config.banner))
+        if found := eps("echo"):
+            services.append(EchoService(found, datagram_rate=config.udp_rate))
+        if (found := eps("chat")) and worker == 0:
+            from .services.chat import ChatService
+
+            unlimited = config.chat_rate is None  # trusted programs, benchmarks
+            services.append(
+                ChatService(
+                    found,
+                    history=config.history,
+                    max_rate=config.chat_rate or 1e9,
+                    burst=10**9 if unlimited else config.chat_burst,
+                    kick_after=0 if unlimited else 20,
+                    users=users,
+                    guests=config.guests,
+                    auth_failures=failures,
+                )
+            )
+        if (found := eps("files")) and config.files_root is not None:
+            from .services.files import FilesService
+
+            services.append(
+                FilesService(
+                    found,
+                    root=config.files_root,
+                    readonly=config.files_readonly,
+                    max_file_size=config.max_file_size,
+                    quota=config.quota,
+                    users=users,
+                    auth_failures=failures,
+                )
+            )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return services
+
+
+class Server(_ServiceRunner):
+    """wirecat's server: runs a :class:`ServeConfig`'s services (or services you built).
+
+    ::
+
+        async with wirecat.Server(config) as server:
+            server.endpoints                     # {"echo": [Endpoint(...), ...], ...}
+            await server.serve_forever()
+
+    Args:
+        config: a :class:`ServeConfig`, or a list of :class:`Service` objects (your own).
+        limits: with services: the server-wide limits (a config carries its own).
+        ctx: with services: a :class:`ServerContext` to share (tests).
+        tls: with services: the ``SSLContext`` of every ``tls://`` listener.
+        reuse_port: bind with ``SO_REUSEPORT`` (several processes share a port).
+        worker: the worker process index (0 runs every service; see :func:`build_services`).
+        prepared: what :func:`prepare` loaded (default: loaded at :meth:`start`).
+
+    :meth:`start` opens every listener (or none: a failure closes those already open);
+    :meth:`shutdown` drains within ``limits.shutdown_grace`` seconds; both are idempotent.
+    Not safe to use from several event loops.
+    """
+
+    def __init__(
+        self,
+        config: ServeConfig | Sequence[Service],
+        *,
+        limits: Limits | None = None,
+        ctx: ServerContext | None = None,
+        tls: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
+        worker: int = 0,
+        prepared: Prepared | None = None,
+    ) -> None:
+        self.config: ServeConfig | None = None
+        self.fingerprint: str | None = None
+        self._worker = worker
+        self._prepared = prepared
+        if isinstance(config, ServeConfig):
+            if limits is not None or tls is not None:
+                raise ConfigError("limits and tls come from the ServeConfig")
+            self.config = config
+            super().__init__(
+                [],
+                ctx=ctx,
+                limits=config.limits,
+                reuse_port=reuse_port or config.workers > 1,
+            )
+        else:
+            super().__init__(config, limits=limits, ctx=ctx, tls=tls, reuse_port=reuse_port)
+
+    @property
+    def users(self) -> Users | None:
+        """The loaded users file (``wirecat.auth.Users``), once started with one."""
+        return self._prepared.users if self._prepared is not None else None
+
+    async def start(self) -> None:
+        """Load what the config needs, build its services and open every listener.
+
+        Raises:
+            ConfigError, TLSError, UsersFileError: the config cannot be put to work.
+            AddressInUse, PermissionDenied, ListenError: a listener could not be opened.
+        """
+        config = self.config
+        if config is not None and not self.services:
+            prepared = self._prepared
+            if prepared is None:
+                prepared = self._prepared = await asyncio.to_thread(prepare, config)
+            self.tls = prepared.tls
+            self.fingerprint = prepared.fingerprint
+            self.ctx.access = prepared.access
+            self.services = build_services(config, prepared, worker=self._worker)
+        await super().start()
+
+
+async def serve(config: ServeConfig | None = None, *, handle_signals: bool = True) -> Server:
+    """Run ``config``'s services until SIGINT/SIGTERM (or until cancelled); return the server.
+
+    Args:
+        config: what to serve; ``None`` means ``ServeConfig()``: greeting, echo and chat on
+            their loopback defaults, as ``wirecat serve``.
+        handle_signals: install SIGINT/SIGTERM handlers (main thread only): the first drains,
+            a second aborts. With False, run until the calling task is cancelled, then drain.
+
+    Raises:
+        ConfigError: ``config.workers > 1`` (forking needs :func:`run`, outside any loop).
+        TLSError, UsersFileError: the certificate or users file cannot be loaded.
+        AddressInUse, PermissionDenied, ListenError: a listener could not be opened.
+    """
+    config = config if config is not None else ServeConfig()
+    if config.workers > 1:
+        raise ConfigError(
+            "worker processes cannot be forked from a running event loop: use wirecat.run()",
+            field="workers",
         )
-    server = Server(services, limits=limits)
+    server = Server(config)
     if handle_signals:
         await run_until_signal(server)
         return server
@@ -60,3 +270,61 @@ async def serve(
     finally:
         await server.shutdown()
     return server
+
+
+def run(
+    config: ServeConfig | None = None,
+    *,
+    on_ready: Callable[[Server], None] | None = None,
+    on_worker_error: Callable[[WirecatError], int] | None = None,
+    configure_logs: bool = True,
+) -> int:
+    """Serve ``config`` until SIGINT/SIGTERM, in this process or ``config.workers`` processes.
+
+    Blocking: creates its own event loop (``config.loop``). Call it from synchronous code.
+
+    Args:
+        config: what to serve (``None``: the defaults of ``wirecat serve``).
+        on_ready: called in the first process once every listener is open (e.g. to print
+            :attr:`Server.bound` and :attr:`Server.fingerprint`).
+        on_worker_error: with several workers, called in a worker process that fails; its
+            return value is that process's exit code (default: log the error, exit 1).
+        configure_logs: send wirecat's logs to stderr in ``config.log_format`` at
+            ``config.verbosity`` (False: leave logging to the caller).
+
+    Returns:
+        0 after a clean shutdown; with workers, the first non-zero worker exit code.
+
+    Raises:
+        ConfigError, TLSError, UsersFileError, AddressInUse, PermissionDenied, ListenError:
+        in the calling process (single worker, or anything that fails before forking).
+    """
+    from .runtime.workers import run_workers
+
+    config = config if config is not None else ServeConfig()
+    if configure_logs:
+        configure_logging(config.log_format, config.verbosity)
+    prepared = prepare(config)
+
+    async def main(worker: int) -> int:
+        server = Server(config, worker=worker, prepared=prepared)
+        await server.start()
+        if worker == 0 and on_ready is not None:
+            on_ready(server)
+        return await run_until_signal(server)
+
+    if config.workers == 1:
+        return run_loop(main(0), loop=config.loop)
+
+    def worker_main(index: int) -> int:
+        try:
+            return run_loop(main(index), loop=config.loop)
+        except WirecatError as exc:
+            if on_worker_error is not None:
+                return on_worker_error(exc)
+            _log.error("worker %d: %s", index, exc)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+
+    return run_workers(config.workers, worker_main, grace=config.limits.shutdown_grace)

@@ -4,6 +4,9 @@
 
     WirecatError
     ├── InvalidEndpoint              (also ValueError) an endpoint string that does not parse
+    ├── ConfigError                  (also ValueError) a server setting is invalid (``field``)
+    │   └── TLSError                 a TLS certificate, key, CA file or pin cannot be used
+    ├── ConcurrencyError             two coroutines read one connection at once (a caller bug)
     ├── ProtocolError                the bytes on the wire break a protocol's rules
     │   ├── LocalProtocolError       we were asked to send something the protocol forbids
     │   ├── RemoteProtocolError      the peer sent something the protocol forbids
@@ -27,9 +30,11 @@
         └── IdleTimeout              nothing was received for the idle period
 
 ``OSError`` and ``ssl.SSLError`` are translated into this tree only at the I/O boundary
-(``runtime/``), always with ``raise ... from exc`` so the cause is kept. Library code never
-prints or exits; the CLI maps each class to a one-line message and an exit code
-(:data:`EXIT_CODES`).
+(``runtime/``), always with ``raise ... from exc`` so the cause is kept. Errors carry data:
+``NetworkError`` and ``WirecatTimeout`` the ``endpoint`` they concern, ``LimitExceeded`` its
+``limit``, ``ConfigError`` its ``field``. Messages say what happened in the library's words,
+never a CLI flag. Library code never prints or exits; the CLI (``wirecat.cli.exits``) maps
+each class to a one-line message and an exit code.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from __future__ import annotations
 import errno
 
 __all__ = [
-    "EXIT_CODES",
     "AddressInUse",
+    "ConcurrencyError",
+    "ConfigError",
     "ConnectError",
     "ConnectTimeout",
     "ConnectionClosed",
@@ -59,9 +65,9 @@ __all__ = [
     "PermissionDenied",
     "ProtocolError",
     "RemoteProtocolError",
+    "TLSError",
     "WirecatError",
     "WirecatTimeout",
-    "exit_code_for",
     "translate_os_error",
 ]
 
@@ -72,6 +78,28 @@ class WirecatError(Exception):
 
 class InvalidEndpoint(WirecatError, ValueError):
     """An endpoint string does not parse; the message names what is wrong."""
+
+
+class ConfigError(WirecatError, ValueError):
+    """A server setting is invalid or settings contradict each other.
+
+    Attributes:
+        field: the setting at fault (``ServeConfig`` field name, e.g. ``"workers"``), or
+            ``None`` when several settings conflict.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TLSError(ConfigError):
+    """A TLS certificate, key or CA file cannot be loaded, or a pin is malformed."""
+
+
+class ConcurrencyError(WirecatError, RuntimeError):
+    """Two coroutines used one connection in a way it does not support, e.g. two concurrent
+    reads (which would each get a random part of the stream). A bug in the caller."""
 
 
 class ProtocolError(WirecatError):
@@ -107,7 +135,15 @@ class LineTooLong(LimitExceeded):
 
 
 class NetworkError(WirecatError):
-    """An I/O operation failed; ``__cause__`` holds the original ``OSError``."""
+    """An I/O operation failed; ``__cause__`` holds the original ``OSError``.
+
+    Attributes:
+        endpoint: the endpoint (or address) concerned, as a string, when known.
+    """
+
+    def __init__(self, message: str, *, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
 
 
 class ConnectError(NetworkError):
@@ -152,7 +188,15 @@ class ConnectionClosedError(ConnectionClosed):
 
 
 class WirecatTimeout(WirecatError, TimeoutError):
-    """A deadline passed. Subclasses name the phase."""
+    """A deadline passed. Subclasses name the phase.
+
+    Attributes:
+        endpoint: the endpoint concerned, as a string, when known.
+    """
+
+    def __init__(self, message: str, *, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
 
 
 class ConnectTimeout(WirecatTimeout):
@@ -165,34 +209,6 @@ class HandshakeTimeout(WirecatTimeout):
 
 class IdleTimeout(WirecatTimeout):
     """Nothing was received for the idle period."""
-
-
-#: Exit codes of the ``wirecat`` command, by exception class (most specific first).
-#: 0 success, 1 generic error, 2 usage (click's own), 64+ follow BSD sysexits in spirit.
-EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
-    (InvalidEndpoint, 64),  # EX_USAGE-like: bad address given
-    (NameResolutionError, 68),  # EX_NOHOST
-    (ConnectionRefused, 69),  # EX_UNAVAILABLE
-    (ConnectTimeout, 75),  # EX_TEMPFAIL
-    (HandshakeTimeout, 75),
-    (WirecatTimeout, 75),
-    (AddressInUse, 71),  # EX_OSERR-like: cannot bind
-    (PermissionDenied, 77),  # EX_NOPERM
-    (ListenError, 71),
-    (HandshakeError, 76),
-    (ProtocolError, 76),  # EX_PROTOCOL
-    (ConnectionClosedError, 74),  # EX_IOERR
-    (NetworkError, 74),
-    (WirecatError, 1),
-)
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """Return the CLI exit code for an exception (1 for anything not in :data:`EXIT_CODES`)."""
-    for cls, code in EXIT_CODES:
-        if isinstance(exc, cls):
-            return code
-    return 1
 
 
 _REFUSED = {errno.ECONNREFUSED, errno.ENOENT}
@@ -220,46 +236,58 @@ def translate_os_error(exc: OSError, *, what: str, phase: str = "connect") -> Wi
     import ssl
 
     if isinstance(exc, socket.gaierror):
-        return NameResolutionError(f"cannot resolve {what}: {_reason(exc)}")
+        return NameResolutionError(f"cannot resolve {what}: {_reason(exc)}", endpoint=what)
     if isinstance(exc, TimeoutError):
-        return ConnectTimeout(f"timed out connecting to {what}")
+        return ConnectTimeout(f"timed out connecting to {what}", endpoint=what)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return HandshakeError(
             f"TLS handshake with {what} failed: {exc.verify_message or exc.reason} "
-            "(trust its CA with --cafile, pin it with --pin sha256:..., or --insecure)"
+            "(trust its CA, pin its certificate, or turn verification off)",
+            endpoint=what,
         )
     if isinstance(exc, ssl.SSLError):
-        return HandshakeError(f"TLS handshake with {what} failed: {exc.reason or exc}")
+        return HandshakeError(
+            f"TLS handshake with {what} failed: {exc.reason or exc}", endpoint=what
+        )
     if isinstance(exc, ConnectionAbortedError) and "handshake" in str(exc).lower():
-        return HandshakeTimeout(f"TLS handshake with {what} timed out")
+        return HandshakeTimeout(f"TLS handshake with {what} timed out", endpoint=what)
     code = exc.errno
     if phase == "listen":
         if code == errno.EADDRINUSE:
             return AddressInUse(
                 f"cannot listen on {what}: address already in use "
-                "(another process is bound there; pick another port or stop it)"
+                "(another process is bound there; pick another port or stop it)",
+                endpoint=what,
             )
         if code in _DENIED:
             return PermissionDenied(
                 f"cannot listen on {what}: permission denied "
-                "(ports below 1024 need privileges; use a higher port)"
+                "(ports below 1024 need privileges; use a higher port)",
+                endpoint=what,
             )
         if code == errno.EADDRNOTAVAIL:
             return ListenError(
                 f"cannot listen on {what}: address not available on this host "
-                "(use 127.0.0.1, ::1, 0.0.0.0 or [::])"
+                "(use 127.0.0.1, ::1, 0.0.0.0 or [::])",
+                endpoint=what,
             )
-        return ListenError(f"cannot listen on {what}: {_reason(exc)}")
+        return ListenError(f"cannot listen on {what}: {_reason(exc)}", endpoint=what)
     if phase == "connect":
+        if code == errno.ENOENT and what.startswith("unix"):
+            return ConnectionRefused(
+                f"no such socket file: {what} (is a server listening there?)", endpoint=what
+            )
         if code in _REFUSED:
-            return ConnectionRefused(f"connection refused by {what} (is a server listening there?)")
+            return ConnectionRefused(
+                f"connection refused by {what} (is a server listening there?)", endpoint=what
+            )
         if code in {errno.ETIMEDOUT}:
-            return ConnectTimeout(f"timed out connecting to {what}")
+            return ConnectTimeout(f"timed out connecting to {what}", endpoint=what)
         if code in {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}:
-            return ConnectError(f"cannot reach {what}: {_reason(exc)}")
+            return ConnectError(f"cannot reach {what}: {_reason(exc)}", endpoint=what)
         if code in _DENIED:
-            return ConnectError(f"permission denied connecting to {what}")
-        return ConnectError(f"cannot connect to {what}: {_reason(exc)}")
+            return ConnectError(f"permission denied connecting to {what}", endpoint=what)
+        return ConnectError(f"cannot connect to {what}: {_reason(exc)}", endpoint=what)
     if code in _RESET:
-        return ConnectionClosedError(f"connection to {what} was reset by the peer")
-    return NetworkError(f"I/O error on {what}: {_reason(exc)}")
+        return ConnectionClosedError(f"connection to {what} was reset by the peer", endpoint=what)
+    return NetworkError(f"I/O error on {what}: {_reason(exc)}", endpoint=what)

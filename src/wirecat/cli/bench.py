@@ -21,8 +21,8 @@ from ..errors import (
     ConnectionRefused,
     ConnectTimeout,
     WirecatError,
-    exit_code_for,
 )
+from .exits import exit_code_for
 
 __all__ = ["bench"]
 

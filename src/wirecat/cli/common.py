@@ -10,10 +10,11 @@ from typing import Any, NoReturn
 import click
 
 from ..endpoints import Endpoint, parse_endpoint
-from ..errors import InvalidEndpoint, WirecatError, exit_code_for
+from ..errors import InvalidEndpoint, WirecatError
 from ..protocols import MAX_TOKEN
 from ..runtime.logs import configure_logging
 from ..runtime.loop import LoopKind, run
+from .exits import exit_code_for, message_for
 
 __all__ = [
     "ENDPOINT",
@@ -122,7 +123,7 @@ def run_command(
     try:
         code = run(main, loop=loop)
     except WirecatError as exc:  # a verb's own errors may carry their exit code
-        die(str(exc), getattr(exc, "exit_code", None) or exit_code_for(exc))
+        die(message_for(exc), exit_code_for(exc))
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:

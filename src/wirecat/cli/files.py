@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from ..endpoints import Endpoint
-from ..errors import HandshakeError, NetworkError, WirecatError, WirecatTimeout, exit_code_for
+from ..errors import HandshakeError, NetworkError, WirecatError, WirecatTimeout
 from ..files.client import FilesClient, Progress, TransferError, TransferResult
 from ..runtime.loop import LoopKind
 from .common import (
@@ -29,6 +29,7 @@ from .common import (
     tls_connect_kwargs,
     token_options,
 )
+from .exits import exit_code_for
 
 __all__ = ["TRANSFER_EXIT_CODES", "get_command", "ls_command", "send_command"]
 

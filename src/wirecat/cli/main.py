@@ -2,7 +2,7 @@
 
 Each verb lives in its own module under ``wirecat.cli`` and is registered here. Verbs map
 flags to one config, call the public API, and turn :class:`~wirecat.errors.WirecatError`
-into a one-line message on stderr and an exit code (:func:`wirecat.errors.exit_code_for`).
+into a one-line message on stderr and an exit code (:func:`wirecat.cli.exits.exit_code_for`).
 No traceback ever reaches a user.
 """
 

@@ -1,27 +1,56 @@
-"""``wirecat serve``: the multi-service server (greeting, echo, chat, files)."""
+"""``wirecat serve``: the multi-service server (greeting, echo, chat, files).
+
+Thin: the flags (and a ``--config`` TOML file under them) become one
+:class:`~wirecat.config.ServeConfig`; :func:`wirecat.app.run` does the rest. Here live only
+what a person sees: the table of listeners, warnings, and errors as one line + exit code.
+"""
 
 from __future__ import annotations
 
-import ssl
+import json
 import sys
+from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
-from ..auth import Users, UsersFileError
-from ..endpoints import Endpoint, parse_endpoint
-from ..runtime.connection import ServerContext
-from ..runtime.limits import AccessList, Limits, read_rules
-from ..runtime.loop import LoopKind
-from ..runtime.server import Server, Service, run_until_signal
-from ..runtime.tls import TLSError, TLSProfile, server_context
-from ..runtime.tls import self_signed as make_self_signed
-from ..runtime.workers import run_workers
-from ..services import DEFAULTS, build_services
-from .common import ENDPOINT, LOOP_OPTION, die, run_command
+from ..app import Server, load_rules, run
+from ..config import SERVE_LIMITS, ServeConfig
+from ..endpoints import Endpoint
+from ..errors import ConfigError, WirecatError
+from ..escape import for_terminal
+from .common import ENDPOINT, LOOP_OPTION, die
+from .exits import exit_code_for, message_for
 
-__all__ = ["serve_command"]
+__all__ = ["config_from_flags", "serve_command"]
+
+_D = ServeConfig()
+_L = SERVE_LIMITS
+
+#: What to type, by the config field a ConfigError names (the library never names flags).
+_FLAG_HINTS: dict[str, str] = {
+    "tls": "--cert/--key or --self-signed go with a tls:// endpoint",
+    "guests": "--guests needs --users FILE",
+    "workers": "--workers",
+}
+
+
+def _hint(name: str, ep: Endpoint) -> str:
+    """A command that talks to ``ep`` as printed (Debian's nc wants IPv6 without brackets)."""
+    if ep.is_unix:
+        return f"nc -U {ep.path}" if ep.scheme == "unix" else f"wirecat connect {ep}"
+    if ep.scheme == "udp":
+        return f"wirecat connect {ep}"
+    if name == "files":
+        return f"wirecat ls {ep}"
+    host = ep.host or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    if ep.scheme == "tls":
+        return f"ncat --ssl {host} {ep.port}"
+    return f"nc {host} {ep.port}"
 
 
 def _print_table(server: Server, console: Console) -> None:
@@ -30,19 +59,7 @@ def _print_table(server: Server, console: Console) -> None:
     table.add_column("listening on")
     table.add_column("try it with", style="dim")
     for name, ep in server.bound:
-        if ep.is_unix:
-            hint = f"nc -U {ep.path}" if ep.scheme == "unix" else f"wirecat connect {ep}"
-        elif ep.scheme == "udp":
-            hint = f"wirecat connect {ep}"
-        else:
-            host = f"[{ep.host}]" if ep.host and ":" in ep.host else ep.host
-            if name == "files":
-                hint = f"wirecat ls {ep}"
-            elif ep.scheme == "tls":
-                hint = f"ncat --ssl {host} {ep.port}"
-            else:
-                hint = f"nc {host} {ep.port}"
-        table.add_row(name, str(ep), hint)
+        table.add_row(name, for_terminal(str(ep)), for_terminal(_hint(name, ep)))
     console.print(table)
     console.print("[dim]Ctrl-C drains and stops (twice forces).[/dim]")
 
@@ -63,15 +80,118 @@ def _warn_exposed(server: Server, console: Console, authenticated: bool) -> None
         )
 
 
-def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[Endpoint] | None:
-    if disabled:
-        return None
-    if given:
-        return list(given)
-    return [parse_endpoint(e) for e in DEFAULTS[name]]
+def _none_if_zero(value: Any) -> Any:
+    return None if value == 0 else value
+
+
+#: Flag (click parameter name) -> (config key, table or None, converter).
+_SIMPLE: dict[str, tuple[str, str | None, Any]] = {
+    "files_dir": ("files_root", None, None),
+    "files_readonly": ("files_readonly", None, None),
+    "files_create": ("files_create", None, None),
+    "max_file_size": ("max_file_size", None, None),
+    "quota": ("quota", None, None),
+    "banner": ("banner", None, None),
+    "history": ("history", None, None),
+    "chat_rate": ("chat_rate", None, _none_if_zero),
+    "chat_burst": ("chat_burst", None, None),
+    "udp_rate": ("udp_rate", None, _none_if_zero),
+    "users_file": ("users", None, None),
+    "guests": ("guests", None, None),
+    "auth_failures": ("auth_failures", None, None),
+    "auth_failure_rate": ("auth_failure_rate", None, None),
+    "workers": ("workers", None, None),
+    "log_format": ("log_format", None, None),
+    "verbose": ("verbosity", None, None),
+    "loop_kind": ("loop", None, None),
+    "max_line": ("max_line", "limits", None),
+    "idle_timeout": ("idle_timeout", "limits", _none_if_zero),
+    "max_conns": ("max_conns", "limits", None),
+    "max_conns_per_source": ("max_conns_per_source", "limits", _none_if_zero),
+    "conn_rate": ("conn_rate", "limits", _none_if_zero),
+    "conn_burst": ("conn_burst", "limits", None),
+    "login_timeout": ("login_timeout", "limits", _none_if_zero),
+    "max_output": ("max_output", "limits", None),
+    "grace": ("shutdown_grace", "limits", None),
+    "handshake_timeout": ("handshake_timeout", "limits", None),
+    "cert": ("cert", "tls", None),
+    "key": ("key", "tls", None),
+    "self_signed": ("self_signed", "tls", None),
+    "tls_profile": ("profile", "tls", None),
+    "client_ca": ("client_ca", "tls", None),
+}
+
+
+def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
+    """Build the :class:`ServeConfig` of ``wirecat serve``: the ``--config`` file (if any),
+    then every flag in ``given`` (those typed on the command line) over it.
+
+    Raises:
+        ConfigError: contradictory flags, or an invalid file or value.
+    """
+    data: dict[str, Any] = {"tls": {}, "limits": {}}
+    for service in ("greeting", "echo", "chat"):
+        eps, off = params[f"{service}_eps"], params[f"no_{service}"]
+        if eps and off:
+            raise ConfigError(
+                f"--no-{service} and --{service} contradict each other: keep one", field=service
+            )
+        if off:
+            data[service] = []
+        elif eps:
+            data[service] = list(eps)
+    if params["files_eps"]:
+        data["files"] = list(params["files_eps"])
+    for flag, (key, table, convert) in _SIMPLE.items():
+        if flag not in given:
+            continue
+        value = params[flag]
+        value = convert(value) if convert is not None else value
+        if table is None:
+            data[key] = value
+        else:
+            data[table][key] = value
+    for kind in ("allow", "deny"):
+        rules = (*params[f"{kind}_rules"], *load_rules(params[f"{kind}_file"]))
+        if rules:
+            data[kind] = list(rules)
+    if params["load_test"]:
+        data["limits"].setdefault("max_conns_per_source", None)
+        data["limits"].setdefault("conn_rate", None)
+        data.setdefault("chat_rate", None)
+    base = ServeConfig()
+    if params["config_file"]:
+        base = ServeConfig.from_toml(params["config_file"])
+    data = {k: v for k, v in data.items() if v != {}}
+    config = ServeConfig.from_mapping(data, base=base)
+    if params["files_eps"] and config.files_root is None:
+        raise ConfigError("--files-endpoint needs --files DIR", field="files")
+    return config
 
 
 @click.command("serve")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Read settings from a TOML file (see README); flags given here override it.",
+)
+@click.option(
+    "--load-test",
+    is_flag=True,
+    help="Lift the per-source connection cap and rate and the chat message rate, so that "
+    "one load generator (wirecat bench) can open many connections. Not for the open "
+    "internet.",
+)
+@click.option(
+    "--json",
+    "json_ready",
+    is_flag=True,
+    help="Print one JSON object when listening (endpoints with real ports, certificate "
+    "fingerprint) instead of the table: for scripts and tests.",
+)
 @click.option(
     "--greeting",
     "greeting_eps",
@@ -102,7 +222,12 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
     type=click.Path(file_okay=False),
     default=None,
     metavar="DIR",
-    help="Serve DIR as the file store (off unless given).",
+    help="Serve DIR as the file store (off unless given; DIR must exist).",
+)
+@click.option(
+    "--files-create",
+    is_flag=True,
+    help="Create the --files DIR if it does not exist (else a missing DIR is refused).",
 )
 @click.option(
     "--files-endpoint",
@@ -130,20 +255,18 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option("--no-greeting", is_flag=True, help="Do not run the greeting service.")
 @click.option("--no-echo", is_flag=True, help="Do not run the echo service.")
 @click.option("--no-chat", is_flag=True, help="Do not run the chat service.")
-@click.option(
-    "--banner", default="Thank you for connecting", show_default=True, help="The greeting line."
-)
+@click.option("--banner", default=_D.banner, show_default=True, help="The greeting line.")
 @click.option(
     "--history",
     type=click.IntRange(0, 10000),
-    default=50,
+    default=_D.history,
     show_default=True,
     help="Chat messages kept per room and replayed on join.",
 )
 @click.option(
     "--max-line",
     type=click.IntRange(min=64),
-    default=4096,
+    default=_L.max_line,
     show_default=True,
     metavar="BYTES",
     help="Longest line accepted by text services.",
@@ -151,7 +274,7 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option(
     "--idle-timeout",
     type=click.FloatRange(min=0),
-    default=300.0,
+    default=_L.idle_timeout,
     show_default=True,
     metavar="SECONDS",
     help="Close connections idle this long (0: never).",
@@ -159,21 +282,21 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option(
     "--max-conns",
     type=click.IntRange(min=1),
-    default=1024,
+    default=_L.max_conns,
     show_default=True,
     help="Connections open at once, across services.",
 )
 @click.option(
     "--max-conns-per-source",
     type=click.IntRange(min=0),
-    default=64,
+    default=_L.max_conns_per_source,
     show_default=True,
     help="Connections open at once from one IP (0: no cap).",
 )
 @click.option(
     "--conn-rate",
     type=click.FloatRange(min=0),
-    default=20.0,
+    default=_L.conn_rate,
     show_default=True,
     metavar="PER_SECOND",
     help="New connections per second from one IP (0: no limit).",
@@ -181,14 +304,14 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option(
     "--conn-burst",
     type=click.IntRange(min=1),
-    default=40,
+    default=_L.conn_burst,
     show_default=True,
     help="Connections one IP may open in a burst before --conn-rate applies.",
 )
 @click.option(
     "--login-timeout",
     type=click.FloatRange(min=0),
-    default=10.0,
+    default=_L.login_timeout,
     show_default=True,
     metavar="SECONDS",
     help="Absolute deadline to finish logging in (chat: first line) (0: none).",
@@ -196,7 +319,7 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option(
     "--chat-rate",
     type=click.FloatRange(min=0),
-    default=5.0,
+    default=_D.chat_rate,
     show_default=True,
     metavar="PER_SECOND",
     help="Chat messages per second per member before 'rate_limited' (0: no limit).",
@@ -204,7 +327,7 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option(
     "--chat-burst",
     type=click.IntRange(min=1),
-    default=10,
+    default=_D.chat_burst,
     show_default=True,
     help="Chat messages a member may send at once after a quiet period.",
 )
@@ -220,14 +343,14 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option(
     "--auth-failures",
     type=click.IntRange(min=1),
-    default=5,
+    default=_D.auth_failures,
     show_default=True,
     help="Failed logins (chat, files) allowed per source IP before it is refused unchecked.",
 )
 @click.option(
     "--auth-failure-rate",
     type=click.FloatRange(min=0.001),
-    default=0.1,
+    default=_D.auth_failure_rate,
     show_default=True,
     metavar="PER_SECOND",
     help="How fast a source earns failed logins back.",
@@ -240,7 +363,7 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option(
     "--udp-rate",
     type=click.FloatRange(min=0),
-    default=1000.0,
+    default=_D.udp_rate,
     show_default=True,
     metavar="PER_SECOND",
     help="UDP datagrams answered per second per source IP (0: no limit).",
@@ -274,7 +397,7 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option(
     "--max-output",
     type=click.IntRange(min=65536),
-    default=1024 * 1024,
+    default=_L.max_output,
     show_default=True,
     metavar="BYTES",
     help="Unsent output per client before it is cut as a slow consumer.",
@@ -282,7 +405,7 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option(
     "--grace",
     type=click.FloatRange(min=0),
-    default=5.0,
+    default=_L.shutdown_grace,
     show_default=True,
     metavar="SECONDS",
     help="How long shutdown waits for peers to finish.",
@@ -321,7 +444,7 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option(
     "--handshake-timeout",
     type=click.FloatRange(min=0.1),
-    default=10.0,
+    default=_L.handshake_timeout,
     show_default=True,
     metavar="SECONDS",
     help="Absolute TLS handshake deadline.",
@@ -344,56 +467,13 @@ def _endpoints(given: tuple[Endpoint, ...], disabled: bool, name: str) -> list[E
 @click.option("-v", "--verbose", count=True, help="More logs (-v info, -vv debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the table of listeners.")
 @LOOP_OPTION
-def serve_command(
-    greeting_eps: tuple[Endpoint, ...],
-    echo_eps: tuple[Endpoint, ...],
-    chat_eps: tuple[Endpoint, ...],
-    files_dir: str | None,
-    files_eps: tuple[Endpoint, ...],
-    files_readonly: bool,
-    max_file_size: int | None,
-    quota: int | None,
-    no_greeting: bool,
-    no_echo: bool,
-    no_chat: bool,
-    banner: str,
-    history: int,
-    max_line: int,
-    idle_timeout: float,
-    max_conns: int,
-    max_conns_per_source: int,
-    conn_rate: float,
-    conn_burst: int,
-    login_timeout: float,
-    chat_rate: float,
-    chat_burst: int,
-    users_file: str | None,
-    auth_failures: int,
-    auth_failure_rate: float,
-    guests: bool,
-    udp_rate: float,
-    allow_rules: tuple[str, ...],
-    deny_rules: tuple[str, ...],
-    allow_file: tuple[str, ...],
-    deny_file: tuple[str, ...],
-    max_output: int,
-    grace: float,
-    cert: str | None,
-    key: str | None,
-    self_signed: bool,
-    tls_profile: TLSProfile,
-    client_ca: str | None,
-    handshake_timeout: float,
-    log_format: str,
-    workers: int,
-    verbose: int,
-    quiet: bool,
-    loop_kind: LoopKind,
-) -> None:
+@click.pass_context
+def serve_command(ctx: click.Context, /, **params: Any) -> None:
     """Run wirecat's services: greeting, echo (TCP+UDP), chat, and optionally files.
 
     Everything binds loopback unless told otherwise. Each service takes any number of
-    endpoints; --no-SERVICE turns one off.
+    endpoints; --no-SERVICE turns one off. Settings can come from a TOML file (--config);
+    flags given on the command line override it.
 
     \b
     Examples:
@@ -403,7 +483,8 @@ def serve_command(
       wirecat serve --files ./shared --files-readonly
       wirecat serve --chat tls://127.0.0.1:7443 --self-signed
       wirecat serve --chat tls://[::]:7443 --cert site.pem --key site.key --users users.toml
-      wirecat serve --echo tls://[::]:7443 --cert site.pem --key site.key
+      wirecat serve --config wirecat.toml --workers 2
+      wirecat serve --load-test            # then: wirecat bench 127.0.0.1:7007 -c 100
       wirecat serve --log-format json -v
 
     \b
@@ -413,119 +494,57 @@ def serve_command(
       nc 127.0.0.1 7070                      # chat (pick a nick, talk in #lobby)
       wirecat connect udp://127.0.0.1:7007   # UDP echo
     """
-
-    def services_for(worker: int) -> list[Service]:
-        # Worker 0 runs everything; the others only the inet listeners of the services that
-        # keep no state in memory: greeting, echo, and files (its part-file locks and its
-        # quota are shared through the file system, see wirecat.files.store).
-        def eps(given: tuple[Endpoint, ...], off: bool, name: str) -> list[Endpoint] | None:
-            found = _endpoints(given, off, name)
-            if worker == 0 or found is None:
-                return found
-            return [ep for ep in found if ep.is_inet] or None
-
-        files = eps(files_eps, files_dir is None, "files")
-        return build_services(
-            greeting=eps(greeting_eps, no_greeting, "greeting"),
-            echo=eps(echo_eps, no_echo, "echo"),
-            chat=_endpoints(chat_eps, no_chat, "chat") if worker == 0 else None,
-            banner=banner,
-            history=history,
-            files_dir=files_dir if files else None,
-            files=files,
-            files_readonly=files_readonly,
-            max_file_size=max_file_size,
-            quota=quota,
-            udp_rate=udp_rate or None,
-            chat_rate=chat_rate or None,
-            chat_burst=chat_burst,
-            users=users,
-            guests=guests,
-            auth_failures=(auth_failure_rate, auth_failures),
-        )
-
-    if guests and not users_file:
-        die("--guests needs --users FILE (without it everyone is a guest)", 64)
-    users = None
-    if users_file:
-        try:
-            users = Users.load(users_file)
-        except UsersFileError as exc:
-            die(str(exc), 78)
+    given = {
+        name
+        for name in params
+        if ctx.get_parameter_source(name)
+        in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
     try:
-        services = services_for(0)
-        limits = Limits(
-            max_line=max_line,
-            max_conns=max_conns,
-            max_conns_per_source=max_conns_per_source or None,
-            conn_rate=conn_rate or None,
-            conn_burst=conn_burst,
-            login_timeout=login_timeout or None,
-            idle_timeout=idle_timeout or None,
-            max_output=max_output,
-            shutdown_grace=grace,
-            handshake_timeout=handshake_timeout,
-        )
-        allow = [*allow_rules, *(r for f in allow_file for r in read_rules(f))]
-        deny = [*deny_rules, *(r for f in deny_file for r in read_rules(f))]
-        access = AccessList(allow, deny)
-    except (ValueError, OSError) as exc:
-        die(str(exc), 64)
-    wants_tls = any(ep.scheme == "tls" for s in services for ep in s.endpoints)
-    tls_ctx: ssl.SSLContext | None = None
-    fingerprint: str | None = None
-    if cert and self_signed:
-        die("--cert and --self-signed exclude each other", 64)
-    if (cert or self_signed) and not wants_tls:
-        die(
-            "--cert/--self-signed given but no tls:// endpoint: e.g. --chat tls://127.0.0.1:7443",
-            64,
-        )
-    if wants_tls:
-        try:
-            if cert:
-                tls_ctx = server_context(cert, key, profile=tls_profile, client_ca=client_ca)
-            elif self_signed:
-                made = make_self_signed()
-                fingerprint = made.fingerprint
-                tls_ctx = server_context(
-                    made.cert_pem, made.key_pem, profile=tls_profile, client_ca=client_ca
-                )
-            else:
-                die("tls:// endpoints need --cert/--key (or --self-signed for development)", 64)
-        except TLSError as exc:
-            die(str(exc), 78)
-    if not services:
-        die("nothing to serve: every service is turned off", 64)
+        config = config_from_flags(params, given)
+    except ConfigError as exc:
+        hint = _FLAG_HINTS.get(exc.field or "")
+        die(f"{message_for(exc)}" + (f" ({hint})" if hint and hint not in str(exc) else ""), 64)
     console = Console(stderr=False, highlight=False)
+    quiet, json_ready = params["quiet"], params["json_ready"]
 
-    async def main(worker: int = 0) -> int:
-        server = Server(
-            services if worker == 0 else services_for(worker),
-            ctx=ServerContext(limits, access=access),
-            tls=tls_ctx,
-            reuse_port=workers > 1,
-        )
-        await server.start()
-        if worker == 0:
-            if not quiet:
-                _print_table(server, console)
-                if workers > 1:
-                    console.print(f"{workers} worker processes share the inet listeners")
-            if fingerprint:
-                console.print(f"self-signed certificate {fingerprint}", soft_wrap=True)
-                console.print(f"  clients: wirecat connect ... --pin {fingerprint}", soft_wrap=True)
-            _warn_exposed(server, console, users is not None)
-        return await run_until_signal(server)
+    def on_ready(server: Server) -> None:
+        if json_ready:
+            ready = {
+                "ready": True,
+                "endpoints": {k: [str(e) for e in v] for k, v in server.endpoints.items()},
+                "fingerprint": server.fingerprint,
+                "workers": config.workers,
+            }
+            print(json.dumps(ready), flush=True)
+            return
+        if not quiet:
+            _print_table(server, console)
+            if config.workers > 1:
+                console.print(f"{config.workers} worker processes share the inet listeners")
+        if server.fingerprint:
+            fp = server.fingerprint
+            console.print(f"self-signed certificate {fp}", soft_wrap=True)
+            console.print(f"  clients: wirecat connect ... --pin {fp}", soft_wrap=True)
+        _warn_exposed(server, console, server.users is not None)
+        sys.stdout.flush()
 
-    if workers == 1:
-        run_command(main(), loop=loop_kind, log_format=log_format, verbosity=verbose)
+    def on_worker_error(exc: WirecatError) -> int:
+        click.echo(f"wirecat: {message_for(exc)}", err=True)
+        return _exit_code(exc)
 
-    def worker_main(index: int) -> int:
-        try:
-            run_command(main(index), loop=loop_kind, log_format=log_format, verbosity=verbose)
-        except SystemExit as exc:
-            return exc.code if isinstance(exc.code, int) else 1
-        return 0  # pragma: no cover - run_command always exits
+    try:
+        code = run(config, on_ready=on_ready, on_worker_error=on_worker_error)
+    except WirecatError as exc:
+        die(message_for(exc), _exit_code(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)
 
-    sys.exit(run_workers(workers, worker_main, grace=grace))
+
+def _exit_code(exc: WirecatError) -> int:
+    from ..auth import UsersFileError
+
+    if isinstance(exc, UsersFileError):
+        return 78
+    return exit_code_for(exc)

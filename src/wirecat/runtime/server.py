@@ -107,16 +107,26 @@ class Server:
         """``(service name, endpoint)`` for each open listener, with real ports."""
         return [(name, lst.endpoint) for name, lst in self.listeners]
 
-    def endpoint(self, service: str, scheme: str | None = None) -> Endpoint:
-        """Return the first bound endpoint of ``service`` (optionally of ``scheme``).
+    @property
+    def endpoints(self) -> dict[str, list[Endpoint]]:
+        """The bound endpoints by service name, with real ports (``:0`` resolved)."""
+        out: dict[str, list[Endpoint]] = {}
+        for name, ep in self.bound:
+            out.setdefault(name, []).append(ep)
+        return out
+
+    def endpoint(self, service: str | None = None, scheme: str | None = None) -> Endpoint:
+        """Return the first bound endpoint of ``service`` (any service when ``None``),
+        optionally of ``scheme`` (``"tcp"``, ``"udp"``, ``"tls"``, ``"unix"``...).
 
         Raises:
-            LookupError: no such listener.
+            LookupError: no such listener (e.g. before :meth:`start`).
         """
         for name, ep in self.bound:
-            if name == service and (scheme is None or ep.scheme == scheme):
+            if (service is None or name == service) and (scheme is None or ep.scheme == scheme):
                 return ep
-        raise LookupError(f"no {scheme or ''} listener for service {service!r}")
+        what = " ".join(x for x in (scheme, "listener for service", repr(service)) if x)
+        raise LookupError(f"no {what}" if service else f"no {scheme or ''} listener".strip())
 
     async def start(self) -> None:
         """Open every listener; on any failure close those already open and re-raise.

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import WirecatError
+from ..errors import TLSError
 
 __all__ = [
     "INTERMEDIATE_CIPHERS",
@@ -58,10 +58,6 @@ INTERMEDIATE_CIPHERS = ":".join(
 
 #: Mozilla intermediate key-exchange groups (OpenSSL names).
 INTERMEDIATE_GROUPS = "X25519:prime256v1:secp384r1"
-
-
-class TLSError(WirecatError):
-    """A TLS configuration problem (unreadable certificate, bad key, bad pin syntax)."""
 
 
 def _harden(ctx: ssl.SSLContext, profile: TLSProfile) -> None:

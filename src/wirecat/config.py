@@ -1,0 +1,401 @@
+"""One validated, immutable configuration for ``wirecat serve`` and :class:`wirecat.Server`.
+
+::
+
+    config = wirecat.ServeConfig(echo=["tcp://127.0.0.1:0"], greeting=[], chat=[])
+    config = wirecat.ServeConfig.from_toml("wirecat.toml")          # the same, from a file
+    config = config.replace(workers=2)                             # validated again
+
+Every field has the default ``wirecat serve`` uses; ``wirecat serve``'s flags only build one of
+these (flags override a ``--config`` file). A bad field raises :class:`~wirecat.errors.ConfigError`
+naming it, before anything is opened. The TOML file holds the same names (``-`` or ``_``), with
+the TLS settings in a ``[tls]`` table and the limits in ``[limits]`` (the fields of
+:class:`~wirecat.runtime.limits.Limits`)::
+
+    echo = ["tcp://[::]:7007", "udp://[::]:7007"]
+    chat = ["tls://127.0.0.1:7443"]
+    history = 100
+    users = "users.toml"
+
+    [tls]
+    self_signed = true
+
+    [limits]
+    max_conns = 4096
+    idle_timeout = 60.0
+
+Model: uvicorn ``config.py`` (one ``Config`` for ``run()`` and the CLI alike).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from .endpoints import Endpoint, parse_endpoint
+from .errors import ConfigError, InvalidEndpoint
+from .runtime.limits import AccessList, Limits
+from .runtime.loop import LoopKind
+from .runtime.tls import TLSProfile
+
+__all__ = ["DEFAULT_ENDPOINTS", "MAX_CONFIG_FILE", "SERVE_LIMITS", "ServeConfig", "TLSConfig"]
+
+#: Default endpoints of each service: loopback only.
+DEFAULT_ENDPOINTS: dict[str, tuple[str, ...]] = {
+    "greeting": ("tcp://127.0.0.1:7000",),
+    "echo": ("tcp://127.0.0.1:7007", "udp://127.0.0.1:7007"),
+    "chat": ("tcp://127.0.0.1:7070",),
+    "files": ("tcp://127.0.0.1:7071",),
+}
+
+#: The limits of ``wirecat serve``: the library's, plus a per-source connection rate.
+SERVE_LIMITS = Limits(conn_rate=20.0)
+
+#: Largest configuration file read, in bytes (checked before parsing).
+MAX_CONFIG_FILE = 1024 * 1024
+
+LogFormat = Literal["text", "json"]
+
+
+def _defaults(name: str) -> tuple[Endpoint, ...]:
+    return tuple(parse_endpoint(e) for e in DEFAULT_ENDPOINTS[name])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TLSConfig:
+    """Server certificate settings for every ``tls://`` listener.
+
+    Attributes:
+        cert: path to a PEM certificate chain (may hold the key too).
+        key: path to the PEM private key, when not in ``cert``.
+        self_signed: make a throwaway certificate in memory at start (development); its
+            SHA-256 fingerprint is on :attr:`wirecat.Server.fingerprint`, for clients' pins.
+        profile: ``intermediate`` (TLS 1.2+, ECDHE + AEAD; Mozilla) or ``modern`` (TLS 1.3).
+        client_ca: PEM CAs; when set, clients must present a certificate chaining to one of
+            them (mTLS), and a certificate whose commonName is a user logs in as that user.
+    """
+
+    cert: str | None = None
+    key: str | None = None
+    self_signed: bool = False
+    profile: TLSProfile = "intermediate"
+    client_ca: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.profile not in get_args(TLSProfile):
+            raise ConfigError(
+                f"unknown TLS profile {self.profile!r}: expected intermediate or modern",
+                field="tls.profile",
+            )
+        if self.cert and self.self_signed:
+            raise ConfigError("a certificate and self_signed exclude each other", field="tls")
+        if self.key and not self.cert:
+            raise ConfigError("a TLS key needs its certificate", field="tls.key")
+
+    @property
+    def configured(self) -> bool:
+        """True when a certificate is given or will be made."""
+        return bool(self.cert or self.self_signed)
+
+
+def _endpoints(value: Any, name: str) -> tuple[Endpoint, ...]:
+    if isinstance(value, str | Endpoint):
+        value = [value]
+    if not isinstance(value, Iterable):
+        raise ConfigError(f"{name}: expected a list of endpoints", field=name)
+    out = []
+    for item in value:
+        if isinstance(item, Endpoint):
+            out.append(item)
+            continue
+        if not isinstance(item, str):
+            raise ConfigError(f"{name}: expected endpoint strings, got {item!r}", field=name)
+        try:
+            out.append(parse_endpoint(item, default_host="127.0.0.1"))
+        except InvalidEndpoint as exc:
+            raise ConfigError(f"{name}: {exc}", field=name) from None
+    return tuple(out)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServeConfig:
+    """Everything ``wirecat serve`` runs, validated once. Sizes are bytes, times seconds.
+
+    Attributes:
+        greeting: greeting listeners (stream endpoints); ``()`` turns the service off.
+        echo: echo listeners, stream or datagram (RFC 862); ``()`` turns it off.
+        chat: chat listeners (stream endpoints); ``()`` turns it off.
+        files: files listeners; used only when :attr:`files_root` is set.
+        files_root: the directory the files service serves; ``None``: no files service.
+        files_readonly: refuse uploads.
+        files_create: create :attr:`files_root` when it does not exist (else refused).
+        max_file_size: largest upload in bytes (``None``: any).
+        quota: most bytes the file store may hold (``None``: any); shared by every worker.
+        banner: the greeting line (one line).
+        history: chat messages kept per room and replayed on join (0-10000).
+        chat_rate: chat messages per second per member (``None``: no limit).
+        chat_burst: messages a member may send at once after a quiet period.
+        udp_rate: datagrams answered per second per source address (``None``: no limit).
+        users: path of a users file (``wirecat users add``): chat and files then need a token.
+        guests: with :attr:`users`, also admit chat members without a token (other nicks).
+        auth_failures: failed logins per source address before it is refused unchecked.
+        auth_failure_rate: failed logins per second a source earns back.
+        allow: only accept peers in these networks (CIDR strings); empty: everyone.
+        deny: refuse peers in these networks (checked before any byte is read).
+        tls: the certificate of ``tls://`` listeners (:class:`TLSConfig`).
+        limits: connection caps, rates, deadlines and sizes (:class:`Limits`).
+        workers: processes sharing the inet listeners (``SO_REUSEPORT``); chat and Unix
+            listeners run in the first. ``workers > 1`` needs :func:`wirecat.run`.
+        log_format: ``text`` or ``json`` (one object per line).
+        verbosity: 0 warnings, 1 info, 2 debug.
+        loop: ``auto`` (uvloop when installed), ``asyncio`` or ``uvloop``.
+
+    Raises:
+        ConfigError: a field is invalid, or fields contradict each other (``field`` names
+            the culprit).
+    """
+
+    greeting: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("greeting"))
+    echo: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("echo"))
+    chat: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("chat"))
+    files: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("files"))
+    files_root: str | None = None
+    files_readonly: bool = False
+    files_create: bool = False
+    max_file_size: int | None = None
+    quota: int | None = None
+    banner: str = "Thank you for connecting"
+    history: int = 50
+    chat_rate: float | None = 5.0
+    chat_burst: int = 10
+    udp_rate: float | None = 1000.0
+    users: str | None = None
+    guests: bool = False
+    auth_failures: int = 5
+    auth_failure_rate: float = 0.1
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    limits: Limits = SERVE_LIMITS
+    workers: int = 1
+    log_format: LogFormat = "text"
+    verbosity: int = 0
+    loop: LoopKind = "auto"
+
+    def __post_init__(self) -> None:
+        fix = object.__setattr__
+        for name in ("greeting", "echo", "chat", "files"):
+            fix(self, name, _endpoints(getattr(self, name), name))
+        for name in ("allow", "deny"):
+            value = getattr(self, name)
+            fix(self, name, (value,) if isinstance(value, str) else tuple(value))
+        for name in ("chat_rate", "udp_rate"):  # 0 means no limit, as on the command line
+            if getattr(self, name) == 0:
+                fix(self, name, None)
+        if self.files_root is not None:
+            fix(self, "files_root", os.fspath(self.files_root))
+        self._validate()
+
+    # -- validation ------------------------------------------------------------------------
+    def _validate(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"{name}: {why}", field=name)
+
+        for name in ("greeting", "chat", "files"):
+            for ep in getattr(self, name):
+                if not ep.is_stream or ep.scheme == "stdio":
+                    raise bad(name, f"{ep} is not a stream endpoint (tcp, tls or unix)")
+        for ep in self.echo:
+            if ep.scheme in ("stdio", "unix+seqpacket", "ws", "wss"):
+                raise bad("echo", f"cannot serve echo on {ep}")
+        if "\n" in self.banner or "\r" in self.banner:
+            raise bad("banner", "must be one line")
+        if not 0 <= self.history <= 10000:
+            raise bad("history", "must be 0-10000 messages")
+        if not 1 <= self.workers <= 256:
+            raise bad("workers", "must be 1-256 processes")
+        if self.chat_burst < 1:
+            raise bad("chat_burst", "must be >= 1")
+        for name in ("chat_rate", "udp_rate"):
+            rate = getattr(self, name)
+            if rate is not None and not (rate > 0 and math.isfinite(rate)):
+                raise bad(name, "must be > 0 per second (or none)")
+        for name in ("max_file_size", "quota"):
+            size = getattr(self, name)
+            if size is not None and size < 1:
+                raise bad(name, "must be >= 1 byte (or none)")
+        if self.auth_failures < 1:
+            raise bad("auth_failures", "must be >= 1")
+        if not self.auth_failure_rate > 0:
+            raise bad("auth_failure_rate", "must be > 0 per second")
+        if self.log_format not in get_args(LogFormat):
+            raise bad("log_format", "must be text or json")
+        if self.loop not in ("auto", "asyncio", "uvloop"):
+            raise bad("loop", "must be auto, asyncio or uvloop")
+        if self.guests and not self.users:
+            raise bad("guests", "needs a users file (without one everyone is a guest)")
+        try:
+            AccessList(self.allow, self.deny)
+        except ValueError as exc:
+            raise bad("allow" if self._bad_rule(self.allow) else "deny", str(exc)) from None
+        wants_tls = any(ep.scheme == "tls" for ep in self.listening())
+        if wants_tls and not self.tls.configured:
+            raise ConfigError(
+                "tls:// listeners need a certificate and key (or a self-signed certificate)",
+                field="tls",
+            )
+        if self.tls.configured and not wants_tls:
+            raise ConfigError(
+                "a TLS certificate is set but no listener is tls:// "
+                "(e.g. chat tls://127.0.0.1:7443)",
+                field="tls",
+            )
+        if self.tls.client_ca and not wants_tls:
+            raise ConfigError("client certificates (mTLS) need a tls:// listener", field="tls")
+        if not self.listening():
+            raise ConfigError("nothing to serve: every service is turned off")
+
+    @staticmethod
+    def _bad_rule(rules: tuple[str, ...]) -> bool:
+        try:
+            AccessList(rules)
+        except ValueError:
+            return True
+        return False
+
+    # -- views -----------------------------------------------------------------------------
+    def services(self) -> dict[str, tuple[Endpoint, ...]]:
+        """The enabled services and their endpoints (files only with a root)."""
+        out = {"greeting": self.greeting, "echo": self.echo, "chat": self.chat}
+        if self.files_root is not None:
+            out["files"] = self.files
+        return {name: eps for name, eps in out.items() if eps}
+
+    def listening(self) -> list[Endpoint]:
+        """Every endpoint that will be listened on."""
+        return [ep for eps in self.services().values() for ep in eps]
+
+    def replace(self, **changes: Any) -> ServeConfig:
+        """Return a copy with ``changes`` applied (validated again).
+
+        Raises:
+            ConfigError: the result is invalid.
+        """
+        try:
+            return dataclasses.replace(self, **changes)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, base: ServeConfig | None = None
+    ) -> ServeConfig:
+        """Build a config from plain data (a parsed TOML document), over ``base``'s values.
+
+        Keys are field names (``-`` or ``_``); ``tls`` and ``limits`` are tables whose keys
+        are :class:`TLSConfig` and :class:`Limits` fields, merged over ``base``'s.
+
+        Raises:
+            ConfigError: an unknown key, a value of the wrong type, or an invalid config.
+        """
+        base = base or cls()
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        changes: dict[str, Any] = {}
+        for raw_key, value in data.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in known:
+                raise ConfigError(f"unknown setting {raw_key!r}", field=str(raw_key))
+            if key in ("tls", "limits"):
+                changes[key] = _table(getattr(base, key), value, key)
+            else:
+                changes[key] = _check_type(key, value, known[key].type)
+        return base.replace(**changes)
+
+    @classmethod
+    def from_toml(
+        cls, path: str | os.PathLike[str], *, base: ServeConfig | None = None
+    ) -> ServeConfig:
+        """Read a TOML file (at most :data:`MAX_CONFIG_FILE` bytes) into a config.
+
+        Raises:
+            ConfigError: the file cannot be read, is too large, is not TOML, or is invalid
+                (the message names the file).
+        """
+        name = os.fspath(path)
+        try:
+            with open(name, "rb") as fh:
+                raw = fh.read(MAX_CONFIG_FILE + 1)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read {name}: {exc.strerror or exc}", field="config"
+            ) from None
+        if len(raw) > MAX_CONFIG_FILE:
+            raise ConfigError(f"{name} is larger than {MAX_CONFIG_FILE} bytes", field="config")
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{name} is not valid TOML: {exc}", field="config") from None
+        try:
+            return cls.from_mapping(data, base=base)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}", field=exc.field) from None
+
+
+#: Accepted Python types per annotation string (the dataclass annotations are strings).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+}
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    text = str(annotation)
+    if "Endpoint" in text:
+        return value  # parsed (and checked) by __post_init__
+    if text.startswith("tuple[str"):
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{key}: expected a list of strings", field=key)
+    optional = "None" in text
+    if value is None and optional:
+        return None
+    for name, types in _TYPES.items():
+        if text.startswith(name) or (name == "str" and text.startswith(("LogFormat", "LoopKind"))):
+            if isinstance(value, bool) and name != "bool":
+                break
+            if isinstance(value, types):
+                return float(value) if name == "float" else value  # type: ignore[arg-type]
+            break
+    else:
+        return value
+    raise ConfigError(f"{key}: expected {text.replace(' | None', '')}, got {value!r}", field=key)
+
+
+def _table(base: Any, value: Any, key: str) -> Any:
+    if isinstance(value, TLSConfig | Limits):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a table", field=key)
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    changes = {}
+    for raw, item in value.items():
+        name = str(raw).replace("-", "_")
+        if name not in fields:
+            raise ConfigError(f"unknown setting {key}.{raw}", field=f"{key}.{raw}")
+        changes[name] = _check_type(f"{key}.{name}", item, fields[name].type)
+    try:
+        return dataclasses.replace(base, **changes)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {exc}", field=key) from None
