@@ -5,8 +5,8 @@
 ensure_debs nc:netcat-openbsd ncat:ncat socat:socat openssl:openssl
 ensure_venv "[dev]"
 cd "$ROOT"
-echo "== ruff check"; "$VENV/bin/ruff" check src tests bench
-echo "== ruff format --check"; "$VENV/bin/ruff" format --check src tests bench
+echo "== ruff check"; "$VENV/bin/ruff" check src tests bench examples
+echo "== ruff format --check"; "$VENV/bin/ruff" format --check src tests bench examples
 echo "== mypy --strict src"; "$VENV/bin/mypy" src
 echo "== pytest"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -96,6 +96,80 @@ def test_protocol_modules_import_without_asyncio_in_scope() -> None:
         importlib.import_module(info.name)
 
 
+# -- layers -----------------------------------------------------------------------------------
+#: Each part of the package and its layer: a module may import only from its own layer or
+#: below (protocols -> runtime -> cores -> services -> app -> cli). Lazy imports count.
+LAYERS: dict[str, int] = {
+    "errors": 0,
+    "endpoints": 0,
+    "escape": 0,
+    "protocols": 1,
+    "runtime": 2,
+    "auth": 3,
+    "chat": 3,
+    "files": 3,
+    "web": 3,
+    "services": 4,
+    "bench": 4,
+    "config": 5,
+    "app": 5,
+    "cli": 6,
+    "__main__": 6,
+}
+
+
+def _part(module: str) -> str:
+    """The top-level part of ``wirecat.x.y`` (``x``)."""
+    return module.split(".")[1] if module.count(".") >= 1 else "__init__"
+
+
+def _wirecat_imports(path: Path) -> set[str]:
+    """Absolute names of every wirecat module ``path`` imports (relative ones resolved)."""
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    package = list(rel.parts[:-1])  # a module's package; for __init__, the package itself
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                name = ".".join([*base, node.module] if node.module else base)
+            else:
+                name = node.module or ""
+            if name.startswith("wirecat"):
+                found.add(name)
+                if node.module is None or name.count(".") == 0:
+                    found.update(f"{name}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("wirecat"))
+    return found
+
+
+SOURCE_FILES = sorted(p for p in SRC.rglob("*.py") if p.name != "__init__.py" or p.parent != SRC)
+
+
+def test_every_part_has_a_layer() -> None:
+    parts = {p.relative_to(SRC).parts[0].removesuffix(".py") for p in SOURCE_FILES}
+    assert parts <= set(LAYERS), f"give these a layer: {sorted(parts - set(LAYERS))}"
+
+
+@pytest.mark.parametrize("path", SOURCE_FILES, ids=lambda p: str(p.relative_to(SRC)))
+def test_nothing_imports_upward(path: Path) -> None:
+    own = LAYERS[path.relative_to(SRC).parts[0].removesuffix(".py")]
+    for name in _wirecat_imports(path):
+        part = _part(name)
+        if part == "__init__" or part not in LAYERS:
+            continue
+        assert LAYERS[part] <= own, (
+            f"{path.relative_to(SRC)} (layer {own}) imports {name} (layer {LAYERS[part]})"
+        )
+
+
+def test_layer_checker_resolves_relative_imports(tmp_path: Path) -> None:
+    probe = SRC / "runtime" / "server.py"
+    names = _wirecat_imports(probe)
+    assert "wirecat.runtime.handler" in names and "wirecat.endpoints" in names
+
+
 # -- public surface ---------------------------------------------------------------------------
 
 
@@ -117,10 +191,10 @@ def test_all_exports_exist() -> None:
         "wirecat.runtime.limits",
         "wirecat.runtime.loop",
         "wirecat.runtime.logs",
-        "wirecat.runtime.connection",
+        "wirecat.runtime.handler",
         "wirecat.runtime.listeners",
         "wirecat.runtime.server",
-        "wirecat.runtime.stream",
+        "wirecat.runtime.connection",
         "wirecat.services.echo",
         "wirecat.services.greeting",
     ],

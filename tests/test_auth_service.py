@@ -27,8 +27,8 @@ from helpers import scaled, serving, wait_for
 from wirecat.auth import User, Users, hash_token
 from wirecat.endpoints import Endpoint
 from wirecat.files.client import FilesClient, TransferError
+from wirecat.runtime.connection import Connection, connect
 from wirecat.runtime.server import Server
-from wirecat.runtime.stream import Connection, connect
 from wirecat.runtime.tls import client_context, server_context
 from wirecat.services.chat import ChatService
 from wirecat.services.files import FilesService

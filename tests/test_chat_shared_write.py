@@ -31,7 +31,7 @@ from wirecat.protocols.chat import (
     Say,
     Who,
 )
-from wirecat.runtime.connection import ServerContext, SharedWrite, StreamHandler
+from wirecat.runtime.handler import ServerContext, SharedWrite, StreamHandler
 from wirecat.runtime.limits import Limits
 
 ROOMS = ("#a", "#b", "#c")

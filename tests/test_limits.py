@@ -25,11 +25,11 @@ import pytest
 import wirecat
 from helpers import scaled, wait_for
 from wirecat.endpoints import Endpoint, parse_endpoint
-from wirecat.runtime.connection import ServerContext, StreamHandler
+from wirecat.runtime.connection import Connection
+from wirecat.runtime.handler import ServerContext, StreamHandler
 from wirecat.runtime.limits import AccessList, KeyedRateLimiter, Limits, TokenBucket, read_rules
 from wirecat.runtime.logs import JsonFormatter, configure_logging
 from wirecat.runtime.server import Server, Service
-from wirecat.runtime.stream import Connection
 from wirecat.services.chat import ChatService
 from wirecat.services.echo import EchoService
 

@@ -36,11 +36,11 @@ from wirecat.errors import (
     NameResolutionError,
     WirecatError,
 )
-from wirecat.runtime.connection import ServerContext, StreamHandler, format_address
+from wirecat.runtime.connection import Connection, DatagramConnection, open_connection_listener
+from wirecat.runtime.handler import ServerContext, StreamHandler, format_address
 from wirecat.runtime.limits import Limits
 from wirecat.runtime.listeners import open_datagram_listener, open_stream_listener, unix_address
 from wirecat.runtime.server import Server, Service
-from wirecat.runtime.stream import Connection, DatagramConnection, open_connection_listener
 from wirecat.services.echo import EchoService
 from wirecat.services.greeting import DEFAULT_BANNER, GreetingService
 
@@ -297,7 +297,7 @@ async def test_udp_echo_exact_datagrams(host: str) -> None:
     async with serving(EchoService([ep(f"udp://{host}:0")])) as server:
         target = server.endpoint("echo", "udp")
         assert target.port != 0
-        conn = await wirecat.connect(target, timeout=T())
+        conn = await wirecat.connect_datagram(target, timeout=T())
         assert isinstance(conn, DatagramConnection)
         async with conn:
             # (0 bytes is left out: asyncio's sendto() silently drops empty datagrams.)
@@ -316,7 +316,7 @@ async def test_udp_echo_exact_datagrams(host: str) -> None:
 async def test_udp_echo_drops_oversized_datagrams() -> None:
     service = EchoService([ep("udp://127.0.0.1:0")], max_datagram=100)
     async with serving(service) as server:
-        conn = await wirecat.connect(server.endpoint("echo"), timeout=T())
+        conn = await wirecat.connect_datagram(server.endpoint("echo"), timeout=T())
         assert isinstance(conn, DatagramConnection)
         async with conn:
             await conn.send(b"x" * 101)
@@ -327,7 +327,7 @@ async def test_udp_echo_drops_oversized_datagrams() -> None:
 
 async def test_unix_dgram_echo(unix_dir: str) -> None:
     async with serving(EchoService([ep(f"unix+dgram:{unix_dir}/echo.sock")])) as server:
-        conn = await wirecat.connect(server.endpoint("echo"), timeout=T())
+        conn = await wirecat.connect_datagram(server.endpoint("echo"), timeout=T())
         assert isinstance(conn, DatagramConnection)
         async with conn:
             for data in (b"one", b"x", b"three" * 1000):
@@ -337,7 +337,7 @@ async def test_unix_dgram_echo(unix_dir: str) -> None:
 
 async def test_udp_client_limits_and_timeout() -> None:
     async with serving(EchoService([ep("udp://127.0.0.1:0")])) as server:
-        conn = await wirecat.connect(server.endpoint("echo"), timeout=T())
+        conn = await wirecat.connect_datagram(server.endpoint("echo"), timeout=T())
         assert isinstance(conn, DatagramConnection)
         async with conn:
             with pytest.raises(LimitExceeded, match="65507"):
@@ -350,7 +350,7 @@ async def test_udp_client_limits_and_timeout() -> None:
 
 async def test_udp_send_after_aclose_raises() -> None:
     async with serving(EchoService([ep("udp://127.0.0.1:0")])) as server:
-        conn = await wirecat.connect(server.endpoint("echo"), timeout=T())
+        conn = await wirecat.connect_datagram(server.endpoint("echo"), timeout=T())
         assert isinstance(conn, DatagramConnection)
         await conn.aclose()
         with pytest.raises(ConnectionClosedOK):
@@ -720,7 +720,7 @@ async def test_connect_name_resolution_error() -> None:
 async def test_connect_invalid_endpoint() -> None:
     with pytest.raises(InvalidEndpoint):
         await wirecat.connect("tcp://::1:80")
-    with pytest.raises(InvalidEndpoint, match="cannot connect to ws"):
+    with pytest.raises(InvalidEndpoint, match="not a stream endpoint"):
         await wirecat.connect("ws://127.0.0.1:1/")
 
 

@@ -29,10 +29,10 @@ import trustme
 from helpers import scaled, wait_for
 from wirecat.endpoints import Endpoint, parse_endpoint
 from wirecat.errors import ConnectError, ConnectionClosed, HandshakeError
-from wirecat.runtime.connection import ServerContext, StreamHandler
+from wirecat.runtime.connection import Connection, connect
+from wirecat.runtime.handler import ServerContext, StreamHandler
 from wirecat.runtime.limits import AccessList, Limits
 from wirecat.runtime.server import Server, Service
-from wirecat.runtime.stream import Connection, connect
 from wirecat.runtime.tls import (
     INTERMEDIATE_CIPHERS,
     TLSProfile,

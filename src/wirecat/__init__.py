@@ -2,31 +2,96 @@
 
 The public surface::
 
-    conn = await wirecat.connect("tcp://127.0.0.1:7007")   # Connection / DatagramConnection
-    await wirecat.serve(echo=["tcp://127.0.0.1:7007"], greeting=[], chat=[])
-    wirecat.parse_endpoint("udp://[::1]:7007")              # Endpoint
+    async with wirecat.connect("tcp://127.0.0.1:7007") as conn:      # Connection
+        await conn.send(b"hello\\n")
+        print(await conn.recv_line())
+    async with wirecat.connect_datagram("udp://127.0.0.1:7007") as dg: # DatagramConnection
+        ...
+    async with wirecat.listen("tcp://127.0.0.1:0", handler) as server: # your own handler
+        await server.serve_forever()
+    config = wirecat.ServeConfig(chat=["tcp://127.0.0.1:7070"])       # wirecat serve's config
+    async with wirecat.Server(config) as server: ...                   # ... run from Python
+    wirecat.run(config)                                                 # blocking, workers
+    wirecat.parse_endpoint("udp://[::1]:7007")                          # Endpoint
+
+Names are imported lazily (on first use), so ``import wirecat.protocols`` loads no I/O
+module. Model: websockets ``__init__.py`` (``lazy_import``).
 """
 
-from .app import serve
-from .endpoints import Endpoint, parse_endpoint
-from .errors import *  # noqa: F403
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import *  # noqa: F403  (import-light: no I/O modules)
 from .errors import __all__ as _errors_all
-from .runtime.limits import Limits
-from .runtime.server import Server, Service
-from .runtime.stream import Connection, DatagramConnection, connect
 
 __version__ = "0.1.0"
+
+#: Public name -> module that defines it (relative to this package).
+_LAZY: dict[str, str] = {
+    "Connection": ".runtime.connection",
+    "DatagramConnection": ".runtime.connection",
+    "Opening": ".runtime.connection",
+    "connect": ".runtime.connection",
+    "connect_datagram": ".runtime.connection",
+    "Endpoint": ".endpoints",
+    "parse_endpoint": ".endpoints",
+    "Limits": ".runtime.limits",
+    "Service": ".runtime.server",
+    "listen": ".runtime.server",
+    "ServeConfig": ".config",
+    "TLSConfig": ".config",
+    "Server": ".app",
+    "run": ".app",
+    "serve": ".app",
+}
 
 __all__ = [
     "Connection",
     "DatagramConnection",
     "Endpoint",
     "Limits",
+    "Opening",
+    "ServeConfig",
     "Server",
     "Service",
+    "TLSConfig",
     "__version__",
     "connect",
+    "connect_datagram",
+    "listen",
     "parse_endpoint",
+    "run",
     "serve",
     *_errors_all,
 ]
+assert set(_LAZY) <= set(__all__)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wirecat' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+if TYPE_CHECKING:
+    from .app import Server, run, serve
+    from .config import ServeConfig, TLSConfig
+    from .endpoints import Endpoint, parse_endpoint
+    from .runtime.connection import (
+        Connection,
+        DatagramConnection,
+        Opening,
+        connect,
+        connect_datagram,
+    )
+    from .runtime.limits import Limits
+    from .runtime.server import Service, listen

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from .config import ServeConfig
 from .endpoints import Endpoint
 from .errors import ConfigError, WirecatError
-from .runtime.connection import ServerContext
+from .runtime.handler import ServerContext
 from .runtime.limits import AccessList, Limits, read_rules
 from .runtime.logs import configure_logging
 from .runtime.logs import logger as _log

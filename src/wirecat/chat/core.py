@@ -6,7 +6,7 @@ core a :class:`Sink` per connection: where to write bytes, and the encoder of th
 
 Fan-out is built for large rooms: a room keeps its members grouped by encoder, so one event
 is encoded **once per format**. Members whose sink can queue a shared write
-(:meth:`Sink.send_shared`, a :class:`~wirecat.runtime.connection.SharedWrite`) cost nothing
+(:meth:`Sink.send_shared`, a :class:`~wirecat.runtime.handler.SharedWrite`) cost nothing
 per message: the room queues one shared write per format per loop iteration on each member,
 appends every later event of that iteration to it, and each member's connection writes the
 joined bytes once. Other sinks get the same ``bytes`` object through ``send``. Each
@@ -71,7 +71,7 @@ from ..protocols.chat import (
     check_nick,
     check_room,
 )
-from ..runtime.connection import SharedWrite
+from ..runtime.handler import SharedWrite
 from ..runtime.limits import TokenBucket
 
 __all__ = [
@@ -129,7 +129,7 @@ class Sink(Protocol):
     # Optional, looked up when the member joins a room:
     # ``send_shared(shared: SharedWrite) -> bool`` queues a shared write whose bytes,
     # including those appended later, reach the peer in order with its other output (see
-    # :class:`~wirecat.runtime.connection.SharedWrite`).
+    # :class:`~wirecat.runtime.handler.SharedWrite`).
 
 
 @dataclass(frozen=True, slots=True)

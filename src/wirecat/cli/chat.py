@@ -67,8 +67,8 @@ from ..protocols.chat import (
     parse_text_line,
 )
 from ..protocols.lines import Line, LineFramer, LineOverflow
+from ..runtime.connection import Connection, connect
 from ..runtime.stdio import StdinReader, open_stdin
-from ..runtime.stream import Connection, connect
 from .common import (
     ENDPOINT,
     LOOP_OPTION,

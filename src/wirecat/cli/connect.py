@@ -8,9 +8,9 @@ import click
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import InvalidEndpoint
+from ..runtime.connection import Connection, DatagramConnection, connect, connect_datagram
 from ..runtime.loop import LoopKind
 from ..runtime.stdio import BridgeResult, bridge_datagram, bridge_stream, open_stdin, open_stdout
-from ..runtime.stream import Connection, connect
 from .common import LOOP_OPTION, die, run_command, tls_client_options, tls_connect_kwargs
 
 __all__ = ["connect_command", "endpoint_argument"]
@@ -49,7 +49,11 @@ async def _connect_main(
     verbose: bool,
     tls: dict[str, Any],
 ) -> int:
-    conn = await connect(ep, timeout=timeout, **tls)
+    conn: Connection | DatagramConnection
+    if ep.is_datagram:
+        conn = await connect_datagram(ep, timeout=timeout)
+    else:
+        conn = await connect(ep, timeout=timeout, **tls)
     stdin = await open_stdin()
     stdout = await open_stdout()
     try:

@@ -12,10 +12,10 @@ import click
 
 from ..endpoints import Endpoint
 from ..errors import ConnectionClosed, InvalidEndpoint, NetworkError
+from ..runtime.connection import Connection, open_connection_listener
 from ..runtime.loop import LoopKind
 from ..runtime.process import bridge_process
 from ..runtime.stdio import BridgeResult, Fanout, bridge_stream, open_stdin, open_stdout
-from ..runtime.stream import Connection, open_connection_listener
 from .common import LOOP_OPTION, die, run_command
 from .connect import EXIT_BAD_ENDPOINT, endpoint_argument
 

@@ -56,7 +56,7 @@ from ..protocols.files import (
     StatResult,
     Trailer,
 )
-from ..runtime.stream import open_transport
+from ..runtime.connection import open_transport
 from .digest import Hasher, hash_fd, new_hasher
 from .pipeline import BodyOutcome, FileHashJob, SocketBody, WriteBehind, executor
 from .zerocopy import send_file_range

@@ -1,687 +1,797 @@
-"""Server-side stream connections: one :class:`StreamHandler` per accepted peer.
+"""A friendly async stream API for library users and scripts, on ``asyncio.Protocol``.
 
-The handler is an ``asyncio.Protocol`` (not a StreamReader) for speed: ``data_received``
-hands bytes straight to the service, writes go straight to the transport. Around that it
-adds what every server needs and the guides leave out:
+::
 
-- a connection id, a peer string and a logger carrying both;
-- membership in the server's registry, and the server-wide ``max_conns`` cap;
-- write flow control: high/low water marks on the transport, ``writing_paused``, and a hard
-  ``max_output`` cap past which the peer is cut as a *slow consumer* instead of growing
-  memory or stalling anyone else;
-- an idle timer (no timer churn per chunk: one timestamp per ``data_received``);
-- half-close: ``on_eof()`` decides whether our write side stays open (RFC 9293 3.6).
+    async with await wirecat.connect("tcp://127.0.0.1:7007") as conn:
+        await conn.send(b"hello\\n")
+        line = await conn.recv_line()          # b"hello\\n"
 
-Model: websockets ``asyncio/connection.py``; uvicorn ``protocols/http/flow_control.py``.
+Reads are framed from one bounded buffer per connection (:class:`StreamBuffer`); reading
+stops (TCP pushes back on the peer) while more than ``read_high_water`` bytes wait unread.
+Writes wait for the transport to drain below its high-water mark (backpressure).
+Datagram endpoints (``udp``, ``unix+dgram``) give a :class:`DatagramConnection`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import logging
-from collections import Counter
-from typing import TYPE_CHECKING, Any, cast
+import collections
+import contextlib
+import os
+import secrets
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from ssl import SSLContext
+from typing import Any, Generic, TypeVar, cast
 
-from .limits import AccessList, KeyedRateLimiter, Limits
-from .logs import logger as _root_logger
+from ..endpoints import Endpoint, parse_endpoint
+from ..errors import (
+    ConcurrencyError,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    ConnectTimeout,
+    HandshakeError,
+    IdleTimeout,
+    InvalidEndpoint,
+    LimitExceeded,
+    LocalProtocolError,
+    translate_os_error,
+)
+from ..protocols.buffer import StreamBuffer
+from .handler import format_address
+from .listeners import Listener, unix_address
+from .logs import logger as _log
 
-if TYPE_CHECKING:
-    from .server import Service
+__all__ = [
+    "Connection",
+    "DatagramConnection",
+    "Opening",
+    "StreamState",
+    "connect",
+    "connect_datagram",
+    "open_connection_listener",
+    "open_transport",
+]
 
-__all__ = ["ServerContext", "SharedWrite", "StreamHandler", "format_address"]
-
-_ids = itertools.count(1)
-
-#: Counter name in ``ServerContext.metrics`` for each reason :meth:`ServerContext.admit` gives.
-_REFUSAL_METRIC = {
-    "denied": "refused_acl",
-    "server is shutting down": "refused_closing",
-    "too many connections": "refused_max_conns",
-    "too many connections from your address": "refused_per_source",
-    "connecting too fast": "refused_rate",
-}
+_READ_HIGH_WATER = 256 * 1024  # bytes buffered unread before we stop reading
+_DEFAULT_MAX_LINE = 64 * 1024
 
 
-def format_address(addr: Any) -> str:
-    """Format a socket address for logs: ``1.2.3.4:5``, ``[::1]:5``, ``unix:/p`` or ``unix``."""
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host, port = addr[0], addr[1]
-        if ":" in str(host):
-            return f"[{host}]:{port}"
-        return f"{host}:{port}"
-    if isinstance(addr, str) and addr:
-        return f"unix:{addr}"
-    if isinstance(addr, bytes) and addr:
-        return "unix:@" + addr.lstrip(b"\x00").decode(errors="replace")
-    return "unix"
+class StreamState:
+    """The receive buffer and flow-control state behind one :class:`Connection`.
+
+    Fed by a client protocol (:class:`_StreamProtocol`) or a server handler
+    (:class:`wirecat.runtime.server.ConnectionHandler`): bytes in (:meth:`feed`), end of
+    stream (:meth:`feed_eof`), loss (:meth:`lost_with`), and the transport's
+    ``pause_writing``/``resume_writing``. Reading pauses above ``read_high_water`` unread
+    bytes (TCP then pushes back on the peer) and resumes as the reader catches up.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_drain",
+        "_paused_writing",
+        "_waiter",
+        "buffer",
+        "eof",
+        "exc",
+        "lost",
+        "read_high_water",
+        "transport",
+    )
+
+    def __init__(self, read_high_water: int) -> None:
+        self.buffer = StreamBuffer()
+        self.transport: asyncio.Transport | None = None
+        self.read_high_water = read_high_water
+        self.exc: BaseException | None = None
+        self.eof = False
+        self.lost = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._paused_writing = False
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def feed(self, data: bytes) -> None:
+        self.buffer.feed(data)
+        if len(self.buffer) > self.read_high_water and self.transport is not None:
+            self.transport.pause_reading()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self.eof = True
+        self.buffer.feed_eof()
+        self._wake()
+
+    def lost_with(self, exc: BaseException | None) -> None:
+        self.lost = True
+        if exc is not None:
+            self.exc = exc
+        if not self.eof:
+            self.eof = True
+            self.buffer.feed_eof()
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait_data(self) -> None:
+        t = self.transport
+        if t is not None and not self.lost and not t.is_reading() and not t.is_closing():
+            t.resume_reading()
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def drain(self) -> None:
+        """Wait while writing is paused; several writers share one waiter."""
+        if self.lost or not self._paused_writing:
+            return
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drain)
 
 
-class ServerContext:
-    """State shared by every connection of one server.
+class _StreamProtocol(asyncio.Protocol):
+    """Client-side protocol of :func:`connect`: feeds a :class:`StreamState`."""
+
+    def __init__(self, read_high_water: int) -> None:
+        self.state = StreamState(read_high_water)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.state.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.state.feed(data)
+
+    def eof_received(self) -> bool:
+        self.state.feed_eof()
+        # Keep our write side open: half-close is the caller's choice. TLS has no
+        # half-close (a close_notify ends both directions, RFC 8446 6.1).
+        t = self.state.transport
+        return t is None or t.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.lost_with(exc)
+
+    def pause_writing(self) -> None:
+        self.state.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.state.resume_writing()
+
+
+class Connection:
+    """One stream connection (tcp, unix), from :func:`connect` or a listener.
 
     Attributes:
-        limits: the server-wide :class:`Limits`.
-        metrics: counters by name: ``accepted``, ``refused_acl``, ``refused_closing``,
-            ``refused_max_conns``, ``refused_per_source``, ``refused_rate``,
-            ``slow_consumers``, ``idle_timeouts``, ``login_timeouts``, ``handler_errors``,
-            and services' own. A plain ``Counter``; read it any time.
-        connections: the live stream handlers (the connection registry).
-        closing: True once the server started draining; new peers are refused.
-        log: the server's logger.
-        access: the ``--allow``/``--deny`` rules, checked before any byte is read.
-        per_source: open stream connections by source IP (entries vanish at zero).
+        endpoint: the endpoint it was opened with (or the listener's, server side).
+        local_address: our address as a string (``127.0.0.1:51234``, ``[::1]:51234``, ``unix``).
+        peer_address: the peer's address, same format.
+
+    Concurrency: one reader and any number of writers at a time. A read and writes may run
+    concurrently; a second concurrent read raises :class:`ConcurrencyError` (each would
+    get a random part of the stream). Concurrent :meth:`send` calls are safe: each write is
+    handed to the transport whole, in call order. Cancelling a read leaves unread bytes in
+    the buffer for the next call.
+
+    ``async for line in conn`` reads lines (each with its ``b"\\n"``; the unterminated rest
+    last) until the peer closes.
+    """
+
+    def __init__(self, endpoint: Endpoint, state: StreamState) -> None:
+        assert state.transport is not None
+        self.endpoint = endpoint
+        self._p = state
+        self._t = state.transport
+        self.local_address = format_address(self._t.get_extra_info("sockname"))
+        self.peer_address = format_address(self._t.get_extra_info("peername"))
+        self._eof_sent = False
+        self._reading: str | None = None
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        """The underlying transport (for ``loop.sendfile`` and socket options)."""
+        return self._t
+
+    @property
+    def at_eof(self) -> bool:
+        """True when the peer closed its side and every received byte was read."""
+        return self._p.eof and not len(self._p.buffer)
+
+    def _raise_if_lost(self) -> None:
+        if self._p.lost:
+            exc = self._p.exc
+            if exc is not None:
+                raise ConnectionClosedError(f"connection to {self.endpoint} lost: {exc}") from exc
+            raise ConnectionClosedOK(f"connection to {self.endpoint} is closed")
+
+    async def send(self, data: bytes) -> None:
+        """Send bytes; waits while the transport's buffer is above its high-water mark.
+
+        Raises:
+            ConnectionClosed: the connection is gone.
+            LocalProtocolError: :meth:`send_eof` was called before.
+        """
+        self._raise_if_lost()
+        if self._t.is_closing():
+            raise ConnectionClosedOK(f"connection to {self.endpoint} is closing")
+        if self._eof_sent:
+            raise LocalProtocolError(f"send() after send_eof() on {self.endpoint}")
+        self._t.write(data)
+        await self._p.drain()
+
+    @property
+    def can_send_eof(self) -> bool:
+        """False where a half-close does not exist (TLS: close_notify ends both directions)."""
+        return self._t.can_write_eof()
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes written but not yet handed to the kernel."""
+        return self._t.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is below its high-water mark (returns at once if it is,
+        or if the connection is gone)."""
+        await self._p.drain()
+
+    async def send_eof(self) -> None:
+        """Half-close: tell the peer we will send no more (TCP FIN); reading goes on."""
+        t = self._t
+        if not (self._p.lost or self._eof_sent or t.is_closing()) and t.can_write_eof():
+            self._eof_sent = True
+            t.write_eof()
+
+    async def _read(
+        self, take: Callable[[], bytes | None], timeout: float | None, what: str
+    ) -> bytes | None:
+        if self._reading is not None:
+            raise ConcurrencyError(
+                f"{what}() called on {self.endpoint} while another coroutine is in "
+                f"{self._reading}(): one reader at a time"
+            )
+        self._reading = what
+        try:
+            return await self._read_locked(take, timeout)
+        finally:
+            self._reading = None
+
+    async def _read_locked(
+        self, take: Callable[[], bytes | None], timeout: float | None
+    ) -> bytes | None:
+        p = self._p
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    out = take()
+                    if out is not None:
+                        if (
+                            len(p.buffer) < p.read_high_water
+                            and not p.lost
+                            and not self._t.is_reading()
+                            and not self._t.is_closing()
+                        ):
+                            self._t.resume_reading()
+                        return out
+                    if p.eof:
+                        if p.exc is not None:
+                            raise ConnectionClosedError(
+                                f"connection to {self.endpoint} lost: {p.exc}"
+                            ) from p.exc
+                        return None
+                    await p.wait_data()
+        except TimeoutError:
+            raise IdleTimeout(f"no data from {self.endpoint} within {timeout} s") from None
+
+    async def recv(self, max_size: int = 65536, *, timeout: float | None = None) -> bytes:
+        """Return up to ``max_size`` bytes as soon as any arrive; ``b""`` at end of stream.
+
+        Raises:
+            IdleTimeout: nothing arrived within ``timeout`` seconds.
+            ConnectionClosedError: the connection was reset.
+        """
+        buf = self._p.buffer
+        out = await self._read(
+            lambda: buf.read_some(max_size) if len(buf) else None, timeout, "recv"
+        )
+        return out or b""
+
+    async def recv_line(
+        self, max_line: int = _DEFAULT_MAX_LINE, *, timeout: float | None = None
+    ) -> bytes:
+        """Return one line including its ``b"\\n"``.
+
+        At end of stream, returns the unterminated rest (``b""`` if nothing is left).
+
+        Raises:
+            LineTooLong: ``max_line`` bytes arrived without a newline (they stay buffered).
+            IdleTimeout, ConnectionClosedError.
+        """
+        buf = self._p.buffer
+        out = await self._read(lambda: buf.read_line(max_line), timeout, "recv_line")
+        return out if out is not None else buf.read_some()
+
+    async def recv_until(
+        self, separator: bytes, max_size: int = _DEFAULT_MAX_LINE, *, timeout: float | None = None
+    ) -> bytes:
+        """Return the bytes up to and including ``separator`` (at most ``max_size``).
+
+        Raises:
+            LimitExceeded: ``max_size`` bytes arrived without the separator.
+            ConnectionClosedOK: the stream ended first (the partial data stays buffered).
+            IdleTimeout, ConnectionClosedError.
+        """
+        if not separator:
+            raise ValueError("separator must not be empty")
+        buf = self._p.buffer
+        out = await self._read(lambda: buf.read_until(separator, max_size), timeout, "recv_until")
+        if out is None:
+            raise ConnectionClosedOK(f"end of stream before {separator!r} from {self.endpoint}")
+        return out
+
+    async def recv_exact(self, n: int, *, timeout: float | None = None) -> bytes:
+        """Return exactly ``n`` bytes.
+
+        Raises:
+            ConnectionClosedOK: the stream ended before ``n`` bytes arrived.
+            IdleTimeout, ConnectionClosedError.
+        """
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        buf = self._p.buffer
+        out = await self._read(lambda: buf.read_exact(n), timeout, "recv_exact")
+        if out is None:
+            raise ConnectionClosedOK(
+                f"end of stream after {len(buf)} of {n} bytes from {self.endpoint}"
+            )
+        return out
+
+    async def aclose(self, *, timeout: float = 5.0) -> None:
+        """Flush and close; waits (at most ``timeout`` seconds) for the close. Idempotent."""
+        if not self._t.is_closing():
+            self._t.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._p._closed), timeout)
+        if not self._p.lost:
+            self._t.abort()
+
+    def abort(self) -> None:
+        """Close now, discarding unsent data (may send a TCP RST)."""
+        self._t.abort()
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._lines()
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        while line := await self.recv_line():
+            yield line
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.local_address} -> {self.peer_address}>"
+
+
+class _DatagramProtocol(asyncio.DatagramProtocol):
+    def __init__(self, max_queue: int) -> None:
+        self.queue: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self.max_queue = max_queue
+        self.dropped = 0
+        self.exc: Exception | None = None
+        self.lost = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(self.queue) >= self.max_queue:
+            self.dropped += 1  # a datagram socket may drop; we drop the newest, bounded
+            return
+        self.queue.append((data, addr))
+        self._wake()
+
+    def error_received(self, exc: Exception) -> None:
+        self.exc = exc
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class DatagramConnection:
+    """A connected datagram socket (udp, unix+dgram): message boundaries are kept.
+
+    At most ``max_queue`` received datagrams wait unread; newer ones are dropped and counted
+    in :attr:`dropped`, as the kernel would.
     """
 
     def __init__(
-        self,
-        limits: Limits | None = None,
-        log: logging.Logger | None = None,
-        access: AccessList | None = None,
+        self, endpoint: Endpoint, transport: asyncio.DatagramTransport, proto: _DatagramProtocol
     ) -> None:
-        self.limits = limits or Limits()
-        self.metrics: Counter[str] = Counter()
-        self.connections: set[StreamHandler] = set()
-        self.access = access or AccessList()
-        self.per_source: dict[str, int] = {}
-        self._dirty: list[StreamHandler] = []
-        self._flush_scheduled = False
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._idle_tick = 10.0
-        rate = self.limits.conn_rate
-        self.conn_rate = KeyedRateLimiter(rate, self.limits.conn_burst) if rate else None
-        self.closing = False
-        self.log = log or _root_logger
-        self._empty: asyncio.Event | None = None
-
-    def admit(self, source: str | None, now: float) -> str | None:
-        """Decide whether a new peer from ``source`` (IP, or ``None`` for unix) may stay.
-
-        Returns:
-            ``None`` to accept (the per-source count is then taken), or the reason to refuse.
-            The checks are, in order: access list, draining, ``max_conns``,
-            ``max_conns_per_source``, per-source connection rate.
-        """
-        lim = self.limits
-        if not self.access.permits(source):
-            return "denied"
-        if self.closing:
-            return "server is shutting down"
-        if len(self.connections) >= lim.max_conns:
-            return "too many connections"
-        if source is not None:
-            cap = lim.max_conns_per_source
-            if cap is not None and self.per_source.get(source, 0) >= cap:
-                return "too many connections from your address"
-            if self.conn_rate is not None and not self.conn_rate.allow(source, now):
-                return "connecting too fast"
-            self.per_source[source] = self.per_source.get(source, 0) + 1
-        return None
-
-    def release(self, source: str | None) -> None:
-        """Give back the per-source count taken by :meth:`admit`."""
-        if source is None:
-            return
-        n = self.per_source.get(source, 0) - 1
-        if n > 0:
-            self.per_source[source] = n
-        else:
-            self.per_source.pop(source, None)
-
-    def _watch_idle(self, idle_timeout: float) -> None:
-        """Make sure the idle sweep runs often enough for ``idle_timeout`` seconds."""
-        tick = min(max(idle_timeout / 4, 0.01), 10.0)
-        if self._idle_timer is not None and tick >= self._idle_tick:
-            return
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_tick = tick
-        self._idle_timer = asyncio.get_running_loop().call_later(tick, self._sweep_idle)
-
-    def _sweep_idle(self) -> None:
-        # One timer per server instead of one per connection: an idle connection costs no
-        # timer, and a sweep is O(connections) every idle_timeout/4 seconds.
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for handler in list(self.connections):
-            timeout = handler.limits.idle_timeout
-            if (
-                timeout is not None
-                and not handler.closing
-                and handler.transport is not None  # not while a TLS handshake runs
-                and now - handler._last_rx >= timeout
-            ):
-                handler._idle_expired(now)
-        if self.connections:
-            self._idle_timer = loop.call_later(self._idle_tick, self._sweep_idle)
-        else:
-            self._idle_timer = None
-
-    def _schedule_flush(self, handler: StreamHandler) -> None:
-        self._dirty.append(handler)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_dirty)
-
-    def _flush_dirty(self) -> None:
-        self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for handler in dirty:
-            try:
-                handler._flush()
-            except Exception:
-                handler._crashed()
-
-    def _discard(self, handler: StreamHandler) -> None:
-        self.connections.discard(handler)
-        if not self.connections and self._empty is not None:
-            self._empty.set()
-
-    async def wait_empty(self) -> None:
-        """Return once no stream connection is open."""
-        if not self.connections:
-            return
-        if self._empty is None or self._empty.is_set():
-            self._empty = asyncio.Event()
-        await self._empty.wait()
-
-
-class SharedWrite:
-    """Bytes that many connections receive at the same point of their output (fan-out).
-
-    A fan-out source (a chat room) makes one per loop iteration and queues the same object
-    on every receiving connection with :meth:`StreamHandler.write_shared`; each later
-    message of that iteration is one :meth:`append` (no work per connection). The chunks
-    are joined once, when the first of those connections flushes, and every connection
-    then hands the same ``bytes`` to its transport: one ``transport.write`` per connection
-    per iteration, however many messages, with no Python work per connection per message.
-
-    Order is kept per connection: while this object is a connection's last queued item,
-    appended bytes belong there; when something else is queued on that connection (its
-    own reply, another room's batch), the connection *detaches*: its queued item becomes a
-    copy of the bytes so far, and later appends reach it through :meth:`StreamHandler.write`.
-
-    A source must stop appending (open a new one) when its receivers change: an append
-    reaches every connection that queued this object and has not flushed yet.
-
-    Attributes:
-        size: bytes appended so far.
-    """
-
-    __slots__ = ("_chunks", "_data", "_detached", "size")
-
-    def __init__(self, data: bytes) -> None:
-        self._chunks = [data]
-        self._data: bytes | None = None  # the joined bytes, once flushed
-        self._detached: list[StreamHandler] = []
-        self.size = len(data)
+        self.endpoint = endpoint
+        self._t = transport
+        self._p = proto
+        self.local_address = format_address(transport.get_extra_info("sockname"))
+        self.peer_address = format_address(transport.get_extra_info("peername"))
+        self._unlink: str | None = None
 
     @property
-    def is_open(self) -> bool:
-        """True until the first receiver flushed it (then :meth:`append` must not be called)."""
-        return self._data is None
+    def dropped(self) -> int:
+        """Datagrams dropped because the receive queue was full."""
+        return self._p.dropped
 
-    def append(self, data: bytes) -> None:
-        """Add ``data`` for every receiver (only while :attr:`is_open`)."""
-        self._chunks.append(data)
-        self.size += len(data)
-        for handler in self._detached:
-            handler.write(data)
+    async def send(self, datagram: bytes) -> None:
+        """Send one datagram (at most 65,507 bytes over IPv4 UDP).
 
-    def join(self) -> bytes:
-        """Return the bytes (joined once); no more appends after this."""
-        data = self._data
-        if data is None:
-            chunks = self._chunks
-            data = self._data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self._chunks = []
-            self._detached = []
-        return data
-
-    def _detach(self, handler: StreamHandler) -> bytes:
-        """``handler`` queues something after this: give it the bytes so far, then each
-        later append separately."""
-        self._detached.append(handler)
-        chunks = self._chunks
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-class _ConnLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = dict(self.extra or {})
-        extra.update(kwargs.get("extra") or {})
-        kwargs["extra"] = extra
-        return msg, kwargs
-
-
-class StreamHandler(asyncio.Protocol):
-    """Base class of every server-side stream connection. Subclass and override the hooks.
-
-    Hooks (all optional): :meth:`on_connect`, :meth:`on_data`, :meth:`on_eof`,
-    :meth:`on_close`, :meth:`on_writable`, :meth:`on_shutdown`, :meth:`on_idle`.
-    Tools: :meth:`write`, :meth:`close`, :meth:`abort`, :meth:`pause_reading`,
-    :meth:`resume_reading`, :attr:`writing_paused`, :attr:`output_size`.
-
-    All hooks run on the event loop thread; none may block. The handler never raises into
-    the loop: an exception escaping a hook is logged and the connection is aborted.
-    """
-
-    # Slots keep an idle connection small (no per-instance __dict__); subclasses that add
-    # attributes without their own __slots__ simply get a __dict__ back.
-    __slots__ = (
-        "_accepted",
-        "_close_reason",
-        "_id",
-        "_last_rx",
-        "_log",
-        "_login_handle",
-        "_loop",
-        "_queued",
-        "closing",
-        "ctx",
-        "limits",
-        "service",
-        "source",
-        "transport",
-        "writing_paused",
-    )
-
-    def __init__(self, ctx: ServerContext, service: Service | None = None) -> None:
-        self.ctx = ctx
-        self.service = service
-        self.limits: Limits = (service.limits if service and service.limits else None) or ctx.limits
-        self._id: int | None = None  # assigned on first use (no int object per idle peer)
-        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
-        self._log: logging.LoggerAdapter | None = None  # type: ignore[type-arg]
-        self.writing_paused = False
-        self.closing = False
-        self._accepted = False
-        self._last_rx = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._close_reason = ""
-        self.source: str | None = None  # peer IP for per-source limits; None for unix
-        self._login_handle: asyncio.TimerHandle | None = None
-        # Coalesced writes of this loop iteration; the list is made on the first write and
-        # kept (empty between iterations), so fan-out allocates no list per member.
-        self._queued: list[bytes | SharedWrite] | None = None
-
-    #: Services whose peers must complete a login (first line, hello) set this to True and
-    #: call :meth:`login_complete`; until then ``limits.login_timeout`` applies.
-    needs_login = False
-
-    #: Fan-out services set this to True: writes are coalesced per loop iteration (see
-    #: :meth:`write`). Leave it False where bytes must reach the transport at once, e.g.
-    #: before ``loop.sendfile`` or ``transport.write_eof``.
-    coalesce_writes = False
-
-    # -- asyncio.Protocol ----------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        if self._accepted:  # admitted by the TLS accept loop before its handshake
-            if self.closing:  # and closed (shutdown, idle) while the handshake ran
-                self.transport.abort()
-                return
-            self._established()
-            return
-        reason = self.admit(transport.get_extra_info("peername"))
-        if reason is not None:
-            if reason == "denied":
-                self.transport.abort()  # tell a denied peer nothing
-            else:
-                self.transport.write(f"error: {reason}, try again later\n".encode())
-                self.transport.close()
-            return
-        self._established()
-
-    def admit(self, peername: Any) -> str | None:
-        """Run the server's admission checks for a peer at ``peername`` (by address only).
-
-        Called by :meth:`connection_made`, or by a TLS listener before the handshake so that
-        no byte is read or sent to a refused peer.
-
-        Returns:
-            ``None`` when admitted (the connection then counts against every limit until it
-            is lost), else the reason for refusal (already counted and logged).
+        Raises:
+            LimitExceeded: the datagram is larger than the transport allows.
+            ConnectionClosed: the socket is closed.
         """
-        ctx = self.ctx
-        if isinstance(peername, tuple) and peername:
-            self.source = peername[0]
-        self._loop = loop = asyncio.get_running_loop()
-        reason = ctx.admit(self.source, loop.time())
-        if reason is not None:
-            ctx.metrics[_REFUSAL_METRIC.get(reason, "refused")] += 1
-            self.log.warning("refused: %s", reason, extra={"event": "refused", "reason": reason})
-            self.closing = True
-            return reason
-        self._accepted = True
-        ctx.connections.add(self)
-        self._last_rx = loop.time()
-        return None
+        if self._p.lost or self._t.is_closing():
+            raise ConnectionClosedOK(f"datagram socket for {self.endpoint} is closed")
+        if self.endpoint.scheme == "udp" and len(datagram) > 65507:
+            raise LimitExceeded(f"datagram of {len(datagram)} bytes exceeds 65507", limit=65507)
+        self._t.sendto(datagram)
 
-    def handshake_failed(self, exc: BaseException) -> None:
-        """The TLS handshake of an admitted peer failed: count it and release its limits."""
-        self.ctx.metrics["tls_handshake_failures"] += 1
-        self.log.info(
-            "TLS handshake failed: %s",
-            str(exc) or type(exc).__name__,
-            extra={"event": "tls_failure", "reason": type(exc).__name__},
-        )
-        self.closing = True
-        if self._accepted:
-            self._accepted = False
-            self.ctx._discard(self)
-            self.ctx.release(self.source)
+    async def recv(self, *, timeout: float | None = None) -> bytes:
+        """Return the next datagram.
 
-    def _established(self) -> None:
-        """The connection is admitted (and its TLS handshake done): start serving it."""
-        loop = self._loop
-        assert loop is not None
-        ctx = self.ctx
-        ctx.metrics["accepted"] += 1
-        # TCP_NODELAY: asyncio and uvloop both set it on every TCP transport already.
-        lim = self.limits
-        self.transport.set_write_buffer_limits(high=lim.write_high_water, low=lim.write_low_water)
-        self._last_rx = loop.time()
-        if lim.idle_timeout is not None:
-            ctx._watch_idle(lim.idle_timeout)
-        if self.needs_login and lim.login_timeout is not None:
-            self._login_handle = loop.call_later(lim.login_timeout, self._login_expired)
-        if ctx.log.isEnabledFor(logging.DEBUG):  # don't build the per-connection logger
-            self.log.debug("connected", extra={"event": "connect"})
-        self._guard(self.on_connect)
-
-    def data_received(self, data: bytes) -> None:
-        self._last_rx = self._loop.time()  # type: ignore[union-attr]
-        try:
-            self.on_data(data)
-        except Exception:
-            self._crashed()
-
-    def eof_received(self) -> bool | None:
-        if not self._accepted:
-            return False
-        try:
-            keep_open = self.on_eof()
-        except Exception:
-            self._crashed()
-            return False
-        # TLS has no half-close: close_notify ends both directions (RFC 8446 6.1).
-        keep_open = bool(keep_open) and self.transport.get_extra_info("sslcontext") is None
-        if not keep_open:
-            # The transport closes itself after we return: hand it what is queued first.
-            self._flush()
-            self.closing = True
-        return keep_open
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._login_handle is not None:
-            self._login_handle.cancel()
-            self._login_handle = None
-        self.closing = True
-        if not self._accepted:
-            return
-        self._accepted = False
-        self.ctx._discard(self)
-        self.ctx.release(self.source)
-        if self.ctx.log.isEnabledFor(logging.DEBUG):
-            reason = self._close_reason or (str(exc) if exc else None)
-            self.log.debug(
-                "closed%s",
-                f" ({self._close_reason})" if self._close_reason else "",
-                extra={"event": "close", "reason": reason},
+        Raises:
+            ConnectionRefused: the peer's port is closed (ICMP port unreachable).
+            IdleTimeout: nothing arrived within ``timeout`` seconds.
+            ConnectionClosed: the socket is closed.
+        """
+        p = self._p
+        if p._waiter is not None:
+            raise ConcurrencyError(
+                f"recv() called on {self.endpoint} while another coroutine is in recv()"
             )
         try:
-            self.on_close(exc)
-        except Exception:
-            self.log.exception("error in on_close")
+            async with asyncio.timeout(timeout):
+                while not p.queue:
+                    if p.exc is not None:
+                        exc, p.exc = p.exc, None
+                        if isinstance(exc, OSError):
+                            raise translate_os_error(exc, what=str(self.endpoint)) from exc
+                        raise ConnectionClosedError(str(exc)) from exc
+                    if p.lost or self._t.is_closing():
+                        raise ConnectionClosedOK(f"datagram socket for {self.endpoint} is closed")
+                    p._waiter = asyncio.get_running_loop().create_future()
+                    try:
+                        await p._waiter
+                    finally:
+                        p._waiter = None
+        except TimeoutError:
+            raise IdleTimeout(f"no datagram from {self.endpoint} within {timeout} s") from None
+        return p.queue.popleft()[0]
 
-    def pause_writing(self) -> None:
-        self.writing_paused = True
+    async def aclose(self) -> None:
+        """Close the socket. Idempotent."""
+        self._t.close()
+        if self._unlink:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unlink)
+            self._unlink = None
 
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        self._guard(self.on_writable)
+    async def __aenter__(self) -> DatagramConnection:
+        return self
 
-    # -- hooks -----------------------------------------------------------------------------
-    def on_connect(self) -> None:
-        """The peer was accepted (after the ``max_conns`` check)."""
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
-    def on_data(self, data: bytes) -> None:
-        """Bytes arrived from the peer (any split of the stream: frame them yourself)."""
 
-    def on_eof(self) -> bool:
-        """The peer half-closed. Return True to keep our write side open; default False."""
-        return False
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
-    def on_close(self, exc: Exception | None) -> None:
-        """The connection is gone (``exc`` is the OS error, ``None`` for a clean close)."""
 
-    def on_writable(self) -> None:
-        """Unsent output fell below the low-water mark after a pause."""
+async def open_transport(
+    endpoint: Endpoint,
+    factory: Callable[[], P],
+    *,
+    timeout: float | None = 10.0,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
+    pin: str | None = None,
+    handshake_timeout: float = 10.0,
+) -> tuple[asyncio.Transport, P]:
+    """Connect a stream endpoint (``tcp``, ``tls``, ``unix``) to a protocol from ``factory``.
 
-    def on_shutdown(self) -> None:
-        """The server is draining. Default: flush and close. Override to say goodbye first."""
-        self.close("server shutdown")
+    The one place that resolves, connects, runs and checks the TLS handshake (SNI, ``pin``)
+    and translates errors; :func:`connect` and the files client both use it.
 
-    def on_idle(self) -> None:
-        """Nothing was received for ``idle_timeout`` seconds. Default: count, log, close.
+    Args:
+        endpoint: where to connect.
+        factory: makes the protocol (called once).
+        timeout, ssl, server_hostname, pin, handshake_timeout: as in :func:`connect`.
 
-        Override to keep a busy connection (e.g. one sending a download); the hook is called
-        again after another idle period.
-        """
-        self.ctx.metrics["idle_timeouts"] += 1
-        self.log.info(
-            "idle for %.1f s, closing",
-            self.limits.idle_timeout or 0.0,
-            extra={"event": "limit", "reason": "idle_timeout"},
+    Returns:
+        ``(transport, protocol)``.
+
+    Raises:
+        InvalidEndpoint: not a stream endpoint.
+        ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError,
+        HandshakeError, HandshakeTimeout.
+    """
+    ep = endpoint
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            if ep.scheme in ("tcp", "tls"):
+                kwargs: dict[str, Any] = {}
+                if isinstance(loop, asyncio.BaseEventLoop):  # uvloop lacks Happy Eyeballs
+                    kwargs["happy_eyeballs_delay"] = 0.25  # RFC 8305
+                if ep.scheme == "tls":
+                    from .tls import client_context
+
+                    kwargs["ssl"] = ssl or client_context(pinned=pin is not None)
+                    kwargs["server_hostname"] = server_hostname or ep.host
+                    kwargs["ssl_handshake_timeout"] = handshake_timeout
+                transport, proto = await loop.create_connection(
+                    factory, ep.host or "", ep.port or 0, **kwargs
+                )
+                if pin is not None:
+                    from .tls import check_pin
+
+                    if not check_pin(transport.get_extra_info("ssl_object"), pin):
+                        transport.abort()
+                        raise HandshakeError(
+                            f"TLS certificate of {ep} does not match the pinned {pin}"
+                        )
+                return transport, proto
+            if ep.scheme == "unix":
+                assert ep.path is not None
+                # Connect the socket ourselves: uvloop rejects abstract ("\0name") paths.
+                usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    usock.setblocking(False)
+                    await loop.sock_connect(usock, unix_address(ep.path))
+                    utransport, uproto = await loop.create_unix_connection(factory, sock=usock)
+                except BaseException:
+                    usock.close()
+                    raise
+                return utransport, uproto
+    except TimeoutError:
+        raise ConnectTimeout(f"timed out after {timeout} s connecting to {ep}") from None
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+        if ep.scheme == "tls" and "handshake" not in str(exc).lower():
+            raise HandshakeError(
+                f"TLS handshake with {ep} failed: the server closed the connection "
+                "(does it require a client certificate, or another TLS version?)"
+            ) from exc
+        raise translate_os_error(exc, what=str(ep), phase="connect") from exc
+    except OSError as exc:
+        raise translate_os_error(exc, what=str(ep), phase="connect") from exc
+    raise InvalidEndpoint(f"{ep} is not a stream endpoint (tcp, tls or unix)")
+
+
+C = TypeVar("C", "Connection", "DatagramConnection")
+
+
+class Opening(Generic[C]):
+    """What :func:`connect` and :func:`connect_datagram` return: await it for the
+    connection, or use it as ``async with`` (the connection is closed on exit).
+
+    ::
+
+        conn = await wirecat.connect("tcp://127.0.0.1:7007")
+        async with wirecat.connect("tcp://127.0.0.1:7007") as conn:
+            ...
+
+    Model: websockets' ``connect``, awaitable and an async context manager.
+    """
+
+    __slots__ = ("_conn", "_opener")
+
+    def __init__(self, opener: Callable[[], Coroutine[Any, Any, C]]) -> None:
+        self._opener: Callable[[], Coroutine[Any, Any, C]] = opener
+        self._conn: C | None = None
+
+    def __await__(self) -> Generator[Any, None, C]:
+        return self._opener().__await__()
+
+    async def __aenter__(self) -> C:
+        self._conn = await self._opener()
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            await self._conn.aclose()
+
+
+def _parse(endpoint: str | Endpoint) -> Endpoint:
+    return parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
+
+
+def connect(
+    endpoint: str | Endpoint,
+    *,
+    timeout: float | None = 10.0,
+    read_high_water: int = _READ_HIGH_WATER,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
+    pin: str | None = None,
+    handshake_timeout: float = 10.0,
+) -> Opening[Connection]:
+    """Open a stream connection to ``endpoint`` (``tcp``, ``tls``, ``unix``).
+
+    Await the result, or use it with ``async with`` (see :class:`Opening`).
+
+    Args:
+        endpoint: an :class:`Endpoint` or a string for :func:`parse_endpoint`
+            (``tcp://host:port``, ``host:port``, ``tls://host:port``, ``unix:/path``).
+        timeout: seconds allowed for name resolution plus connect; ``None`` waits forever.
+        read_high_water: stop reading (TCP pushes back) past this many unread bytes.
+        ssl: client context for ``tls://`` (default: verify against the system CAs, see
+            :func:`wirecat.runtime.tls.client_context`).
+        server_hostname: name to send as SNI (RFC 6066 3) and to verify; default the host.
+        pin: ``sha256:HEX`` of the server's certificate; when given, the certificate must
+            match it (and chain/name checks are skipped, so self-signed servers work).
+        handshake_timeout: absolute TLS handshake deadline in seconds.
+
+    Returns:
+        An :class:`Opening` that gives a :class:`Connection`.
+
+    Raises:
+        InvalidEndpoint: the string does not parse, or it is a datagram endpoint (use
+            :func:`connect_datagram`).
+        ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError.
+        HandshakeError: TLS verification failed, or the certificate does not match ``pin``.
+        HandshakeTimeout: the TLS handshake took longer than ``handshake_timeout``.
+    """
+
+    async def opener() -> Connection:
+        ep = _parse(endpoint)
+        if ep.is_datagram:
+            raise InvalidEndpoint(f"{ep} is a datagram endpoint: use connect_datagram()")
+        _, proto = await open_transport(
+            ep,
+            lambda: _StreamProtocol(read_high_water),
+            timeout=timeout,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            pin=pin,
+            handshake_timeout=handshake_timeout,
         )
-        self.close("idle timeout")
+        return Connection(ep, proto.state)
 
-    # -- tools -----------------------------------------------------------------------------
-    @property
-    def id(self) -> int:
-        """This connection's number, unique in the process (for logs)."""
-        if self._id is None:
-            self._id = next(_ids)
-        return self._id
+    return Opening(opener)
 
-    @property
-    def peer(self) -> str:
-        """The peer's address: ``127.0.0.1:5555``, ``[::1]:5555`` or ``unix``.
 
-        Read from the transport when asked (nothing is stored per idle connection); after
-        the transport is gone, the source address without its port.
-        """
-        addr = self.transport.get_extra_info("peername") if self.transport is not None else None
-        if addr:
-            return format_address(addr)
-        return self.source if self.source is not None else "unix"
+def connect_datagram(
+    endpoint: str | Endpoint, *, timeout: float | None = 10.0, max_queue: int = 1024
+) -> Opening[DatagramConnection]:
+    """Open a connected datagram socket to ``endpoint`` (``udp://host:port``,
+    ``unix+dgram:/path``): message boundaries are kept.
 
-    @property
-    def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
-        """A logger that adds ``service``, ``conn_id`` and ``peer`` to every record."""
-        log = self._log
-        if log is None:
-            name = self.service.name if self.service else "-"
-            extra = {"service": name, "conn_id": self.id, "peer": self.peer}
-            log = self._log = _ConnLog(self.ctx.log, extra)
-        return log
+    Await the result, or use it with ``async with`` (see :class:`Opening`).
 
-    @property
-    def close_reason(self) -> str:
-        """Why we closed or aborted (``"slow_consumer"``, ``"idle timeout"``, ...); ``""``
-        if the peer closed first or no reason was given. Valid in :meth:`on_close`."""
-        return self._close_reason
+    Args:
+        endpoint: an :class:`Endpoint` or a string for :func:`parse_endpoint`.
+        timeout: seconds allowed for name resolution plus the socket set-up.
+        max_queue: keep at most this many unread datagrams (newer ones are dropped and
+            counted in :attr:`DatagramConnection.dropped`).
 
-    @property
-    def peer_subject(self) -> str | None:
-        """The commonName of a verified TLS client certificate (mTLS), else ``None``."""
-        cert = self.transport.get_extra_info("peercert") if self.transport else None
-        if not cert:
-            return None
-        for rdn in cert.get("subject", ()):
-            for key, value in rdn:
-                if key == "commonName":
-                    return str(value)
-        return None
+    Raises:
+        InvalidEndpoint: the string does not parse, or it is not a datagram endpoint.
+        NameResolutionError, ConnectTimeout, ConnectError.
+    """
 
-    @property
-    def output_size(self) -> int:
-        """Bytes written but not yet handed to the kernel (coalesced ones included)."""
-        if self.transport is None:
-            return 0
-        queued = sum(
-            item.size if isinstance(item, SharedWrite) else len(item) for item in self._queued or ()
-        )
-        return self.transport.get_write_buffer_size() + queued
+    async def opener() -> DatagramConnection:
+        ep = _parse(endpoint)
+        if not ep.is_datagram:
+            raise InvalidEndpoint(f"{ep} is not a datagram endpoint: use connect()")
+        return await _open_datagram(ep, timeout=timeout, max_queue=max_queue)
 
-    def write(self, data: bytes) -> bool:
-        """Queue ``data`` for the peer without blocking.
+    return Opening(opener)
 
-        With :attr:`coalesce_writes`, the bytes are held until the end of this loop
-        iteration and every chunk queued meanwhile goes out in one ``transport.write``
-        (one syscall per connection per iteration, however many messages fan out to it).
 
-        Returns:
-            True if queued; False if the connection is closing (the data is dropped) or if
-            this write pushed unsent output past ``max_output`` bytes, in which case the
-            peer was disconnected as a slow consumer (logged, counted in
-            ``ctx.metrics["slow_consumers"]``).
-        """
-        if self.closing:
-            return False
-        if self.coalesce_writes:
-            self._enqueue(data)
-            return True
-        self.transport.write(data)
-        if self.writing_paused:
-            return self._check_output()
-        return True
+async def _open_datagram(
+    ep: Endpoint, *, timeout: float | None, max_queue: int
+) -> DatagramConnection:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            if ep.scheme == "udp":
+                dtransport, dproto = await loop.create_datagram_endpoint(
+                    lambda: _DatagramProtocol(max_queue), remote_addr=(ep.host or "", ep.port or 0)
+                )
+                return DatagramConnection(ep, dtransport, dproto)
+            assert ep.path is not None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # Bind a real path so replies reach us (uvloop cannot reply to abstract
+            # autobind addresses); it is removed again by aclose().
+            local = os.path.join(
+                tempfile.gettempdir(), f"wirecat-{os.getpid()}-{secrets.token_hex(4)}.sock"
+            )
+            try:
+                sock.bind(local)
+                sock.connect(unix_address(ep.path))
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(local)
+                raise
+            dtransport, dproto = await loop.create_datagram_endpoint(
+                lambda: _DatagramProtocol(max_queue), sock=sock
+            )
+            conn = DatagramConnection(ep, dtransport, dproto)
+            conn._unlink = local
+            return conn
+    except TimeoutError:
+        raise ConnectTimeout(
+            f"timed out after {timeout} s connecting to {ep}", endpoint=str(ep)
+        ) from None
+    except OSError as exc:
+        raise translate_os_error(exc, what=str(ep), phase="connect") from exc
 
-    def write_shared(self, shared: SharedWrite) -> bool:
-        """Queue ``shared``: its bytes, including those appended to it later in this loop
-        iteration, go out here, in order with this connection's other writes. Only for
-        handlers with :attr:`coalesce_writes` (others write through at once).
 
-        Returns:
-            True if queued; False if the connection is closing (nothing is queued).
-        """
-        if self.closing:
-            return False
-        self._enqueue(shared)
-        return True
+async def open_connection_listener(
+    endpoint: str | Endpoint,
+    handler: Callable[[Connection], Awaitable[None]],
+    *,
+    read_high_water: int = _READ_HIGH_WATER,
+    backlog: int = 128,
+) -> Listener:
+    """Listen on a stream endpoint and run ``handler(conn)`` as a task per accepted peer.
 
-    def _enqueue(self, item: bytes | SharedWrite) -> None:
-        """Queue ``item`` for this iteration's flush (scheduled by the first item)."""
-        queued = self._queued
-        if not queued:
-            if queued is None:
-                self._queued = [item]
-            else:
-                queued.append(item)
-            self.ctx._schedule_flush(self)
-            return
-        tail = queued[-1]
-        if type(tail) is SharedWrite and tail._data is None:
-            queued[-1] = tail._detach(self)  # later appends to it come after ``item``
-        queued.append(item)
+    The connection is closed when the handler returns or raises (the exception is logged to
+    the ``wirecat`` logger, never left unretrieved). Close the listener to stop accepting;
+    open connections stay.
 
-    def _flush(self) -> None:
-        """Hand the coalesced chunks to the transport (called once per loop iteration)."""
-        queued = self._queued
-        if not queued:
-            return
-        if self.closing:  # aborted: queued output is dropped
-            queued.clear()
-            return
-        if len(queued) == 1:
-            item = queued[0]
-            data = item.join() if isinstance(item, SharedWrite) else item
-        else:
-            data = b"".join([i.join() if isinstance(i, SharedWrite) else i for i in queued])
-        queued.clear()  # kept: no new (garbage-collected) list per connection per iteration
-        self.transport.write(data)
-        if self.writing_paused:
-            self._check_output()
+    Raises:
+        AddressInUse, PermissionDenied, ListenError, InvalidEndpoint.
+    """
+    from .listeners import open_stream_listener
 
-    def _check_output(self) -> bool:
-        if self.transport.get_write_buffer_size() <= self.limits.max_output:
-            return True
-        self.ctx.metrics["slow_consumers"] += 1
-        self.log.warning(
-            "slow consumer: more than %d bytes unsent, disconnecting",
-            self.limits.max_output,
-            extra={"event": "limit", "reason": "slow_consumer"},
-        )
-        self.abort("slow_consumer")
-        return False
+    ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
+    tasks: set[asyncio.Task[None]] = set()
+    bound: list[Endpoint] = [ep]  # replaced by the real endpoint once bound
 
-    def close(self, reason: str = "") -> None:
-        """Flush queued output, then close. Idempotent."""
-        if self.closing:
-            return
-        self._flush()  # before closing is set, so the queued bytes still go out
-        self.closing = True
-        self._close_reason = reason
-        if self.transport is not None:
-            self.transport.close()
+    class _Accepting(_StreamProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            conn = Connection(bound[0], self.state)
 
-    def abort(self, reason: str) -> None:
-        """Drop queued output and close now. Idempotent."""
-        self.closing = True
-        self._queued = None
-        if not self._close_reason:
-            self._close_reason = reason
-        if self.transport is not None:
-            self.transport.abort()
+            async def run() -> None:
+                try:
+                    await handler(conn)
+                except Exception:
+                    _log.exception("connection handler for %s failed", conn.peer_address)
+                finally:
+                    await conn.aclose()
 
-    def pause_reading(self) -> None:
-        """Stop reading from the peer (the kernel buffers, then TCP pushes back)."""
-        if self.transport is not None and self.transport.is_reading():
-            self.transport.pause_reading()
+            task = asyncio.ensure_future(run())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
-    def resume_reading(self) -> None:
-        """Resume reading after :meth:`pause_reading`."""
-        if self.transport is not None and not self.closing and not self.transport.is_reading():
-            self.transport.resume_reading()
-
-    def login_complete(self) -> None:
-        """The peer finished its login/handshake: the ``login_timeout`` deadline is lifted."""
-        if self._login_handle is not None:
-            self._login_handle.cancel()
-            self._login_handle = None
-
-    # -- internals -------------------------------------------------------------------------
-    def _login_expired(self) -> None:
-        self._login_handle = None
-        if self.closing:
-            return
-        self.ctx.metrics["login_timeouts"] += 1
-        self.log.info(
-            "login not completed within %.1f s, closing",
-            self.limits.login_timeout,
-            extra={"event": "limit", "reason": "login_timeout"},
-        )
-        self.write(b"error: login timeout\n")
-        self.close("login timeout")
-
-    def _idle_expired(self, now: float) -> None:
-        """Called by the server's idle sweep once ``idle_timeout`` passed without input."""
-        self._last_rx = now  # a hook that keeps the connection is asked again a period later
-        self._guard(self.on_idle)
-
-    def touch(self) -> None:
-        """Count as activity for the idle timeout (for handlers moving bytes off the loop)."""
-        if self._loop is not None:
-            self._last_rx = self._loop.time()
-
-    def _guard(self, hook: Any) -> None:
-        try:
-            hook()
-        except Exception:
-            self._crashed()
-
-    def _crashed(self) -> None:
-        self.ctx.metrics["handler_errors"] += 1
-        self.log.exception("internal error in handler, aborting connection")
-        self.abort("internal error")
+    listener = await open_stream_listener(ep, lambda: _Accepting(read_high_water), backlog=backlog)
+    bound[0] = listener.endpoint
+    return listener

@@ -22,7 +22,7 @@ import signal
 from collections.abc import Mapping, Sequence
 
 from ..errors import ConnectionClosed
-from .stream import Connection
+from .connection import Connection
 
 __all__ = ["bridge_process"]
 

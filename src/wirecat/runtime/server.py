@@ -15,10 +15,12 @@ import contextlib
 import functools
 import signal
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from ..endpoints import Endpoint
-from .connection import ServerContext, StreamHandler
+from ..endpoints import Endpoint, Scheme, parse_endpoint
+from ..errors import InvalidEndpoint
+from .connection import Connection, StreamState
+from .handler import ServerContext, StreamHandler
 from .limits import Limits
 from .listeners import (
     Listener,
@@ -27,7 +29,15 @@ from .listeners import (
     open_tls_listener,
 )
 
-__all__ = ["Server", "ServerContext", "Service", "run_until_signal"]
+__all__ = [
+    "ConnectionHandler",
+    "HandlerService",
+    "Server",
+    "ServerContext",
+    "Service",
+    "listen",
+    "run_until_signal",
+]
 
 
 class Service:
@@ -273,3 +283,156 @@ async def run_until_signal(server: Server) -> int:
         for sig in installed:
             loop.remove_signal_handler(sig)
     return 0
+
+
+class ConnectionHandler(StreamHandler):
+    """Server side of :func:`listen`: gives each accepted peer to ``handler(conn)`` as a
+    :class:`~wirecat.runtime.connection.Connection`, the type :func:`connect` returns.
+
+    The connection lives under every limit of the server (admission, caps, idle timeout,
+    TLS handshake deadline, drain); the handler's task ends when the peer goes, and the
+    connection is closed when the handler returns or raises (logged and counted in
+    ``handler_errors``).
+    """
+
+    def __init__(self, ctx: ServerContext, service: HandlerService) -> None:
+        super().__init__(ctx, service)
+        self.handler_service = service
+        self.state = StreamState(service.read_high_water)
+
+    def on_connect(self) -> None:
+        state = self.state
+        state.transport = self.transport
+        conn = Connection(_local_endpoint(self.transport), state)
+        self.handler_service._spawn(self, conn)
+
+    def on_data(self, data: bytes) -> None:
+        self.state.feed(data)
+
+    def on_eof(self) -> bool:
+        self.state.feed_eof()
+        return True  # half-close: the handler decides when to stop writing
+
+    def on_close(self, exc: Exception | None) -> None:
+        self.state.lost_with(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.state.pause_writing()
+
+    def on_writable(self) -> None:
+        self.state.resume_writing()
+
+
+def _local_endpoint(transport: asyncio.BaseTransport) -> Endpoint:
+    """The endpoint a peer reached, from the socket's own address."""
+    name = transport.get_extra_info("sockname")
+    if isinstance(name, tuple):
+        scheme: Scheme = "tls" if transport.get_extra_info("sslcontext") is not None else "tcp"
+        return Endpoint(scheme, str(name[0]), int(name[1]))
+    path = name.decode(errors="replace") if isinstance(name, bytes) else str(name or "")
+    return Endpoint("unix", path=path.replace("\0", "@", 1) or "@")
+
+
+class HandlerService(Service):
+    """A service that runs ``handler(conn)`` for every accepted peer (see :func:`listen`).
+
+    Args:
+        endpoints: stream endpoints to listen on (tcp, tls, unix).
+        handler: ``async def handler(conn: Connection) -> None``.
+        name: the service name in logs and :attr:`Server.endpoints`.
+        read_high_water: stop reading a peer past this many unread bytes.
+        limits: per-service limits (``None``: the server's).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        handler: Callable[[Connection], Awaitable[None]],
+        *,
+        name: str = "handler",
+        read_high_water: int = 256 * 1024,
+        limits: Limits | None = None,
+    ) -> None:
+        for ep in endpoints:
+            if not ep.is_stream or ep.scheme == "stdio":
+                raise InvalidEndpoint(f"listen() needs stream endpoints (tcp, tls, unix): {ep}")
+        super().__init__(endpoints, limits=limits)
+        self.name = name
+        self.handler = handler
+        self.read_high_water = read_high_water
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stream_handler(self, ctx: ServerContext) -> StreamHandler:
+        return ConnectionHandler(ctx, self)
+
+    def _spawn(self, owner: ConnectionHandler, conn: Connection) -> None:
+        async def run() -> None:
+            try:
+                await self.handler(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                owner.ctx.metrics["handler_errors"] += 1
+                owner.log.exception("connection handler failed")
+            finally:
+                await conn.aclose(timeout=owner.limits.shutdown_grace)
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def listen(
+    endpoint: str | Endpoint | Sequence[str | Endpoint],
+    handler: Callable[[Connection], Awaitable[None]],
+    *,
+    limits: Limits | None = None,
+    tls: ssl.SSLContext | None = None,
+    read_high_water: int = 256 * 1024,
+    reuse_port: bool = False,
+) -> Server:
+    """Serve ``handler`` on ``endpoint``: ``async def handler(conn)`` runs once per accepted
+    peer, with the same :class:`~wirecat.runtime.connection.Connection` type that
+    :func:`connect` returns, under the same limits, TLS and drain as wirecat's services.
+
+    ::
+
+        async def echo(conn: wirecat.Connection) -> None:
+            async for line in conn:
+                await conn.send(line)
+
+        async with wirecat.listen("tcp://127.0.0.1:0", echo) as server:
+            print(server.endpoint())             # the real port
+            await server.serve_forever()
+
+    Args:
+        endpoint: one stream endpoint (or several) to listen on; port 0 picks a free one.
+        handler: the coroutine function run per peer; the connection is closed when it
+            returns or raises (an exception is logged, never raised into the server).
+        limits: server limits (default :class:`Limits`: 1024 connections, 64 per source,
+            300 s idle timeout, 5 s shutdown grace).
+        tls: the server ``SSLContext`` for ``tls://`` endpoints
+            (:func:`wirecat.runtime.tls.server_context`).
+        read_high_water: stop reading a peer past this many unread bytes.
+        reuse_port: bind with ``SO_REUSEPORT``.
+
+    Returns:
+        A :class:`Server`, not yet started: use ``async with`` or :meth:`Server.start`.
+
+    Raises:
+        InvalidEndpoint: an endpoint is not a stream endpoint, or does not parse.
+        (On start) AddressInUse, PermissionDenied, ListenError.
+    """
+    raw = [endpoint] if isinstance(endpoint, str | Endpoint) else list(endpoint)
+    eps = [parse_endpoint(e) if isinstance(e, str) else e for e in raw]
+    if any(ep.scheme == "tls" for ep in eps) and tls is None:
+        raise InvalidEndpoint("tls:// endpoints need a server SSLContext (tls=...)")
+    service = HandlerService(eps, handler, read_high_water=read_high_water)
+    return Server([service], limits=limits, tls=tls, reuse_port=reuse_port)

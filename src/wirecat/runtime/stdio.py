@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConnectionClosed, ConnectionClosedOK, NetworkError
-from .stream import Connection, DatagramConnection
+from .connection import Connection, DatagramConnection
 
 __all__ = [
     "BridgeResult",

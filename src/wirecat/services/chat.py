@@ -48,7 +48,7 @@ from ..protocols.chat import (
     Shutdown,
     Welcome,
 )
-from ..runtime.connection import ServerContext, StreamHandler
+from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import Limits
 from ..runtime.server import Service
 
@@ -94,7 +94,7 @@ class ChatHandler(StreamHandler):
                 self.pause_reading()  # the peer does not read: stop taking its commands
 
     #: Rooms queue one shared write per loop iteration here instead of calling :meth:`send`
-    #: per message (see :class:`~wirecat.runtime.connection.SharedWrite`).
+    #: per message (see :class:`~wirecat.runtime.handler.SharedWrite`).
     send_shared = StreamHandler.write_shared
 
     def pause_writing(self) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..endpoints import Endpoint
-from ..runtime.connection import ServerContext, StreamHandler
+from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import KeyedRateLimiter, Limits
 from ..runtime.server import Service
 

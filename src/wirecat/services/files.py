@@ -43,7 +43,7 @@ from ..protocols.files import (
     StatRequest,
     Trailer,
 )
-from ..runtime.connection import ServerContext, StreamHandler
+from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import Limits
 from ..runtime.server import Service
 

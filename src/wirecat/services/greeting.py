@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..endpoints import Endpoint
-from ..runtime.connection import ServerContext, StreamHandler
+from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import Limits
 from ..runtime.server import Service
 
