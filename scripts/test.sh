@@ -8,5 +8,6 @@ cd "$ROOT"
 echo "== ruff check"; "$VENV/bin/ruff" check src tests bench examples
 echo "== ruff format --check"; "$VENV/bin/ruff" format --check src tests bench examples
 echo "== mypy --strict src"; "$VENV/bin/mypy" src
+echo "== mkdocs build --strict"; "$VENV/bin/mkdocs" build --strict -q
 echo "== pytest"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -54,3 +54,11 @@ def test_serve_from_python_example() -> None:
         greeting = lines["greeting"].split()[0]
         with socket.create_connection(_addr(greeting), timeout=T) as sock:
             assert sock.makefile("rb").readline() == b"Thank you for connecting\n"
+
+
+def test_example_config_file_loads() -> None:
+    import wirecat
+
+    config = wirecat.ServeConfig.from_toml(EXAMPLES / "wirecat.toml")
+    assert config.tls.self_signed and config.limits.max_conns == 2048
+    assert [str(e) for e in config.chat] == ["tcp://127.0.0.1:7070", "tls://127.0.0.1:7443"]

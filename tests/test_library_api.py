@@ -366,3 +366,14 @@ def test_serve_config_file_and_flags_override_it(tmp_path: Path) -> None:
         finally:
             proc.terminate()
             proc.wait(T)
+
+
+def test_self_signed_without_cryptography_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['cryptography'] = None\n"
+        "from wirecat.runtime.tls import self_signed\n"
+        "from wirecat.errors import TLSError\n"
+        "try:\n    self_signed()\nexcept TLSError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'wirecat[tls-tools]'" in out.stdout

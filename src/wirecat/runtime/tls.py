@@ -231,12 +231,22 @@ def self_signed(
 ) -> SelfSigned:
     """Generate an ECDSA P-256 self-signed certificate for ``names`` (DNS names or IPs).
 
-    Uses the ``cryptography`` package; nothing is written to disk.
+    Uses the ``cryptography`` package (the ``wirecat[tls-tools]`` extra); nothing is
+    written to disk.
+
+    Raises:
+        TLSError: ``cryptography`` is not installed.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        raise TLSError(
+            "self-signed certificates need the 'cryptography' package: "
+            "pip install 'wirecat[tls-tools]'"
+        ) from None
 
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
