@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import click
 
+from ..config import SERVE_LIMITS, ServeConfig
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import InvalidEndpoint, WirecatError
 from ..protocols import MAX_TOKEN
@@ -21,10 +22,12 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "LOOP_OPTION",
     "die",
+    "limit_options",
     "read_token",
     "run_command",
     "tls_client_options",
     "tls_connect_kwargs",
+    "tls_server_options",
     "token_options",
 ]
 
@@ -228,3 +231,214 @@ def tls_connect_kwargs(
     except TLSError as exc:
         die(str(exc), 64 if "pin" in str(exc) else 78)
     return {"ssl": ctx, "pin": pin, "server_hostname": servername}
+
+
+def _apply(options: list[Any], f: Any) -> Any:
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+_D = ServeConfig()
+_L = SERVE_LIMITS
+
+#: The server limit flags (connection caps, rates, deadlines, sizes, access lists), shared
+#: by every verb that accepts peers; ``limits_from_flags`` turns them into settings.
+_LIMIT_OPTIONS: list[Any] = [
+    click.option(
+        "--max-line",
+        type=click.IntRange(min=64),
+        default=_L.max_line,
+        show_default=True,
+        metavar="BYTES",
+        help="Longest line accepted by text services.",
+    ),
+    click.option(
+        "--idle-timeout",
+        type=click.FloatRange(min=0),
+        default=_L.idle_timeout,
+        show_default=True,
+        metavar="SECONDS",
+        help="Close connections idle this long (0: never).",
+    ),
+    click.option(
+        "--max-conns",
+        type=click.IntRange(min=1),
+        default=_L.max_conns,
+        show_default=True,
+        help="Connections open at once, across services.",
+    ),
+    click.option(
+        "--max-conns-per-source",
+        type=click.IntRange(min=0),
+        default=_L.max_conns_per_source,
+        show_default=True,
+        help="Connections open at once from one IP (0: no cap).",
+    ),
+    click.option(
+        "--conn-rate",
+        type=click.FloatRange(min=0),
+        default=_L.conn_rate,
+        show_default=True,
+        metavar="PER_SECOND",
+        help="New connections per second from one IP (0: no limit).",
+    ),
+    click.option(
+        "--conn-burst",
+        type=click.IntRange(min=1),
+        default=_L.conn_burst,
+        show_default=True,
+        help="Connections one IP may open in a burst before --conn-rate applies.",
+    ),
+    click.option(
+        "--login-timeout",
+        type=click.FloatRange(min=0),
+        default=_L.login_timeout,
+        show_default=True,
+        metavar="SECONDS",
+        help="Absolute deadline to finish logging in (chat: first line) (0: none).",
+    ),
+    click.option(
+        "--allow",
+        "allow_rules",
+        multiple=True,
+        metavar="CIDR",
+        help="Only accept peers in this network (repeatable), e.g. 10.0.0.0/8.",
+    ),
+    click.option(
+        "--deny",
+        "deny_rules",
+        multiple=True,
+        metavar="CIDR",
+        help="Refuse peers in this network (repeatable); checked before any byte is read.",
+    ),
+    click.option(
+        "--allow-file",
+        type=click.Path(dir_okay=False, exists=True),
+        multiple=True,
+        help="Read --allow rules from a file (one CIDR per line, # comments).",
+    ),
+    click.option(
+        "--deny-file",
+        type=click.Path(dir_okay=False, exists=True),
+        multiple=True,
+        help="Read --deny rules from a file.",
+    ),
+    click.option(
+        "--max-output",
+        type=click.IntRange(min=65536),
+        default=_L.max_output,
+        show_default=True,
+        metavar="BYTES",
+        help="Unsent output per client before it is cut as a slow consumer.",
+    ),
+    click.option(
+        "--grace",
+        type=click.FloatRange(min=0),
+        default=_L.shutdown_grace,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long shutdown waits for peers to finish.",
+    ),
+    click.option(
+        "--handshake-timeout",
+        type=click.FloatRange(min=0.1),
+        default=_L.handshake_timeout,
+        show_default=True,
+        metavar="SECONDS",
+        help="Absolute TLS handshake deadline.",
+    ),
+]
+
+#: The server certificate flags for ``tls://`` listeners.
+_TLS_SERVER_OPTIONS: list[Any] = [
+    click.option(
+        "--cert",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="PEM certificate chain for tls:// endpoints.",
+    ),
+    click.option(
+        "--key",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="PEM private key for --cert (if not in the same file).",
+    ),
+    click.option(
+        "--self-signed",
+        is_flag=True,
+        help="Generate a throwaway certificate in memory for tls:// endpoints "
+        "(development); its SHA-256 fingerprint is printed for --pin.",
+    ),
+    click.option(
+        "--tls-profile",
+        type=click.Choice(["intermediate", "modern"]),
+        default="intermediate",
+        show_default=True,
+        help="intermediate: TLS 1.2+ ECDHE+AEAD; modern: TLS 1.3 only.",
+    ),
+    click.option(
+        "--client-ca",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="Require client certificates signed by these CAs (mTLS).",
+    ),
+]
+
+
+def limit_options(f: Any) -> Any:
+    """Add the server limit flags (see :data:`_LIMIT_OPTIONS`) to a verb."""
+    return _apply(_LIMIT_OPTIONS, f)
+
+
+def tls_server_options(f: Any) -> Any:
+    """Add the server certificate flags (``--cert``, ``--key``, ``--self-signed``,
+    ``--tls-profile``, ``--client-ca``) to a verb."""
+    return _apply(_TLS_SERVER_OPTIONS, f)
+
+
+def none_if_zero(value: Any) -> Any:
+    """``0`` on the command line means "off" (``None`` in the config)."""
+    return None if value == 0 else value
+
+
+#: Limit and TLS flags (click parameter names) -> (config key, table, converter).
+_SERVER_FLAGS: dict[str, tuple[str, str, Any]] = {
+    "max_line": ("max_line", "limits", None),
+    "idle_timeout": ("idle_timeout", "limits", none_if_zero),
+    "max_conns": ("max_conns", "limits", None),
+    "max_conns_per_source": ("max_conns_per_source", "limits", none_if_zero),
+    "conn_rate": ("conn_rate", "limits", none_if_zero),
+    "conn_burst": ("conn_burst", "limits", None),
+    "login_timeout": ("login_timeout", "limits", none_if_zero),
+    "max_output": ("max_output", "limits", None),
+    "grace": ("shutdown_grace", "limits", None),
+    "handshake_timeout": ("handshake_timeout", "limits", None),
+    "cert": ("cert", "tls", None),
+    "key": ("key", "tls", None),
+    "self_signed": ("self_signed", "tls", None),
+    "tls_profile": ("profile", "tls", None),
+    "client_ca": ("client_ca", "tls", None),
+}
+
+
+def server_settings(params: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """The flags of :func:`limit_options` and :func:`tls_server_options` that were typed
+    (``given``), as :class:`~wirecat.config.ServeConfig` data: ``{"limits": {...},
+    "tls": {...}, "allow": [...], "deny": [...]}``.
+
+    Raises:
+        ConfigError: an ``--allow-file``/``--deny-file`` cannot be read.
+    """
+    from ..app import load_rules
+
+    out: dict[str, Any] = {"limits": {}, "tls": {}}
+    for flag, (key, table, convert) in _SERVER_FLAGS.items():
+        if flag in given:
+            value = params[flag]
+            out[table][key] = convert(value) if convert is not None else value
+    for kind in ("allow", "deny"):
+        rules = (*params[f"{kind}_rules"], *load_rules(params[f"{kind}_file"]))
+        if rules:
+            out[kind] = list(rules)
+    return out

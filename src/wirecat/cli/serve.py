@@ -16,12 +16,20 @@ from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
-from ..app import Server, load_rules, run
+from ..app import Server, run
 from ..config import SERVE_LIMITS, ServeConfig
 from ..endpoints import Endpoint
 from ..errors import ConfigError, WirecatError
 from ..escape import for_terminal
-from .common import ENDPOINT, LOOP_OPTION, die
+from .common import (
+    ENDPOINT,
+    LOOP_OPTION,
+    die,
+    limit_options,
+    none_if_zero,
+    server_settings,
+    tls_server_options,
+)
 from .exits import exit_code_for, message_for
 
 __all__ = ["config_from_flags", "serve_command"]
@@ -80,12 +88,8 @@ def _warn_exposed(server: Server, console: Console, authenticated: bool) -> None
         )
 
 
-def _none_if_zero(value: Any) -> Any:
-    return None if value == 0 else value
-
-
 #: Flag (click parameter name) -> (config key, table or None, converter).
-_SIMPLE: dict[str, tuple[str, str | None, Any]] = {
+_FLAGS: dict[str, tuple[str, str | None, Any]] = {
     "files_dir": ("files_root", None, None),
     "files_readonly": ("files_readonly", None, None),
     "files_create": ("files_create", None, None),
@@ -93,9 +97,9 @@ _SIMPLE: dict[str, tuple[str, str | None, Any]] = {
     "quota": ("quota", None, None),
     "banner": ("banner", None, None),
     "history": ("history", None, None),
-    "chat_rate": ("chat_rate", None, _none_if_zero),
+    "chat_rate": ("chat_rate", None, none_if_zero),
     "chat_burst": ("chat_burst", None, None),
-    "udp_rate": ("udp_rate", None, _none_if_zero),
+    "udp_rate": ("udp_rate", None, none_if_zero),
     "users_file": ("users", None, None),
     "guests": ("guests", None, None),
     "auth_failures": ("auth_failures", None, None),
@@ -104,21 +108,6 @@ _SIMPLE: dict[str, tuple[str, str | None, Any]] = {
     "log_format": ("log_format", None, None),
     "verbose": ("verbosity", None, None),
     "loop_kind": ("loop", None, None),
-    "max_line": ("max_line", "limits", None),
-    "idle_timeout": ("idle_timeout", "limits", _none_if_zero),
-    "max_conns": ("max_conns", "limits", None),
-    "max_conns_per_source": ("max_conns_per_source", "limits", _none_if_zero),
-    "conn_rate": ("conn_rate", "limits", _none_if_zero),
-    "conn_burst": ("conn_burst", "limits", None),
-    "login_timeout": ("login_timeout", "limits", _none_if_zero),
-    "max_output": ("max_output", "limits", None),
-    "grace": ("shutdown_grace", "limits", None),
-    "handshake_timeout": ("handshake_timeout", "limits", None),
-    "cert": ("cert", "tls", None),
-    "key": ("key", "tls", None),
-    "self_signed": ("self_signed", "tls", None),
-    "tls_profile": ("profile", "tls", None),
-    "client_ca": ("client_ca", "tls", None),
 }
 
 
@@ -142,7 +131,7 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
             data[service] = list(eps)
     if params["files_eps"]:
         data["files"] = list(params["files_eps"])
-    for flag, (key, table, convert) in _SIMPLE.items():
+    for flag, (key, table, convert) in _FLAGS.items():
         if flag not in given:
             continue
         value = params[flag]
@@ -151,10 +140,11 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
             data[key] = value
         else:
             data[table][key] = value
-    for kind in ("allow", "deny"):
-        rules = (*params[f"{kind}_rules"], *load_rules(params[f"{kind}_file"]))
-        if rules:
-            data[kind] = list(rules)
+    for key, value in server_settings(params, given).items():
+        if isinstance(value, dict):
+            data[key].update(value)
+        else:
+            data[key] = value
     if params["load_test"]:
         data["limits"].setdefault("max_conns_per_source", None)
         data["limits"].setdefault("conn_rate", None)
@@ -264,59 +254,6 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     help="Chat messages kept per room and replayed on join.",
 )
 @click.option(
-    "--max-line",
-    type=click.IntRange(min=64),
-    default=_L.max_line,
-    show_default=True,
-    metavar="BYTES",
-    help="Longest line accepted by text services.",
-)
-@click.option(
-    "--idle-timeout",
-    type=click.FloatRange(min=0),
-    default=_L.idle_timeout,
-    show_default=True,
-    metavar="SECONDS",
-    help="Close connections idle this long (0: never).",
-)
-@click.option(
-    "--max-conns",
-    type=click.IntRange(min=1),
-    default=_L.max_conns,
-    show_default=True,
-    help="Connections open at once, across services.",
-)
-@click.option(
-    "--max-conns-per-source",
-    type=click.IntRange(min=0),
-    default=_L.max_conns_per_source,
-    show_default=True,
-    help="Connections open at once from one IP (0: no cap).",
-)
-@click.option(
-    "--conn-rate",
-    type=click.FloatRange(min=0),
-    default=_L.conn_rate,
-    show_default=True,
-    metavar="PER_SECOND",
-    help="New connections per second from one IP (0: no limit).",
-)
-@click.option(
-    "--conn-burst",
-    type=click.IntRange(min=1),
-    default=_L.conn_burst,
-    show_default=True,
-    help="Connections one IP may open in a burst before --conn-rate applies.",
-)
-@click.option(
-    "--login-timeout",
-    type=click.FloatRange(min=0),
-    default=_L.login_timeout,
-    show_default=True,
-    metavar="SECONDS",
-    help="Absolute deadline to finish logging in (chat: first line) (0: none).",
-)
-@click.option(
     "--chat-rate",
     type=click.FloatRange(min=0),
     default=_D.chat_rate,
@@ -369,87 +306,6 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     help="UDP datagrams answered per second per source IP (0: no limit).",
 )
 @click.option(
-    "--allow",
-    "allow_rules",
-    multiple=True,
-    metavar="CIDR",
-    help="Only accept peers in this network (repeatable), e.g. 10.0.0.0/8.",
-)
-@click.option(
-    "--deny",
-    "deny_rules",
-    multiple=True,
-    metavar="CIDR",
-    help="Refuse peers in this network (repeatable); checked before any byte is read.",
-)
-@click.option(
-    "--allow-file",
-    type=click.Path(dir_okay=False, exists=True),
-    multiple=True,
-    help="Read --allow rules from a file (one CIDR per line, # comments).",
-)
-@click.option(
-    "--deny-file",
-    type=click.Path(dir_okay=False, exists=True),
-    multiple=True,
-    help="Read --deny rules from a file.",
-)
-@click.option(
-    "--max-output",
-    type=click.IntRange(min=65536),
-    default=_L.max_output,
-    show_default=True,
-    metavar="BYTES",
-    help="Unsent output per client before it is cut as a slow consumer.",
-)
-@click.option(
-    "--grace",
-    type=click.FloatRange(min=0),
-    default=_L.shutdown_grace,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long shutdown waits for peers to finish.",
-)
-@click.option(
-    "--cert",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help="PEM certificate chain for tls:// endpoints.",
-)
-@click.option(
-    "--key",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help="PEM private key for --cert (if not in the same file).",
-)
-@click.option(
-    "--self-signed",
-    is_flag=True,
-    help="Generate a throwaway certificate in memory for tls:// endpoints "
-    "(development); its SHA-256 fingerprint is printed for --pin.",
-)
-@click.option(
-    "--tls-profile",
-    type=click.Choice(["intermediate", "modern"]),
-    default="intermediate",
-    show_default=True,
-    help="intermediate: TLS 1.2+ ECDHE+AEAD; modern: TLS 1.3 only.",
-)
-@click.option(
-    "--client-ca",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help="Require client certificates signed by these CAs (mTLS).",
-)
-@click.option(
-    "--handshake-timeout",
-    type=click.FloatRange(min=0.1),
-    default=_L.handshake_timeout,
-    show_default=True,
-    metavar="SECONDS",
-    help="Absolute TLS handshake deadline.",
-)
-@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -464,6 +320,8 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     help="Processes sharing the tcp/udp ports (SO_REUSEPORT); chat and unix "
     "listeners stay in the first.",
 )
+@limit_options
+@tls_server_options
 @click.option("-v", "--verbose", count=True, help="More logs (-v info, -vv debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the table of listeners.")
 @LOOP_OPTION
