@@ -337,3 +337,23 @@ def test_properties_match_ipaddress(host: str, port: int) -> None:
     assert ep.is_loopback is expected
     assert ep.is_datagram is False
     assert Endpoint("udp", host, port).is_datagram is True
+
+
+@pytest.mark.parametrize(
+    "typo",
+    [
+        "tcp:/127.0.0.1:7007",
+        "udp:/127.0.0.1:7007",
+        "tcp:127.0.0.1:7007",
+        "tcp//127.0.0.1:7007",
+        "tcp/127.0.0.1:7007",
+        "tcp:///127.0.0.1:7007",
+        "tls:/[::1]:7443",
+    ],
+)
+def test_every_suggested_fix_parses(typo: str) -> None:
+    with pytest.raises(InvalidEndpoint) as info:
+        parse_endpoint(typo)
+    suggestion = str(info.value).rsplit("write ", 1)[1]
+    ep = parse_endpoint(suggestion)  # what we suggest must parse, to the address meant
+    assert ep.port in (7007, 7443) and ep.scheme in ("tcp", "udp", "tls")

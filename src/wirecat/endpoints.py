@@ -200,15 +200,25 @@ def parse_endpoint(
     if "://" in text:
         scheme, rest = text.split("://", 1)
         authority_form = True
+        if rest.startswith("/") and scheme.lower() in _INET:  # "tcp:///127.0.0.1:7007"
+            raise InvalidEndpoint(
+                f"too many '/' in {text!r}: write {scheme.lower()}://{rest.lstrip('/')}"
+            )
     elif head in _UNIX and ":" in text:
         scheme, rest = text.split(":", 1)  # "unix:123" is a path, never host "unix" port 123
     elif re.match(r"^[a-z][a-z0-9+]*:(?!\d+$)", text) and not text.startswith("["):
         # "unix:/path" style (no authority). "localhost:7000" has only digits after the colon.
         scheme, rest = text.split(":", 1)
         if scheme in _INET:
-            raise InvalidEndpoint(f"{scheme} endpoint needs '//': write {scheme}://{rest}")
+            raise InvalidEndpoint(
+                f"{scheme} endpoint needs '//': write {scheme}://{rest.lstrip('/')}"
+            )
     else:
         scheme, rest = "tcp", text
+        for known in sorted(_INET | _UNIX, key=len, reverse=True):
+            if text.lower().startswith(known + "/"):  # "tcp//host:port", "tcp/host:port"
+                rest = text[len(known) :].lstrip("/")
+                raise InvalidEndpoint(f"{known} endpoint needs '://': write {known}://{rest}")
     scheme = scheme.lower()
     if scheme not in SCHEMES or scheme == "stdio":
         known = ", ".join(sorted(SCHEMES - {"stdio"}))
