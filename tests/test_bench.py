@@ -353,3 +353,55 @@ def test_usage_error() -> None:
 def test_registered_as_a_verb(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--help"]) == 0
     assert "Load-test the server" in capsys.readouterr().out
+
+
+def _serve(*flags: str) -> Iterator[str]:
+    import subprocess
+    import sys
+
+    from helpers import read_ready, scaled
+
+    argv = [sys.executable, "-m", "wirecat", "serve", "--json", "--no-greeting", "--no-chat"]
+    argv += ["--echo", "tcp://127.0.0.1:0", *flags]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield read_ready(proc.stdout, scaled(15))["endpoints"]["echo"][0]
+    finally:
+        proc.terminate()
+        proc.wait(scaled(10))
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_a_run_refused_by_the_server_limits_says_why_and_fails() -> None:
+    # wirecat serve's defaults: 20 new connections/s per source, burst 40. 100 at once trip
+    # it; the bench must not report rates measured on nothing, and must say what to change.
+    for endpoint in _serve():
+        result = _bench(endpoint, "-c", "100", "-d", "0.5", "--json")
+        assert result.exit_code == 69, result.output
+        assert "refused" in result.stderr and "connecting too fast" in result.stderr
+        assert "--load-test" in result.stderr
+        assert result.stdout == ""  # no rates from a failed run
+
+
+def test_the_same_run_passes_with_load_test() -> None:
+    for endpoint in _serve("--load-test"):
+        data = _bench_json(endpoint, "-c", "100", "-d", "0.5")
+        assert data["ops"] > 0 and data["errors"] == 0  # type: ignore[operator]
+
+
+def test_error_rate_threshold() -> None:
+    from wirecat.cli.bench import _failure
+
+    config = BenchConfig(
+        endpoint=parse_endpoint("tcp://127.0.0.1:9"), mode="echo", conns=1, size=64
+    )
+    ok = BenchReport(config=config, result=WorkerResult(ops=1000, elapsed=1.0), workers=1)
+    assert _failure(ok, 0.01) is None
+    ok.result.errors["reset"] = 10  # 10 / 1010 < 1 %
+    assert _failure(ok, 0.01) is None
+    ok.result.errors["reset"] = 11
+    failure = _failure(ok, 0.01)
+    assert failure is not None and "1.1% > 1.0%" in str(failure)
+    empty = BenchReport(config=config, result=WorkerResult(elapsed=0.0), workers=1)
+    assert "measured nothing" in str(_failure(empty, 0.01))

@@ -101,6 +101,16 @@ class _Run:
         if self.live <= 0 or (self.remaining == 0 and self.inflight == 0):
             self.done.set_result(None)
 
+    def note_refusal(self, data: bytes) -> bool:
+        """Count a server's one-line refusal (``error: REASON, try again later``, as wirecat
+        and many servers send before closing) under ``refused:REASON``; return whether
+        ``data`` was one. Called only on unexpected or short replies: no cost per round trip."""
+        if not data.startswith(b"error: "):
+            return False
+        line = data[7:].split(b"\n", 1)[0][:80].decode("utf-8", "replace")
+        self.errors["refused:" + line.removesuffix(", try again later")] += 1
+        return True
+
     def lost(self, exc: BaseException | None) -> None:
         """A client's connection ended."""
         self.live -= 1
@@ -149,12 +159,20 @@ class _EchoClient(asyncio.Protocol):
         run.bytes_received += n
         pending = self.pending - n
         if pending > 0:
+            if self.pending == self.size and run.note_refusal(data):  # a short first reply
+                self.pending = 0
+                run.inflight -= 1
+                self.alive = False  # counted as refused, not also as closed_by_peer
+                run.live -= 1
+                run.check_done()
+                return
             self.pending = pending
             return
         now = perf_counter_ns()
         if pending < 0:
             if pending + n <= 0:  # nothing was expected at all
-                run.errors["unexpected_data"] += 1
+                if not run.note_refusal(data):
+                    run.errors["unexpected_data"] += 1
                 self.pending = 0
                 return
             run.errors["unexpected_data"] += 1
@@ -222,7 +240,14 @@ class _StreamClient(asyncio.Protocol):
         self._pump()
 
     def data_received(self, data: bytes) -> None:
-        self.run.bytes_received += len(data)
+        run = self.run
+        if not run.bytes_received and run.note_refusal(data):  # a stream sink says nothing
+            if self.alive:
+                self.alive = False  # counted as refused, not also as closed_by_peer
+                run.live -= 1
+                run.check_done()
+            return
+        run.bytes_received += len(data)
 
     def eof_received(self) -> bool:
         return False

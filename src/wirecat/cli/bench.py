@@ -22,6 +22,7 @@ from ..errors import (
     ConnectTimeout,
     WirecatError,
 )
+from ..escape import for_terminal
 from .exits import exit_code_for
 
 __all__ = ["bench"]
@@ -87,20 +88,48 @@ def format_report(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
-def _failure(report: BenchReport) -> WirecatError | None:
-    """Return the error to exit with when nothing at all succeeded, else None."""
+def _failure(report: BenchReport, max_error_rate: float) -> WirecatError | None:
+    """Return the error to exit with when the run measured nothing, or when errors passed
+    ``max_error_rate`` (a fraction of operations plus errors); else None. Its message says
+    why in one line."""
     r = report.result
-    if r.ops or r.connects or not r.errors:
+    errors = report.error_count
+    done = r.ops or (r.connects if report.config.mode == "connect" else 0)
+    if not errors:
+        return None if done else WirecatError("the run measured nothing: no operation completed")
+    rate = errors / (done + errors)
+    if done and rate <= max_error_rate:
         return None
-    kind = r.errors.most_common(1)[0][0]
     where = str(report.config.endpoint)
+    refused = {k[8:]: n for k, n in r.errors.items() if k.startswith("refused:")}
+    head = (
+        f"{errors} errors in {done + errors} operations ({rate:.1%} > {max_error_rate:.1%})"
+        if done
+        else "no operation completed"
+    )
+    if refused:
+        reason, n = max(refused.items(), key=lambda kv: kv[1])
+        return ConnectionRefused(
+            f"{head}: the server refused {sum(refused.values())} connections "
+            f"({for_terminal(reason)!r}); against wirecat serve, start it with --load-test "
+            "(or raise its --max-conns-per-source, --conn-rate, --max-conns)"
+        )
+    kind, n = r.errors.most_common(1)[0]
+    if kind.startswith("chat_rate_limited"):
+        return WirecatError(
+            f"{head}: the chat server rate-limited the members ({n}x); against wirecat serve, "
+            "start it with --load-test (or --chat-rate 0)"
+        )
     if kind == "connect_refused":
-        return ConnectionRefused(f"connection refused by {where} (is a server listening there?)")
+        return ConnectionRefused(f"{head}: connection refused by {where} (is a server listening?)")
     if kind == "connect_timeout":
-        return ConnectTimeout(f"timed out connecting to {where}")
-    if kind == "reset":
-        return ConnectionClosedError(f"every connection to {where} was reset")
-    return ConnectError(f"no connection to {where} succeeded ({kind})")
+        return ConnectTimeout(f"{head}: timed out connecting to {where}")
+    if kind in ("reset", "closed_by_peer"):
+        return ConnectionClosedError(
+            f"{head}: {where} closed or reset {n} connections (a server limit? against "
+            "wirecat serve, start it with --load-test)"
+        )
+    return ConnectError(f"{head}: mostly {kind} ({n}x)")
 
 
 @click.command("bench")
@@ -212,6 +241,14 @@ def _failure(report: BenchReport) -> WirecatError | None:
     show_default=True,
     help="chat: wirecat JSON lines, plain lines (ncat --broker) or redis pub/sub.",
 )
+@click.option(
+    "--max-error-rate",
+    type=click.FloatRange(0, 100),
+    default=1.0,
+    show_default=True,
+    metavar="PERCENT",
+    help="Exit non-zero (and report no rates) when errors pass this share of operations.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.pass_context
 def bench(
@@ -233,6 +270,7 @@ def bench(
     rate: float | None,
     room: str,
     chat_protocol: str,
+    max_error_rate: float,
     as_json: bool,
 ) -> None:
     """Load-test the server at ENDPOINT: messages/s, bytes/s, latency percentiles.
@@ -241,8 +279,13 @@ def bench(
     operation (a round trip, a connection); in chat mode per delivery (send to receipt by
     one member), sampled on one message in 8, while every delivery is counted and checked.
 
+    A run that completed nothing, or whose errors pass --max-error-rate, reports no
+    rates: it exits non-zero with one line that says why (e.g. the server refused the
+    connections). Start wirecat serve with --load-test to bench it.
+
     \b
     Examples:
+      wirecat serve --load-test &                           # lifts per-source limits
       wirecat bench 127.0.0.1:7007 -c 100 -d 10            # echo round trips, 64 B
       wirecat bench 127.0.0.1:7007 -m stream -s 1MiB        # bulk throughput
       wirecat bench 127.0.0.1:7007 -m connect -c 50         # connections per second
@@ -273,7 +316,7 @@ def bench(
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         report = run_bench(config)
-        failure = _failure(report)
+        failure = _failure(report, max_error_rate / 100)
         if failure is not None:
             raise failure
     except WirecatError as exc:
