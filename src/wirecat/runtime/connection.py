@@ -591,7 +591,7 @@ async def open_transport(
     raise InvalidEndpoint(f"{ep} is not a stream endpoint (tcp, tls or unix)")
 
 
-C = TypeVar("C", "Connection", "DatagramConnection")
+C = TypeVar("C", bound="Connection | DatagramConnection")
 
 
 class Opening(Generic[C]):
@@ -639,7 +639,11 @@ def connect(
     pin: str | None = None,
     handshake_timeout: float = 10.0,
 ) -> Opening[Connection]:
-    """Open a stream connection to ``endpoint`` (``tcp``, ``tls``, ``unix``).
+    """Open a stream connection to ``endpoint`` (``tcp``, ``tls``, ``unix``, ``ws``, ``wss``).
+
+    ``ws://`` and ``wss://`` give a :class:`~wirecat.runtime.websocket.WebSocketConnection`
+    (messages: ``send_text``, ``send_bytes``, ``recv_message``; lines: each text message);
+    :func:`~wirecat.runtime.websocket.connect_websocket` takes its WebSocket options.
 
     Await the result, or use it with ``async with`` (see :class:`Opening`).
 
@@ -670,6 +674,18 @@ def connect(
         ep = _parse(endpoint)
         if ep.is_datagram:
             raise InvalidEndpoint(f"{ep} is a datagram endpoint: use connect_datagram()")
+        if ep.scheme in ("ws", "wss"):  # a message-oriented Connection (WebSocketConnection)
+            from .websocket import connect_websocket
+
+            return await connect_websocket(
+                ep,
+                timeout=timeout,
+                ssl=ssl,
+                server_hostname=server_hostname,
+                pin=pin,
+                handshake_timeout=handshake_timeout,
+                read_high_water=read_high_water,
+            )
         _, proto = await open_transport(
             ep,
             lambda: _StreamProtocol(read_high_water),

@@ -158,7 +158,7 @@ class Server:
                         )
                     else:
                         factory = functools.partial(svc.stream_handler, ctx)
-                        if ep.scheme == "tls" and self.tls is not None:
+                        if ep.scheme in ("tls", "wss") and self.tls is not None:
                             lst = await open_tls_listener(
                                 ep,
                                 factory,
