@@ -543,11 +543,11 @@ async def open_transport(
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            if ep.scheme in ("tcp", "tls"):
+            if ep.scheme in ("tcp", "tls", "ws", "wss"):  # ws: over tcp, wss: over tls
                 kwargs: dict[str, Any] = {}
                 if isinstance(loop, asyncio.BaseEventLoop):  # uvloop lacks Happy Eyeballs
                     kwargs["happy_eyeballs_delay"] = 0.25  # RFC 8305
-                if ep.scheme == "tls":
+                if ep.scheme in ("tls", "wss"):
                     from .tls import client_context
 
                     kwargs["ssl"] = ssl or client_context(pinned=pin is not None)
@@ -580,7 +580,7 @@ async def open_transport(
     except TimeoutError:
         raise ConnectTimeout(f"timed out after {timeout} s connecting to {ep}") from None
     except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
-        if ep.scheme == "tls" and "handshake" not in str(exc).lower():
+        if ep.scheme in ("tls", "wss") and "handshake" not in str(exc).lower():
             raise HandshakeError(
                 f"TLS handshake with {ep} failed: the server closed the connection "
                 "(does it require a client certificate, or another TLS version?)"

@@ -866,9 +866,8 @@ def connect_websocket(
         ws = WebSocket.client(
             uri, max_message=opts.max_message, compression=opts.compression, origin=origin
         )
-        tcp = Endpoint("tls" if ep.scheme == "wss" else "tcp", ep.host, ep.port)
         transport, proto = await open_transport(
-            tcp,
+            ep,
             lambda: _ClientProtocol(ws, opts, read_high_water),
             timeout=timeout,
             ssl=ssl,
