@@ -96,9 +96,7 @@ def _print_table(server: Server, console: Console) -> None:
 
 def _warn_exposed(server: Server, console: Console, authenticated: bool) -> None:
     exposed = [
-        str(ep)
-        for _, ep in server.bound
-        if not ep.is_loopback and ep.scheme not in ("tls", "wss")
+        str(ep) for _, ep in server.bound if not ep.is_loopback and ep.scheme not in ("tls", "wss")
     ]
     if exposed and authenticated:
         console.print(

@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Any
+
+from websockets.protocol import State
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import (
@@ -52,6 +55,7 @@ from ..protocols.websocket import (
     Request,
     TextMessage,
     WebSocket,
+    WebSocketEvent,
 )
 from .connection import _READ_HIGH_WATER, Connection, Opening, StreamState, open_transport
 from .handler import ServerContext, ServiceInfo, StreamHandler
@@ -195,6 +199,12 @@ class WebSocketHandler(StreamHandler):
         self._ping_handle: asyncio.TimerHandle | None = None
         self._ping_payload: bytes | None = None
         self._close_handle: asyncio.TimerHandle | None = None
+        # True while delivering the messages of one chunk whose close frame came after them:
+        # their answers may still go out, before our close reply (RFC 6455 5.5.1).
+        self._delivering = False
+
+    def _may_send(self, ws: WebSocket) -> bool:
+        return ws.is_open or (self._delivering and ws.protocol.close_rcvd_then_sent is True)
 
     # -- hooks -----------------------------------------------------------------------------
     def on_http_data(self, data: bytes) -> None:
@@ -245,7 +255,7 @@ class WebSocketHandler(StreamHandler):
         s = self.ws_settings
         self.ws = WebSocket.server(max_message=s.max_message, compression=s.compression)
         self.ws.receive_data(data)
-        self._ws_pump()
+        self._ws_pump(True)
 
     def write_raw(self, data: bytes) -> bool:
         """Write bytes as they are (HTTP before the upgrade)."""
@@ -255,13 +265,13 @@ class WebSocketHandler(StreamHandler):
         """Queue already framed bytes (e.g. :func:`~wirecat.protocols.websocket.server_frame`
         output shared by many connections); dropped unless the WebSocket is open."""
         ws = self.ws
-        if ws is None or not ws.is_open:
+        if ws is None or not self._may_send(ws):
             return False
         return super().write(data)
 
     def write_shared(self, shared: Any) -> bool:
         ws = self.ws
-        if ws is None or not ws.is_open:
+        if ws is None or not self._may_send(ws):
             return False
         return super().write_shared(shared)
 
@@ -310,14 +320,15 @@ class WebSocketHandler(StreamHandler):
         if ws is None:
             self.on_http_data(data)
             return
+        was_open = ws.is_open
         ws.receive_data(data)
-        self._ws_pump()
+        self._ws_pump(was_open)
 
     def on_eof(self) -> bool:
         ws = self.ws
         if ws is not None:
             ws.receive_eof()
-            self._ws_pump()
+            self._ws_pump(False)
         return False
 
     def on_close(self, exc: Exception | None) -> None:
@@ -333,9 +344,10 @@ class WebSocketHandler(StreamHandler):
         super().on_close(exc)
 
     def on_login_timeout(self) -> None:
-        if self.ws_open:
+        ws = self.ws
+        if ws is not None and ws.is_open:
             self.close("login timeout")
-        elif self.ws is None:
+        elif ws is None or ws.state is State.CONNECTING:  # the HTTP request never completed
             self.write_raw(_http_error(408, "Request Timeout", "handshake timeout\n"))
             super().close("login timeout")
         else:
@@ -345,16 +357,30 @@ class WebSocketHandler(StreamHandler):
     def _opened_once(self) -> bool:
         return self._ping_handle is not None or self._ping_payload is not None
 
-    def _ws_pump(self) -> None:
+    def _ws_pump(self, was_open: bool = False) -> None:
+        """Handle the events of the bytes fed; messages that came before a close frame
+        in the same chunk are delivered (and answered) before our close reply goes out."""
         ws = self.ws
         assert ws is not None
-        for ev in ws.events_received():
+        self._delivering = was_open
+        try:
+            self._dispatch(ws)
+        finally:
+            self._delivering = False
+        self._ws_flush()
+
+    def _dispatch(self, ws: WebSocket) -> None:
+        while events := ws.events_received():  # accepting the handshake adds Opened
+            self._dispatch_events(ws, events)
+
+    def _dispatch_events(self, ws: WebSocket, events: list[WebSocketEvent]) -> None:
+        for ev in events:
             kind = type(ev)
             if kind is TextMessage:
-                if not self.closing and ws.is_open:
+                if not self.closing and self._may_send(ws):
                     self.on_message(ev.text)  # type: ignore[union-attr]
             elif kind is BinaryMessage:
-                if not self.closing and ws.is_open:
+                if not self.closing and self._may_send(ws):
                     self.on_message(ev.data)  # type: ignore[union-attr]
             elif kind is HandshakeRequest:
                 self._handshake(ev.request)  # type: ignore[union-attr]
@@ -364,7 +390,6 @@ class WebSocketHandler(StreamHandler):
                 self._pong(ev.data)  # type: ignore[union-attr]
             elif kind is Closed:
                 self._closed_event(ev)  # type: ignore[arg-type]
-        self._ws_flush()
 
     def _ws_flush(self) -> bool:
         ws = self.ws
@@ -521,6 +546,7 @@ class _ClientProtocol(asyncio.Protocol):
             )
         if self.closed_ev is None:
             self.closed_ev = Closed(CloseCode.ABNORMAL_CLOSURE, "connection lost", True)
+        self.state.eof = True  # (the byte buffer stays open: queued messages fill it)
         self.state.lost_with(exc)
 
     def pause_writing(self) -> None:
@@ -552,7 +578,7 @@ class _ClientProtocol(asyncio.Protocol):
             elif isinstance(ev, Closed):
                 if self.closed_ev is None:
                     self.closed_ev = ev
-                self.state.feed_eof()
+                self._end()
                 self._arm_close_timer()
         t = self.state.transport
         if woke:
@@ -576,6 +602,11 @@ class _ClientProtocol(asyncio.Protocol):
             else:
                 t.close()
 
+    def _end(self) -> None:
+        """No more messages will come: readers see the end once the queue is read."""
+        self.state.eof = True
+        self.state._wake()
+
     def _schedule_ping(self) -> None:
         interval = self.settings.ping_interval
         if interval is not None and self.ws.is_open:
@@ -588,7 +619,7 @@ class _ClientProtocol(asyncio.Protocol):
             self.ws.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             if self.closed_ev is None:
                 self.closed_ev = Closed(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", False)
-            self.state.feed_eof()
+            self._end()
             self._flush()
             return
         self._ping_payload = self.ws.send_ping()
@@ -810,7 +841,11 @@ class WebSocketConnection(Connection):
         if self._ws.is_open:
             self._ws.close(code, reason)
             self._proto._flush()
-        await super().aclose(timeout=wait)
+        if not self._p.lost:  # the server closes the TCP connection after its close frame
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._p._closed), wait)
+        if not self._p.lost:
+            self._t.abort()
 
     async def __aenter__(self) -> WebSocketConnection:
         return self

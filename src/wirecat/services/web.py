@@ -31,8 +31,8 @@ ws://127.0.0.1:7009``): the WebSocket twin of RFC 862, for tests and benchmarks.
 from __future__ import annotations
 
 import json
-from http import HTTPStatus
 from collections.abc import Sequence
+from http import HTTPStatus
 from importlib import resources
 
 import h11
