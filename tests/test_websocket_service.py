@@ -382,7 +382,7 @@ async def test_websocket_member_that_stops_reading_is_cut_as_slow_consumer() -> 
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
         await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), T)
-        local = "127.0.0.1:%d" % sock.getsockname()[1]
+        local = f"127.0.0.1:{sock.getsockname()[1]}"
         client = WebSocket.client(_ws_url(server))
         await loop.sock_sendall(sock, b"".join(client.data_to_send()))
         client.receive_data(await asyncio.wait_for(loop.sock_recv(sock, 4096), T))
