@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -160,6 +161,10 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
                     auth_failures=failures,
                 )
             )
+        if (found := eps("metrics")) and worker == 0:
+            from .services.metrics import MetricsService
+
+            services.append(MetricsService(found, worker=worker))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return services
@@ -239,6 +244,50 @@ class Server(_ServiceRunner):
             self.services = build_services(config, prepared, worker=self._worker)
         await super().start()
 
+    async def reload(self) -> None:
+        """Re-read the users file and the TLS certificate and key (SIGHUP).
+
+        A file that fails to load is refused with a log line and the old one stays in force;
+        established connections are untouched (a new certificate serves new handshakes).
+        Idempotent; safe while serving.
+        """
+        config, prepared = self.config, self._prepared
+        if config is None or prepared is None:
+            return
+        log = self.ctx.log
+        if config.users:
+            from .auth import Users
+
+            try:
+                users = await asyncio.to_thread(Users.load, config.users)
+            except WirecatError as exc:
+                log.error("reload: keeping the old users file: %s", exc)
+            else:
+                for svc in self.services:
+                    for holder in (svc, getattr(svc, "core", None)):
+                        if getattr(holder, "users", None) is not None:
+                            holder.users = users  # type: ignore[union-attr]
+                self._prepared = prepared = dataclasses.replace(prepared, users=users)
+                log.warning("reload: users file %s: %d users", config.users, len(users))
+        t = config.tls
+        if t.cert and self.tls is not None:
+            from .runtime.tls import server_context
+
+            try:
+                fresh = await asyncio.to_thread(
+                    server_context, t.cert, t.key, profile=t.profile, client_ca=t.client_ca
+                )
+            except WirecatError as exc:
+                log.error("reload: keeping the old TLS certificate: %s", exc)
+            else:
+                # Listeners hold the first context; each new handshake is moved to the
+                # newest one (the callback runs for every ClientHello, SNI or not).
+                def use_fresh(obj: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+                    obj.context = fresh
+
+                self.tls.sni_callback = use_fresh
+                log.warning("reload: TLS certificate %s loaded", t.cert)
+
 
 async def serve(config: ServeConfig | None = None, *, handle_signals: bool = True) -> Server:
     """Run ``config``'s services until SIGINT/SIGTERM (or until cancelled); return the server.
@@ -299,11 +348,13 @@ def run(
         ConfigError, TLSError, UsersFileError, AddressInUse, PermissionDenied, ListenError:
         in the calling process (single worker, or anything that fails before forking).
     """
+    from .runtime.systemd import adopt_listen_fds
     from .runtime.workers import run_workers
 
     config = config if config is not None else ServeConfig()
     if configure_logs:
         configure_logging(config.log_format, config.verbosity)
+    adopt_listen_fds()  # systemd socket activation: listeners use the sockets passed
     prepared = prepare(config)
 
     async def main(worker: int) -> int:

@@ -131,6 +131,7 @@ class ServeConfig:
         echo: echo listeners, stream or datagram (RFC 862); ``()`` turns it off.
         chat: chat listeners (stream endpoints); ``()`` turns it off.
         files: files listeners; used only when :attr:`files_root` is set.
+        metrics: Prometheus ``GET /metrics`` listeners (``()``: off); keep them private.
         files_root: the directory the files service serves; ``None``: no files service.
         files_readonly: refuse uploads.
         files_create: create :attr:`files_root` when it does not exist (else refused).
@@ -164,6 +165,7 @@ class ServeConfig:
     echo: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("echo"))
     chat: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("chat"))
     files: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("files"))
+    metrics: tuple[Endpoint, ...] = ()
     files_root: str | None = None
     files_readonly: bool = False
     files_create: bool = False
@@ -189,7 +191,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         fix = object.__setattr__
-        for name in ("greeting", "echo", "chat", "files"):
+        for name in ("greeting", "echo", "chat", "files", "metrics"):
             fix(self, name, _endpoints(getattr(self, name), name))
         for name in ("allow", "deny"):
             value = getattr(self, name)
@@ -206,7 +208,7 @@ class ServeConfig:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"{name}: {why}", field=name)
 
-        for name in ("greeting", "chat", "files"):
+        for name in ("greeting", "chat", "files", "metrics"):
             for ep in getattr(self, name):
                 if not ep.is_stream or ep.scheme == "stdio":
                     raise bad(name, f"{ep} is not a stream endpoint (tcp, tls or unix)")
@@ -257,7 +259,7 @@ class ServeConfig:
             )
         if self.tls.client_ca and not wants_tls:
             raise ConfigError("client certificates (mTLS) need a tls:// listener", field="tls")
-        if not self.listening():
+        if not any(eps for name, eps in self.services().items() if name != "metrics"):
             raise ConfigError("nothing to serve: every service is turned off")
 
     @staticmethod
@@ -274,6 +276,7 @@ class ServeConfig:
         out = {"greeting": self.greeting, "echo": self.echo, "chat": self.chat}
         if self.files_root is not None:
             out["files"] = self.files
+        out["metrics"] = self.metrics
         return {name: eps for name, eps in out.items() if eps}
 
     def listening(self) -> list[Endpoint]:

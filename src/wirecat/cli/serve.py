@@ -56,6 +56,10 @@ def _hint(name: str, ep: Endpoint) -> str:
     host = ep.host or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    if name == "metrics":
+        url_host = f"[{host}]" if ":" in host else host
+        scheme = "https" if ep.scheme == "tls" else "http"
+        return f"curl {'-k ' if ep.scheme == 'tls' else ''}{scheme}://{url_host}:{ep.port}/metrics"
     if ep.scheme == "tls":
         return f"ncat --ssl {host} {ep.port}"
     return f"nc {host} {ep.port}"
@@ -131,6 +135,8 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
             data[service] = list(eps)
     if params["files_eps"]:
         data["files"] = list(params["files_eps"])
+    if params["metrics_eps"]:
+        data["metrics"] = list(params["metrics_eps"])
     for flag, (key, table, convert) in _FLAGS.items():
         if flag not in given:
             continue
@@ -181,6 +187,15 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     is_flag=True,
     help="Print one JSON object when listening (endpoints with real ports, certificate "
     "fingerprint) instead of the table: for scripts and tests.",
+)
+@click.option(
+    "--metrics",
+    "metrics_eps",
+    type=ENDPOINT,
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Serve Prometheus metrics (GET /metrics) here, e.g. tcp://127.0.0.1:9107 (off "
+    "unless given; keep it private).",
 )
 @click.option(
     "--greeting",

@@ -23,6 +23,7 @@ from typing import Any, Protocol, cast
 from ..endpoints import Endpoint
 from ..errors import InvalidEndpoint, ListenError, translate_os_error
 from .logs import logger as _log
+from .systemd import take_inherited
 
 __all__ = [
     "AdmittingProtocol",
@@ -87,6 +88,9 @@ def bound_endpoint(endpoint: Endpoint, sock: socket.socket) -> Endpoint:
 
 
 def _inet_socket(endpoint: Endpoint, kind: socket.SocketKind, reuse_port: bool) -> socket.socket:
+    passed = take_inherited(endpoint, kind)  # systemd socket activation
+    if passed is not None:
+        return passed
     host = endpoint.host or "127.0.0.1"
     port = endpoint.port or 0
     infos = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)
@@ -111,6 +115,9 @@ def _inet_socket(endpoint: Endpoint, kind: socket.SocketKind, reuse_port: bool) 
 
 def _unix_socket(endpoint: Endpoint, kind: socket.SocketKind) -> tuple[socket.socket, str | None]:
     assert endpoint.path is not None
+    passed = take_inherited(endpoint, kind)  # systemd socket activation: systemd owns the file
+    if passed is not None:
+        return passed, None
     path = endpoint.path
     address = unix_address(path)
     unlink: str | None = None

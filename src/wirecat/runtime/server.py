@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from ..endpoints import Endpoint, Scheme, parse_endpoint
 from ..errors import InvalidEndpoint
+from . import systemd
 from .connection import Connection, StreamState
 from .handler import ServerContext, StreamHandler
 from .limits import Limits
@@ -241,6 +242,11 @@ class Server:
         if self._stopped is not None:
             self._stopped.set()
 
+    async def reload(self) -> None:
+        """Re-read what can change without a restart (SIGHUP). Here: nothing; subclasses
+        (:class:`wirecat.Server`) reload the users file and the TLS certificate."""
+        self.ctx.log.info("reload: nothing to reload")
+
     async def __aenter__(self) -> Server:
         await self.start()
         return self
@@ -253,27 +259,50 @@ async def run_until_signal(server: Server) -> int:
     """Start ``server`` (unless started) and serve until SIGINT or SIGTERM; return 0.
 
     The first signal drains gracefully (bounded by ``shutdown_grace``); a second one aborts
-    every connection at once.
+    every connection at once. SIGHUP calls :meth:`Server.reload` (one at a time). Under
+    systemd, readiness, reloads and the stop are reported (``sd_notify``).
     """
     loop = asyncio.get_running_loop()
     if not server.started:
         await server.start()
+    systemd.notify("READY=1")
     signals = 0
+    reloading: asyncio.Task[None] | None = None
 
     def on_signal() -> None:
         nonlocal signals
         signals += 1
         if signals == 1:
+            systemd.notify("STOPPING=1")
             server.ctx.log.warning("shutting down (signal again to force)")
             server.shutdown_soon()
         else:
             server.ctx.log.warning("forced shutdown")
             server.abort()
 
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    async def reload() -> None:
+        systemd.notify("RELOADING=1")
         try:
-            loop.add_signal_handler(sig, on_signal)
+            await server.reload()
+        except Exception:  # a reload must never stop the server
+            server.ctx.log.exception("reload failed; serving on with the old settings")
+        finally:
+            systemd.notify("READY=1")
+
+    def on_hangup() -> None:
+        nonlocal reloading
+        if signals or (reloading is not None and not reloading.done()):
+            return
+        reloading = asyncio.ensure_future(reload())
+
+    installed: list[signal.Signals] = []
+    for sig, handler in (
+        (signal.SIGINT, on_signal),
+        (signal.SIGTERM, on_signal),
+        (signal.SIGHUP, on_hangup),
+    ):
+        try:
+            loop.add_signal_handler(sig, handler)
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread
             pass
@@ -282,6 +311,8 @@ async def run_until_signal(server: Server) -> int:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        if reloading is not None and not reloading.done():
+            reloading.cancel()
     return 0
 
 
