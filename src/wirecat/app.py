@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import ServeConfig
+from .config import ServeConfig, TLSConfig
 from .endpoints import Endpoint
-from .errors import ConfigError, WirecatError
+from .errors import ConfigError, TLSError, WirecatError
 from .runtime.handler import ServerContext
 from .runtime.limits import AccessList, Limits, read_rules
 from .runtime.logs import configure_logging
@@ -36,7 +36,7 @@ from .runtime.server import Service, run_until_signal
 if TYPE_CHECKING:
     from .auth import Users
 
-__all__ = ["Prepared", "Server", "build_services", "prepare", "run", "serve"]
+__all__ = ["Prepared", "Server", "build_services", "prepare", "run", "serve", "tls_context"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,26 +64,31 @@ def prepare(config: ServeConfig) -> Prepared:
         UsersFileError: the users file cannot be read or is invalid.
         ConfigError: an allow/deny file cannot be read.
     """
-    tls_ctx: ssl.SSLContext | None = None
-    fingerprint: str | None = None
-    t = config.tls
-    if t.configured:
-        from .runtime.tls import self_signed, server_context
-
-        if t.cert:
-            tls_ctx = server_context(t.cert, t.key, profile=t.profile, client_ca=t.client_ca)
-        else:
-            made = self_signed()
-            fingerprint = made.fingerprint
-            tls_ctx = server_context(
-                made.cert_pem, made.key_pem, profile=t.profile, client_ca=t.client_ca
-            )
+    tls_ctx, fingerprint = tls_context(config.tls) if config.tls.configured else (None, None)
     users = None
     if config.users:
         from .auth import Users
 
         users = Users.load(config.users)
     return Prepared(tls_ctx, fingerprint, users, AccessList(config.allow, config.deny))
+
+
+def tls_context(t: TLSConfig) -> tuple[ssl.SSLContext, str | None]:
+    """The server ``SSLContext`` of ``t`` and, for a self-signed certificate made now, its
+    ``sha256:HEX`` fingerprint.
+
+    Raises:
+        TLSError: no certificate configured, or it cannot be loaded or made.
+    """
+    from .runtime.tls import self_signed, server_context
+
+    if t.cert:
+        return server_context(t.cert, t.key, profile=t.profile, client_ca=t.client_ca), None
+    if not t.self_signed:
+        raise TLSError("tls:// listeners need a certificate and key (or a self-signed one)")
+    made = self_signed()
+    ctx = server_context(made.cert_pem, made.key_pem, profile=t.profile, client_ca=t.client_ca)
+    return ctx, made.fingerprint
 
 
 def load_rules(paths: Sequence[str]) -> tuple[str, ...]:
