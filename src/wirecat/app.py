@@ -30,6 +30,7 @@ from .runtime.limits import AccessList, Limits, read_rules
 from .runtime.logs import configure_logging
 from .runtime.logs import logger as _log
 from .runtime.loop import run as run_loop
+from .runtime.proxyheader import ProxyPolicy
 from .runtime.server import Server as _ServiceRunner
 from .runtime.server import Service, run_until_signal
 
@@ -217,11 +218,17 @@ class Server(_ServiceRunner):
             if limits is not None or tls is not None:
                 raise ConfigError("limits and tls come from the ServeConfig")
             self.config = config
+            proxy = None
+            if config.proxy_protocol:
+                proxy = ProxyPolicy(
+                    trusted=config.proxy_from, timeout=config.limits.handshake_timeout
+                )
             super().__init__(
                 [],
                 ctx=ctx,
                 limits=config.limits,
                 reuse_port=reuse_port or config.workers > 1,
+                proxy=proxy,
             )
         else:
             super().__init__(config, limits=limits, ctx=ctx, tls=tls, reuse_port=reuse_port)

@@ -148,6 +148,11 @@ class ServeConfig:
         auth_failure_rate: failed logins per second a source earns back.
         allow: only accept peers in these networks (CIDR strings); empty: everyone.
         deny: refuse peers in these networks (checked before any byte is read).
+        proxy_protocol: stream listeners (not metrics) read a PROXY protocol header (v1 or
+            v2, HAProxy's spec) first; the client address in it drives limits, access
+            lists, logs and chat ``who``. The header must arrive within
+            ``limits.handshake_timeout`` seconds.
+        proxy_from: the balancers (CIDR) allowed to send it; anyone else is refused.
         tls: the certificate of ``tls://`` listeners (:class:`TLSConfig`).
         limits: connection caps, rates, deadlines and sizes (:class:`Limits`).
         workers: processes sharing the inet listeners (``SO_REUSEPORT``); chat and Unix
@@ -182,6 +187,8 @@ class ServeConfig:
     auth_failure_rate: float = 0.1
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
+    proxy_protocol: bool = False
+    proxy_from: tuple[str, ...] = ()
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: Limits = SERVE_LIMITS
     workers: int = 1
@@ -193,7 +200,7 @@ class ServeConfig:
         fix = object.__setattr__
         for name in ("greeting", "echo", "chat", "files", "metrics"):
             fix(self, name, _endpoints(getattr(self, name), name))
-        for name in ("allow", "deny"):
+        for name in ("allow", "deny", "proxy_from"):
             value = getattr(self, name)
             fix(self, name, (value,) if isinstance(value, str) else tuple(value))
         for name in ("chat_rate", "udp_rate"):  # 0 means no limit, as on the command line
@@ -245,6 +252,14 @@ class ServeConfig:
             AccessList(self.allow, self.deny)
         except ValueError as exc:
             raise bad("allow" if self._bad_rule(self.allow) else "deny", str(exc)) from None
+        if self.proxy_protocol and not self.proxy_from:
+            raise bad("proxy_from", "the PROXY protocol needs its trusted balancers (CIDR)")
+        if self.proxy_from and not self.proxy_protocol:
+            raise bad("proxy_from", "trusted balancers are set but the PROXY protocol is off")
+        try:
+            AccessList(self.proxy_from)
+        except ValueError as exc:
+            raise bad("proxy_from", str(exc)) from None
         wants_tls = any(ep.scheme == "tls" for ep in self.listening())
         if wants_tls and not self.tls.configured:
             raise ConfigError(

@@ -109,6 +109,7 @@ _FLAGS: dict[str, tuple[str, str | None, Any]] = {
     "auth_failures": ("auth_failures", None, None),
     "auth_failure_rate": ("auth_failure_rate", None, None),
     "workers": ("workers", None, None),
+    "proxy_protocol": ("proxy_protocol", None, None),
     "log_format": ("log_format", None, None),
     "verbose": ("verbosity", None, None),
     "loop_kind": ("loop", None, None),
@@ -137,6 +138,8 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
         data["files"] = list(params["files_eps"])
     if params["metrics_eps"]:
         data["metrics"] = list(params["metrics_eps"])
+    if params["proxy_from"]:
+        data["proxy_from"] = list(params["proxy_from"])
     for flag, (key, table, convert) in _FLAGS.items():
         if flag not in given:
             continue
@@ -196,6 +199,19 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     metavar="ENDPOINT",
     help="Serve Prometheus metrics (GET /metrics) here, e.g. tcp://127.0.0.1:9107 (off "
     "unless given; keep it private).",
+)
+@click.option(
+    "--proxy-protocol",
+    is_flag=True,
+    help="Behind a load balancer: read a PROXY protocol header (v1/v2) first on every "
+    "stream listener; its client address drives limits, access lists and logs.",
+)
+@click.option(
+    "--proxy-from",
+    multiple=True,
+    metavar="CIDR",
+    help="With --proxy-protocol: the balancers allowed to send the header (repeatable); "
+    "a connection from anywhere else is refused before any byte.",
 )
 @click.option(
     "--greeting",

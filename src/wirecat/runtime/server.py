@@ -29,6 +29,7 @@ from .listeners import (
     open_stream_listener,
     open_tls_listener,
 )
+from .proxyheader import ProxyHeaderAdapter, ProxyPolicy
 
 __all__ = [
     "ConnectionHandler",
@@ -53,6 +54,10 @@ class Service:
     """
 
     name: str = "service"
+
+    #: Whether this service's stream listeners take the PROXY protocol when the server is
+    #: configured for it (an admin listener such as metrics says False).
+    accepts_proxy: bool = True
 
     def __init__(self, endpoints: Sequence[Endpoint], *, limits: Limits | None = None) -> None:
         self.endpoints = list(endpoints)
@@ -86,6 +91,8 @@ class Server:
         tls: the server ``SSLContext`` used by every ``tls://`` endpoint
             (see :func:`wirecat.runtime.tls.server_context`).
         reuse_port: bind with ``SO_REUSEPORT`` (several worker processes share the port).
+        proxy: accept the PROXY protocol (v1, v2) from these balancers on every stream
+            listener of services that take it (:attr:`Service.accepts_proxy`).
 
     Use as ``async with Server(...) as server:`` or call :meth:`start` and :meth:`shutdown`.
     Not safe to use from several event loops.
@@ -99,9 +106,11 @@ class Server:
         ctx: ServerContext | None = None,
         tls: ssl.SSLContext | None = None,
         reuse_port: bool = False,
+        proxy: ProxyPolicy | None = None,
     ) -> None:
         self.services = list(services)
         self.tls = tls
+        self.proxy = proxy
         self.ctx = ctx or ServerContext(limits)
         self.reuse_port = reuse_port
         self.listeners: list[tuple[str, Listener]] = []
@@ -159,6 +168,7 @@ class Server:
                         )
                     else:
                         factory = functools.partial(svc.stream_handler, ctx)
+                        proxy = self.proxy if svc.accepts_proxy else None
                         if ep.scheme == "tls" and self.tls is not None:
                             lst = await open_tls_listener(
                                 ep,
@@ -166,10 +176,16 @@ class Server:
                                 ssl=self.tls,
                                 handshake_timeout=ctx.limits.handshake_timeout,
                                 reuse_port=self.reuse_port,
+                                proxy=proxy,
                             )
                         else:
+                            stream_factory: Callable[[], asyncio.Protocol] = factory
+                            if proxy is not None:
+                                stream_factory = functools.partial(
+                                    ProxyHeaderAdapter, factory, proxy, ctx.metrics
+                                )
                             lst = await open_stream_listener(
-                                ep, factory, reuse_port=self.reuse_port, ssl=self.tls
+                                ep, stream_factory, reuse_port=self.reuse_port, ssl=self.tls
                             )
                     self.listeners.append((svc.name, lst))
                     ctx.log.info("%s listening on %s", svc.name, lst.endpoint)

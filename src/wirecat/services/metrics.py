@@ -169,6 +169,7 @@ class MetricsService(Service):
     """
 
     name = "metrics"
+    accepts_proxy = False
 
     def __init__(
         self, endpoints: Sequence[Endpoint], *, worker: int = 0, limits: Limits | None = None
