@@ -48,6 +48,27 @@ def _parse(text: str, what: str) -> Endpoint:
     help="Dial FROM instead of listening on it; relay the one pair, then exit.",
 )
 @click.option(
+    "--socks-allow",
+    multiple=True,
+    metavar="CIDR[:PORTS]",
+    help="socks5:// FROM: destinations the SOCKS server may reach (repeatable), e.g. "
+    "10.0.0.0/8:80,443 or [::1/128]:8000-9000. Default: loopback only.",
+)
+@click.option(
+    "--users",
+    "users_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="socks5:// FROM: require RFC 1929 login (password = the user's token).",
+)
+@click.option(
+    "--proxy",
+    default=None,
+    metavar="URL",
+    help="Reach TO through a proxy: socks5://[user:pass@]host:port or http://host:port.",
+)
+@click.option(
     "--max-sessions",
     type=click.IntRange(1),
     default=1024,
@@ -84,6 +105,10 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
     sides are dialled and the one pair is relayed. FROM `-` relays stdin/stdout.
 
     \b
+    SOCKS5 (RFC 1928/1929): `wirecat relay socks5://HOST:PORT` is a SOCKS server (no TO);
+    it reaches only --socks-allow destinations (default: loopback), never an open proxy.
+
+    \b
     TLS: a tls:// FROM needs --cert/--key or --self-signed (TLS termination); a tls:// TO
     is verified like `wirecat connect` (--cafile, --pin, --insecure, --servername).
 
@@ -96,14 +121,22 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
       wirecat relay udp://127.0.0.1:5353 udp://127.0.0.1:53 --max-sessions 100
       wirecat relay tcp://127.0.0.1:9000 exec:'cat'                   # ncat -e
       wirecat relay --connect-first tcp://127.0.0.1:7007 tcp://127.0.0.1:9001
+      wirecat relay socks5://127.0.0.1:1080                       # a SOCKS5 server
+      wirecat relay socks5://127.0.0.1:1080 --socks-allow 10.0.0.0/8:80,443 --users u.toml
+      wirecat relay tcp://127.0.0.1:9000 tcp://10.1.2.3:22 --proxy socks5://127.0.0.1:1080
     """
     given = {
         n
         for n in params
         if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     }
-    if params["to"] is None:
+    socks_from = params["from_"].startswith("socks5://")
+    if params["to"] is None and not socks_from:
         die("relay needs FROM and TO, e.g. wirecat relay tcp://127.0.0.1:9000 127.0.0.1:7007", 2)
+    if socks_from:
+        if params["to"] is not None:
+            die("a SOCKS server has no TO: clients name their destination", 2)
+        params["to"] = "exec:-"  # unused placeholder
     configure_logging(params["log_format"], max(params["verbose"], 1) if params["verbose"] else 0)
     to_text: str = params["to"]
     to_ep = None if to_text.startswith("exec:") else _parse(to_text, "TO")
@@ -119,7 +152,9 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
             client_cert=None,
             client_key=None,
         )
-    connect_kwargs = {"timeout": params["timeout"], **tls_kwargs}
+    connect_kwargs: dict[str, Any] = {"timeout": params["timeout"], **tls_kwargs}
+    if params["proxy"]:
+        connect_kwargs["proxy"] = params["proxy"]
     settings = server_settings(params, given)
     try:
         limits = dataclasses.replace(SERVE_LIMITS, **settings["limits"])
@@ -129,15 +164,12 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
     if params["from_"] == "-":
         _stdio_relay(to_ep, to_text, connect_kwargs, params)
         return
+    if socks_from:
+        _socks_main(params, limits, access, ended_printer(params))
+        return
     from_ep = _parse(params["from_"], "FROM")
 
-    def ended(stats: RelayStats) -> None:
-        if params["verbose"]:
-            click.echo(
-                f"wirecat: relay {stats.peer} -> {stats.target} ({stats.reason}): "
-                f"{stats.up} bytes up, {stats.down} bytes down, {stats.duration:.3f} s",
-                err=True,
-            )
+    ended = ended_printer(params)
 
     async def main() -> int:
         if params["connect_first"]:
@@ -172,6 +204,62 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
         )
         await server.start()
         click.echo(f"wirecat: relaying {server.endpoint()} -> {target}", err=True)
+        return await run_until_signal(server)
+
+    try:
+        code = run(main(), loop=params["loop_kind"])
+    except WirecatError as exc:
+        die(message_for(exc), exit_code_for(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)
+
+
+def ended_printer(params: dict[str, Any]) -> Any:
+    def ended(stats: RelayStats) -> None:
+        if params["verbose"]:
+            click.echo(
+                f"wirecat: relay {stats.peer} -> {stats.target} ({stats.reason}): "
+                f"{stats.up} bytes up, {stats.down} bytes down, {stats.duration:.3f} s",
+                err=True,
+            )
+
+    return ended
+
+
+def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: Any) -> None:
+    from ..services.socks import SocksPolicy, socks_server
+
+    ep = _parse("tcp://" + params["from_"].removeprefix("socks5://"), "FROM")
+    try:
+        policy = SocksPolicy(params["socks_allow"]) if params["socks_allow"] else SocksPolicy()
+    except ValueError as exc:
+        die(f"--socks-allow: {exc}", 64)
+    users = None
+    if params["users_file"]:
+        from ..auth import Users
+
+        try:
+            users = Users.load(params["users_file"])
+        except WirecatError as exc:
+            die(message_for(exc), 78)
+
+    async def main() -> int:
+        server = socks_server(
+            ep,
+            policy=policy,
+            users=users,
+            limits=limits,
+            access=access,
+            idle_timeout=limits.idle_timeout,
+            connect_timeout=params["timeout"],
+            on_end=ended,
+        )
+        await server.start()
+        bound = server.endpoint()
+        click.echo(f"wirecat: SOCKS5 server on socks5://{str(bound)[6:]}", err=True)
+        if not ep.is_loopback and not params["socks_allow"]:
+            click.echo("wirecat: destinations: loopback only (widen with --socks-allow)", err=True)
         return await run_until_signal(server)
 
     try:

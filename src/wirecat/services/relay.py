@@ -26,6 +26,7 @@ Every relay ends after ``idle_timeout`` seconds with no byte in either direction
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -416,7 +417,7 @@ def relay(
     eps = [parse_endpoint(e) if isinstance(e, str) else e for e in raw]
     target = to if isinstance(to, Target) else Target.parse(to, **connect_kwargs)
     base = limits or Limits()
-    lim = Limits(**{**_fields(base), "idle_timeout": None})
+    lim = dataclasses.replace(base, idle_timeout=None)
     ctx = ServerContext(lim, access=access)
     if all(ep.is_datagram for ep in eps):
         if target.endpoint is None or not target.endpoint.is_datagram:
@@ -446,10 +447,6 @@ def relay(
 
     service = HandlerService(eps, handler, name="relay")
     return Server([service], ctx=ctx, tls=tls)
-
-
-def _fields(limits: Limits) -> dict[str, Any]:
-    return {name: getattr(limits, name) for name in limits.__dataclass_fields__}
 
 
 async def relay_pair(
