@@ -44,6 +44,7 @@ _LAZY: dict[str, str] = {
     "TLSConfig": ".config",
     "Server": ".app",
     "run": ".app",
+    "relay": ".services.relay",
     "serve": ".app",
 }
 
@@ -62,6 +63,7 @@ __all__ = [
     "connect_datagram",
     "listen",
     "parse_endpoint",
+    "relay",
     "run",
     "serve",
     *_errors_all,
@@ -95,3 +97,4 @@ if TYPE_CHECKING:
     )
     from .runtime.limits import Limits
     from .runtime.server import Service, listen
+    from .services.relay import relay

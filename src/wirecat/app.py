@@ -16,26 +16,28 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import ServeConfig
+from .config import ServeConfig, TLSConfig
 from .endpoints import Endpoint
-from .errors import ConfigError, WirecatError
+from .errors import ConfigError, TLSError, WirecatError
 from .runtime.handler import ServerContext
 from .runtime.limits import AccessList, Limits, read_rules
 from .runtime.logs import configure_logging
 from .runtime.logs import logger as _log
 from .runtime.loop import run as run_loop
+from .runtime.proxyheader import ProxyPolicy
 from .runtime.server import Server as _ServiceRunner
 from .runtime.server import Service, run_until_signal
 
 if TYPE_CHECKING:
     from .auth import Users
 
-__all__ = ["Prepared", "Server", "build_services", "prepare", "run", "serve"]
+__all__ = ["Prepared", "Server", "build_services", "prepare", "run", "serve", "tls_context"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,26 +65,31 @@ def prepare(config: ServeConfig) -> Prepared:
         UsersFileError: the users file cannot be read or is invalid.
         ConfigError: an allow/deny file cannot be read.
     """
-    tls_ctx: ssl.SSLContext | None = None
-    fingerprint: str | None = None
-    t = config.tls
-    if t.configured:
-        from .runtime.tls import self_signed, server_context
-
-        if t.cert:
-            tls_ctx = server_context(t.cert, t.key, profile=t.profile, client_ca=t.client_ca)
-        else:
-            made = self_signed()
-            fingerprint = made.fingerprint
-            tls_ctx = server_context(
-                made.cert_pem, made.key_pem, profile=t.profile, client_ca=t.client_ca
-            )
+    tls_ctx, fingerprint = tls_context(config.tls) if config.tls.configured else (None, None)
     users = None
     if config.users:
         from .auth import Users
 
         users = Users.load(config.users)
     return Prepared(tls_ctx, fingerprint, users, AccessList(config.allow, config.deny))
+
+
+def tls_context(t: TLSConfig) -> tuple[ssl.SSLContext, str | None]:
+    """The server ``SSLContext`` of ``t`` and, for a self-signed certificate made now, its
+    ``sha256:HEX`` fingerprint.
+
+    Raises:
+        TLSError: no certificate configured, or it cannot be loaded or made.
+    """
+    from .runtime.tls import self_signed, server_context
+
+    if t.cert:
+        return server_context(t.cert, t.key, profile=t.profile, client_ca=t.client_ca), None
+    if not t.self_signed:
+        raise TLSError("tls:// listeners need a certificate and key (or a self-signed one)")
+    made = self_signed()
+    ctx = server_context(made.cert_pem, made.key_pem, profile=t.profile, client_ca=t.client_ca)
+    return ctx, made.fingerprint
 
 
 def load_rules(paths: Sequence[str]) -> tuple[str, ...]:
@@ -170,6 +177,10 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
                     auth_failures=failures,
                 )
             )
+        if (found := eps("metrics")) and worker == 0:
+            from .services.metrics import MetricsService
+
+            services.append(MetricsService(found, worker=worker))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return services
@@ -217,11 +228,17 @@ class Server(_ServiceRunner):
             if limits is not None or tls is not None:
                 raise ConfigError("limits and tls come from the ServeConfig")
             self.config = config
+            proxy = None
+            if config.proxy_protocol:
+                proxy = ProxyPolicy(
+                    trusted=config.proxy_from, timeout=config.limits.handshake_timeout
+                )
             super().__init__(
                 [],
                 ctx=ctx,
                 limits=config.limits,
                 reuse_port=reuse_port or config.workers > 1,
+                proxy=proxy,
             )
         else:
             super().__init__(config, limits=limits, ctx=ctx, tls=tls, reuse_port=reuse_port)
@@ -248,6 +265,50 @@ class Server(_ServiceRunner):
             self.ctx.access = prepared.access
             self.services = build_services(config, prepared, worker=self._worker)
         await super().start()
+
+    async def reload(self) -> None:
+        """Re-read the users file and the TLS certificate and key (SIGHUP).
+
+        A file that fails to load is refused with a log line and the old one stays in force;
+        established connections are untouched (a new certificate serves new handshakes).
+        Idempotent; safe while serving.
+        """
+        config, prepared = self.config, self._prepared
+        if config is None or prepared is None:
+            return
+        log = self.ctx.log
+        if config.users:
+            from .auth import Users
+
+            try:
+                users = await asyncio.to_thread(Users.load, config.users)
+            except WirecatError as exc:
+                log.error("reload: keeping the old users file: %s", exc)
+            else:
+                for svc in self.services:
+                    for holder in (svc, getattr(svc, "core", None)):
+                        if getattr(holder, "users", None) is not None:
+                            holder.users = users  # type: ignore[union-attr]
+                self._prepared = prepared = dataclasses.replace(prepared, users=users)
+                log.warning("reload: users file %s: %d users", config.users, len(users))
+        t = config.tls
+        if t.cert and self.tls is not None:
+            from .runtime.tls import server_context
+
+            try:
+                fresh = await asyncio.to_thread(
+                    server_context, t.cert, t.key, profile=t.profile, client_ca=t.client_ca
+                )
+            except WirecatError as exc:
+                log.error("reload: keeping the old TLS certificate: %s", exc)
+            else:
+                # Listeners hold the first context; each new handshake is moved to the
+                # newest one (the callback runs for every ClientHello, SNI or not).
+                def use_fresh(obj: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+                    obj.context = fresh
+
+                self.tls.sni_callback = use_fresh
+                log.warning("reload: TLS certificate %s loaded", t.cert)
 
 
 async def serve(config: ServeConfig | None = None, *, handle_signals: bool = True) -> Server:
@@ -309,11 +370,13 @@ def run(
         ConfigError, TLSError, UsersFileError, AddressInUse, PermissionDenied, ListenError:
         in the calling process (single worker, or anything that fails before forking).
     """
+    from .runtime.systemd import adopt_listen_fds
     from .runtime.workers import run_workers
 
     config = config if config is not None else ServeConfig()
     if configure_logs:
         configure_logging(config.log_format, config.verbosity)
+    adopt_listen_fds()  # systemd socket activation: listeners use the sockets passed
     prepared = prepare(config)
 
     async def main(worker: int) -> int:

@@ -138,6 +138,7 @@ class ServeConfig:
             ``None`` (default): ``tcp://127.0.0.1:7080`` when chat runs on its default
             endpoint, else none (see :meth:`web_endpoints`); ``()`` turns it off. Needs
             the chat service.
+        metrics: Prometheus ``GET /metrics`` listeners (``()``: off); keep them private.
         files_root: the directory the files service serves; ``None``: no files service.
         files_readonly: refuse uploads.
         files_create: create :attr:`files_root` when it does not exist (else refused).
@@ -154,6 +155,11 @@ class ServeConfig:
         auth_failure_rate: failed logins per second a source earns back.
         allow: only accept peers in these networks (CIDR strings); empty: everyone.
         deny: refuse peers in these networks (checked before any byte is read).
+        proxy_protocol: stream listeners (not metrics) read a PROXY protocol header (v1 or
+            v2, HAProxy's spec) first; the client address in it drives limits, access
+            lists, logs and chat ``who``. The header must arrive within
+            ``limits.handshake_timeout`` seconds.
+        proxy_from: the balancers (CIDR) allowed to send it; anyone else is refused.
         tls: the certificate of ``tls://`` listeners (:class:`TLSConfig`).
         limits: connection caps, rates, deadlines and sizes (:class:`Limits`).
         websocket: WebSocket hygiene of ``web`` and ``ws://`` listeners: message size,
@@ -175,6 +181,7 @@ class ServeConfig:
     chat: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("chat"))
     files: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("files"))
     web: tuple[Endpoint, ...] | None = None
+    metrics: tuple[Endpoint, ...] = ()
     files_root: str | None = None
     files_readonly: bool = False
     files_create: bool = False
@@ -191,6 +198,8 @@ class ServeConfig:
     auth_failure_rate: float = 0.1
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
+    proxy_protocol: bool = False
+    proxy_from: tuple[str, ...] = ()
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: Limits = SERVE_LIMITS
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
@@ -201,11 +210,11 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         fix = object.__setattr__
-        for name in ("greeting", "echo", "chat", "files"):
+        for name in ("greeting", "echo", "chat", "files", "metrics"):
             fix(self, name, _endpoints(getattr(self, name), name))
         if self.web is not None:
             fix(self, "web", _endpoints(self.web, "web"))
-        for name in ("allow", "deny"):
+        for name in ("allow", "deny", "proxy_from"):
             value = getattr(self, name)
             fix(self, name, (value,) if isinstance(value, str) else tuple(value))
         for name in ("chat_rate", "udp_rate"):  # 0 means no limit, as on the command line
@@ -220,11 +229,11 @@ class ServeConfig:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"{name}: {why}", field=name)
 
-        for name in ("greeting", "chat", "files", "web"):
+        for name in ("greeting", "chat", "files", "metrics", "web"):
             for ep in self.web_endpoints() if name == "web" else getattr(self, name):
                 if not ep.is_stream or ep.scheme == "stdio":
                     raise bad(name, f"{ep} is not a stream endpoint (tcp, tls or unix)")
-                if name != "web" and ep.scheme in ("ws", "wss"):
+                if name not in ("web", "metrics") and ep.scheme in ("ws", "wss"):
                     raise bad(name, f"{ep}: WebSocket chat is served by the web listener")
         for ep in self.echo:
             if ep.scheme in ("stdio", "unix+seqpacket"):
@@ -261,6 +270,14 @@ class ServeConfig:
             AccessList(self.allow, self.deny)
         except ValueError as exc:
             raise bad("allow" if self._bad_rule(self.allow) else "deny", str(exc)) from None
+        if self.proxy_protocol and not self.proxy_from:
+            raise bad("proxy_from", "the PROXY protocol needs its trusted balancers (CIDR)")
+        if self.proxy_from and not self.proxy_protocol:
+            raise bad("proxy_from", "trusted balancers are set but the PROXY protocol is off")
+        try:
+            AccessList(self.proxy_from)
+        except ValueError as exc:
+            raise bad("proxy_from", str(exc)) from None
         wants_tls = any(ep.scheme in ("tls", "wss") for ep in self.listening())
         if wants_tls and not self.tls.configured:
             raise ConfigError(
@@ -275,7 +292,7 @@ class ServeConfig:
             )
         if self.tls.client_ca and not wants_tls:
             raise ConfigError("client certificates (mTLS) need a tls:// listener", field="tls")
-        if not self.listening():
+        if not any(eps for name, eps in self.services().items() if name != "metrics"):
             raise ConfigError("nothing to serve: every service is turned off")
 
     @staticmethod
@@ -292,6 +309,7 @@ class ServeConfig:
         out = {"greeting": self.greeting, "echo": self.echo, "chat": self.chat}
         if self.files_root is not None:
             out["files"] = self.files
+        out["metrics"] = self.metrics
         out["web"] = self.web_endpoints()
         return {name: eps for name, eps in out.items() if eps}
 

@@ -17,6 +17,7 @@
     │   ├── ConnectError             could not establish a connection
     │   │   ├── ConnectionRefused    nobody listens there (ECONNREFUSED, ENOENT for unix)
     │   │   ├── NameResolutionError  the host name did not resolve
+    │   │   ├── ProxyError           a SOCKS5 or HTTP CONNECT proxy refused or failed
     │   │   └── HandshakeError       the TLS handshake failed (bad certificate, pin mismatch)
     │   ├── ListenError              could not open a listener
     │   │   ├── AddressInUse         EADDRINUSE
@@ -64,6 +65,7 @@ __all__ = [
     "NetworkError",
     "PermissionDenied",
     "ProtocolError",
+    "ProxyError",
     "RemoteProtocolError",
     "TLSError",
     "WirecatError",
@@ -156,6 +158,19 @@ class ConnectionRefused(ConnectError):
 
 class NameResolutionError(ConnectError):
     """The host name did not resolve (``socket.gaierror``)."""
+
+
+class ProxyError(ConnectError):
+    """A proxy (SOCKS5, HTTP CONNECT) refused the tunnel or broke its protocol.
+
+    Attributes:
+        code: the proxy's answer: a SOCKS5 reply code (RFC 1928 6) or an HTTP status;
+            ``None`` when it answered nothing usable.
+    """
+
+    def __init__(self, message: str, *, endpoint: str | None = None, code: int | None = None):
+        super().__init__(message, endpoint=endpoint)
+        self.code = code
 
 
 class HandshakeError(ConnectError):

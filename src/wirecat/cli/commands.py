@@ -9,6 +9,7 @@ from .chat import chat_command
 from .connect import connect_command
 from .files import get_command, ls_command, send_command
 from .listen import listen_command
+from .relay import relay_command
 from .serve import serve_command
 from .users import users_command
 
@@ -16,6 +17,7 @@ COMMANDS: list[click.Command] = [
     serve_command,
     connect_command,
     listen_command,
+    relay_command,
     chat_command,
     send_command,
     get_command,

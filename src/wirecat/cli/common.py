@@ -136,8 +136,15 @@ def run_command(
     sys.exit(code or 0)
 
 
-def tls_client_options(f: Any) -> Any:
-    """Add the TLS client flags (for ``tls://`` endpoints) to a verb."""
+def tls_peer_options(f: Any) -> Any:
+    """The TLS client flags without ``--cert``/``--key`` (for verbs whose ``--cert`` is the
+    server's own, e.g. ``relay``)."""
+    return tls_client_options(f, client_cert=False)
+
+
+def tls_client_options(f: Any, *, client_cert: bool = True) -> Any:
+    """Add the TLS client flags (for ``tls://`` endpoints) to a verb; ``client_cert=False``
+    leaves out ``--cert``/``--key``."""
     options = [
         click.option(
             "--cafile",
@@ -183,6 +190,8 @@ def tls_client_options(f: Any) -> Any:
             help="tls: private key for --cert.",
         ),
     ]
+    if not client_cert:
+        options = options[:-2]
     for option in reversed(options):
         f = option(f)
     return f

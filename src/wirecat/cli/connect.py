@@ -50,6 +50,8 @@ async def _connect_main(
     tls: dict[str, Any],
 ) -> int:
     conn: Connection | DatagramConnection
+    if ep.is_datagram and tls.get("proxy"):
+        die("--proxy tunnels tcp:// and tls:// endpoints, not datagrams", EXIT_BAD_ENDPOINT)
     if ep.is_datagram:
         conn = await connect_datagram(ep, timeout=timeout)
     else:
@@ -102,6 +104,13 @@ async def _connect_main(
     help="Give up connecting after this long (name resolution included).",
 )
 @click.option("-C", "--crlf", is_flag=True, help="Send every LF from stdin as CRLF.")
+@click.option(
+    "--proxy",
+    default=None,
+    metavar="URL",
+    help="Connect through a proxy: socks5://[user:pass@]host:port or http://host:port "
+    "(HTTP CONNECT); tcp:// and tls:// endpoints.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Print connection details on stderr.")
 @tls_client_options
 @LOOP_OPTION
@@ -112,6 +121,7 @@ def connect_command(
     wait: float | None,
     timeout: float,
     crlf: bool,
+    proxy: str | None,
     verbose: bool,
     cafile: str | None,
     pin: str | None,
@@ -152,6 +162,7 @@ def connect_command(
       echo stats | wirecat connect unix:/run/app.sock
       wirecat connect tls://example.com:443 --alpn http/1.1
       wirecat connect tls://127.0.0.1:7443 --pin sha256:9f86d0...   # self-signed server
+      wirecat connect 10.0.0.5:22 --proxy socks5://127.0.0.1:1080   # through SOCKS5
       tail -f log | wirecat connect --no-shutdown --wait 2 host:9000
       wirecat connect ws://127.0.0.1:7080/chat       # type {"type":"hello","nick":"me"}
     """
@@ -174,7 +185,7 @@ def connect_command(
             wait=wait,
             crlf=crlf,
             verbose=verbose,
-            tls=tls,
+            tls={**tls, "proxy": proxy} if proxy else tls,
         ),
         loop=loop_kind,
     )

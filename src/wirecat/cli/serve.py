@@ -60,6 +60,10 @@ def _hint(name: str, ep: Endpoint) -> str:
         return f"open {_page_url(ep)} in a browser"
     if ep.scheme in ("ws", "wss"):
         return f"wirecat connect {ep.scheme}://{_url_host(host)}:{ep.port}{ep.path or '/'}"
+    if name == "metrics":
+        url_host = f"[{host}]" if ":" in host else host
+        scheme = "https" if ep.scheme == "tls" else "http"
+        return f"curl {'-k ' if ep.scheme == 'tls' else ''}{scheme}://{url_host}:{ep.port}/metrics"
     if ep.scheme == "tls":
         return f"ncat --ssl {host} {ep.port}"
     return f"nc {host} {ep.port}"
@@ -129,6 +133,7 @@ _FLAGS: dict[str, tuple[str, str | None, Any]] = {
     "auth_failures": ("auth_failures", None, None),
     "auth_failure_rate": ("auth_failure_rate", None, None),
     "workers": ("workers", None, None),
+    "proxy_protocol": ("proxy_protocol", None, None),
     "log_format": ("log_format", None, None),
     "verbose": ("verbosity", None, None),
     "loop_kind": ("loop", None, None),
@@ -170,6 +175,10 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     for flag, key in _WS_FLAGS.items():
         if flag in given:
             data["websocket"][key] = params[flag]
+    if params["metrics_eps"]:
+        data["metrics"] = list(params["metrics_eps"])
+    if params["proxy_from"]:
+        data["proxy_from"] = list(params["proxy_from"])
     for flag, (key, table, convert) in _FLAGS.items():
         if flag not in given:
             continue
@@ -220,6 +229,28 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     is_flag=True,
     help="Print one JSON object when listening (endpoints with real ports, certificate "
     "fingerprint) instead of the table: for scripts and tests.",
+)
+@click.option(
+    "--metrics",
+    "metrics_eps",
+    type=ENDPOINT,
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Serve Prometheus metrics (GET /metrics) here, e.g. tcp://127.0.0.1:9107 (off "
+    "unless given; keep it private).",
+)
+@click.option(
+    "--proxy-protocol",
+    is_flag=True,
+    help="Behind a load balancer: read a PROXY protocol header (v1/v2) first on every "
+    "stream listener; its client address drives limits, access lists and logs.",
+)
+@click.option(
+    "--proxy-from",
+    multiple=True,
+    metavar="CIDR",
+    help="With --proxy-protocol: the balancers allowed to send the header (repeatable); "
+    "a connection from anywhere else is refused before any byte.",
 )
 @click.option(
     "--greeting",

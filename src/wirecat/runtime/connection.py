@@ -638,6 +638,7 @@ def connect(
     server_hostname: str | None = None,
     pin: str | None = None,
     handshake_timeout: float = 10.0,
+    proxy: Any = None,
 ) -> Opening[Connection]:
     """Open a stream connection to ``endpoint`` (``tcp``, ``tls``, ``unix``, ``ws``, ``wss``).
 
@@ -658,6 +659,9 @@ def connect(
         pin: ``sha256:HEX`` of the server's certificate; when given, the certificate must
             match it (and chain/name checks are skipped, so self-signed servers work).
         handshake_timeout: absolute TLS handshake deadline in seconds.
+        proxy: tunnel through a proxy: ``"socks5://[user:pass@]host:port"`` or
+            ``"http://host:port"`` (HTTP CONNECT), or a
+            :class:`wirecat.runtime.proxy.ProxySpec` (``tcp`` and ``tls`` endpoints).
 
     Returns:
         An :class:`Opening` that gives a :class:`Connection`.
@@ -668,12 +672,17 @@ def connect(
         ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError.
         HandshakeError: TLS verification failed, or the certificate does not match ``pin``.
         HandshakeTimeout: the TLS handshake took longer than ``handshake_timeout``.
+        ProxyError: the proxy refused the tunnel.
     """
 
     async def opener() -> Connection:
         ep = _parse(endpoint)
         if ep.is_datagram:
             raise InvalidEndpoint(f"{ep} is a datagram endpoint: use connect_datagram()")
+        if proxy is not None:
+            return await _through_proxy(
+                ep, proxy, read_high_water, timeout, ssl, server_hostname, pin, handshake_timeout
+            )
         if ep.scheme in ("ws", "wss"):  # a message-oriented Connection (WebSocketConnection)
             from .websocket import connect_websocket
 
@@ -698,6 +707,51 @@ def connect(
         return Connection(ep, proto.state)
 
     return Opening(opener)
+
+
+async def _through_proxy(
+    ep: Endpoint,
+    proxy: Any,
+    read_high_water: int,
+    timeout: float | None,
+    ssl: SSLContext | None,
+    server_hostname: str | None,
+    pin: str | None,
+    handshake_timeout: float,
+) -> Connection:
+    from .proxy import parse_proxy, tunnel
+
+    spec = parse_proxy(proxy)
+    if ep.scheme not in ("tcp", "tls"):
+        raise InvalidEndpoint(f"a proxy tunnels tcp:// and tls:// endpoints, not {ep}")
+    transport, proto = await open_transport(
+        spec.endpoint, lambda: _StreamProtocol(read_high_water), timeout=timeout
+    )
+    try:
+        at_proxy = Connection(spec.endpoint, proto.state)
+        await tunnel(at_proxy, spec, ep.host or "", ep.port or 0, timeout=timeout)
+        if ep.scheme == "tls":
+            from .tls import check_pin, client_context
+
+            loop = asyncio.get_running_loop()
+            try:
+                tls_transport = await loop.start_tls(
+                    transport,
+                    proto,
+                    ssl or client_context(pinned=pin is not None),
+                    server_hostname=server_hostname or ep.host,
+                    ssl_handshake_timeout=handshake_timeout,
+                )
+            except OSError as exc:
+                raise translate_os_error(exc, what=str(ep), phase="connect") from exc
+            assert tls_transport is not None
+            proto.state.transport = transport = tls_transport
+            if pin is not None and not check_pin(transport.get_extra_info("ssl_object"), pin):
+                raise HandshakeError(f"TLS certificate of {ep} does not match the pinned {pin}")
+    except BaseException:
+        transport.abort()
+        raise
+    return Connection(ep, proto.state)
 
 
 def connect_datagram(

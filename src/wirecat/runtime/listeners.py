@@ -21,8 +21,10 @@ from ssl import SSLContext
 from typing import Any, Protocol, cast
 
 from ..endpoints import Endpoint
-from ..errors import InvalidEndpoint, ListenError, translate_os_error
+from ..errors import InvalidEndpoint, ListenError, ProtocolError, translate_os_error
 from .logs import logger as _log
+from .proxyheader import PassThrough, ProxyPolicy, read_header_from_socket
+from .systemd import take_inherited
 
 __all__ = [
     "AdmittingProtocol",
@@ -87,6 +89,9 @@ def bound_endpoint(endpoint: Endpoint, sock: socket.socket) -> Endpoint:
 
 
 def _inet_socket(endpoint: Endpoint, kind: socket.SocketKind, reuse_port: bool) -> socket.socket:
+    passed = take_inherited(endpoint, kind)  # systemd socket activation
+    if passed is not None:
+        return passed
     host = endpoint.host or "127.0.0.1"
     port = endpoint.port or 0
     infos = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)
@@ -111,6 +116,9 @@ def _inet_socket(endpoint: Endpoint, kind: socket.SocketKind, reuse_port: bool) 
 
 def _unix_socket(endpoint: Endpoint, kind: socket.SocketKind) -> tuple[socket.socket, str | None]:
     assert endpoint.path is not None
+    passed = take_inherited(endpoint, kind)  # systemd socket activation: systemd owns the file
+    if passed is not None:
+        return passed, None
     path = endpoint.path
     address = unix_address(path)
     unlink: str | None = None
@@ -256,6 +264,7 @@ async def open_tls_listener(
     handshake_timeout: float = 10.0,
     backlog: int = 1024,
     reuse_port: bool = False,
+    proxy: ProxyPolicy | None = None,
 ) -> Listener:
     """Listen on a ``tls`` endpoint, admitting each peer *before* its TLS handshake.
 
@@ -265,7 +274,9 @@ async def open_tls_listener(
     (``SO_LINGER`` 0) without a byte sent; an admitted one counts against the limits during
     its handshake (``loop.connect_accepted_socket``, bounded by ``handshake_timeout``
     seconds), and ``handshake_failed(exc)`` releases it if the handshake fails. The loop
-    survives running out of file descriptors (EMFILE) by pausing briefly.
+    survives running out of file descriptors (EMFILE) by pausing briefly. With ``proxy``,
+    the PROXY header is read from the trusted balancer first (nothing past it), and the
+    client's address is the one admitted and seen by the handler.
 
     Raises:
         AddressInUse, PermissionDenied, ListenError, InvalidEndpoint.
@@ -280,10 +291,12 @@ async def open_tls_listener(
     listener = Listener(bound_endpoint(endpoint, sock), _sock=sock)
     loop = asyncio.get_running_loop()
 
-    async def handshake(conn: socket.socket, proto: AdmittingProtocol) -> None:
+    async def handshake(
+        conn: socket.socket, proto: AdmittingProtocol, app: asyncio.Protocol | None = None
+    ) -> None:
         try:
             await loop.connect_accepted_socket(
-                lambda: cast(asyncio.Protocol, proto),
+                lambda: app or cast(asyncio.Protocol, proto),
                 conn,
                 ssl=ssl,
                 ssl_handshake_timeout=handshake_timeout,
@@ -307,15 +320,35 @@ async def open_tls_listener(
                     return  # the listener was closed
                 continue  # ECONNABORTED and friends: that peer is gone, serve the next
             conn.setblocking(False)
-            proto = factory()
-            if proto.admit(addr) is not None:
-                with contextlib.suppress(OSError):
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()  # reset: the refused peer gets no byte, not even a ServerHello
-                continue
-            task = loop.create_task(handshake(conn, proto))
+            if proxy is not None:
+                task = loop.create_task(proxied(conn))
+            else:
+                proto = factory()
+                if proto.admit(addr) is not None:
+                    reset(conn)
+                    continue
+                task = loop.create_task(handshake(conn, proto))
             listener._handshakes.add(task)
             task.add_done_callback(listener._handshakes.discard)
+
+    def reset(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # reset: the refused peer gets no byte, not even a ServerHello
+
+    async def proxied(conn: socket.socket) -> None:
+        assert proxy is not None
+        try:
+            addr, header = await read_header_from_socket(conn, proxy)
+        except (ProtocolError, TimeoutError, OSError) as exc:
+            _log.warning("refused: %s", exc, extra={"event": "refused", "reason": "proxy"})
+            reset(conn)
+            return
+        proto = factory()
+        if proto.admit(addr) is not None:
+            reset(conn)
+            return
+        await handshake(conn, proto, PassThrough(cast(asyncio.Protocol, proto), addr, header))
 
     listener._accepting = loop.create_task(accept_loop())
     return listener

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from ..endpoints import Endpoint, Scheme, parse_endpoint
 from ..errors import InvalidEndpoint
+from . import systemd
 from .connection import Connection, StreamState
 from .handler import ServerContext, StreamHandler
 from .limits import Limits
@@ -28,6 +29,7 @@ from .listeners import (
     open_stream_listener,
     open_tls_listener,
 )
+from .proxyheader import ProxyHeaderAdapter, ProxyPolicy
 
 __all__ = [
     "ConnectionHandler",
@@ -52,6 +54,10 @@ class Service:
     """
 
     name: str = "service"
+
+    #: Whether this service's stream listeners take the PROXY protocol when the server is
+    #: configured for it (an admin listener such as metrics says False).
+    accepts_proxy: bool = True
 
     def __init__(self, endpoints: Sequence[Endpoint], *, limits: Limits | None = None) -> None:
         self.endpoints = list(endpoints)
@@ -85,6 +91,8 @@ class Server:
         tls: the server ``SSLContext`` used by every ``tls://`` endpoint
             (see :func:`wirecat.runtime.tls.server_context`).
         reuse_port: bind with ``SO_REUSEPORT`` (several worker processes share the port).
+        proxy: accept the PROXY protocol (v1, v2) from these balancers on every stream
+            listener of services that take it (:attr:`Service.accepts_proxy`).
 
     Use as ``async with Server(...) as server:`` or call :meth:`start` and :meth:`shutdown`.
     Not safe to use from several event loops.
@@ -98,9 +106,11 @@ class Server:
         ctx: ServerContext | None = None,
         tls: ssl.SSLContext | None = None,
         reuse_port: bool = False,
+        proxy: ProxyPolicy | None = None,
     ) -> None:
         self.services = list(services)
         self.tls = tls
+        self.proxy = proxy
         self.ctx = ctx or ServerContext(limits)
         self.reuse_port = reuse_port
         self.listeners: list[tuple[str, Listener]] = []
@@ -158,6 +168,7 @@ class Server:
                         )
                     else:
                         factory = functools.partial(svc.stream_handler, ctx)
+                        proxy = self.proxy if svc.accepts_proxy else None
                         if ep.scheme in ("tls", "wss") and self.tls is not None:
                             lst = await open_tls_listener(
                                 ep,
@@ -165,10 +176,16 @@ class Server:
                                 ssl=self.tls,
                                 handshake_timeout=ctx.limits.handshake_timeout,
                                 reuse_port=self.reuse_port,
+                                proxy=proxy,
                             )
                         else:
+                            stream_factory: Callable[[], asyncio.Protocol] = factory
+                            if proxy is not None:
+                                stream_factory = functools.partial(
+                                    ProxyHeaderAdapter, factory, proxy, ctx.metrics
+                                )
                             lst = await open_stream_listener(
-                                ep, factory, reuse_port=self.reuse_port, ssl=self.tls
+                                ep, stream_factory, reuse_port=self.reuse_port, ssl=self.tls
                             )
                     self.listeners.append((svc.name, lst))
                     ctx.log.info("%s listening on %s", svc.name, lst.endpoint)
@@ -241,6 +258,11 @@ class Server:
         if self._stopped is not None:
             self._stopped.set()
 
+    async def reload(self) -> None:
+        """Re-read what can change without a restart (SIGHUP). Here: nothing; subclasses
+        (:class:`wirecat.Server`) reload the users file and the TLS certificate."""
+        self.ctx.log.info("reload: nothing to reload")
+
     async def __aenter__(self) -> Server:
         await self.start()
         return self
@@ -253,27 +275,50 @@ async def run_until_signal(server: Server) -> int:
     """Start ``server`` (unless started) and serve until SIGINT or SIGTERM; return 0.
 
     The first signal drains gracefully (bounded by ``shutdown_grace``); a second one aborts
-    every connection at once.
+    every connection at once. SIGHUP calls :meth:`Server.reload` (one at a time). Under
+    systemd, readiness, reloads and the stop are reported (``sd_notify``).
     """
     loop = asyncio.get_running_loop()
     if not server.started:
         await server.start()
+    systemd.notify("READY=1")
     signals = 0
+    reloading: asyncio.Task[None] | None = None
 
     def on_signal() -> None:
         nonlocal signals
         signals += 1
         if signals == 1:
+            systemd.notify("STOPPING=1")
             server.ctx.log.warning("shutting down (signal again to force)")
             server.shutdown_soon()
         else:
             server.ctx.log.warning("forced shutdown")
             server.abort()
 
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    async def reload() -> None:
+        systemd.notify("RELOADING=1")
         try:
-            loop.add_signal_handler(sig, on_signal)
+            await server.reload()
+        except Exception:  # a reload must never stop the server
+            server.ctx.log.exception("reload failed; serving on with the old settings")
+        finally:
+            systemd.notify("READY=1")
+
+    def on_hangup() -> None:
+        nonlocal reloading
+        if signals or (reloading is not None and not reloading.done()):
+            return
+        reloading = asyncio.ensure_future(reload())
+
+    installed: list[signal.Signals] = []
+    for sig, handler in (
+        (signal.SIGINT, on_signal),
+        (signal.SIGTERM, on_signal),
+        (signal.SIGHUP, on_hangup),
+    ):
+        try:
+            loop.add_signal_handler(sig, handler)
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread
             pass
@@ -282,6 +327,8 @@ async def run_until_signal(server: Server) -> int:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        if reloading is not None and not reloading.done():
+            reloading.cancel()
     return 0
 
 

@@ -7,7 +7,8 @@ cannot be shared by port) run in worker 0 only; files run in every worker (their
 quota live in the file system).
 
 Shutdown: SIGINT/SIGTERM to the parent is forwarded to every worker (each drains within its
-grace period); a second signal kills them. The parent exits with the first non-zero worker
+grace period); a second signal kills them. SIGHUP is forwarded too (each worker reloads).
+The parent exits with the first non-zero worker
 exit code, or 0.
 """
 
@@ -46,6 +47,7 @@ def run_workers(count: int, worker: Callable[[int], int], *, grace: float = 5.0)
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it
                 code = worker(index)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
@@ -69,6 +71,11 @@ def run_workers(count: int, worker: Callable[[int], int], *, grace: float = 5.0)
         if signals == 1:
             signal.alarm(max(1, int(grace + 1.5)))
 
+    def hangup(_signum: int, _frame: object) -> None:
+        for pid in list(pids):  # SIGHUP: every worker reloads (users file, certificate)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     def on_alarm(_signum: int, _frame: object) -> None:
         for pid in list(pids):
             with contextlib.suppress(ProcessLookupError):
@@ -80,6 +87,7 @@ def run_workers(count: int, worker: Callable[[int], int], *, grace: float = 5.0)
             (signal.SIGINT, forward),
             (signal.SIGTERM, forward),
             (signal.SIGALRM, on_alarm),
+            (signal.SIGHUP, hangup),
         )
     }
     result = 0

@@ -1,0 +1,295 @@
+"""``wirecat relay FROM TO``: a bidirectional bridge between two endpoints (socat's job)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from ..app import tls_context
+from ..config import SERVE_LIMITS, TLSConfig
+from ..endpoints import Endpoint, parse_endpoint
+from ..errors import ConfigError, InvalidEndpoint, WirecatError
+from ..runtime.limits import AccessList
+from ..runtime.logs import configure_logging
+from ..runtime.loop import run
+from ..runtime.server import run_until_signal
+from ..services.relay import RelayStats, Target, relay, relay_pair
+from .common import (
+    LOOP_OPTION,
+    die,
+    limit_options,
+    server_settings,
+    tls_connect_kwargs,
+    tls_peer_options,
+    tls_server_options,
+)
+from .exits import exit_code_for, message_for
+
+__all__ = ["relay_command"]
+
+
+def _parse(text: str, what: str) -> Endpoint:
+    try:
+        return parse_endpoint(text, default_host="127.0.0.1")
+    except InvalidEndpoint as exc:
+        die(f"{what}: {exc}", 64)
+
+
+@click.command("relay")
+@click.argument("from_", metavar="FROM")
+@click.argument("to", metavar="TO", required=False)
+@click.option(
+    "--connect-first",
+    is_flag=True,
+    help="Dial FROM instead of listening on it; relay the one pair, then exit.",
+)
+@click.option(
+    "--socks-allow",
+    multiple=True,
+    metavar="CIDR[:PORTS]",
+    help="socks5:// FROM: destinations the SOCKS server may reach (repeatable), e.g. "
+    "10.0.0.0/8:80,443 or [::1/128]:8000-9000. Default: loopback only.",
+)
+@click.option(
+    "--users",
+    "users_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="socks5:// FROM: require RFC 1929 login (password = the user's token).",
+)
+@click.option(
+    "--proxy",
+    default=None,
+    metavar="URL",
+    help="Reach TO through a proxy: socks5://[user:pass@]host:port or http://host:port.",
+)
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(1),
+    default=1024,
+    show_default=True,
+    help="Datagram relays: client sessions at once (one socket to TO each).",
+)
+@click.option(
+    "-t",
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up connecting to TO after this long.",
+)
+@click.option("-v", "--verbose", count=True, help="Print each relay's bytes and duration.")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@limit_options
+@tls_server_options
+@tls_peer_options
+@LOOP_OPTION
+@click.pass_context
+def relay_command(ctx: click.Context, /, **params: Any) -> None:
+    """Relay every peer of FROM to TO, both ways, until both directions end.
+
+    FROM is listened on (tcp, tls, unix, udp, unix+dgram); each peer gets its own
+    connection to TO (tcp, tls, unix, or exec:CMD run per peer; udp/unix+dgram for a
+    datagram FROM, one session per client address). EOF in one direction is passed on
+    as a half-close to the other; a slow side slows the other (backpressure); every
+    limit of `wirecat serve` applies to FROM (--max-conns, --conn-rate, --allow...), and
+    --idle-timeout ends a relay quiet in both directions. With --connect-first both
+    sides are dialled and the one pair is relayed. FROM `-` relays stdin/stdout.
+
+    \b
+    SOCKS5 (RFC 1928/1929): `wirecat relay socks5://HOST:PORT` is a SOCKS server (no TO);
+    it reaches only --socks-allow destinations (default: loopback), never an open proxy.
+
+    \b
+    TLS: a tls:// FROM needs --cert/--key or --self-signed (TLS termination); a tls:// TO
+    is verified like `wirecat connect` (--cafile, --pin, --insecure, --servername).
+
+    \b
+    Examples:
+      wirecat relay tcp://127.0.0.1:9000 tcp://127.0.0.1:7007        # port forward
+      wirecat relay tls://[::]:7443 tcp://127.0.0.1:7070 --self-signed  # add TLS
+      wirecat relay tcp://127.0.0.1:9000 tls://example.org:443        # remove TLS
+      wirecat relay unix:/tmp/app.sock tcp://127.0.0.1:8080 -v
+      wirecat relay udp://127.0.0.1:5353 udp://127.0.0.1:53 --max-sessions 100
+      wirecat relay tcp://127.0.0.1:9000 exec:'cat'                   # ncat -e
+      wirecat relay --connect-first tcp://127.0.0.1:7007 tcp://127.0.0.1:9001
+      wirecat relay socks5://127.0.0.1:1080                       # a SOCKS5 server
+      wirecat relay socks5://127.0.0.1:1080 --socks-allow 10.0.0.0/8:80,443 --users u.toml
+      wirecat relay tcp://127.0.0.1:9000 tcp://10.1.2.3:22 --proxy socks5://127.0.0.1:1080
+    """
+    given = {
+        n
+        for n in params
+        if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
+    socks_from = params["from_"].startswith("socks5://")
+    if params["to"] is None and not socks_from:
+        die("relay needs FROM and TO, e.g. wirecat relay tcp://127.0.0.1:9000 127.0.0.1:7007", 2)
+    if socks_from:
+        if params["to"] is not None:
+            die("a SOCKS server has no TO: clients name their destination", 2)
+        params["to"] = "exec:-"  # unused placeholder
+    configure_logging(params["log_format"], max(params["verbose"], 1) if params["verbose"] else 0)
+    to_text: str = params["to"]
+    to_ep = None if to_text.startswith("exec:") else _parse(to_text, "TO")
+    tls_kwargs: dict[str, Any] = {}
+    if to_ep is not None:
+        tls_kwargs = tls_connect_kwargs(
+            to_ep,
+            cafile=params["cafile"],
+            pin=params["pin"],
+            insecure=params["insecure"],
+            servername=params["servername"],
+            alpn=params["alpn"],
+            client_cert=None,
+            client_key=None,
+        )
+    connect_kwargs: dict[str, Any] = {"timeout": params["timeout"], **tls_kwargs}
+    if params["proxy"]:
+        connect_kwargs["proxy"] = params["proxy"]
+    settings = server_settings(params, given)
+    try:
+        limits = dataclasses.replace(SERVE_LIMITS, **settings["limits"])
+        access = AccessList(settings.get("allow", ()), settings.get("deny", ()))
+    except (ConfigError, ValueError) as exc:
+        die(str(exc), 64)
+    if params["from_"] == "-":
+        _stdio_relay(to_ep, to_text, connect_kwargs, params)
+        return
+    if socks_from:
+        _socks_main(params, limits, access, ended_printer(params))
+        return
+    from_ep = _parse(params["from_"], "FROM")
+
+    ended = ended_printer(params)
+
+    async def main() -> int:
+        if params["connect_first"]:
+            if to_ep is None:
+                die("--connect-first needs an endpoint TO, not exec:", 64)
+            stats = await relay_pair(
+                from_ep,
+                to_ep,
+                idle_timeout=limits.idle_timeout,
+                a_kwargs={"timeout": params["timeout"]},
+                b_kwargs=connect_kwargs,
+            )
+            ended(stats)
+            return 0
+        tls_ctx = None
+        if from_ep.scheme == "tls":
+            tls_ctx, fingerprint = tls_context(TLSConfig(**settings["tls"]))
+            if fingerprint:
+                click.echo(f"wirecat: self-signed certificate {fingerprint}", err=True)
+        elif settings["tls"]:
+            die("--cert/--key/--self-signed need a tls:// FROM", 64)
+        target = Target(endpoint=to_ep, connect_kwargs=connect_kwargs) if to_ep else to_text
+        server = relay(
+            from_ep,
+            target,
+            limits=limits,
+            access=access,
+            tls=tls_ctx,
+            idle_timeout=limits.idle_timeout,
+            max_sessions=params["max_sessions"],
+            on_end=ended,
+        )
+        await server.start()
+        click.echo(f"wirecat: relaying {server.endpoint()} -> {target}", err=True)
+        return await run_until_signal(server)
+
+    try:
+        code = run(main(), loop=params["loop_kind"])
+    except WirecatError as exc:
+        die(message_for(exc), exit_code_for(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)
+
+
+def ended_printer(params: dict[str, Any]) -> Any:
+    def ended(stats: RelayStats) -> None:
+        if params["verbose"]:
+            click.echo(
+                f"wirecat: relay {stats.peer} -> {stats.target} ({stats.reason}): "
+                f"{stats.up} bytes up, {stats.down} bytes down, {stats.duration:.3f} s",
+                err=True,
+            )
+
+    return ended
+
+
+def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: Any) -> None:
+    from ..services.socks import SocksPolicy, socks_server
+
+    ep = _parse("tcp://" + params["from_"].removeprefix("socks5://"), "FROM")
+    try:
+        policy = SocksPolicy(params["socks_allow"]) if params["socks_allow"] else SocksPolicy()
+    except ValueError as exc:
+        die(f"--socks-allow: {exc}", 64)
+    users = None
+    if params["users_file"]:
+        from ..auth import Users
+
+        try:
+            users = Users.load(params["users_file"])
+        except WirecatError as exc:
+            die(message_for(exc), 78)
+
+    async def main() -> int:
+        server = socks_server(
+            ep,
+            policy=policy,
+            users=users,
+            limits=limits,
+            access=access,
+            idle_timeout=limits.idle_timeout,
+            connect_timeout=params["timeout"],
+            on_end=ended,
+        )
+        await server.start()
+        bound = server.endpoint()
+        click.echo(f"wirecat: SOCKS5 server on socks5://{str(bound)[6:]}", err=True)
+        if not ep.is_loopback and not params["socks_allow"]:
+            click.echo("wirecat: destinations: loopback only (widen with --socks-allow)", err=True)
+        return await run_until_signal(server)
+
+    try:
+        code = run(main(), loop=params["loop_kind"])
+    except WirecatError as exc:
+        die(message_for(exc), exit_code_for(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)
+
+
+def _stdio_relay(
+    to_ep: Endpoint | None, to_text: str, connect_kwargs: dict[str, Any], params: dict[str, Any]
+) -> None:
+    from .connect import _connect_main
+
+    if to_ep is None:
+        die("relay - needs an endpoint TO, not exec:", 64)
+    from .common import run_command
+
+    tls = {k: v for k, v in connect_kwargs.items() if k != "timeout"}
+    run_command(
+        _connect_main(
+            to_ep,
+            timeout=connect_kwargs["timeout"],
+            half_close=True,
+            wait=None,
+            crlf=False,
+            verbose=bool(params["verbose"]),
+            tls=tls,
+        ),
+        loop=params["loop_kind"],
+    )

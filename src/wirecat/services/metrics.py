@@ -1,0 +1,181 @@
+"""The metrics service: Prometheus text exposition of a server's counters over HTTP/1.1.
+
+``wirecat serve --metrics tcp://127.0.0.1:9107`` (off by default; loopback unless told
+otherwise). ``GET /metrics`` answers the text format (version 0.0.4) made by
+``prometheus_client`` from the server's own counters (:attr:`ServerContext.metrics`),
+read at scrape time: nothing is counted twice and the hot paths are untouched.
+
+Exposed, all prefixed ``wirecat_``:
+
+- ``connections_open{service}``: stream connections open now, per service (gauge);
+- ``connections_per_source_max``: the most connections one source address holds (gauge);
+- ``<counter>_total``: every counter of the server (``accepted``, ``refused_acl``,
+  ``refused_max_conns``, ``refused_per_source``, ``refused_rate``, ``slow_consumers``,
+  ``idle_timeouts``, ``login_timeouts``, ``handler_errors``, ``tls_handshake_failures``, the
+  services' own such as ``echo_datagrams`` and ``chat_*``, ``files_*``);
+- ``up``: 1.
+
+Labels are bounded: per service, never per peer. With several worker processes each has its
+own counters; the metrics listener runs in the first worker and labels its samples
+``worker="0"``. Bytes in and out are not counted (it would cost work per received chunk).
+
+HTTP is parsed by ``h11`` (RFC 9112): anything but ``GET``/``HEAD`` gets 405, another path
+404, a malformed or oversized request 400; every response closes the connection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+import h11
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from ..endpoints import Endpoint
+from ..runtime.handler import ServerContext, StreamHandler
+from ..runtime.limits import Limits
+from ..runtime.server import Service
+
+__all__ = ["MAX_REQUEST", "MetricsService", "exposition"]
+
+#: Largest request head accepted, in bytes (h11 refuses larger ones before buffering more).
+MAX_REQUEST = 8192
+
+_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+#: What ``generate_latest`` writes: the classic text format.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
+
+
+class _ContextCollector(Collector):
+    def __init__(self, ctx: ServerContext, worker: int) -> None:
+        self.ctx = ctx
+        self.worker = str(worker)
+
+    def collect(self) -> Iterator[Metric]:
+        ctx, worker = self.ctx, self.worker
+        up = GaugeMetricFamily("wirecat_up", "1 while the server runs", labels=["worker"])
+        up.add_metric([worker], 1)
+        yield up
+        open_by_service: Counter[str] = Counter(
+            h.service.name if h.service is not None else "-" for h in ctx.connections
+        )
+        gauge = GaugeMetricFamily(
+            "wirecat_connections_open",
+            "Stream connections open now",
+            labels=["service", "worker"],
+        )
+        for service, n in sorted(open_by_service.items()):
+            gauge.add_metric([service, worker], n)
+        yield gauge
+        top = GaugeMetricFamily(
+            "wirecat_connections_per_source_max",
+            "The most connections one source address holds now",
+            labels=["worker"],
+        )
+        top.add_metric([worker], max(ctx.per_source.values(), default=0))
+        yield top
+        for name, value in sorted(ctx.metrics.items()):
+            family = CounterMetricFamily(
+                f"wirecat_{_NAME.sub('_', name)}", f"wirecat counter {name}", labels=["worker"]
+            )
+            family.add_metric([worker], value)
+            yield family
+
+
+def exposition(ctx: ServerContext, worker: int = 0) -> bytes:
+    """Return ``ctx``'s counters in the Prometheus text format (version 0.0.4), UTF-8."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ContextCollector(ctx, worker))
+    return generate_latest(registry)
+
+
+class _MetricsHandler(StreamHandler):
+    def __init__(self, ctx: ServerContext, service: MetricsService) -> None:
+        super().__init__(ctx, service)
+        self.worker = service.worker
+        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
+
+    def on_data(self, data: bytes) -> None:
+        self.http.receive_data(data)
+        self._advance()
+
+    def on_eof(self) -> bool:
+        self.http.receive_data(b"")
+        self._advance()
+        return False
+
+    def _advance(self) -> None:
+        try:
+            event = self.http.next_event()
+        except h11.RemoteProtocolError:
+            self._respond(400, b"bad request\n")
+            return
+        if isinstance(event, h11.Request):
+            if event.method not in (b"GET", b"HEAD"):
+                self._respond(405, b"method not allowed\n", head=False, allow=True)
+            elif event.target.split(b"?", 1)[0] != b"/metrics":
+                self._respond(404, b"not found: try /metrics\n", head=event.method == b"HEAD")
+            else:
+                body = exposition(self.ctx, self.worker)
+                self._respond(200, body, head=event.method == b"HEAD", metrics=True)
+
+    def _respond(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        head: bool = False,
+        allow: bool = False,
+        metrics: bool = False,
+    ) -> None:
+        if self.closing:
+            return
+        ctype = CONTENT_TYPE if metrics else "text/plain; charset=utf-8"
+        headers = [
+            ("content-type", ctype),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+            ("x-content-type-options", "nosniff"),
+        ]
+        if allow:
+            headers.append(("allow", "GET, HEAD"))
+        try:
+            response = h11.Response(status_code=status, headers=headers, reason=_REASONS[status])
+            out = self.http.send(response) or b""
+            if not head:
+                out += self.http.send(h11.Data(data=body)) or b""
+            out += self.http.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:  # e.g. the request was never complete: answer raw
+            reason = _REASONS[status].decode()
+            out = f"HTTP/1.1 {status} {reason}\r\nconnection: close\r\n\r\n".encode()
+        self.write(out)
+        self.close("answered")
+
+
+class MetricsService(Service):
+    """Serve ``GET /metrics`` (Prometheus text format) for the server it runs in.
+
+    Args:
+        endpoints: stream endpoints (tcp, tls, unix); keep them on loopback or a private
+            network: the counters tell about the server's load.
+        worker: the worker process index, as the ``worker`` label.
+        limits: per-service limits (default: the server's, with a 10 s idle timeout).
+    """
+
+    name = "metrics"
+    accepts_proxy = False
+
+    def __init__(
+        self, endpoints: Sequence[Endpoint], *, worker: int = 0, limits: Limits | None = None
+    ) -> None:
+        super().__init__(endpoints, limits=limits)
+        self.worker = worker
+
+    def stream_handler(self, ctx: ServerContext) -> StreamHandler:
+        return _MetricsHandler(ctx, self)

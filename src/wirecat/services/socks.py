@@ -1,0 +1,286 @@
+"""A SOCKS5 server (RFC 1928 CONNECT; RFC 1929 username/password): ``wirecat relay
+socks5://127.0.0.1:1080``.
+
+Safe by default: it listens where told (loopback in every example), and a destination
+policy (:class:`SocksPolicy`, ``--socks-allow CIDR[:PORTS]``) decides where it may connect:
+by default only loopback destinations, so it is never an open proxy. Names are resolved by
+the server and the *resolved* address is checked, so a name cannot smuggle a connection to
+a denied network. Refusals are answered with the RFC's reply code and logged.
+
+With a users file, clients must authenticate (RFC 1929: the password is the user's token),
+checked with the same constant-time, rate-limited login as chat and files. The negotiation
+must finish within ``limits.handshake_timeout`` seconds; then the tunnel is a relay
+(:func:`wirecat.services.relay.bridge`): half-close, backpressure and the idle timeout apply,
+and bytes the client sent right after its request are forwarded first, never lost.
+
+UDP ASSOCIATE and BIND are answered "command not supported" (0x07).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..endpoints import Endpoint, parse_endpoint
+from ..errors import (
+    ConnectionClosed,
+    ConnectionRefused,
+    LimitExceeded,
+    NetworkError,
+    ProtocolError,
+    WirecatError,
+    WirecatTimeout,
+)
+from ..protocols import socks
+from ..runtime.connection import Connection, connect
+from ..runtime.handler import ServerContext
+from ..runtime.limits import AccessList, Limits
+from ..runtime.server import HandlerService, Server
+from .relay import RelayStats, bridge
+
+if TYPE_CHECKING:
+    from ..auth import AuthFailures, Users
+
+__all__ = ["SocksPolicy", "socks_server"]
+
+_MAX_NEGOTIATION = 1024  # bytes: greeting + auth + request never need more
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    ports: tuple[tuple[int, int], ...]  # inclusive ranges; () means any port
+
+    def matches(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+        if ip.version != self.network.version or ip not in self.network:
+            return False
+        return not self.ports or any(lo <= port <= hi for lo, hi in self.ports)
+
+
+def _ports(text: str, rule: str) -> tuple[tuple[int, int], ...]:
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"invalid ports in {rule!r}: expected e.g. 80,443,8000-9000") from None
+        if not 0 <= a <= b <= 65535:
+            raise ValueError(f"invalid port range {part!r} in {rule!r}")
+        out.append((a, b))
+    return tuple(out)
+
+
+def _rule(text: str) -> _Rule:
+    text = text.strip()
+    ports: tuple[tuple[int, int], ...] = ()
+    if text.startswith("["):  # [2001:db8::/32]:443
+        net, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"invalid rule {text!r}: expected [CIDR]:PORTS")
+            ports = _ports(rest[1:], text)
+    elif text.count(":") == 1:  # 10.0.0.0/8:80,443
+        net, port_text = text.split(":")
+        ports = _ports(port_text, text)
+    else:
+        net = text
+    try:
+        network = ipaddress.ip_network(net, strict=False)
+    except ValueError:
+        raise ValueError(f"invalid network in {text!r}: expected CIDR[:PORTS]") from None
+    return _Rule(network, ports)
+
+
+class SocksPolicy:
+    """Where the SOCKS server may connect: ``CIDR[:PORTS]`` rules (any matches: allowed).
+
+    Args:
+        allow: rules like ``127.0.0.0/8``, ``10.0.0.0/8:80,443``, ``[::1/128]:8000-9000``.
+            Default: loopback only (``127.0.0.0/8`` and ``::1``).
+
+    Raises:
+        ValueError: a rule does not parse.
+    """
+
+    def __init__(self, allow: Sequence[str] = ("127.0.0.0/8", "::1/128")) -> None:
+        self.rules = [_rule(r) for r in allow]
+
+    def permits(self, host: str, port: int) -> bool:
+        """Whether a connection to the IP ``host``, port ``port`` is allowed."""
+        try:
+            ip = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(rule.matches(ip, port) for rule in self.rules)
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+async def _negotiate(
+    conn: Connection,
+    buf: bytearray,
+    users: Users | None,
+    failures: AuthFailures | None,
+    ctx: ServerContext,
+) -> socks.Request:
+    async def need(parse: Callable[[bytearray], Any]) -> Any:
+        while True:
+            parsed = parse(buf)
+            if parsed is not None:
+                del buf[: parsed[-1]]
+                return parsed
+            if len(buf) >= _MAX_NEGOTIATION:
+                raise LimitExceeded("SOCKS negotiation too long", limit=_MAX_NEGOTIATION)
+            data = await conn.recv(_MAX_NEGOTIATION)
+            if not data:
+                raise ConnectionClosed("client left during the SOCKS negotiation")
+            buf.extend(data)
+
+    methods, _ = await need(socks.parse_methods)
+    wanted = socks.METHOD_USERPASS if users is not None else socks.METHOD_NONE
+    if wanted not in methods:
+        await conn.send(socks.build_method(socks.METHOD_NO_ACCEPTABLE))
+        raise _Refused(-1, "no acceptable authentication method")
+    await conn.send(socks.build_method(wanted))
+    if users is not None:
+        from ..auth import audit_login
+
+        name, password, _ = await need(socks.parse_userpass)
+        source = conn.peer_address.rsplit(":", 1)[0].strip("[]")
+        now = time.monotonic()
+        user = None
+        if failures is None or not failures.blocked(source, now):
+            user = await users.averify(name, password)
+        if user is None:
+            if failures is not None:
+                failures.failed(source, time.monotonic())
+            audit_login(ctx.log, ctx.metrics, name, refused="auth_failed", how="socks")
+            await conn.send(socks.build_userpass_status(False))
+            raise _Refused(-1, f"authentication failed for {name!r}")
+        audit_login(ctx.log, ctx.metrics, name, how="socks")
+        await conn.send(socks.build_userpass_status(True))
+    request, _ = await need(socks.parse_request)
+    return request  # type: ignore[no-any-return]
+
+
+def socks_server(
+    endpoints: str | Endpoint | Sequence[str | Endpoint],
+    *,
+    policy: SocksPolicy | None = None,
+    users: Users | None = None,
+    auth_failures: AuthFailures | None = None,
+    limits: Limits | None = None,
+    access: AccessList | None = None,
+    tls: Any = None,
+    idle_timeout: float | None = 300.0,
+    connect_timeout: float = 10.0,
+    on_end: Callable[[RelayStats], None] | None = None,
+) -> Server:
+    """A SOCKS5 server on ``endpoints`` (not started: use ``async with``).
+
+    Args:
+        endpoints: where to listen (stream endpoints; keep them private).
+        policy: allowed destinations (default: loopback only).
+        users: require RFC 1929 authentication against this users file.
+        auth_failures: the failed-login limiter (shared with other services).
+        limits: limits of the listening side; ``handshake_timeout`` bounds the negotiation.
+        access: allow/deny rules for clients.
+        tls: a server ``SSLContext`` for ``tls://`` endpoints (SOCKS over TLS).
+        idle_timeout: end a tunnel after this many seconds with no byte either way.
+        connect_timeout: seconds allowed to reach a destination.
+        on_end: called with each tunnel's :class:`RelayStats`.
+    """
+    raw = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
+    eps = [parse_endpoint(e) if isinstance(e, str) else e for e in raw]
+    policy = policy or SocksPolicy()
+    base = limits or Limits()
+    lim = dataclasses.replace(base, idle_timeout=None)
+    ctx = ServerContext(lim, access=access)
+    if users is not None and auth_failures is None:
+        from ..auth import AuthFailures
+
+        auth_failures = AuthFailures()
+
+    async def handler(conn: Connection) -> None:
+        buf = bytearray()
+        stats = RelayStats(peer=conn.peer_address)
+        try:
+            async with asyncio.timeout(lim.handshake_timeout):
+                request = await _negotiate(conn, buf, users, auth_failures, ctx)
+                out = await _open(request)
+        except _Refused as refusal:
+            ctx.metrics["socks_refused"] += 1
+            ctx.log.warning(
+                "socks: refused %s: %s",
+                conn.peer_address,
+                refusal,
+                extra={"event": "refused", "reason": "socks"},
+            )
+            if refusal.code >= 0:
+                await conn.send(socks.build_reply(refusal.code))
+            return
+        except ProtocolError as exc:
+            ctx.metrics["socks_bad_requests"] += 1
+            ctx.log.info("socks: bad request from %s: %s", conn.peer_address, exc)
+            code = 0x08 if "address type" in str(exc) else 0x01
+            if "greeting" not in str(exc) and "methods" not in str(exc):
+                await conn.send(socks.build_reply(code))
+            return
+        except (TimeoutError, ConnectionClosed):
+            ctx.metrics["socks_incomplete"] += 1
+            return
+        async with out:
+            host, _, port = out.local_address.rpartition(":")
+            await conn.send(socks.build_reply(0, host.strip("[]"), int(port)))
+            if buf:  # sent right after the request: forwarded first
+                await out.send(bytes(buf))
+                stats.up += len(buf)
+            stats.target = f"{request.host}:{request.port}"
+            await bridge(conn, out, idle_timeout=idle_timeout, stats=stats)
+        ctx.metrics["socks_tunnels"] += 1
+        if on_end is not None:
+            on_end(stats)
+
+    async def _open(request: socks.Request) -> Connection:
+        if request.command != socks.CMD_CONNECT:
+            raise _Refused(0x07, f"command {request.command} not supported")
+        host = request.host
+        if request.atyp == socks.ATYP_DOMAIN:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, request.port, type=socket.SOCK_STREAM
+                )
+            except OSError:
+                raise _Refused(0x04, f"cannot resolve {host!r}") from None
+            addresses = [info[4][0] for info in infos]
+        else:
+            addresses = [host]
+        allowed = [a for a in addresses if policy.permits(str(a), request.port)]
+        if not allowed:
+            raise _Refused(0x02, f"destination {host}:{request.port} not allowed by policy")
+        ip = str(allowed[0])
+        target = f"tcp://[{ip}]:{request.port}" if ":" in ip else f"tcp://{ip}:{request.port}"
+        try:
+            return await connect(target, timeout=connect_timeout)
+        except ConnectionRefused:
+            raise _Refused(0x05, f"{target} refused the connection") from None
+        except WirecatTimeout:
+            raise _Refused(0x04, f"{target} did not answer in time") from None
+        except (NetworkError, WirecatError) as exc:
+            raise _Refused(0x04 if "reach" in str(exc) else 0x01, str(exc)) from None
+
+    service = HandlerService(eps, handler, name="socks")
+    return Server([service], ctx=ctx, tls=tls)

@@ -1,0 +1,350 @@
+"""wirecat relay: both directions, half-close, backpressure, limits, UDP sessions, real peers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+import wirecat
+from _peers import peer
+from helpers import scaled, wait_for
+from wirecat.runtime.limits import Limits
+from wirecat.services.relay import RelayStats, bridge, relay
+
+T = scaled(10)
+
+
+async def _echo(conn: wirecat.Connection) -> None:
+    while data := await conn.recv():
+        await conn.send(data)
+    await conn.send_eof()
+
+
+async def test_relay_forwards_both_ways_and_reports() -> None:
+    ended: list[RelayStats] = []
+    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+        server = relay("tcp://127.0.0.1:0", target.endpoint(), on_end=ended.append)
+        async with server, wirecat.connect(server.endpoint(), timeout=T) as conn:
+            await conn.send(b"hello\n")
+            assert await conn.recv_line(timeout=T) == b"hello\n"
+            await conn.send_eof()
+            assert await conn.recv(timeout=T) == b""  # the target's EOF came through
+        await wait_for(lambda: len(ended) == 1, T)
+    assert (ended[0].up, ended[0].down, ended[0].reason) == (6, 6, "both closed")
+
+
+async def test_half_close_each_direction() -> None:
+    # Client -> target first: the target reads to EOF, then answers and closes.
+    async def answer_after_eof(conn: wirecat.Connection) -> None:
+        got = b""
+        while data := await conn.recv():
+            got += data
+        await conn.send(b"got %d\n" % len(got))
+        await conn.send_eof()
+
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", answer_after_eof) as target,
+        relay("tcp://127.0.0.1:0", target.endpoint()) as server,
+        wirecat.connect(server.endpoint(), timeout=T) as conn,
+    ):
+        await conn.send(b"x" * 100_000)
+        await conn.send_eof()
+        assert await conn.recv_line(timeout=T) == b"got 100000\n"
+        assert await conn.recv(timeout=T) == b""
+
+    # Target -> client first: the target says goodbye and half-closes; the client still
+    # sends afterwards and the target still reads it.
+    heard = asyncio.get_running_loop().create_future()
+
+    async def speak_first(conn: wirecat.Connection) -> None:
+        await conn.send(b"bye\n")
+        await conn.send_eof()
+        heard.set_result(await conn.recv_line(timeout=T))
+
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", speak_first) as target,
+        relay("tcp://127.0.0.1:0", target.endpoint()) as server,
+        wirecat.connect(server.endpoint(), timeout=T) as conn,
+    ):
+        assert await conn.recv_line(timeout=T) == b"bye\n"
+        assert await conn.recv(timeout=T) == b""
+        await conn.send(b"after your eof\n")
+        assert await asyncio.wait_for(heard, T) == b"after your eof\n"
+
+
+@pytest.mark.async_timeout(60)
+async def test_a_large_stream_arrives_byte_exact() -> None:
+    size = 64 * 1024 * 1024
+    block = os.urandom(1024 * 1024)
+    digest = hashlib.sha256(block * (size // len(block))).hexdigest()
+    got = hashlib.sha256()
+    count = 0
+
+    async def sink(conn: wirecat.Connection) -> None:
+        nonlocal count
+        while data := await conn.recv():
+            got.update(data)
+            count += len(data)
+        await conn.send(b"done\n")
+
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", sink) as target,
+        relay("tcp://127.0.0.1:0", target.endpoint()) as server,
+        wirecat.connect(server.endpoint(), timeout=T) as conn,
+    ):
+        for _ in range(size // len(block)):
+            await conn.send(block)
+        await conn.send_eof()
+        assert await conn.recv_line(timeout=scaled(30)) == b"done\n"
+    assert count == size and got.hexdigest() == digest
+
+
+async def test_backpressure_stops_a_fast_sender() -> None:
+    gate = asyncio.Event()
+    received = 0
+
+    async def slow(conn: wirecat.Connection) -> None:
+        nonlocal received
+        await gate.wait()
+        while data := await conn.recv():
+            received += len(data)
+
+    size = 32 * 1024 * 1024
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", slow) as target,
+        relay("tcp://127.0.0.1:0", target.endpoint()) as server,
+        wirecat.connect(server.endpoint(), timeout=T) as conn,
+    ):
+        sending = asyncio.ensure_future(conn.send(b"z" * size))
+        done, _ = await asyncio.wait({sending}, timeout=scaled(0.5))
+        assert not done  # held back: the target does not read, nothing grows
+        held = sum(h.transport.get_write_buffer_size() for h in server.ctx.connections)
+        assert held <= 1024 * 1024
+        gate.set()
+        await asyncio.wait_for(sending, T)
+        await conn.send_eof()
+        await wait_for(lambda: received == size, T)
+
+
+async def test_relay_applies_the_server_limits() -> None:
+    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+        limits = Limits(max_conns_per_source=1)
+        async with (
+            relay("tcp://127.0.0.1:0", target.endpoint(), limits=limits) as server,
+            wirecat.connect(server.endpoint(), timeout=T) as first,
+        ):
+            await first.send(b"1\n")
+            assert await first.recv_line(timeout=T) == b"1\n"
+            async with wirecat.connect(server.endpoint(), timeout=T) as second:
+                assert b"too many connections" in await second.recv_line(timeout=T)
+
+
+async def test_idle_relays_end() -> None:
+    ended: list[RelayStats] = []
+    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+        server = relay(
+            "tcp://127.0.0.1:0", target.endpoint(), idle_timeout=scaled(0.2), on_end=ended.append
+        )
+        async with server, wirecat.connect(server.endpoint(), timeout=T) as conn:
+            await conn.send(b"once\n")
+            assert await conn.recv_line(timeout=T) == b"once\n"
+            await wait_for(lambda: ended, T)
+    assert ended[0].reason == "idle timeout"
+
+
+async def test_exec_target() -> None:
+    async with (
+        relay("tcp://127.0.0.1:0", "exec:tr a-z A-Z") as server,
+        wirecat.connect(server.endpoint(), timeout=T) as conn,
+    ):
+        await conn.send(b"shout\n")
+        await conn.send_eof()
+        assert await conn.recv(timeout=T) == b"SHOUT\n"
+
+
+async def test_tls_termination() -> None:
+    from wirecat.runtime.tls import self_signed, server_context
+
+    made = self_signed()
+    tls = server_context(made.cert_pem, made.key_pem)
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        relay("tls://127.0.0.1:0", target.endpoint(), tls=tls) as server,
+    ):
+        ep = server.endpoint()
+        async with wirecat.connect(ep, pin=made.fingerprint, timeout=T) as conn:
+            await conn.send(b"in clear behind\n")
+            assert await conn.recv_line(timeout=T) == b"in clear behind\n"
+
+
+async def test_bridge_reports_a_reset() -> None:
+    async def reset(conn: wirecat.Connection) -> None:
+        conn.transport.abort()
+
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", reset) as a,
+        wirecat.listen("tcp://127.0.0.1:0", _echo) as b,
+    ):
+        ca = await wirecat.connect(a.endpoint(), timeout=T)
+        cb = await wirecat.connect(b.endpoint(), timeout=T)
+        stats = await asyncio.wait_for(bridge(ca, cb), T)
+        assert stats.reason in ("reset", "both closed")
+        await ca.aclose()
+        await cb.aclose()
+
+
+# -- datagrams --------------------------------------------------------------------------------
+class _UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.transport.sendto(b"re:" + data, addr)
+
+
+async def test_udp_relay_keeps_sessions_apart_and_caps_them() -> None:
+    loop = asyncio.get_running_loop()
+    echo_t, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=("127.0.0.1", 0))
+    port = echo_t.get_extra_info("sockname")[1]
+    try:
+        server = relay("udp://127.0.0.1:0", f"udp://127.0.0.1:{port}", max_sessions=3)
+        async with server:
+            clients = [
+                await wirecat.connect_datagram(server.endpoint(), timeout=T) for _ in range(5)
+            ]
+            try:
+                for i, c in enumerate(clients[:3]):
+                    await c.send(b"client %d" % i)
+                for i, c in enumerate(clients[:3]):
+                    assert await c.recv(timeout=T) == b"re:client %d" % i  # its own reply
+                for c in clients[3:]:  # beyond the cap: dropped, counted
+                    await c.send(b"flood")
+                await wait_for(lambda: server.ctx.metrics["relay_sessions_refused"] == 2, T)
+                await clients[0].send(b"again")
+                assert await clients[0].recv(timeout=T) == b"re:again"
+            finally:
+                for c in clients:
+                    await c.aclose()
+    finally:
+        echo_t.close()
+
+
+# -- the command, with real peers -------------------------------------------------------------
+@contextmanager
+def wirecat_relay(*args: str) -> Iterator[tuple[str, int]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wirecat", "relay", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        m = re.search(r"relaying \S+://(\S+):(\d+) ->", line)
+        assert m, line
+        yield m.group(1).strip("[]"), int(m.group(2))
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=T)
+
+
+@pytest.mark.interop
+def test_nc_through_wirecat_relay_to_socat() -> None:
+    # socat as the target (an echo that honours half-close), nc as the client.
+    socat = subprocess.Popen(
+        [peer("socat"), "-d", "-d", "TCP-LISTEN:0,bind=127.0.0.1,reuseaddr", "EXEC:cat"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert socat.stderr is not None
+        line = socat.stderr.readline()  # "... listening on AF=2 127.0.0.1:PORT"
+        port = int(re.search(r"listening on .*:(\d+)", line).group(1))  # type: ignore[union-attr]
+        with wirecat_relay("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}") as (host, rport):
+            data = os.urandom(1 << 20)
+            out = subprocess.run(
+                [peer("nc"), "-N", host, str(rport)], input=data, capture_output=True, timeout=T
+            )
+            assert out.stdout == data
+    finally:
+        socat.kill()
+        socat.communicate(timeout=T)
+
+
+@pytest.mark.interop
+def test_nc_udp_through_wirecat_relay() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as target:
+        target.bind(("127.0.0.1", 0))
+        target.settimeout(T)
+        tport = target.getsockname()[1]
+        with wirecat_relay("udp://127.0.0.1:0", f"udp://127.0.0.1:{tport}") as (host, rport):
+            nc = subprocess.Popen(
+                [peer("nc"), "-u", host, str(rport)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            try:
+                assert nc.stdin is not None and nc.stdout is not None
+                nc.stdin.write(b"ping\n")
+                nc.stdin.flush()
+                data, addr = target.recvfrom(100)
+                assert data == b"ping\n"
+                target.sendto(b"pong\n", addr)
+                assert nc.stdout.readline() == b"pong\n"
+            finally:
+                nc.kill()
+                nc.communicate(timeout=T)
+
+
+def test_connect_first_dials_both() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as a, socket.create_server(("127.0.0.1", 0)) as b:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "wirecat", "relay", "--connect-first", "-v"),
+                f"tcp://127.0.0.1:{a.getsockname()[1]}",
+                f"tcp://127.0.0.1:{b.getsockname()[1]}",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        a.settimeout(T)
+        b.settimeout(T)
+        ca, _ = a.accept()
+        cb, _ = b.accept()
+        with ca, cb:
+            ca.sendall(b"from a\n")
+            assert cb.recv(100) == b"from a\n"
+            cb.sendall(b"from b\n")
+            assert ca.recv(100) == b"from b\n"
+            ca.shutdown(socket.SHUT_WR)
+            assert cb.recv(100) == b""
+            cb.shutdown(socket.SHUT_WR)
+        _, err = proc.communicate(timeout=T)
+        assert proc.returncode == 0 and "7 bytes up, 7 bytes down" in err
+
+
+def test_relay_usage_errors() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "wirecat", "relay", *args], capture_output=True, text=True
+        )
+
+    r = run("udp://127.0.0.1:0", "tcp://127.0.0.1:9")
+    assert r.returncode == 64 and "datagram" in r.stderr
+    r = run("tcp://127.0.0.1:0", "tcp:/127.0.0.1:9")
+    assert r.returncode == 64 and "write tcp://127.0.0.1:9" in r.stderr
+    r = run("tls://127.0.0.1:0", "tcp://127.0.0.1:9")
+    assert r.returncode == 78 and "certificate" in r.stderr
+    assert "Traceback" not in r.stderr
