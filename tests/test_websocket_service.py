@@ -441,3 +441,29 @@ def test_config_web_defaults_follow_chat() -> None:
     assert config.websocket.allow_origin == ("https://a.example",)
     with pytest.raises(wirecat.ConfigError):
         ServeConfig.from_mapping({"websocket": {"max_message": 0}})
+
+
+@pytest.mark.loops("asyncio")
+async def test_wirecat_connect_cli_against_a_websockets_server() -> None:
+    """``wirecat connect ws://``: stdin lines become text messages, messages print as lines."""
+    import sys
+
+    async def handler(conn: Any) -> None:
+        async for message in conn:
+            await conn.send(f"got {message}")
+
+    async with ws_serve(handler, "127.0.0.1", 0) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "wirecat",
+            "connect",
+            f"ws://127.0.0.1:{port}/",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(b"one\ntwo\n"), scaled(20))
+        assert proc.returncode == 0, err
+        assert out == b"got one\ngot two\n"
