@@ -467,3 +467,18 @@ async def test_wirecat_connect_cli_against_a_websockets_server() -> None:
         out, err = await asyncio.wait_for(proc.communicate(b"one\ntwo\n"), scaled(20))
         assert proc.returncode == 0, err
         assert out == b"got one\ngot two\n"
+
+
+async def test_frames_sent_with_the_upgrade_request_are_answered_after_the_101() -> None:
+    async with _server() as server:
+        ep = server.endpoint("echo")
+        reader, writer = await asyncio.open_connection("127.0.0.1", ep.port)
+        client = WebSocket.client(f"ws://127.0.0.1:{ep.port}/")
+        request = b"".join(client.data_to_send())
+        frame = b"\x81\x82\x00\x00\x00\x00hi"  # sent before the 101 arrived
+        writer.write(request + frame)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), T)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert await asyncio.wait_for(reader.readexactly(4), T) == b"\x81\x02hi"
+        writer.close()
+        await writer.wait_closed()

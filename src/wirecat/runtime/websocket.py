@@ -413,6 +413,7 @@ class WebSocketHandler(StreamHandler):
             ws.reject(*refusal)
             return
         response = ws.accept(request)
+        self._ws_flush()  # the 101 goes out before any answer to frames that came with it
         if response.status_code != 101:
             self.ctx.metrics["ws_handshake_failures"] += 1
             self.log.info(

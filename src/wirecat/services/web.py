@@ -178,6 +178,8 @@ class WebHandler(WebSocketHandler, ChatHandler):
             h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD
         )
         self._upgrade_req: h11.Request | None = None
+        self._head_bytes = 0  # bytes received toward the current request head
+        self._in_request = False  # a request head was parsed, its response not sent yet
 
     # -- WebSocket ---------------------------------------------------------------------------
     def on_open(self) -> None:
@@ -201,6 +203,12 @@ class WebHandler(WebSocketHandler, ChatHandler):
         conn = self.http
         if conn is None:
             return
+        if not self._in_request:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_REQUEST_HEAD + 4 and conn.their_state is h11.IDLE:
+                self.ctx.metrics["http_bad_requests"] += 1  # h11 takes a complete huge head
+                self._error(431, "request head too large", close=True)
+                return
         try:
             conn.receive_data(data)
         except RuntimeError:  # data after the connection was closed by us
@@ -232,10 +240,11 @@ class WebHandler(WebSocketHandler, ChatHandler):
                     self._switch(conn)
                 return
             if isinstance(ev, h11.Request):
+                self._in_request = True
                 self._request(ev)
             elif isinstance(ev, h11.EndOfMessage):
                 if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()  # keep-alive: the next request
+                    self._next_cycle(conn)
             elif isinstance(ev, h11.ConnectionClosed):
                 self.close("http closed")
                 return
@@ -316,7 +325,13 @@ class WebHandler(WebSocketHandler, ChatHandler):
         if close or conn.our_state is h11.MUST_CLOSE:
             self.close("http done")
         elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
+            self._next_cycle(conn)
+
+    def _next_cycle(self, conn: h11.Connection) -> None:
+        """Keep-alive: get ready for the next request on this connection."""
+        conn.start_next_cycle()
+        self._in_request = False
+        self._head_bytes = len(conn.trailing_data[0])
 
     def _error(
         self,
