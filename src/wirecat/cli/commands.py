@@ -9,6 +9,7 @@ from .chat import chat_command
 from .connect import connect_command
 from .files import get_command, ls_command, send_command
 from .listen import listen_command
+from .probe import ping_command, scan_command
 from .relay import relay_command
 from .serve import serve_command
 from .users import users_command
@@ -23,5 +24,7 @@ COMMANDS: list[click.Command] = [
     get_command,
     ls_command,
     bench_command,
+    scan_command,
+    ping_command,
     users_command,
 ]

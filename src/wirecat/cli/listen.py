@@ -7,15 +7,24 @@ import contextlib
 import shlex
 import shutil
 import signal
+from typing import Any, cast
 
 import click
 
 from ..endpoints import Endpoint
 from ..errors import ConnectionClosed, InvalidEndpoint, NetworkError
-from ..runtime.connection import Connection, open_connection_listener
+from ..runtime.connection import Connection, DatagramConnection, open_connection_listener
+from ..runtime.handler import format_address
 from ..runtime.loop import LoopKind
 from ..runtime.process import bridge_process
-from ..runtime.stdio import BridgeResult, Fanout, bridge_stream, open_stdin, open_stdout
+from ..runtime.stdio import (
+    BridgeResult,
+    Fanout,
+    bridge_datagram,
+    bridge_stream,
+    open_stdin,
+    open_stdout,
+)
 from .common import LOOP_OPTION, die, run_command
 from .connect import EXIT_BAD_ENDPOINT, endpoint_argument
 
@@ -39,8 +48,16 @@ async def _listen_main(
     crlf: bool,
     verbose: bool,
 ) -> int:
+    if ep.is_datagram:
+        if command is not None:
+            raise InvalidEndpoint("--exec needs a stream endpoint (tcp, unix), not datagrams")
+        return await _listen_datagram(
+            ep, keep_open=keep_open, wait=wait, crlf=crlf, verbose=verbose
+        )
     if not ep.is_stream or ep.scheme not in ("tcp", "unix"):
-        raise InvalidEndpoint(f"listen supports tcp and unix endpoints, not {ep.scheme}: {ep}")
+        raise InvalidEndpoint(
+            f"listen supports tcp, unix, udp and unix+dgram endpoints, not {ep.scheme}: {ep}"
+        )
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[int] = loop.create_future()
     claimed = False
@@ -167,6 +184,68 @@ async def _listen_main(
             await stdout.aclose()
 
 
+class _BoundPeer(asyncio.DatagramProtocol):
+    """A bound datagram socket seen as a connection to one peer (``nc -u -l``): the first
+    sender is the peer; with ``keep_open`` every sender is heard and replies go to the
+    latest. Sends wait until a peer is known. At most ``max_queue`` datagrams wait unread."""
+
+    def __init__(self, keep_open: bool, verbose: bool, max_queue: int = 1024) -> None:
+        self.keep_open = keep_open
+        self.verbose = verbose
+        self.max_queue = max_queue
+        self.peer: Any = None
+        self.known = asyncio.Event()
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(max_queue)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.ignored = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.peer is None or (self.keep_open and addr != self.peer):
+            if self.verbose and addr != self.peer:
+                _say(f"datagrams from {format_address(addr)}")
+            self.peer = addr
+            self.known.set()
+        elif addr != self.peer:
+            self.ignored += 1  # one-peer mode: others are not heard, as with nc -u -l
+            return
+        if not self.queue.full():
+            self.queue.put_nowait(data)
+
+    async def send(self, data: bytes) -> None:
+        await self.known.wait()
+        assert self.transport is not None
+        self.transport.sendto(data, self.peer)
+
+    async def recv(self) -> bytes:
+        return await self.queue.get()
+
+
+async def _listen_datagram(
+    ep: Endpoint, *, keep_open: bool, wait: float | None, crlf: bool, verbose: bool
+) -> int:
+    from ..runtime.listeners import open_datagram_listener
+
+    proto = _BoundPeer(keep_open, verbose)
+    listener = await open_datagram_listener(ep, lambda: proto)
+    stdin = await open_stdin()
+    stdout = await open_stdout()
+    try:
+        _say(f"listening on {listener.endpoint}")
+        result = await bridge_datagram(
+            cast(DatagramConnection, proto), stdin, stdout, wait=wait, crlf=crlf
+        )
+        if verbose:
+            _say(f"{result.reason}; sent {result.sent} bytes, received {result.received} bytes")
+        return 0
+    finally:
+        listener.close()
+        stdin.close()
+        await stdout.aclose()
+
+
 @click.command("listen")
 @click.argument("endpoint", metavar="ENDPOINT")
 @click.option(
@@ -221,7 +300,11 @@ def listen_command(
 ) -> None:
     """Listen on ENDPOINT; bridge the first peer to stdin/stdout, then exit when it closes.
 
-    ENDPOINT is tcp://HOST:PORT, HOST:PORT, :PORT or PORT (on 127.0.0.1), or unix:/PATH.
+    ENDPOINT is tcp://HOST:PORT, HOST:PORT, :PORT or PORT (on 127.0.0.1), unix:/PATH, or
+    udp://HOST:PORT / unix+dgram:/PATH for datagrams (as `nc -u -l`: the first sender is
+    the peer, each datagram it sends goes to stdout, each stdin line goes back to it as one
+    datagram; with -k every sender is heard and replies go to the latest; after stdin ends,
+    replies are printed for --wait seconds, or until Ctrl-C).
     Port 0 picks a free port. The line `listening on ENDPOINT` (with the real port) is
     printed on stderr once the socket is open.
 
@@ -251,6 +334,7 @@ def listen_command(
       wirecat listen -k --exec 'cat' tcp://127.0.0.1:0  # an echo server per peer
       wirecat listen -k --sh-exec 'date; uname -a' 9000
       wirecat listen unix:/tmp/debug.sock
+      wirecat listen udp://127.0.0.1:9000               # like nc -u -l
     """
     if exec_cmd is not None and sh_cmd is not None:
         raise click.UsageError("use either --exec or --sh-exec, not both")
