@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -37,11 +38,13 @@ def free_port() -> int:
 
 
 def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """Wait until something listens on ``port`` (read from ``ss``: a probe connection would
+    reach iperf3's server through a relay and hold it busy)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        out = subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout
+        if re.search(rf":{port}\b", out):
+            return
         time.sleep(0.02)  # a benchmark's start-up poll, bounded
     raise RuntimeError(f"nothing listens on {port}")
 
