@@ -7,6 +7,8 @@
     ├── ConfigError                  (also ValueError) a server setting is invalid (``field``)
     │   └── TLSError                 a TLS certificate, key, CA file or pin cannot be used
     ├── ConcurrencyError             two coroutines read one connection at once (a caller bug)
+    ├── ChatError                    a chat command was refused (``code``, ``reason``)
+    │   └── ChatRefused              the chat server refused the login (nick taken, bad token)
     ├── ProtocolError                the bytes on the wire break a protocol's rules
     │   ├── LocalProtocolError       we were asked to send something the protocol forbids
     │   ├── RemoteProtocolError      the peer sent something the protocol forbids
@@ -44,6 +46,8 @@ import errno
 
 __all__ = [
     "AddressInUse",
+    "ChatError",
+    "ChatRefused",
     "ConcurrencyError",
     "ConfigError",
     "ConnectError",
@@ -102,6 +106,37 @@ class TLSError(ConfigError):
 class ConcurrencyError(WirecatError, RuntimeError):
     """Two coroutines used one connection in a way it does not support, e.g. two concurrent
     reads (which would each get a random part of the stream). A bug in the caller."""
+
+
+class ChatError(WirecatError):
+    """A chat command was refused; the member stays connected unless told otherwise.
+
+    Raised by the chat core (server side) and by :class:`wirecat.ChatClient` when the
+    server answers a command with an ``error`` reply.
+
+    Attributes:
+        code: the stable error code (``nick_taken``, ``not_in_room``, ``auth_failed``...; see
+            :class:`~wirecat.protocols.chat.ErrorEvent`).
+        reason: the server's one human-readable sentence.
+    """
+
+    def __init__(self, code: str, reason: str = "") -> None:
+        super().__init__(f"{reason} ({code})" if reason else code)
+        self.code = code
+        self.reason = reason
+
+
+class ChatRefused(ChatError):
+    """The chat server refused to log us in (nick taken or invalid, token refused...).
+
+    Attributes:
+        auth: True when authentication was refused (``code`` starts with ``auth_``).
+    """
+
+    @property
+    def auth(self) -> bool:
+        """True when authentication itself was refused (``auth_required``, ``auth_failed``)."""
+        return self.code.startswith("auth_")
 
 
 class ProtocolError(WirecatError):
