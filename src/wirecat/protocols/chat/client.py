@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Final
 
@@ -93,6 +94,7 @@ class ChatClientProtocol:
 
     Args:
         max_line: the longest server line accepted, newline included (bytes).
+        on_line: called with every complete line received, as it is (e.g. to show it raw).
 
     Attributes:
         state: the :class:`ClientState`.
@@ -100,7 +102,10 @@ class ChatClientProtocol:
         greeting: the non-JSON lines received before the welcome (decoded, replaced errors).
     """
 
-    def __init__(self, *, max_line: int = MAX_SERVER_LINE) -> None:
+    def __init__(
+        self, *, max_line: int = MAX_SERVER_LINE, on_line: Callable[[bytes], None] | None = None
+    ) -> None:
+        self._on_line = on_line
         self._framer = LineFramer(max_line=max_line)
         self._refs = itertools.count(1)
         self._out: list[bytes] = []
@@ -108,7 +113,6 @@ class ChatClientProtocol:
         self.state = ClientState.CONNECTED
         self.welcome: Welcome | None = None
         self.greeting: list[str] = []
-        self._eof = False
 
     def _step(self, step: str) -> None:
         new = CLIENT_TRANSITIONS.get((self.state, step))
@@ -218,6 +222,8 @@ class ChatClientProtocol:
         out: list[ServerEvent | EndOfStream] = []
         for ev in self._framer.events_received():
             if isinstance(ev, Line):
+                if self._on_line is not None:
+                    self._on_line(ev.data)
                 event = self._parse(ev.data)
                 if event is not None:
                     out.append(event)
