@@ -26,6 +26,7 @@ from ..endpoints import Endpoint, parse_endpoint
 from ..errors import (
     ChatError,
     ChatRefused,
+    ConnectionClosed,
     ConnectionClosedError,
     InvalidEndpoint,
     RemoteProtocolError,
@@ -348,7 +349,8 @@ class ChatClient:
             self._finish(ConnectionClosedError(str(exc)))
 
     def _finish(self, exc: BaseException | None) -> None:
-        if exc is None and self.welcome is None and self.protocol.greeting:
+        not_chat = exc is None or isinstance(exc, ConnectionClosed)
+        if not_chat and self.welcome is None and self.protocol.greeting:
             said = " | ".join(self.protocol.greeting)[:120]
             exc = RemoteProtocolError(
                 f"this does not look like a wirecat chat service (it answered {said!r})"

@@ -131,15 +131,13 @@ class ChatClientProtocol:
             LocalProtocolError: a second ``hello``, any command after ``quit`` or the end of
                 the stream, or a value the encoder cannot take.
         """
+        step = "command"
+        if isinstance(command, Hello | Quit):
+            step = "hello" if isinstance(command, Hello) else "quit"
+        if (self.state, step) not in CLIENT_TRANSITIONS:
+            raise LocalProtocolError(f"cannot send {step} in state {self.state.name}")
         if command.ref is None:
             command = dataclasses.replace(command, ref=next(self._refs))
-        step = (
-            "hello"
-            if isinstance(command, Hello)
-            else "quit"
-            if isinstance(command, Quit)
-            else "command"
-        )
         data = encode_json_command(command)
         self._step(step)
         if isinstance(command, Hello):
