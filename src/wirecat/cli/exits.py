@@ -8,8 +8,8 @@ README.md) and, where a flag would help, a hint naming it.
 from __future__ import annotations
 
 from ..errors import (
-    ChatRefused,
     AddressInUse,
+    ChatRefused,
     ConfigError,
     ConnectionClosedError,
     ConnectionRefused,
