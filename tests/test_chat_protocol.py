@@ -523,3 +523,22 @@ def test_format_ts_cache_matches_datetime(ts: float) -> None:
     expected = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
     assert chat_mod.format_ts(ts) == expected
     assert chat_mod.format_ts(ts) == expected  # from the cached second
+
+
+def test_server_states_are_data() -> None:
+    from wirecat.errors import LocalProtocolError
+    from wirecat.protocols.chat import TRANSITIONS, State
+
+    proto = ChatServerProtocol()
+    assert proto.state is State.GREETING and not proto.registered
+    with pytest.raises(LocalProtocolError):
+        proto.registered = True  # no line yet: no mode, no login
+    proto.receive_data(b'{"type":"hello","nick":"ann"}\n')
+    assert proto.next_event() == Hello("ann") and proto.state is State.MODE_CHOSEN
+    proto.registered = True
+    assert proto.state is State.LOGGED_IN and proto.registered
+    with pytest.raises(LocalProtocolError):
+        proto.expect_token("ann")  # a token is asked for before login only
+    proto.receive_eof()
+    assert proto.next_event() == EndOfStream() and proto.state is State.CLOSED
+    assert all(isinstance(k[0], State) and isinstance(v, State) for k, v in TRANSITIONS.items())

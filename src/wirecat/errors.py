@@ -13,6 +13,7 @@
     │   ├── LocalProtocolError       we were asked to send something the protocol forbids
     │   ├── RemoteProtocolError      the peer sent something the protocol forbids
     │   │   └── InvalidMessage       malformed content: bad UTF-8, bad JSON, wrong shape
+    │   │       └── FieldError       one JSON field is missing or wrong (``field``, ``code``)
     │   └── LimitExceeded            a security limit (max_* in bytes, counts, rates) was hit
     │       └── LineTooLong          a line longer than max_line bytes
     ├── NetworkError                 an I/O operation failed (translated from OSError)
@@ -56,6 +57,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "ConnectionRefused",
+    "FieldError",
     "HandshakeError",
     "HandshakeTimeout",
     "IdleTimeout",
@@ -153,6 +155,20 @@ class RemoteProtocolError(ProtocolError):
 
 class InvalidMessage(RemoteProtocolError):
     """Malformed content from the peer: invalid UTF-8, invalid JSON, JSON of the wrong shape."""
+
+
+class FieldError(InvalidMessage):
+    """One field of a JSON object is missing, of the wrong type, or out of its limits.
+
+    Attributes:
+        field: the field's name.
+        code: the protocol's stable error code for it (``bad_shape``, ``control_chars``).
+    """
+
+    def __init__(self, field: str, code: str = "bad_shape", message: str = "") -> None:
+        super().__init__(message or f"bad field {field!r}")
+        self.field = field
+        self.code = code
 
 
 class LimitExceeded(ProtocolError):

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from ...errors import InvalidMessage, LocalProtocolError
+from ...errors import FieldError, InvalidMessage, LocalProtocolError
 from .. import MAX_TOKEN
+from .._fields import byte_length_over, get_int, get_opt_str, get_str, get_str_list
 from .events import (
     _BAD_CHARS,
     _MAX_INT_REF,
@@ -239,43 +240,37 @@ class _Shape(Exception):
         self.event = event
 
 
-def _field(obj: dict[str, Any], name: str, ref: Ref, *, optional: bool = False) -> str | None:
-    value = obj.get(name)
-    if value is None:
-        if optional:
-            return None
-        raise _Shape(ErrorEvent("bad_shape", f"{obj['type']!r} needs a string field {name!r}", ref))
-    if not isinstance(value, str):
-        raise _Shape(ErrorEvent("bad_shape", f"field {name!r} must be a string", ref))
-    return value
+def _field(obj: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
+    if optional:
+        return get_opt_str(obj, name)
+    return get_str(obj, name, what=repr(obj["type"]))
 
 
 def _j_room(obj: dict[str, Any], ref: Ref, *, optional: bool = False) -> str | None:
-    room = _field(obj, "room", ref, optional=optional)
+    room = _field(obj, "room", optional=optional)
     if room is not None and (err := check_room(room, ref)) is not None:
         raise _Shape(err)
     return room
 
 
 def _j_nick(obj: dict[str, Any], name: str, ref: Ref, *, optional: bool = False) -> str | None:
-    nick = _field(obj, name, ref, optional=optional)
+    nick = _field(obj, name, optional=optional)
     if nick is not None and (err := check_nick(nick, ref)) is not None:
         raise _Shape(err)
     return nick
 
 
 def _j_text(obj: dict[str, Any], ref: Ref, max_text: int) -> str:
-    text = _field(obj, "text", ref)
-    assert text is not None
+    text = get_str(obj, "text", what=repr(obj["type"]))
     if (err := check_text(text, max_text, ref)) is not None:
         raise _Shape(err)
     return text
 
 
 def _j_reason(obj: dict[str, Any], ref: Ref) -> str | None:
-    reason = _field(obj, "reason", ref, optional=True)
+    reason = get_opt_str(obj, "reason")
     if reason is not None:
-        if len(reason.encode(errors="replace")) > _MAX_REASON:
+        if byte_length_over(reason, _MAX_REASON):
             raise _Shape(ErrorEvent("text_too_long", f"reason longer than {_MAX_REASON}", ref))
         if (err := _check_chars(reason, ref)) is not None:
             raise _Shape(err)
@@ -284,9 +279,10 @@ def _j_reason(obj: dict[str, Any], ref: Ref) -> str | None:
 
 def _j_hello(obj: dict[str, Any], ref: Ref) -> Hello:
     nick = _j_nick(obj, "nick", ref, optional=True)
-    token = _field(obj, "token", ref, optional=True)
-    if token is not None and not 0 < len(token.encode(errors="replace")) <= MAX_TOKEN:
-        raise _Shape(ErrorEvent("bad_shape", f"token must be 1-{MAX_TOKEN} bytes", ref))
+    try:
+        token = get_opt_str(obj, "token", min_bytes=1, max_bytes=MAX_TOKEN)
+    except FieldError:
+        raise _Shape(ErrorEvent("bad_shape", f"token must be 1-{MAX_TOKEN} bytes", ref)) from None
     return Hello(nick, ref, token)
 
 
@@ -366,6 +362,8 @@ def parse_json_line(data: bytes, *, max_text: int = MAX_TEXT) -> Command | Error
         return builder(obj, ref, max_text)
     except _Shape as exc:
         return exc.event
+    except FieldError as exc:
+        return ErrorEvent(exc.code, str(exc), ref)
 
 
 def encode_json_command(cmd: Command) -> bytes:
@@ -419,31 +417,19 @@ def encode_json_command(cmd: Command) -> bytes:
 
 # -- decoding server events (client side) ----------------------------------------------------
 def _s(obj: dict[str, Any], name: str) -> str:
-    value = obj.get(name)
-    if not isinstance(value, str):
-        raise InvalidMessage(f"{obj.get('type')!r} event needs a string {name!r}")
-    return value
+    return get_str(obj, name, what=f"{obj.get('type')!r} event")
 
 
 def _opt_s(obj: dict[str, Any], name: str) -> str | None:
-    value = obj.get(name)
-    if value is not None and not isinstance(value, str):
-        raise InvalidMessage(f"field {name!r} must be a string or null")
-    return value
+    return get_opt_str(obj, name)
 
 
 def _i(obj: dict[str, Any], name: str) -> int:
-    value = obj.get(name)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidMessage(f"{obj.get('type')!r} event needs an integer {name!r}")
-    return value
+    return get_int(obj, name, what=f"{obj.get('type')!r} event")
 
 
 def _strs(obj: dict[str, Any], name: str) -> tuple[str, ...]:
-    value = obj.get(name)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidMessage(f"{obj.get('type')!r} event needs a list of strings {name!r}")
-    return tuple(value)
+    return get_str_list(obj, name, what=f"{obj.get('type')!r} event")
 
 
 def _d_message(o: dict[str, Any]) -> Message:
