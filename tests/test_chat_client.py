@@ -151,7 +151,14 @@ async def test_chat_client_logs_in_joins_says_dms_and_iterates() -> None:
         await bob.quit()
         async with asyncio.timeout(T):
             rest = [e async for e in bob]  # what bob did not read; ends when the server closes
-        assert [type(e).__name__ for e in rest] == ["Joined", "Message", "Direct"]
+        assert rest[:2] == [  # the hello lands in #lobby: its join event, then the reply
+            Joined(rest[0].id, rest[0].ts, "#lobby", "bob"),  # type: ignore[union-attr]
+            RoomJoined("#lobby", ("ann", "bob"), ()),
+        ]
+        assert [type(e).__name__ for e in rest if not isinstance(e, Joined | RoomJoined)] == [
+            "Message",
+            "Direct",
+        ]
 
 
 async def test_chat_client_refused_login_carries_code() -> None:

@@ -302,7 +302,7 @@ def test_text_encoding() -> None:
     )
     joined = enc(RoomJoined("#lobby", ("ann", "bob"), (MSG,)))
     assert joined == (
-        "*** last 1 messages in #lobby:\n#lobby <ann> hi é\n*** in #lobby (2): ann bob\n".encode()
+        "*** last 1 message in #lobby:\n#lobby <ann> hi é\n*** in #lobby (2): ann bob\n".encode()
     )
     assert enc(WhoList("#r", ("a", "b"))) == b"*** in #r (2): a b\n"
     assert enc(RoomList((("#a", 1), ("#b", 2)))) == b"*** rooms: #a (1), #b (2)\n"

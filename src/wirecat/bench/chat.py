@@ -26,7 +26,7 @@ import ssl
 from collections.abc import Callable
 from time import perf_counter, perf_counter_ns
 
-from ..protocols.chat import Hello, Join, encode_json_command
+from ..protocols.chat import Hello, encode_json_command
 from ._run import Run, classify_error, measure, open_connection
 
 __all__ = ["TOKEN_RE", "encode_message", "make_token", "run_chat"]
@@ -64,7 +64,7 @@ def encode_message(protocol: str, room: str, text: bytes) -> bytes:
 
 def _handshake(protocol: str, room: str, nick: str, subscribe: bool) -> bytes:
     if protocol == "wirecat":
-        return encode_json_command(Hello(nick)) + encode_json_command(Join(room))
+        return encode_json_command(Hello(nick, room=room))  # lands in ``room`` directly
     if protocol == "redis" and subscribe:
         chan = room.encode()
         return b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(chan), chan)

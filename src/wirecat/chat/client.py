@@ -122,6 +122,7 @@ class ChatClient:
         *,
         nick: str | None = None,
         token: str | None = None,
+        room: str | None = None,
         timeout: float | None = 10.0,
         ssl: SSLContext | None = None,
         server_hostname: str | None = None,
@@ -140,6 +141,8 @@ class ChatClient:
             endpoint: a stream endpoint (``host:port``, ``tcp://``, ``tls://``, ``unix:``).
             nick: the nick to log in as (``None``: the server picks ``guest-N``).
             token: the user's token on servers with a users file (needs ``nick``).
+            room: the room to land in once logged in (``None``: the server's default room,
+                usually ``#lobby``); its ``RoomJoined`` arrives as the first event.
             timeout: seconds for connecting plus logging in (``None``: no limit).
             ssl, server_hostname, pin, handshake_timeout, proxy: as for
                 :func:`wirecat.connect` (TLS context, SNI name, ``sha256:HEX`` certificate
@@ -175,7 +178,7 @@ class ChatClient:
             client = cls(conn, max_line=max_line, max_queue=max_queue, on_line=on_line)
             try:
                 async with asyncio.timeout(timeout):
-                    await client.login(nick, token)
+                    await client.login(nick, token, room)
             except TimeoutError:
                 await client.aclose()
                 raise WirecatTimeout(
@@ -188,7 +191,9 @@ class ChatClient:
 
         return _ChatOpening(opener)
 
-    async def login(self, nick: str | None = None, token: str | None = None) -> Welcome:
+    async def login(
+        self, nick: str | None = None, token: str | None = None, room: str | None = None
+    ) -> Welcome:
         """Send ``hello`` and wait for the welcome (starts reading the connection).
 
         Raises:
@@ -199,7 +204,7 @@ class ChatClient:
         if self._reader is None:
             self._reader = asyncio.ensure_future(self._read_loop())
         try:
-            welcome = await self.request(Hello(nick, None, token), Welcome)
+            welcome = await self.request(Hello(nick, None, token, room), Welcome)
         except ChatError as exc:
             raise ChatRefused(exc.code, exc.reason) from None
         self.welcome = welcome

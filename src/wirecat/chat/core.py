@@ -762,10 +762,10 @@ class ChatCore:
         if room_name is None:
             room_name = member.current_room
             if room_name is None:
-                raise ChatError("not_in_room", "you are in no room: /join #room first")
+                raise ChatError("not_in_room", "you are in no room: join one first")
         room = member.rooms.get(room_name)
         if room is None:
-            raise ChatError("not_in_room", f"you are not in {room_name}: /join {room_name} first")
+            raise ChatError("not_in_room", f"you are not in {room_name}: join it first")
         return room
 
     def _check_free(self, nick: str) -> None:

@@ -24,7 +24,7 @@ from rich.text import Text
 
 from ..chat.client import ChatClient
 from ..endpoints import Endpoint
-from ..errors import ConnectionClosedError, InvalidEndpoint, WirecatTimeout
+from ..errors import ConnectionClosedError, InvalidEndpoint
 from ..escape import for_terminal
 from ..protocols.chat import (
     Bye,
@@ -232,7 +232,13 @@ async def _chat_main(
 
     view = _View(console)
     opening = ChatClient.connect(
-        endpoint, nick=nick, token=token, timeout=timeout, on_line=show_raw if raw else None, **tls
+        endpoint,
+        nick=nick,
+        token=token,
+        room=room,
+        timeout=timeout,
+        on_line=show_raw if raw else None,
+        **tls,
     )
     async with opening as chat:
         welcome = chat.welcome
@@ -242,13 +248,6 @@ async def _chat_main(
             view.info(f"*** connected to {endpoint} as {_t(welcome.nick)}{how}")
             for line in welcome.motd.splitlines():
                 view.info(f"*** {_t(line)}")
-        try:
-            async with asyncio.timeout(timeout):
-                joined = await chat.join(room)
-        except TimeoutError:
-            raise WirecatTimeout(f"no answer from the chat server at {endpoint}") from None
-        if not raw:
-            view.show(joined)
         stdin = await open_stdin()
         server_task = asyncio.ensure_future(_pump_server(chat, view, raw))
         stdin_task = asyncio.ensure_future(_pump_stdin(chat, view, stdin))

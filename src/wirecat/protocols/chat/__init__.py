@@ -20,6 +20,7 @@ JSON-lines protocol (client -> server; every command may carry ``"ref"``, a stri
 
     {"type":"hello","nick":"ann"}            nick optional: null or absent -> guest-N
     {"type":"hello","nick":"ann","token":"..."}   on servers with a users file (see below)
+    {"type":"hello","nick":"ann","room":"#dev"}   land in #dev instead of the default room
     {"type":"join","room":"#lobby"}
     {"type":"part","room":"#lobby"}          room optional: the most recently joined room
     {"type":"say","room":"#lobby","text":"hi"}   room optional, as for part

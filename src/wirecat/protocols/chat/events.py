@@ -60,11 +60,14 @@ class Hello:
     """Register with ``nick`` (``None``: the server picks ``guest-N``).
 
     ``token``: the user's secret on servers with a users file (never shown in ``repr``).
+    ``room``: the room to land in once logged in (``None``: the server's default room,
+    ``#lobby`` unless configured), in both modes.
     """
 
     nick: str | None = None
     ref: Ref = None
     token: str | None = field(default=None, repr=False)
+    room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,7 +285,7 @@ def _j_hello(obj: dict[str, Any], ref: Ref) -> Hello:
         token = get_opt_str(obj, "token", min_bytes=1, max_bytes=MAX_TOKEN)
     except FieldError:
         raise _Shape(ErrorEvent("bad_shape", f"token must be 1-{MAX_TOKEN} bytes", ref)) from None
-    return Hello(nick, ref, token)
+    return Hello(nick, ref, token, _j_room(obj, ref, optional=True))
 
 
 _JSON_COMMANDS: Final[dict[str, Callable[[dict[str, Any], Ref, int], Command]]] = {
@@ -389,12 +389,14 @@ def encode_json_command(cmd: Command) -> bytes:
     """
     obj: dict[str, Any]
     match cmd:
-        case Hello(nick, _, token):
+        case Hello(nick, _, token, room):
             obj = {"type": "hello"}
             if nick is not None:
                 obj["nick"] = nick
             if token is not None:
                 obj["token"] = token
+            if room is not None:
+                obj["room"] = room
         case Join(room):
             obj = {"type": "join", "room": room}
         case Part(room) | Who(room):

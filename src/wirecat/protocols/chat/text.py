@@ -216,7 +216,8 @@ def _lines(*lines: str) -> bytes:
 def _t_room_joined(ev: RoomJoined) -> bytes:
     out: list[str] = []
     if ev.history:
-        out.append(f"*** last {len(ev.history)} messages in {ev.room}:")
+        n = len(ev.history)
+        out.append(f"*** last {n} message{'s' if n != 1 else ''} in {ev.room}:")
         out.extend(_t_message_str(m) for m in ev.history)
     out.append(f"*** in {ev.room} ({len(ev.members)}): {' '.join(ev.members)}")
     return _lines(*out)
@@ -256,6 +257,18 @@ def _t_rooms(ev: RoomList) -> bytes:
     return f"*** rooms: {', '.join(f'{r} ({n})' for r, n in ev.rooms)}\n".encode()
 
 
+def _text_hint(ev: ErrorEvent) -> str:
+    """The reason as people on ``nc`` read it: hints name the text command to type."""
+    reason = ev.reason
+    if ev.code == "not_in_room":
+        if reason.endswith(": join one first"):
+            return reason.removesuffix("join one first") + "/join #room first"
+        if reason.startswith("you are not in ") and reason.endswith(": join it first"):
+            room = reason.removeprefix("you are not in ").removesuffix(": join it first")
+            return f"you are not in {room}: /join {room} first"
+    return reason
+
+
 _TEXT_ENCODERS: Final[dict[type, Callable[[Any], bytes]]] = {
     Message: lambda ev: (_t_message_str(ev) + "\n").encode(),
     Direct: lambda ev: f"*{ev.sender}* {ev.text}\n".encode(),
@@ -281,7 +294,7 @@ _TEXT_ENCODERS: Final[dict[type, Callable[[Any], bytes]]] = {
     Pong: lambda ev: b"*** pong\n",
     HelpText: lambda ev: _lines(*(f"*** {line}" for line in _HELP_LINES)),
     Done: lambda ev: f"*** {ev.text}\n".encode(),
-    ErrorEvent: lambda ev: f"!!! {ev.code}: {ev.reason}\n".encode(),
+    ErrorEvent: lambda ev: f"!!! {ev.code}: {_text_hint(ev)}\n".encode(),
 }
 
 
