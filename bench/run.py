@@ -51,7 +51,7 @@ HOST = "127.0.0.1"
 SERVER_CORE, LOAD_CORE = 0, 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NPROC = len(os.sched_getaffinity(0))  # before the runner pins itself to one core
-PARTS = ("echo", "chat", "multicore", "idle", "files")
+PARTS = ("echo", "chat", "multicore", "idle", "files", "ws")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 sys.path.insert(0, str(ROOT / "src"))
@@ -171,6 +171,7 @@ class Peer:
     baseline: int = 1  # processes in its session when idle
     idle_socks: dict[int, int] = field(default_factory=dict)  # per process, no client
     log_path: Path | None = None
+    scheme: str = "tcp"  # ws: the endpoint is ws://HOST:PORT/
 
     def start(self) -> None:
         port = free_port() if self.ready == "port" else 0
@@ -207,6 +208,8 @@ class Peer:
 
     @property
     def endpoint(self) -> str:
+        if self.scheme == "ws":
+            return f"ws://{HOST}:{self.port}/"
         return f"tcp://{HOST}:{self.port}"
 
     def stop(self) -> None:
@@ -473,6 +476,57 @@ def run_echo(reps: int, duration: float) -> dict[str, Any]:
             "ops",
         )
         notes = {p.name: p.note for p in live}
+    return {"samples": samples, "cases": [c[0] for c in cases], "notes": notes}
+
+
+def ws_peers() -> list[Peer]:
+    """WebSocket echo servers: wirecat serve --echo ws://, Node's ws, websockets' asyncio."""
+    argv = wirecat_echo_argv()
+    argv[argv.index(f"tcp://{HOST}:{{port}}")] = f"ws://{HOST}:{{port}}"
+    peers = [Peer("wirecat", argv, ready="port", note="serve --echo ws:// (uvloop)", scheme="ws")]
+    if shutil.which("node") and (ROOT / "tests" / "node" / "node_modules" / "ws").is_dir():
+        peers.append(
+            Peer("node-ws", ["node", str(PEERS / "ws_echo.js"), HOST, "0"],
+                 note="npm ws, perMessageDeflate off", scheme="ws")
+        )  # fmt: skip
+    peers.append(
+        Peer("websockets", [PY, str(PEERS / "ws_echo_websockets.py"), HOST, "0"],
+             note="websockets.asyncio.server (uvloop)", scheme="ws")
+    )  # fmt: skip
+    return peers
+
+
+def run_ws(reps: int, duration: float) -> dict[str, Any]:
+    """WebSocket echo, 100 connections x 64 B messages (one in flight per connection)."""
+    peers = ws_peers()
+    cases = [("100 x 64 B", 100, 64)]
+    with running(peers) as live:
+        for p in live:
+            run_bench(BenchConfig(parse_endpoint(p.endpoint), conns=10, duration=0.3))
+        samples = interleaved(
+            live,
+            [
+                (
+                    name,
+                    lambda p, c=c, s=s: BenchConfig(
+                        parse_endpoint(p.endpoint), conns=c, size=s, duration=duration
+                    ),
+                )
+                for name, c, s in cases
+            ],
+            reps,
+            "ops",
+        )
+        notes = {p.name: p.note for p in live}
+    for case, _, _ in cases:
+        for p in live:
+            rates = sorted(x.rate for x in samples if x.peer == p.name and x.case == case)
+            cpus = sorted(x.cpu_us_per_op for x in samples if x.peer == p.name and x.case == case)
+            if rates:
+                log(
+                    f"ws {case} {p.name}: median {rates[len(rates) // 2]:,.0f} round trips/s, "
+                    f"server cpu {cpus[len(cpus) // 2]:.1f} us/round trip"
+                )
     return {"samples": samples, "cases": [c[0] for c in cases], "notes": notes}
 
 
@@ -1358,6 +1412,9 @@ def main() -> int:
     if "files" in only:
         log("== bulk files")
         parts["files"] = run_files(args.quick)
+    if "ws" in only:
+        log("== WebSocket echo")
+        parts["ws"] = run_ws(args.reps, args.duration)
     took = time.monotonic() - started
     raw: dict[str, Any] = {
         k: {**v, "samples": [s.__dict__ for s in v.get("samples", [])]} for k, v in parts.items()

@@ -721,7 +721,7 @@ async def test_connect_invalid_endpoint() -> None:
     with pytest.raises(InvalidEndpoint):
         await wirecat.connect("tcp://::1:80")
     with pytest.raises(InvalidEndpoint, match="not a stream endpoint"):
-        await wirecat.connect("ws://127.0.0.1:1/")
+        await wirecat.connect("unix+seqpacket:/tmp/wirecat-none.sock")
 
 
 @contextlib.asynccontextmanager

@@ -136,13 +136,19 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
         if found := eps("greeting"):
             services.append(GreetingService(found, banner=config.banner))
         if found := eps("echo"):
-            services.append(EchoService(found, datagram_rate=config.udp_rate))
+            plain = [ep for ep in found if ep.scheme not in ("ws", "wss")]
+            if plain:
+                services.append(EchoService(plain, datagram_rate=config.udp_rate))
+            if ws_eps := [ep for ep in found if ep.scheme in ("ws", "wss")]:
+                from .services.web import WebSocketEchoService
+
+                services.append(WebSocketEchoService(ws_eps, settings=config.websocket))
         if (found := eps("chat")) and worker == 0:
             from .services.chat import ChatService
 
             unlimited = config.chat_rate is None  # trusted programs, benchmarks
             services.append(
-                ChatService(
+                chat := ChatService(
                     found,
                     history=config.history,
                     max_rate=config.chat_rate or 1e9,
@@ -153,6 +159,10 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
                     auth_failures=failures,
                 )
             )
+            if web := eps("web"):  # the chat page and the chat over a WebSocket
+                from .services.web import WebService
+
+                services.append(WebService(web, chat=chat, settings=config.websocket))
         if (found := eps("files")) and config.files_root is not None:
             from .services.files import FilesService
 

@@ -42,6 +42,7 @@ from .errors import ConfigError, InvalidEndpoint
 from .runtime.limits import AccessList, Limits
 from .runtime.loop import LoopKind
 from .runtime.tls import TLSProfile
+from .runtime.websocket import WebSocketSettings
 
 __all__ = ["DEFAULT_ENDPOINTS", "MAX_CONFIG_FILE", "SERVE_LIMITS", "ServeConfig", "TLSConfig"]
 
@@ -51,6 +52,7 @@ DEFAULT_ENDPOINTS: dict[str, tuple[str, ...]] = {
     "echo": ("tcp://127.0.0.1:7007", "udp://127.0.0.1:7007"),
     "chat": ("tcp://127.0.0.1:7070",),
     "files": ("tcp://127.0.0.1:7071",),
+    "web": ("tcp://127.0.0.1:7080",),
 }
 
 #: The limits of ``wirecat serve``: the library's, plus a per-source connection rate.
@@ -131,6 +133,11 @@ class ServeConfig:
         echo: echo listeners, stream or datagram (RFC 862); ``()`` turns it off.
         chat: chat listeners (stream endpoints); ``()`` turns it off.
         files: files listeners; used only when :attr:`files_root` is set.
+        web: web listeners: the chat page over HTTP, ``/healthz``, and the chat over a
+            WebSocket at ``/chat`` (``tcp``/``ws``: http://, ``tls``/``wss``: https://).
+            ``None`` (default): ``tcp://127.0.0.1:7080`` when chat runs on its default
+            endpoint, else none (see :meth:`web_endpoints`); ``()`` turns it off. Needs
+            the chat service.
         metrics: Prometheus ``GET /metrics`` listeners (``()``: off); keep them private.
         files_root: the directory the files service serves; ``None``: no files service.
         files_readonly: refuse uploads.
@@ -155,6 +162,9 @@ class ServeConfig:
         proxy_from: the balancers (CIDR) allowed to send it; anyone else is refused.
         tls: the certificate of ``tls://`` listeners (:class:`TLSConfig`).
         limits: connection caps, rates, deadlines and sizes (:class:`Limits`).
+        websocket: WebSocket hygiene of ``web`` and ``ws://`` listeners: message size,
+            keepalive, close timeout, compression, allowed origins
+            (:class:`~wirecat.runtime.websocket.WebSocketSettings`).
         workers: processes sharing the inet listeners (``SO_REUSEPORT``); chat and Unix
             listeners run in the first. ``workers > 1`` needs :func:`wirecat.run`.
         log_format: ``text`` or ``json`` (one object per line).
@@ -170,6 +180,7 @@ class ServeConfig:
     echo: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("echo"))
     chat: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("chat"))
     files: tuple[Endpoint, ...] = field(default_factory=lambda: _defaults("files"))
+    web: tuple[Endpoint, ...] | None = None
     metrics: tuple[Endpoint, ...] = ()
     files_root: str | None = None
     files_readonly: bool = False
@@ -191,6 +202,7 @@ class ServeConfig:
     proxy_from: tuple[str, ...] = ()
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: Limits = SERVE_LIMITS
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
     workers: int = 1
     log_format: LogFormat = "text"
     verbosity: int = 0
@@ -200,6 +212,8 @@ class ServeConfig:
         fix = object.__setattr__
         for name in ("greeting", "echo", "chat", "files", "metrics"):
             fix(self, name, _endpoints(getattr(self, name), name))
+        if self.web is not None:
+            fix(self, "web", _endpoints(self.web, "web"))
         for name in ("allow", "deny", "proxy_from"):
             value = getattr(self, name)
             fix(self, name, (value,) if isinstance(value, str) else tuple(value))
@@ -215,13 +229,17 @@ class ServeConfig:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"{name}: {why}", field=name)
 
-        for name in ("greeting", "chat", "files", "metrics"):
-            for ep in getattr(self, name):
+        for name in ("greeting", "chat", "files", "metrics", "web"):
+            for ep in self.web_endpoints() if name == "web" else getattr(self, name):
                 if not ep.is_stream or ep.scheme == "stdio":
                     raise bad(name, f"{ep} is not a stream endpoint (tcp, tls or unix)")
+                if name not in ("web", "metrics") and ep.scheme in ("ws", "wss"):
+                    raise bad(name, f"{ep}: WebSocket chat is served by the web listener")
         for ep in self.echo:
-            if ep.scheme in ("stdio", "unix+seqpacket", "ws", "wss"):
+            if ep.scheme in ("stdio", "unix+seqpacket"):
                 raise bad("echo", f"cannot serve echo on {ep}")
+        if self.web and not self.chat:  # given explicitly (the default follows chat)
+            raise bad("web", "the web page is the chat's: it needs a chat listener")
         if "\n" in self.banner or "\r" in self.banner:
             raise bad("banner", "must be one line")
         if not 0 <= self.history <= 10000:
@@ -260,7 +278,7 @@ class ServeConfig:
             AccessList(self.proxy_from)
         except ValueError as exc:
             raise bad("proxy_from", str(exc)) from None
-        wants_tls = any(ep.scheme == "tls" for ep in self.listening())
+        wants_tls = any(ep.scheme in ("tls", "wss") for ep in self.listening())
         if wants_tls and not self.tls.configured:
             raise ConfigError(
                 "tls:// listeners need a certificate and key (or a self-signed certificate)",
@@ -292,7 +310,16 @@ class ServeConfig:
         if self.files_root is not None:
             out["files"] = self.files
         out["metrics"] = self.metrics
+        out["web"] = self.web_endpoints()
         return {name: eps for name, eps in out.items() if eps}
+
+    def web_endpoints(self) -> tuple[Endpoint, ...]:
+        """The web listeners: :attr:`web`, or by default ``tcp://127.0.0.1:7080`` when chat
+        runs on its default endpoint (a chat moved elsewhere takes its page along only
+        when told where)."""
+        if self.web is not None:
+            return self.web
+        return _defaults("web") if self.chat == _defaults("chat") else ()
 
     def listening(self) -> list[Endpoint]:
         """Every endpoint that will be listened on."""
@@ -329,7 +356,7 @@ class ServeConfig:
             key = str(raw_key).replace("-", "_")
             if key not in known:
                 raise ConfigError(f"unknown setting {raw_key!r}", field=str(raw_key))
-            if key in ("tls", "limits"):
+            if key in ("tls", "limits", "websocket"):
                 changes[key] = _table(getattr(base, key), value, key)
             else:
                 changes[key] = _check_type(key, value, known[key].type)
@@ -400,7 +427,7 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
 
 
 def _table(base: Any, value: Any, key: str) -> Any:
-    if isinstance(value, TLSConfig | Limits):
+    if isinstance(value, TLSConfig | Limits | WebSocketSettings):
         return value
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: expected a table", field=key)

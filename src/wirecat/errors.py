@@ -242,7 +242,25 @@ class PermissionDenied(ListenError):
 
 
 class ConnectionClosed(NetworkError):
-    """The connection is closed; no more data can be sent or received."""
+    """The connection is closed; no more data can be sent or received.
+
+    Attributes:
+        code: the WebSocket close code (RFC 6455 7.4: 1000 normal, 1001 going away, 1006
+            no close frame, 1009 too big...), ``None`` for other transports.
+        reason: the WebSocket close reason (``""`` when none was given).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        code: int | None = None,
+        reason: str = "",
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.code = code
+        self.reason = reason
 
 
 class ConnectionClosedOK(ConnectionClosed):

@@ -114,7 +114,7 @@ class Run:
 
 
 def _tls_context(config: BenchConfig) -> ssl.SSLContext | None:
-    if config.endpoint.scheme != "tls":
+    if config.endpoint.scheme not in ("tls", "wss"):
         return None
     ctx = ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -113,7 +113,9 @@ class BenchConfig:
         """
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        if self.endpoint.scheme not in ("tcp", "tls", "unix"):
+        if self.endpoint.scheme in ("ws", "wss") and self.mode != "echo":
+            raise ValueError("bench speaks ws:// and wss:// in echo mode (one message per round)")
+        if self.endpoint.scheme not in ("tcp", "tls", "unix", "ws", "wss"):
             raise ValueError(
                 f"bench speaks tcp://, tls:// and unix: endpoints, not {self.endpoint.scheme}"
             )

@@ -100,6 +100,65 @@ class _EchoClient(asyncio.Protocol):
             self.run.lost(exc)
 
 
+class _WebSocketEchoClient(_EchoClient):
+    """Ping-pong over a WebSocket: the upgrade request goes first, then each round is one
+    masked binary frame of the payload; its echo is the same payload in one unmasked frame.
+
+    The frame is built once (a fixed mask key: the load generator is not a browser), so a
+    round costs what a TCP round costs; the server does the real WebSocket work.
+    """
+
+    __slots__ = ("head",)
+
+    def __init__(self, run: Run, payload: bytes, host: str, path: str) -> None:
+        import base64
+        import os
+
+        size = len(payload)
+        if size < 126:
+            header = bytes((0x82, 0x80 | size))
+        elif size < 65536:
+            header = bytes((0x82, 0x80 | 126)) + size.to_bytes(2, "big")
+        else:
+            header = bytes((0x82, 0x80 | 127)) + size.to_bytes(8, "big")
+        key = bytes((0x5A, 0x17, 0xC3, 0x81))
+        masked = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+        super().__init__(run, header + key + masked)
+        reply = 2 if size < 126 else 4 if size < 65536 else 10
+        self.size = size + reply  # the echo: an unmasked frame header and the payload
+        nonce = base64.b64encode(os.urandom(16)).decode()
+        self.head = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {nonce}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        transport.write(self.head)  # type: ignore[attr-defined]
+        self.head = b""  # from now on: the response head to skip
+
+    def data_received(self, data: bytes) -> None:
+        if self.head is not None:  # still reading the 101 response
+            buf = self.head + data
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > 16384:
+                    self.run.errors["bad_handshake"] += 1
+                    self.transport.abort()  # type: ignore[union-attr]
+                self.head = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.run.errors["refused_handshake"] += 1
+                self.transport.abort()  # type: ignore[union-attr]
+                return
+            self.head = None  # type: ignore[assignment]
+            data = buf[end + 4 :]
+            if not data:
+                return
+        super().data_received(data)
+
+
 class _StreamClient(asyncio.Protocol):
     """Bulk one-way: write chunks while the transport accepts them; count what comes back."""
 
@@ -233,9 +292,15 @@ async def _run_persistent(run: Run, start: Callable[[], None] | None) -> float:
     )
     cls = _EchoClient if config.mode == "echo" else _StreamClient
     clients: list[_EchoClient | _StreamClient] = []
+    ep = config.endpoint
 
     def make() -> asyncio.Protocol:
-        c = cls(run, payload)
+        c: _EchoClient | _StreamClient
+        if ep.scheme in ("ws", "wss"):
+            host = f"[{ep.host}]" if ":" in str(ep.host) else str(ep.host)
+            c = _WebSocketEchoClient(run, payload, f"{host}:{ep.port}", ep.path or "/")
+        else:
+            c = cls(run, payload)
         clients.append(c)
         return c
 

@@ -216,9 +216,9 @@ def tls_connect_kwargs(
     from ..runtime.tls import TLSError, client_context, parse_pin
 
     given = cafile or pin or insecure or servername or alpn or client_cert
-    if endpoint.scheme != "tls":
+    if endpoint.scheme not in ("tls", "wss"):
         if given:
-            die(f"TLS options need a tls:// endpoint, not {endpoint}", 64)
+            die(f"TLS options need a tls:// or wss:// endpoint, not {endpoint}", 64)
         return {}
     try:
         if pin:

@@ -135,7 +135,10 @@ def connect_command(
     """Connect to ENDPOINT; copy stdin to it and what it sends to stdout.
 
     ENDPOINT is tcp://HOST:PORT, HOST:PORT (tcp), tls://HOST:PORT, udp://HOST:PORT,
-    unix:/PATH or unix+dgram:/PATH; `HOST PORT` works too. Bytes pass through unchanged.
+    unix:/PATH, unix+dgram:/PATH, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH; `HOST PORT`
+    works too. Bytes pass through unchanged, except over WebSockets: there each stdin line
+    is one text message and each message received is printed as one line (stdin EOF sends
+    a close frame; wss:// takes the TLS options of tls://).
     TLS verifies the server against the system CAs (TLS 1.2+, AEAD ciphers) unless told
     otherwise with --cafile, --pin or --insecure.
 
@@ -161,6 +164,7 @@ def connect_command(
       wirecat connect tls://127.0.0.1:7443 --pin sha256:9f86d0...   # self-signed server
       wirecat connect 10.0.0.5:22 --proxy socks5://127.0.0.1:1080   # through SOCKS5
       tail -f log | wirecat connect --no-shutdown --wait 2 host:9000
+      wirecat connect ws://127.0.0.1:7080/chat       # type {"type":"hello","nick":"me"}
     """
     ep = endpoint_argument(endpoint, port)
     tls = tls_connect_kwargs(

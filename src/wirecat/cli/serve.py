@@ -1,4 +1,4 @@
-"""``wirecat serve``: the multi-service server (greeting, echo, chat, files).
+"""``wirecat serve``: the multi-service server (greeting, echo, chat, web page, files).
 
 Thin: the flags (and a ``--config`` TOML file under them) become one
 :class:`~wirecat.config.ServeConfig`; :func:`wirecat.app.run` does the rest. Here live only
@@ -56,6 +56,10 @@ def _hint(name: str, ep: Endpoint) -> str:
     host = ep.host or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    if name == "web":
+        return f"open {_page_url(ep)} in a browser"
+    if ep.scheme in ("ws", "wss"):
+        return f"wirecat connect {ep.scheme}://{_url_host(host)}:{ep.port}{ep.path or '/'}"
     if name == "metrics":
         url_host = f"[{host}]" if ":" in host else host
         scheme = "https" if ep.scheme == "tls" else "http"
@@ -63,6 +67,21 @@ def _hint(name: str, ep: Endpoint) -> str:
     if ep.scheme == "tls":
         return f"ncat --ssl {host} {ep.port}"
     return f"nc {host} {ep.port}"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _page_url(ep: Endpoint) -> str:
+    """The address of the chat page served on ``ep`` (a web listener)."""
+    if ep.is_unix:
+        return f"http+unix:{ep.path}"
+    host = ep.host or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    scheme = "https" if ep.scheme in ("tls", "wss") else "http"
+    return f"{scheme}://{_url_host(host)}:{ep.port}/"
 
 
 def _print_table(server: Server, console: Console) -> None:
@@ -73,11 +92,16 @@ def _print_table(server: Server, console: Console) -> None:
     for name, ep in server.bound:
         table.add_row(name, for_terminal(str(ep)), for_terminal(_hint(name, ep)))
     console.print(table)
+    for name, ep in server.bound:
+        if name == "web":
+            console.print(f"chat page: {_page_url(ep)}", soft_wrap=True)
     console.print("[dim]Ctrl-C drains and stops (twice forces).[/dim]")
 
 
 def _warn_exposed(server: Server, console: Console, authenticated: bool) -> None:
-    exposed = [str(ep) for _, ep in server.bound if not ep.is_loopback and ep.scheme != "tls"]
+    exposed = [
+        str(ep) for _, ep in server.bound if not ep.is_loopback and ep.scheme not in ("tls", "wss")
+    ]
     if exposed and authenticated:
         console.print(
             "[bold yellow]warning:[/] listening beyond loopback without TLS: "
@@ -116,6 +140,16 @@ _FLAGS: dict[str, tuple[str, str | None, Any]] = {
 }
 
 
+#: WebSocket flag -> WebSocketSettings field.
+_WS_FLAGS = {
+    "ws_compression": "compression",
+    "ws_max_message": "max_message",
+    "ws_ping_interval": "ping_interval",
+    "ws_ping_timeout": "ping_timeout",
+    "ws_close_timeout": "close_timeout",
+}
+
+
 def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     """Build the :class:`ServeConfig` of ``wirecat serve``: the ``--config`` file (if any),
     then every flag in ``given`` (those typed on the command line) over it.
@@ -123,8 +157,8 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     Raises:
         ConfigError: contradictory flags, or an invalid file or value.
     """
-    data: dict[str, Any] = {"tls": {}, "limits": {}}
-    for service in ("greeting", "echo", "chat"):
+    data: dict[str, Any] = {"tls": {}, "limits": {}, "websocket": {}}
+    for service in ("greeting", "echo", "chat", "web"):
         eps, off = params[f"{service}_eps"], params[f"no_{service}"]
         if eps and off:
             raise ConfigError(
@@ -136,6 +170,11 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
             data[service] = list(eps)
     if params["files_eps"]:
         data["files"] = list(params["files_eps"])
+    if params["allow_origin"]:
+        data["websocket"]["allow_origin"] = list(params["allow_origin"])
+    for flag, key in _WS_FLAGS.items():
+        if flag in given:
+            data["websocket"][key] = params[flag]
     if params["metrics_eps"]:
         data["metrics"] = list(params["metrics_eps"])
     if params["proxy_from"]:
@@ -227,7 +266,8 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     type=ENDPOINT,
     multiple=True,
     metavar="ENDPOINT",
-    help="Echo listener, stream or datagram (repeatable). Default tcp and udp 127.0.0.1:7007.",
+    help="Echo listener: stream, datagram or ws:// (repeatable). Default tcp and udp "
+    "127.0.0.1:7007.",
 )
 @click.option(
     "--chat",
@@ -236,6 +276,63 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     multiple=True,
     metavar="ENDPOINT",
     help="Chat listener (repeatable). Default tcp://127.0.0.1:7070.",
+)
+@click.option(
+    "--web",
+    "web_eps",
+    type=ENDPOINT,
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Web listener: the chat page, /healthz and the chat WebSocket at /chat "
+    "(repeatable; tcp:// is http, tls:// is https). Default tcp://127.0.0.1:7080 when chat "
+    "runs on its default endpoint.",
+)
+@click.option("--no-web", is_flag=True, help="Do not serve the web page and WebSocket chat.")
+@click.option(
+    "--allow-origin",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let pages of ORIGIN (https://example.com) open the chat WebSocket, besides the "
+    "page's own origin and programs sending no Origin (repeatable).",
+)
+@click.option(
+    "--ws-compression",
+    is_flag=True,
+    help="Negotiate permessage-deflate with WebSocket clients that offer it (off: "
+    "compression and secrets mix badly). Inflated messages stay bounded by "
+    "--ws-max-message.",
+)
+@click.option(
+    "--ws-max-message",
+    type=click.IntRange(min=1),
+    default=64 * 1024,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest WebSocket message accepted (after decompression); over it: close 1009.",
+)
+@click.option(
+    "--ws-ping-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Ping WebSocket clients this often.",
+)
+@click.option(
+    "--ws-ping-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a WebSocket (1011) whose pong is this late.",
+)
+@click.option(
+    "--ws-close-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest wait for a WebSocket peer's close frame before the TCP connection is cut.",
 )
 @click.option(
     "--files",
@@ -358,7 +455,8 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
 @LOOP_OPTION
 @click.pass_context
 def serve_command(ctx: click.Context, /, **params: Any) -> None:
-    """Run wirecat's services: greeting, echo (TCP+UDP), chat, and optionally files.
+    """Run wirecat's services: greeting, echo (TCP+UDP), chat with its web page, and
+    optionally files.
 
     Everything binds loopback unless told otherwise. Each service takes any number of
     endpoints; --no-SERVICE turns one off. Settings can come from a TOML file (--config);
@@ -371,6 +469,8 @@ def serve_command(ctx: click.Context, /, **params: Any) -> None:
       wirecat serve --chat tcp://127.0.0.1:7070 --chat unix:/tmp/chat.sock
       wirecat serve --files ./shared --files-readonly
       wirecat serve --chat tls://127.0.0.1:7443 --self-signed
+      wirecat serve --web tcp://[::]:8080 --allow-origin https://chat.example.com
+      wirecat serve --echo ws://127.0.0.1:7009   # WebSocket echo
       wirecat serve --chat tls://[::]:7443 --cert site.pem --key site.key --users users.toml
       wirecat serve --config wirecat.toml --workers 2
       wirecat serve --load-test            # then: wirecat bench 127.0.0.1:7007 -c 100
@@ -381,6 +481,7 @@ def serve_command(ctx: click.Context, /, **params: Any) -> None:
       nc 127.0.0.1 7000                      # banner
       nc 127.0.0.1 7007                      # echo
       nc 127.0.0.1 7070                      # chat (pick a nick, talk in #lobby)
+      http://127.0.0.1:7080/                 # the same chat in a browser
       wirecat connect udp://127.0.0.1:7007   # UDP echo
     """
     given = {

@@ -543,11 +543,11 @@ async def open_transport(
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            if ep.scheme in ("tcp", "tls"):
+            if ep.scheme in ("tcp", "tls", "ws", "wss"):  # ws: over tcp, wss: over tls
                 kwargs: dict[str, Any] = {}
                 if isinstance(loop, asyncio.BaseEventLoop):  # uvloop lacks Happy Eyeballs
                     kwargs["happy_eyeballs_delay"] = 0.25  # RFC 8305
-                if ep.scheme == "tls":
+                if ep.scheme in ("tls", "wss"):
                     from .tls import client_context
 
                     kwargs["ssl"] = ssl or client_context(pinned=pin is not None)
@@ -580,7 +580,7 @@ async def open_transport(
     except TimeoutError:
         raise ConnectTimeout(f"timed out after {timeout} s connecting to {ep}") from None
     except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
-        if ep.scheme == "tls" and "handshake" not in str(exc).lower():
+        if ep.scheme in ("tls", "wss") and "handshake" not in str(exc).lower():
             raise HandshakeError(
                 f"TLS handshake with {ep} failed: the server closed the connection "
                 "(does it require a client certificate, or another TLS version?)"
@@ -591,7 +591,7 @@ async def open_transport(
     raise InvalidEndpoint(f"{ep} is not a stream endpoint (tcp, tls or unix)")
 
 
-C = TypeVar("C", "Connection", "DatagramConnection")
+C = TypeVar("C", bound="Connection | DatagramConnection")
 
 
 class Opening(Generic[C]):
@@ -640,7 +640,11 @@ def connect(
     handshake_timeout: float = 10.0,
     proxy: Any = None,
 ) -> Opening[Connection]:
-    """Open a stream connection to ``endpoint`` (``tcp``, ``tls``, ``unix``).
+    """Open a stream connection to ``endpoint`` (``tcp``, ``tls``, ``unix``, ``ws``, ``wss``).
+
+    ``ws://`` and ``wss://`` give a :class:`~wirecat.runtime.websocket.WebSocketConnection`
+    (messages: ``send_text``, ``send_bytes``, ``recv_message``; lines: each text message);
+    :func:`~wirecat.runtime.websocket.connect_websocket` takes its WebSocket options.
 
     Await the result, or use it with ``async with`` (see :class:`Opening`).
 
@@ -678,6 +682,18 @@ def connect(
         if proxy is not None:
             return await _through_proxy(
                 ep, proxy, read_high_water, timeout, ssl, server_hostname, pin, handshake_timeout
+            )
+        if ep.scheme in ("ws", "wss"):  # a message-oriented Connection (WebSocketConnection)
+            from .websocket import connect_websocket
+
+            return await connect_websocket(
+                ep,
+                timeout=timeout,
+                ssl=ssl,
+                server_hostname=server_hostname,
+                pin=pin,
+                handshake_timeout=handshake_timeout,
+                read_high_water=read_high_water,
             )
         _, proto = await open_transport(
             ep,

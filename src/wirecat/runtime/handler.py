@@ -670,6 +670,11 @@ class StreamHandler(asyncio.Protocol):
             self.limits.login_timeout,
             extra={"event": "limit", "reason": "login_timeout"},
         )
+        self._guard(self.on_login_timeout)
+
+    def on_login_timeout(self) -> None:
+        """The login deadline passed (counted and logged already). Default: tell the peer
+        in one text line and close; a framed protocol (WebSocket) overrides it."""
         self.write(b"error: login timeout\n")
         self.close("login timeout")
 

@@ -186,18 +186,18 @@ async def open_stream_listener(
     loop = asyncio.get_running_loop()
     unlink: str | None = None
     try:
-        if endpoint.scheme == "tls" and ssl is None:
+        if endpoint.scheme in ("tls", "wss") and ssl is None:
             raise ListenError(
                 f"cannot listen on {endpoint}: TLS needs a certificate "
                 "(--cert/--key, or --self-signed for development)"
             )
-        if endpoint.scheme in ("tcp", "tls"):
+        if endpoint.scheme in ("tcp", "tls", "ws", "wss"):  # ws: a tcp listener, wss: tls
             sock = _inet_socket(endpoint, socket.SOCK_STREAM, reuse_port)
         elif endpoint.scheme == "unix":
             sock, unlink = _unix_socket(endpoint, socket.SOCK_STREAM)
         else:
             raise InvalidEndpoint(f"cannot listen on {endpoint} as a stream service here")
-        tls = ssl if endpoint.scheme == "tls" else None
+        tls = ssl if endpoint.scheme in ("tls", "wss") else None
         try:
             server = await loop.create_server(
                 factory,
@@ -281,7 +281,7 @@ async def open_tls_listener(
     Raises:
         AddressInUse, PermissionDenied, ListenError, InvalidEndpoint.
     """
-    if endpoint.scheme != "tls":
+    if endpoint.scheme not in ("tls", "wss"):
         raise InvalidEndpoint(f"open_tls_listener needs a tls:// endpoint, not {endpoint}")
     try:
         sock = _inet_socket(endpoint, socket.SOCK_STREAM, reuse_port)

@@ -169,7 +169,7 @@ class Server:
                     else:
                         factory = functools.partial(svc.stream_handler, ctx)
                         proxy = self.proxy if svc.accepts_proxy else None
-                        if ep.scheme == "tls" and self.tls is not None:
+                        if ep.scheme in ("tls", "wss") and self.tls is not None:
                             lst = await open_tls_listener(
                                 ep,
                                 factory,

@@ -1,0 +1,509 @@
+"""WebSocket (RFC 6455) glue without I/O, around websockets' sans-I/O protocol objects.
+
+The framing, masking, control frames, the opening handshake and permessage-deflate
+(RFC 7692) are the `websockets` library's :class:`~websockets.server.ServerProtocol` and
+:class:`~websockets.client.ClientProtocol`; this module adds what an application needs on
+top of them and what our runtime drives:
+
+- whole **messages** out of fragments (:class:`TextMessage`, :class:`BinaryMessage`), with
+  text checked as UTF-8 frame by frame (invalid: close 1007) and the size of a message
+  bounded by ``max_message`` bytes *before* its payload is read or inflated (over it:
+  close 1009), so a 1 KiB compressed frame that would inflate to 1 GiB is refused after at
+  most ``max_message`` bytes of output;
+- one event list for the handshake, messages, pongs and the close
+  (:meth:`WebSocket.events_received`);
+- the close handshake as data (:attr:`WebSocket.close_sent`, :attr:`WebSocket.close_rcvd`);
+- :func:`server_frame`, the bytes of one unmasked server frame, so one encoding can be
+  written to many connections (fan-out), when no extension is negotiated.
+
+::
+
+    ws = WebSocket.server(max_message=65536)
+    ws.receive_data(request_bytes)            # the HTTP upgrade request
+    [req] = ws.events_received()              # HandshakeRequest
+    ws.accept(req.request)                    # or ws.reject(403, "...")
+    out = ws.data_to_send()                   # the 101 response: write it
+    ws.receive_data(frame_bytes)
+    ws.events_received()                      # [TextMessage("hi")]
+    ws.send_text("hello")
+
+``data_to_send()`` returns a list of ``bytes``; an empty ``bytes`` means "close the
+transport now" (half-close for a client, which then waits for the server's close).
+
+Model: websockets ``protocol.py`` (the object we wrap); h11 for the event style.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    ServerPerMessageDeflateFactory,
+)
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "BinaryMessage",
+    "CloseCode",
+    "Closed",
+    "HandshakeFailed",
+    "HandshakeRequest",
+    "Opened",
+    "PongReceived",
+    "Request",
+    "Response",
+    "TextMessage",
+    "WebSocket",
+    "WebSocketEvent",
+    "server_frame",
+]
+
+#: Default largest message accepted, in bytes (after decompression).
+DEFAULT_MAX_MESSAGE = 64 * 1024
+
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_CONT = Opcode.CONT
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRequest:
+    """Server: the opening handshake request arrived; answer with :meth:`WebSocket.accept`
+    or :meth:`WebSocket.reject`."""
+
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The opening handshake succeeded (server: our 101 is queued; client: the server's 101
+    arrived). ``extensions`` names the negotiated extensions (``permessage-deflate``)."""
+
+    extensions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    """Client: the server refused the upgrade (or did not speak HTTP).
+
+    Attributes:
+        status: the HTTP status (0 when no valid response arrived).
+        reason: one line saying why.
+    """
+
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextMessage:
+    """A complete text message (UTF-8 checked), however many frames it came in."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryMessage:
+    """A complete binary message."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    """A pong arrived (the answer to a ping, or unsolicited)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The WebSocket is closing or closed: no more messages will come.
+
+    Attributes:
+        code: the close code received (1000 normal, 1001 going away, 1006 no close frame,
+            ...), or the one we sent when we failed the connection.
+        reason: the close reason, as text.
+        by_peer: True when the peer started the close (or broke the connection).
+    """
+
+    code: int
+    reason: str
+    by_peer: bool
+
+
+WebSocketEvent = (
+    HandshakeRequest
+    | Opened
+    | HandshakeFailed
+    | TextMessage
+    | BinaryMessage
+    | PongReceived
+    | Closed
+)
+
+
+def _header(opcode: int, size: int) -> bytes:
+    if size < 126:
+        return bytes((0x80 | opcode, size))
+    if size < 65536:
+        return bytes((0x80 | opcode, 126)) + size.to_bytes(2, "big")
+    return bytes((0x80 | opcode, 127)) + size.to_bytes(8, "big")
+
+
+def server_frame(payload: bytes, *, text: bool = True) -> bytes:
+    """Return one final, unmasked frame (the server -> client form, RFC 6455 5.2).
+
+    Valid only on connections without extensions (``WebSocket.extensions`` empty): the
+    same bytes can then be written to every such connection (fan-out).
+
+    Args:
+        payload: the message (UTF-8 for text).
+        text: a text frame (opcode 1), else binary (opcode 2).
+    """
+    return _header(1 if text else 2, len(payload)) + payload
+
+
+class WebSocket:
+    """One WebSocket connection without I/O (either side). Build with :meth:`server` or
+    :meth:`client`.
+
+    Args:
+        protocol: a websockets ``ServerProtocol`` or ``ClientProtocol``.
+
+    Attributes:
+        protocol: the wrapped websockets object (for its handshake details).
+        max_message: the largest message accepted, in bytes (after decompression).
+
+    Not thread-safe; every method returns at once.
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_events",
+        "_failed",
+        "_fragments",
+        "_opened",
+        "_text",
+        "max_message",
+        "protocol",
+    )
+
+    def __init__(self, protocol: ServerProtocol | ClientProtocol, max_message: int) -> None:
+        self.protocol = protocol
+        self.max_message = max_message
+        self._events: list[WebSocketEvent] = []
+        self._fragments: list[bytes] = []
+        self._text = False
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._opened = protocol.state is State.OPEN
+        self._failed = False
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def server(
+        cls,
+        *,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        compression: bool = False,
+        origins: Sequence[str | re.Pattern[str] | None] | None = None,
+    ) -> WebSocket:
+        """The server side: feed it the upgrade request, then frames.
+
+        Args:
+            max_message: largest message accepted, bytes (after decompression).
+            compression: offer permessage-deflate (RFC 7692) when the client asks for it.
+            origins: accepted ``Origin`` header values (``None`` in the list: no header);
+                ``None``: any. Others are refused with 403.
+        """
+        if max_message < 1:
+            raise ValueError("max_message must be >= 1 byte")
+        extensions = [ServerPerMessageDeflateFactory()] if compression else None
+        proto = ServerProtocol(
+            origins=origins,  # type: ignore[arg-type]
+            extensions=extensions,
+            max_size=max_message,
+        )
+        return cls(proto, max_message)
+
+    @classmethod
+    def client(
+        cls,
+        uri: str,
+        *,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        compression: bool = False,
+        origin: str | None = None,
+    ) -> WebSocket:
+        """The client side of ``uri`` (``ws://host:port/path``); its handshake request is
+        queued at once (read it with :meth:`data_to_send`).
+
+        Raises:
+            ValueError: ``uri`` is not a ws:// or wss:// URI.
+        """
+        if max_message < 1:
+            raise ValueError("max_message must be >= 1 byte")
+        try:
+            parsed = parse_uri(uri)
+        except Exception as exc:  # InvalidURI
+            raise ValueError(f"not a WebSocket URI: {uri!r}") from exc
+        extensions = [ClientPerMessageDeflateFactory()] if compression else None
+        proto = ClientProtocol(
+            parsed,
+            origin=origin,  # type: ignore[arg-type]
+            extensions=extensions,
+            max_size=max_message,
+        )
+        proto.send_request(proto.connect())
+        return cls(proto, max_message)
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        """CONNECTING, OPEN, CLOSING or CLOSED (RFC 6455 4.1, 7.1.3-4)."""
+        return self.protocol.state
+
+    @property
+    def is_open(self) -> bool:
+        """True while messages may be sent."""
+        return self.protocol.state is State.OPEN
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """Names of the negotiated extensions (empty: frames can be shared, see
+        :func:`server_frame`)."""
+        return tuple(ext.name for ext in self.protocol.extensions)
+
+    @property
+    def close_sent(self) -> Close | None:
+        """The close frame we sent (``code``, ``reason``), if any."""
+        return self.protocol.close_sent
+
+    @property
+    def close_rcvd(self) -> Close | None:
+        """The close frame the peer sent, if any."""
+        return self.protocol.close_rcvd
+
+    @property
+    def eof_sent(self) -> bool:
+        """True once the transport should be (half-)closed."""
+        return self.protocol.eof_sent
+
+    # -- input ---------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer (any split of the stream); no-op once closed."""
+        proto = self.protocol
+        if proto.reader.eof or proto.state is State.CLOSED:
+            return
+        proto.receive_data(data)
+        self._collect()
+
+    def receive_eof(self) -> None:
+        """Feed the end of the stream. Idempotent."""
+        proto = self.protocol
+        was = proto.state
+        proto.receive_eof()
+        self._collect()
+        if was is State.OPEN and not self._failed:
+            # The peer vanished without a close frame (RFC 6455 7.1.5: 1006).
+            self._failed = True
+            self._events.append(Closed(CloseCode.ABNORMAL_CLOSURE, "no close frame", True))
+
+    def events_received(self) -> list[WebSocketEvent]:
+        """Return (and forget) the events of the bytes fed so far."""
+        events, self._events = self._events, []
+        return events
+
+    def _collect(self) -> None:
+        proto = self.protocol
+        for ev in proto.events_received():
+            if isinstance(ev, Frame):
+                self._frame(ev)
+            elif isinstance(ev, Request):
+                self._events.append(HandshakeRequest(ev))
+            elif isinstance(ev, Response):
+                if proto.handshake_exc is None and proto.state is State.OPEN:
+                    self._opened = True
+                    self._events.append(Opened(self.extensions))
+                else:
+                    self._events.append(
+                        HandshakeFailed(ev.status_code, _describe(proto.handshake_exc, ev))
+                    )
+        if (
+            proto.handshake_exc is not None
+            and not self._opened
+            and not self._failed
+            and isinstance(proto, ClientProtocol)
+            and not any(isinstance(e, HandshakeFailed) for e in self._events)
+        ):
+            self._failed = True
+            self._events.append(HandshakeFailed(0, _describe(proto.handshake_exc, None)))
+        exc = proto.parser_exc
+        if exc is not None and self._opened and not self._failed:
+            self._failed = True
+            sent = proto.close_sent
+            code: int
+            if isinstance(exc, EOFError):
+                code, reason = CloseCode.ABNORMAL_CLOSURE, "no close frame"
+            else:
+                code = sent.code if sent is not None else CloseCode.PROTOCOL_ERROR
+                reason = sent.reason if sent is not None and sent.reason else str(exc)
+            self._events.append(Closed(code, reason, True))
+
+    def _frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        if op is _TEXT or op is _BINARY or op is _CONT:
+            if self._failed:
+                return
+            if op is not _CONT:
+                self._text = op is _TEXT
+                self._decoder = None
+            data = bytes(frame.data)
+            if self._text:
+                if frame.fin and not self._fragments:
+                    try:
+                        self._events.append(TextMessage(data.decode()))
+                    except UnicodeDecodeError as exc:
+                        self._bad_utf8(exc)
+                    return
+                decoder = self._decoder
+                if decoder is None:
+                    decoder = self._decoder = codecs.getincrementaldecoder("utf-8")()
+                try:
+                    decoder.decode(data, frame.fin)  # checked as it comes, kept as bytes
+                except UnicodeDecodeError as exc:
+                    self._bad_utf8(exc)
+                    return
+            self._fragments.append(data)
+            if frame.fin:
+                whole = b"".join(self._fragments)
+                self._fragments = []
+                self._decoder = None
+                if self._text:
+                    self._events.append(TextMessage(whole.decode()))
+                else:
+                    self._events.append(BinaryMessage(whole))
+        elif op is Opcode.PONG:
+            self._events.append(PongReceived(bytes(frame.data)))
+        elif op is Opcode.CLOSE:
+            rcvd = self.protocol.close_rcvd
+            if not self._failed:
+                self._failed = True
+                code = rcvd.code if rcvd is not None else CloseCode.NO_STATUS_RCVD
+                reason = rcvd.reason if rcvd is not None else ""
+                by_peer = self.protocol.close_rcvd_then_sent is not False
+                self._events.append(Closed(code, reason, by_peer))
+        # PING: websockets queued the pong already.
+
+    def _bad_utf8(self, exc: UnicodeDecodeError) -> None:
+        self._fragments = []
+        self._decoder = None
+        reason = f"invalid UTF-8 in a text message ({exc.reason})"
+        self.fail(CloseCode.INVALID_DATA, reason)
+        self._events.append(Closed(CloseCode.INVALID_DATA, reason, True))
+
+    # -- handshake (server) ----------------------------------------------------------------
+    def accept(self, request: Request) -> Response:
+        """Answer the handshake ``request``: 101, or an error response (bad handshake, 403
+        for a refused Origin). The response is queued; it is returned for logging.
+
+        An :class:`Opened` event follows a 101 (read it with :meth:`events_received`).
+        """
+        proto = self.protocol
+        assert isinstance(proto, ServerProtocol)
+        response = proto.accept(request)
+        self.send_response(response)
+        return response
+
+    def reject(self, status: int, text: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
+        """Refuse the upgrade with an HTTP ``status`` and a short plain ``text`` body; the
+        transport is then closed (``b""`` from :meth:`data_to_send`)."""
+        proto = self.protocol
+        assert isinstance(proto, ServerProtocol)
+        response = proto.reject(status, text)
+        for name, value in headers:
+            response.headers[name] = value
+        self.send_response(response)
+        return response
+
+    def send_response(self, response: Response) -> None:
+        """Queue a handshake ``response`` made by :meth:`accept`-like code."""
+        proto = self.protocol
+        assert isinstance(proto, ServerProtocol)
+        proto.send_response(response)
+        if response.status_code == 101:
+            self._opened = True
+            self._events.append(Opened(self.extensions))
+
+    # -- output ----------------------------------------------------------------------------
+    def send_text(self, text: str | bytes) -> None:
+        """Queue one text message (``bytes``: already UTF-8).
+
+        Raises:
+            websockets.exceptions.InvalidState: the connection is not open.
+        """
+        self.protocol.send_text(text.encode() if isinstance(text, str) else text)
+
+    def send_bytes(self, data: bytes) -> None:
+        """Queue one binary message.
+
+        Raises:
+            websockets.exceptions.InvalidState: the connection is not open.
+        """
+        self.protocol.send_binary(data)
+
+    def send_ping(self, data: bytes | None = None) -> bytes:
+        """Queue a ping; return its payload (4 random bytes unless given)."""
+        payload = os.urandom(4) if data is None else data
+        self.protocol.send_ping(payload)
+        return payload
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake (RFC 6455 7.1.2); idempotent. ``reason`` is cut to
+        fit a control frame (123 bytes of UTF-8)."""
+        if self.protocol.state is not State.OPEN:
+            return
+        self.protocol.send_close(code, _cut(reason))
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Fail the connection (RFC 6455 7.1.7): send a close frame if we can, then close
+        the transport without waiting for the peer's."""
+        self._failed = True
+        if self.protocol.state is State.CLOSED or self.protocol.eof_sent:
+            return
+        self.protocol.fail(code, _cut(reason))
+
+    def data_to_send(self) -> list[bytes]:
+        """Return (and forget) the bytes to write, in order; ``b""``: close the transport."""
+        return self.protocol.data_to_send()
+
+
+def _cut(reason: str) -> str:
+    data = reason.encode()
+    if len(data) <= 123:
+        return reason
+    return data[:123].decode(errors="ignore")
+
+
+def _describe(exc: BaseException | None, response: Response | None) -> str:
+    if response is not None and response.status_code != 101:
+        body = (response.body or b"").decode(errors="replace").strip().splitlines()
+        detail = f": {body[0][:200]}" if body else ""
+        return f"HTTP {response.status_code} {response.reason_phrase}{detail}"
+    if isinstance(exc, InvalidHandshake):
+        text = str(exc)
+        cause = exc.__cause__
+        return f"{text}: {cause}" if cause is not None and str(cause) else text
+    return str(exc) if exc is not None else "the WebSocket handshake failed"

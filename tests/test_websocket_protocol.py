@@ -1,0 +1,306 @@
+"""The WebSocket glue without sockets: a client and a server object wired together, frames
+fed whole, byte by byte and with trailing data; fragments, control frames in the middle,
+closes both ways, size and UTF-8 limits, and a deflate bomb."""
+
+from __future__ import annotations
+
+import tracemalloc
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.frames import Frame, Opcode
+
+from wirecat.protocols.websocket import (
+    BinaryMessage,
+    Closed,
+    HandshakeFailed,
+    HandshakeRequest,
+    Opened,
+    PongReceived,
+    TextMessage,
+    WebSocket,
+    server_frame,
+)
+from wirecat.runtime.websocket import WebSocketSettings, origin_allowed
+
+
+def _pair(*, max_message: int = 65536, compression: bool = False) -> tuple[WebSocket, WebSocket]:
+    """An open client/server pair."""
+    client = WebSocket.client("ws://127.0.0.1:7080/chat", compression=compression)
+    server = WebSocket.server(max_message=max_message, compression=compression)
+    server.receive_data(b"".join(client.data_to_send()))
+    [req] = server.events_received()
+    assert isinstance(req, HandshakeRequest) and req.request.path == "/chat"
+    response = server.accept(req.request)
+    assert response.status_code == 101
+    assert server.events_received() == [Opened(server.extensions)]
+    client.receive_data(b"".join(server.data_to_send()))
+    assert client.events_received() == [Opened(client.extensions)]
+    return client, server
+
+
+def _masked(opcode: Opcode, data: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
+    """A client frame (masked), as a browser sends it."""
+    return Frame(opcode, data, fin, rsv1).serialize(mask=True, extensions=[])
+
+
+def _feed(ws: WebSocket, data: bytes, how: str) -> list[object]:
+    if how == "whole":
+        ws.receive_data(data)
+    else:
+        for i in range(len(data)):
+            ws.receive_data(data[i : i + 1])
+    return list(ws.events_received())
+
+
+HOW = ["whole", "bytewise"]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_text_and_binary_messages(how: str) -> None:
+    client, server = _pair()
+    client.send_text("héllo 👋")
+    client.send_bytes(b"\x00\xff")
+    assert _feed(server, b"".join(client.data_to_send()), how) == [
+        TextMessage("héllo 👋"),
+        BinaryMessage(b"\x00\xff"),
+    ]
+    server.send_text("back")
+    assert _feed(client, b"".join(server.data_to_send()), how) == [TextMessage("back")]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_handshake_fed_byte_by_byte_with_a_frame_behind_it(how: str) -> None:
+    client = WebSocket.client("ws://[::1]:9/x")
+    server = WebSocket.server()
+    request = b"".join(client.data_to_send())
+    events = _feed(server, request + _masked(Opcode.TEXT, b"early"), how)
+    assert isinstance(events[0], HandshakeRequest)
+    server.accept(events[0].request)
+    # The frame that came with the request is delivered once the socket is open.
+    assert server.events_received()[0] == Opened(())
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_fragmented_message_split_inside_a_utf8_character(how: str) -> None:
+    _, server = _pair()
+    text = "añb€c".encode()
+    data = (
+        _masked(Opcode.TEXT, text[:2], fin=False)  # ends inside "ñ"
+        + _masked(Opcode.CONT, text[2:6], fin=False)  # ends inside "€"
+        + _masked(Opcode.CONT, text[6:], fin=True)
+    )
+    assert _feed(server, data, how) == [TextMessage("añb€c")]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_ping_in_the_middle_of_a_fragmented_message(how: str) -> None:
+    _, server = _pair()
+    data = (
+        _masked(Opcode.BINARY, b"one ", fin=False)
+        + _masked(Opcode.PING, b"are you there")
+        + _masked(Opcode.CONT, b"two", fin=True)
+    )
+    assert _feed(server, data, how) == [BinaryMessage(b"one two")]
+    pong = b"".join(server.data_to_send())
+    assert pong == server_frame(b"are you there", text=False)[:0] + b"\x8a\x0dare you there"
+
+
+def test_pong_is_reported() -> None:
+    client, server = _pair()
+    payload = server.send_ping()
+    client.receive_data(b"".join(server.data_to_send()))
+    assert client.events_received() == []  # websockets answers the ping by itself
+    server.receive_data(b"".join(client.data_to_send()))
+    assert server.events_received() == [PongReceived(payload)]
+
+
+def test_close_started_by_the_client() -> None:
+    client, server = _pair()
+    client.close(1000, "bye")
+    server.receive_data(b"".join(client.data_to_send()))
+    assert server.events_received() == [Closed(1000, "bye", True)]
+    out = server.data_to_send()
+    assert out[-1] == b""  # the server closes the TCP connection first (RFC 6455 7.1.1)
+    client.receive_data(b"".join(out[:-1]))
+    assert client.events_received() == [Closed(1000, "bye", False)]
+    client.receive_eof()
+    assert client.state.name == "CLOSED"
+
+
+def test_close_started_by_the_server() -> None:
+    client, server = _pair()
+    server.close(1001, "going away")
+    server.close(1000)  # idempotent
+    client.receive_data(b"".join(server.data_to_send()))
+    assert client.events_received() == [Closed(1001, "going away", True)]
+    server.receive_data(b"".join(client.data_to_send()))
+    assert server.events_received() == [Closed(1001, "going away", False)]
+    assert server.data_to_send() == [b""]
+
+
+def test_eof_without_close_frame_is_1006() -> None:
+    _, server = _pair()
+    server.receive_eof()
+    assert server.events_received() == [Closed(1006, "no close frame", True)]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_oversized_message_closes_1009_before_reading_its_payload(how: str) -> None:
+    _, server = _pair(max_message=1000)
+    # Only the header of a 1 GiB frame: refused from the length field alone.
+    header = bytes((0x82, 0x80 | 127)) + (1 << 30).to_bytes(8, "big") + b"mask"
+    events = _feed(server, header, how)
+    assert len(events) == 1 and isinstance(events[0], Closed) and events[0].code == 1009
+    frame = b"".join(server.data_to_send())
+    assert frame.startswith(b"\x88") and frame[2:4] == (1009).to_bytes(2, "big")
+
+
+def test_oversized_fragmented_message_closes_1009() -> None:
+    _, server = _pair(max_message=1000)
+    data = _masked(Opcode.TEXT, b"a" * 600, fin=False) + _masked(Opcode.CONT, b"b" * 600)
+    events = _feed(server, data, "whole")
+    assert [type(e) for e in events] == [Closed] and events[0].code == 1009  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [(Opcode.TEXT, b"ok \xff", True)],
+        [(Opcode.TEXT, b"ok", False), (Opcode.CONT, b"\xc3\x28", True)],  # bad continuation
+        [(Opcode.TEXT, b"\xe2\x82", True)],  # truncated at the end of the message
+    ],
+)
+def test_bad_utf8_in_text_closes_1007(frames: list[tuple[Opcode, bytes, bool]]) -> None:
+    _, server = _pair()
+    data = b"".join(_masked(op, payload, fin=fin) for op, payload, fin in frames)
+    events = _feed(server, data, "whole")
+    assert len(events) == 1 and isinstance(events[0], Closed) and events[0].code == 1007
+    out = b"".join(server.data_to_send())
+    assert out[2:4] == (1007).to_bytes(2, "big")
+
+
+def test_protocol_error_closes_1002() -> None:
+    _, server = _pair()
+    events = _feed(server, _masked(Opcode.CONT, b"no start"), "whole")
+    assert len(events) == 1 and isinstance(events[0], Closed) and events[0].code == 1002
+
+
+def test_unmasked_client_frame_is_refused() -> None:
+    _, server = _pair()
+    events = _feed(server, server_frame(b"unmasked"), "whole")
+    assert isinstance(events[0], Closed) and events[0].code == 1002
+
+
+def _deflate_frame(inflated: int) -> bytes:
+    """A masked, compressed (RSV1) binary frame whose payload inflates to ``inflated`` zero
+    bytes: deflate's best ratio, ~1030:1."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts = [comp.compress(bytes(min(1 << 20, inflated - i))) for i in range(0, inflated, 1 << 20)]
+    payload = b"".join(parts) + comp.flush(zlib.Z_SYNC_FLUSH)
+    payload = payload[:-4]  # RFC 7692 7.2.1: the 00 00 ff ff tail is not sent
+    n = len(payload)
+    size = bytes((0x80 | n,)) if n < 126 else bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+    return bytes((0x80 | 0x40 | 0x2,)) + size + b"\0\0\0\0" + payload  # all-zero mask key
+
+
+@pytest.mark.parametrize("inflated", [1 << 20, 60 << 20])
+def test_deflate_bomb_is_refused_without_inflating_it(inflated: int) -> None:
+    """A compressed frame under the limit that would inflate far beyond it (1 KiB -> 1 MiB,
+    60 KiB -> 60 MiB): closed 1009 after at most max_message bytes of output, with no
+    large allocation."""
+    _, server = _pair(max_message=65536, compression=True)
+    assert server.extensions == ("permessage-deflate",)
+    frame = _deflate_frame(inflated)
+    assert len(frame) < 65536
+    tracemalloc.start()
+    try:
+        server.receive_data(frame)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    events = server.events_received()
+    assert len(events) == 1 and isinstance(events[0], Closed) and events[0].code == 1009
+    assert peak < 1024 * 1024, f"peak {peak} bytes while refusing {inflated} inflated bytes"
+
+
+def test_compressed_messages_round_trip() -> None:
+    client, server = _pair(compression=True)
+    client.send_text("x" * 5000)
+    wire = b"".join(client.data_to_send())
+    assert len(wire) < 200  # compressed
+    server.receive_data(wire)
+    assert server.events_received() == [TextMessage("x" * 5000)]
+
+
+def test_server_refuses_a_non_websocket_request() -> None:
+    server = WebSocket.server()
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    [req] = server.events_received()
+    assert isinstance(req, HandshakeRequest)
+    response = server.accept(req.request)
+    assert response.status_code == 426
+    assert server.data_to_send()[-1] == b""
+
+
+def test_client_reports_a_refused_handshake() -> None:
+    client = WebSocket.client("ws://127.0.0.1:1/")
+    server = WebSocket.server()
+    server.receive_data(b"".join(client.data_to_send()))
+    [req] = server.events_received()
+    assert isinstance(req, HandshakeRequest)
+    server.reject(403, "no\n")
+    client.receive_data(b"".join(d for d in server.data_to_send() if d))
+    client.receive_eof()
+    events = client.events_received()
+    assert any(isinstance(e, HandshakeFailed) and e.status == 403 for e in events)
+
+
+@given(st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=5), st.data())
+def test_any_split_gives_the_same_messages(messages: list[bytes], data: st.DataObject) -> None:
+    client, server = _pair()
+    for m in messages:
+        client.send_bytes(m)
+    wire = b"".join(client.data_to_send())
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+    got: list[object] = []
+    for piece in pieces:
+        server.receive_data(piece)
+        got.extend(server.events_received())
+    assert got == [BinaryMessage(m) for m in messages]
+
+
+def test_server_frame_lengths() -> None:
+    assert server_frame(b"a") == b"\x81\x01a"
+    assert server_frame(b"a" * 126)[:4] == b"\x81\x7e\x00\x7e"
+    assert server_frame(b"a" * 65536, text=False)[:10] == b"\x82\x7f" + (65536).to_bytes(8, "big")
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allow", "ok"),
+    [
+        (None, "127.0.0.1:7080", (), True),  # a program: no Origin header
+        ("http://127.0.0.1:7080", "127.0.0.1:7080", (), True),  # the page itself
+        ("https://Chat.Example:443", "chat.example:443", (), True),
+        ("http://evil.example", "127.0.0.1:7080", (), False),
+        ("http://127.0.0.1:7081", "127.0.0.1:7080", (), False),  # another port is another site
+        ("null", "127.0.0.1:7080", (), False),  # sandboxed frames, file:// pages
+        ("https://app.example", "127.0.0.1:7080", ("https://app.example",), True),
+        ("https://other.example", "127.0.0.1:7080", ("*",), True),
+    ],
+)
+def test_origin_check(origin: str | None, host: str, allow: tuple[str, ...], ok: bool) -> None:
+    assert origin_allowed(origin, host, allow) is ok
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError):
+        WebSocketSettings(max_message=0)
+    with pytest.raises(ValueError):
+        WebSocketSettings(allow_origin=("evil.example",))
+    assert WebSocketSettings(allow_origin="https://a.example").allow_origin == (
+        "https://a.example",
+    )
