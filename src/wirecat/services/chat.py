@@ -72,6 +72,11 @@ class ChatHandler(StreamHandler):
 
     needs_login = True
 
+    #: Put a member that just logged in into a room (the hello's, else the default room),
+    #: in text and JSON mode alike. Front-ends whose clients join rooms themselves (the web
+    #: page) turn it off.
+    join_on_hello = True
+
     def __init__(self, ctx: ServerContext, service: ChatService) -> None:
         super().__init__(ctx, service)
         self.chat = service
@@ -200,9 +205,9 @@ class ChatHandler(StreamHandler):
         if isinstance(reply, Welcome):
             proto.registered = True
             self.login_complete()
-            # Both modes land in a room: the hello's, else the default one (its reply has no ref).
-            room = cmd.room if isinstance(cmd, Hello) and cmd.room else core.default_room
-            self.send(codec.encode(core.handle(member, Join(room))))
+            if self.join_on_hello:  # the hello's room, else the default (a reply without ref)
+                room = cmd.room if isinstance(cmd, Hello) and cmd.room else core.default_room
+                self.send(codec.encode(core.handle(member, Join(room))))
         if member.must_close:
             if isinstance(reply, ErrorEvent):
                 self.ctx.metrics["chat_kicked"] += 1

@@ -169,8 +169,9 @@ class ChatServerProtocol:
                 return ev
 
     def _parse_line(self, data: bytes) -> Command | ErrorEvent | None:
-        if self.mode is None:
-            self.mode = Mode.JSON if data.lstrip(b" \t").startswith(b"{") else Mode.TEXT
+        if self.state is State.GREETING:  # the mode may be preset (a WebSocket is JSON)
+            if self.mode is None:
+                self.mode = Mode.JSON if data.lstrip(b" \t").startswith(b"{") else Mode.TEXT
             self._step("first_line")
         if self.mode is Mode.JSON:
             if not data.strip(b" \t"):
