@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -175,8 +176,22 @@ async def _pump_server(chat: ChatClient, view: _View, raw: bool) -> None:
             view.bye_seen |= isinstance(ev, Bye)
 
 
+async def _send_line(chat: ChatClient, view: _View, data: bytes) -> bool:
+    """Send one typed line (text or a /command); return True once it was ``/quit``."""
+    cmd: Command | ErrorEvent | None = parse_text_line(data)
+    if cmd is None:
+        return False
+    if isinstance(cmd, ErrorEvent):
+        view.info(f"!!! {cmd.reason}: not sent", "bold red")
+        return False
+    ref = await chat.send_command(cmd)
+    if isinstance(cmd, Dm):
+        view.pending_dms[ref] = cmd
+    return isinstance(cmd, Quit)
+
+
 async def _pump_stdin(chat: ChatClient, view: _View, stdin: StdinReader) -> None:
-    """Send what is typed; returns after ``/quit`` or at end of input (quit sent)."""
+    """Plain lines (a pipe, a file): send each; returns after ``/quit`` or at end of input."""
     framer = LineFramer(max_line=_MAX_INPUT_LINE)
     while True:
         data = await stdin.read()
@@ -192,17 +207,32 @@ async def _pump_stdin(chat: ChatClient, view: _View, stdin: StdinReader) -> None
                 view.info(f"!!! line longer than {ev.limit} bytes: not sent", "bold red")
                 continue
             assert isinstance(ev, Line)
-            cmd: Command | ErrorEvent | None = parse_text_line(ev.data)
-            if cmd is None:
-                continue
-            if isinstance(cmd, ErrorEvent):
-                view.info(f"!!! {cmd.reason}: not sent", "bold red")
-                continue
-            ref = await chat.send_command(cmd)
-            if isinstance(cmd, Dm):
-                view.pending_dms[ref] = cmd
-            if isinstance(cmd, Quit):
+            if await _send_line(chat, view, ev.data):
                 return
+
+
+async def _pump_terminal(chat: ChatClient, view: _View, prompt: str) -> None:
+    """A terminal: one input line kept whole at the bottom while messages print above it,
+    with history and editing (prompt_toolkit); Ctrl-D or Ctrl-C quits."""
+    from prompt_toolkit import PromptSession
+
+    session: PromptSession[str] = PromptSession()
+    while True:
+        try:
+            text = await session.prompt_async(prompt)
+        except (EOFError, KeyboardInterrupt):
+            await chat.send_command(Quit())
+            return
+        data = text.encode("utf-8", "surrogateescape")
+        if len(data) > _MAX_INPUT_LINE:
+            view.info(f"!!! line longer than {_MAX_INPUT_LINE} bytes: not sent", "bold red")
+            continue
+        if await _send_line(chat, view, data):
+            return
+
+
+def _is_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 _HELP = (
@@ -240,33 +270,45 @@ async def _chat_main(
         on_line=show_raw if raw else None,
         **tls,
     )
-    async with opening as chat:
-        welcome = chat.welcome
-        assert welcome is not None
-        if not raw:
-            how = " (authenticated)" if welcome.user else ""
-            view.info(f"*** connected to {endpoint} as {_t(welcome.nick)}{how}")
-            for line in welcome.motd.splitlines():
-                view.info(f"*** {_t(line)}")
-        stdin = await open_stdin()
-        server_task = asyncio.ensure_future(_pump_server(chat, view, raw))
-        stdin_task = asyncio.ensure_future(_pump_stdin(chat, view, stdin))
-        try:
-            await asyncio.wait({server_task, stdin_task}, return_when=asyncio.FIRST_COMPLETED)
-            if stdin_task.done() and stdin_task.exception() is None:
-                with contextlib.suppress(TimeoutError):  # quit sent: wait for bye + close
-                    await asyncio.wait_for(asyncio.shield(server_task), _QUIT_TIMEOUT)
-        finally:
-            stdin.close()
-            for task in (server_task, stdin_task):
-                task.cancel()
-            results = await asyncio.gather(server_task, stdin_task, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
-        if view.bye_seen or view.shutdown_seen:
-            return 0
-        raise ConnectionClosedError(f"the chat server at {endpoint} closed the connection")
+    terminal = _is_terminal() and not raw
+    with contextlib.ExitStack() as screen:
+        if terminal:  # messages print above the input line, which stays whole
+            from prompt_toolkit.patch_stdout import patch_stdout
+
+            screen.enter_context(patch_stdout(raw=True))
+        async with opening as chat:
+            welcome = chat.welcome
+            assert welcome is not None
+            if not raw:
+                how = " (authenticated)" if welcome.user else ""
+                view.info(f"*** connected to {endpoint} as {_t(welcome.nick)}{how}")
+                for line in welcome.motd.splitlines():
+                    view.info(f"*** {_t(line)}")
+            stdin = None if terminal else await open_stdin()
+            server_task = asyncio.ensure_future(_pump_server(chat, view, raw))
+            if stdin is None:
+                stdin_task = asyncio.ensure_future(_pump_terminal(chat, view, f"{welcome.nick}> "))
+            else:
+                stdin_task = asyncio.ensure_future(_pump_stdin(chat, view, stdin))
+            try:
+                await asyncio.wait({server_task, stdin_task}, return_when=asyncio.FIRST_COMPLETED)
+                if stdin_task.done() and stdin_task.exception() is None:
+                    with contextlib.suppress(TimeoutError):  # quit sent: wait for bye + close
+                        await asyncio.wait_for(asyncio.shield(server_task), _QUIT_TIMEOUT)
+            finally:
+                if stdin is not None:
+                    stdin.close()
+                for task in (server_task, stdin_task):
+                    task.cancel()
+                results = await asyncio.gather(server_task, stdin_task, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(
+                    result, asyncio.CancelledError
+                ):
+                    raise result
+            if view.bye_seen or view.shutdown_seen:
+                return 0
+            raise ConnectionClosedError(f"the chat server at {endpoint} closed the connection")
 
 
 @click.command("chat")
