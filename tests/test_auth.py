@@ -264,6 +264,9 @@ def test_text_mode_takes_the_line_after_the_prompt_as_the_token(split: bool) -> 
     assert ev.token == "/join  s3cret"  # taken as it is: never parsed as a command
     proto.registered = True
     assert proto.next_event() == Join("#x")
+    proto = ChatServerProtocol()  # an empty token line (a new connection: one login each)
+    feed(b"ann\n")
+    assert proto.next_event() == Hello("ann")
     proto.expect_token("ann")
     feed(b"\n")
     err = proto.next_event()

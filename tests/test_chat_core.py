@@ -295,4 +295,4 @@ def test_chat_error_is_a_wirecat_error() -> None:
     from wirecat.errors import WirecatError
 
     exc = ChatError("nick_taken", "taken")
-    assert isinstance(exc, WirecatError) and exc.code == "nick_taken" and str(exc) == "taken"
+    assert isinstance(exc, WirecatError) and exc.code == "nick_taken" and exc.reason == "taken"

@@ -302,7 +302,7 @@ def test_text_encoding() -> None:
     )
     joined = enc(RoomJoined("#lobby", ("ann", "bob"), (MSG,)))
     assert joined == (
-        "*** last 1 messages in #lobby:\n#lobby <ann> hi é\n*** in #lobby (2): ann bob\n".encode()
+        "*** last 1 message in #lobby:\n#lobby <ann> hi é\n*** in #lobby (2): ann bob\n".encode()
     )
     assert enc(WhoList("#r", ("a", "b"))) == b"*** in #r (2): a b\n"
     assert enc(RoomList((("#a", 1), ("#b", 2)))) == b"*** rooms: #a (1), #b (2)\n"
@@ -497,9 +497,13 @@ def test_parsers_never_raise_on_garbage(data: bytes) -> None:
 
 # -- layering -------------------------------------------------------------------------------
 def test_protocols_import_no_io_modules() -> None:
-    src = Path(chat_mod.__file__).read_text()
     imported: set[str] = set()
-    for node in ast.walk(ast.parse(src)):
+    nodes = [
+        node
+        for path in Path(chat_mod.__file__).parent.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+    ]
+    for node in nodes:
         if isinstance(node, ast.Import):
             imported.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -519,3 +523,22 @@ def test_format_ts_cache_matches_datetime(ts: float) -> None:
     expected = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
     assert chat_mod.format_ts(ts) == expected
     assert chat_mod.format_ts(ts) == expected  # from the cached second
+
+
+def test_server_states_are_data() -> None:
+    from wirecat.errors import LocalProtocolError
+    from wirecat.protocols.chat import TRANSITIONS, State
+
+    proto = ChatServerProtocol()
+    assert proto.state is State.GREETING and not proto.registered
+    with pytest.raises(LocalProtocolError):
+        proto.registered = True  # no line yet: no mode, no login
+    proto.receive_data(b'{"type":"hello","nick":"ann"}\n')
+    assert proto.next_event() == Hello("ann") and proto.state is State.MODE_CHOSEN
+    proto.registered = True
+    assert proto.state is State.LOGGED_IN and proto.registered
+    with pytest.raises(LocalProtocolError):
+        proto.expect_token("ann")  # a token is asked for before login only
+    proto.receive_eof()
+    assert proto.next_event() == EndOfStream() and proto.state is State.CLOSED
+    assert all(isinstance(k[0], State) and isinstance(v, State) for k, v in TRANSITIONS.items())

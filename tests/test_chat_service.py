@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import socket
 import struct
 import sys
@@ -60,6 +62,7 @@ async def json_user(ep: Endpoint, stack: contextlib.AsyncExitStack, nick: str) -
         "default_room": "#lobby",
         "motd": "",
     }
+    await peer.json_until("joined")  # the hello lands in #lobby (its join event came first)
     return peer
 
 
@@ -143,11 +146,10 @@ async def test_json_mode() -> None:
         jay = Peer(*(await _open(ep)))
         stack.push_async_callback(jay.aclose)
         await jay.send(b'{"type":"hello","nick":"jay","ref":1}\n')
-        welcome = await jay.json()  # the text banner lines before it are skipped
+        welcome = json.loads(await jay.line())  # JSON from the first byte: no text banner
         assert welcome["type"] == "welcome" and welcome["nick"] == "jay" and welcome["ref"] == 1
 
-        await jay.send_json(type="join", room="#lobby", ref="j")
-        join = await jay.json()
+        join = await jay.json()  # a JSON hello lands in #lobby, as a text nick does
         assert join["type"] == "join" and join["nick"] == "jay" and join["room"] == "#lobby"
         assert isinstance(join["id"], int) and join["ts"].endswith("Z")
         joined = await jay.json()
@@ -156,9 +158,10 @@ async def test_json_mode() -> None:
             "room": "#lobby",
             "members": ["bob", "jay"],
             "history": [],
-            "ref": "j",
         }
         assert await bob.line() == b"*** jay joined #lobby\n"
+        await jay.send_json(type="join", room="#lobby", ref="j")  # already in: made current
+        assert await jay.json() == {**joined, "ref": "j"}
 
         await jay.send_json(type="say", room="#lobby", text="hi from a program", ref=2)
         msg = await jay.json()
@@ -209,7 +212,11 @@ async def test_json_mode() -> None:
         assert await bob.line() == b"*** jay2 left #lobby\n"
         await jay.send_json(type="say", text="nobody hears")
         err = await jay.json()
-        assert err["type"] == "error" and err["code"] == "not_in_room"
+        assert err == {
+            "type": "error",
+            "code": "not_in_room",
+            "reason": "you are in no room: join one first",
+        }
         await jay.send_json(type="quit", reason="done")
         assert await jay.json() == {"type": "bye", "reason": "done"}
         assert await jay.eof() == b""
@@ -315,7 +322,7 @@ async def test_json_bad_input(payload: bytes, code: str) -> None:
         assert err["type"] == "error" and err["code"] == code and err["reason"], err
         await prove_served(ann, bob, "1")
         await jay.send_json(type="ping", ref="after")
-        assert await jay.json() == {"type": "pong", "ref": "after"}
+        assert await jay.json_until("pong") == {"type": "pong", "ref": "after"}  # lobby talk before
 
 
 async def test_bad_first_line_before_hello() -> None:
@@ -445,6 +452,7 @@ async def test_shutdown_notice() -> None:
         async with contextlib.AsyncExitStack() as stack:
             ann = await text_user(ep, stack, "ann")
             jay = await json_user(ep, stack, "jay")
+            await ann.until(b"*** jay joined #lobby")  # JSON members land in #lobby too
             fresh = Peer(*(await _open(ep)))  # no first line yet: text by default
             stack.push_async_callback(fresh.aclose)
             await fresh.until(b"*** Programs:")
@@ -503,3 +511,36 @@ async def test_cli_client_scripted() -> None:
         assert err.decode().strip().startswith("wirecat: nick 'ANN' is already taken")
         assert err.count(b"\n") == 1  # one line, no traceback
         await prove_served(ann, await text_user(ep, stack, "bob"), "cli")
+
+
+async def test_line_too_long_is_counted_and_logged_as_a_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="wirecat")
+    async with chat_server(limits=Limits(max_line=256)) as (server, ep, stack):
+        ann, bob = await healthy_pair(ep, stack)
+        await ann.send(b"x" * 1000 + b"\n")
+        assert (await ann.until(b"!!! ")).startswith(b"!!! line_too_long: ")
+        assert server.ctx.metrics["chat_lines_too_long"] == 1
+        hits = [r for r in caplog.records if getattr(r, "event", None) == "limit"]
+        assert [getattr(r, "reason", None) for r in hits] == ["line_too_long"]
+        await prove_served(ann, bob, "1")
+
+
+async def test_json_mode_is_json_from_its_first_byte_and_text_keeps_its_banner() -> None:
+    async with chat_server(banner_delay=scaled(0.5)) as (_, ep, stack):
+        jay = Peer(*(await _open(ep)))
+        stack.push_async_callback(jay.aclose)
+        await jay.send(b'{"type":"hello","nick":"jay"}\n{"type":"say","text":"hi"}\n')
+        assert (await jay.line()).startswith(b'{"type":"welcome"')
+        ann = Peer(*(await _open(ep)))  # a person: the banner after the delay, as before
+        stack.push_async_callback(ann.aclose)
+        assert await ann.line() == b"*** Welcome to wirecat chat.\n"
+        await ann.until(b"*** Programs:")
+        await ann.send(b"ann\n")
+        await ann.until(b"*** in #lobby")
+        eager = Peer(*(await _open(ep)))  # a nick typed before the banner: banner first
+        stack.push_async_callback(eager.aclose)
+        await eager.send(b"eve\n")
+        assert await eager.line() == b"*** Welcome to wirecat chat.\n"
+        await eager.until(b"*** in #lobby")

@@ -62,3 +62,31 @@ def test_example_config_file_loads() -> None:
     config = wirecat.ServeConfig.from_toml(EXAMPLES / "wirecat.toml")
     assert config.tls.self_signed and config.limits.max_conns == 2048
     assert [str(e) for e in config.chat] == ["tcp://127.0.0.1:7070", "tls://127.0.0.1:7443"]
+
+
+def test_chat_bot_example_answers_in_the_lobby() -> None:
+    from helpers import read_ready
+
+    argv = [sys.executable, "-m", "wirecat", "serve", "--json", "--no-greeting", "--no-echo"]
+    argv += ["--chat", "tcp://127.0.0.1:0"]
+    serve = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        chat = read_ready(serve.stdout, T)["endpoints"]["chat"][0]
+        with running("chat_bot.py", chat) as bot:
+            assert bot.stdout is not None
+            assert bot.stdout.readline().startswith("timebot in #lobby"), bot.stderr
+            with socket.create_connection(_addr(chat), timeout=T) as sock:
+                reader = sock.makefile("rb")
+                sock.sendall(b'{"type":"hello","nick":"ann"}\n{"type":"join","room":"#lobby"}\n')
+                sock.sendall(b'{"type":"say","text":"!time","ref":"q"}\n')
+                for _ in range(100):  # bounded: the welcome, joined, sent, then the answer
+                    line = reader.readline()
+                    assert line, "the server closed the connection"
+                    if b'"nick":"timebot"' in line and b'"type":"message"' in line:
+                        assert b"UTC" in line
+                        break
+                else:
+                    raise AssertionError("no answer from the bot")
+    finally:
+        serve.terminate()
+        serve.communicate(timeout=T)

@@ -13,6 +13,8 @@ The public surface::
     async with wirecat.Server(config) as server: ...                   # ... run from Python
     wirecat.run(config)                                                 # blocking, workers
     wirecat.parse_endpoint("udp://[::1]:7007")                          # Endpoint
+    async with wirecat.ChatClient.connect("127.0.0.1:7070", nick="bot") as chat:
+        await chat.join("#lobby")                                       # a chat bot
 
 Names are imported lazily (on first use), so ``import wirecat.protocols`` loads no I/O
 module. Model: websockets ``__init__.py`` (``lazy_import``).
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 
 #: Public name -> module that defines it (relative to this package).
 _LAZY: dict[str, str] = {
+    "ChatClient": ".chat.client",
     "Connection": ".runtime.connection",
     "DatagramConnection": ".runtime.connection",
     "Opening": ".runtime.connection",
@@ -49,6 +52,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "ChatClient",
     "Connection",
     "DatagramConnection",
     "Endpoint",
@@ -86,6 +90,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .app import Server, run, serve
+    from .chat.client import ChatClient
     from .config import ServeConfig, TLSConfig
     from .endpoints import Endpoint, parse_endpoint
     from .runtime.connection import (

@@ -7,10 +7,13 @@
     ├── ConfigError                  (also ValueError) a server setting is invalid (``field``)
     │   └── TLSError                 a TLS certificate, key, CA file or pin cannot be used
     ├── ConcurrencyError             two coroutines read one connection at once (a caller bug)
+    ├── ChatError                    a chat command was refused (``code``, ``reason``)
+    │   └── ChatRefused              the chat server refused the login (nick taken, bad token)
     ├── ProtocolError                the bytes on the wire break a protocol's rules
     │   ├── LocalProtocolError       we were asked to send something the protocol forbids
     │   ├── RemoteProtocolError      the peer sent something the protocol forbids
     │   │   └── InvalidMessage       malformed content: bad UTF-8, bad JSON, wrong shape
+    │   │       └── FieldError       one JSON field is missing or wrong (``field``, ``code``)
     │   └── LimitExceeded            a security limit (max_* in bytes, counts, rates) was hit
     │       └── LineTooLong          a line longer than max_line bytes
     ├── NetworkError                 an I/O operation failed (translated from OSError)
@@ -44,6 +47,8 @@ import errno
 
 __all__ = [
     "AddressInUse",
+    "ChatError",
+    "ChatRefused",
     "ConcurrencyError",
     "ConfigError",
     "ConnectError",
@@ -52,6 +57,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "ConnectionRefused",
+    "FieldError",
     "HandshakeError",
     "HandshakeTimeout",
     "IdleTimeout",
@@ -104,6 +110,37 @@ class ConcurrencyError(WirecatError, RuntimeError):
     reads (which would each get a random part of the stream). A bug in the caller."""
 
 
+class ChatError(WirecatError):
+    """A chat command was refused; the member stays connected unless told otherwise.
+
+    Raised by the chat core (server side) and by :class:`wirecat.ChatClient` when the
+    server answers a command with an ``error`` reply.
+
+    Attributes:
+        code: the stable error code (``nick_taken``, ``not_in_room``, ``auth_failed``...; see
+            :class:`~wirecat.protocols.chat.ErrorEvent`).
+        reason: the server's one human-readable sentence.
+    """
+
+    def __init__(self, code: str, reason: str = "") -> None:
+        super().__init__(f"{reason} ({code})" if reason else code)
+        self.code = code
+        self.reason = reason
+
+
+class ChatRefused(ChatError):
+    """The chat server refused to log us in (nick taken or invalid, token refused...).
+
+    Attributes:
+        auth: True when authentication was refused (``code`` starts with ``auth_``).
+    """
+
+    @property
+    def auth(self) -> bool:
+        """True when authentication itself was refused (``auth_required``, ``auth_failed``)."""
+        return self.code.startswith("auth_")
+
+
 class ProtocolError(WirecatError):
     """Bytes on the wire break a protocol's rules."""
 
@@ -118,6 +155,20 @@ class RemoteProtocolError(ProtocolError):
 
 class InvalidMessage(RemoteProtocolError):
     """Malformed content from the peer: invalid UTF-8, invalid JSON, JSON of the wrong shape."""
+
+
+class FieldError(InvalidMessage):
+    """One field of a JSON object is missing, of the wrong type, or out of its limits.
+
+    Attributes:
+        field: the field's name.
+        code: the protocol's stable error code for it (``bad_shape``, ``control_chars``).
+    """
+
+    def __init__(self, field: str, code: str = "bad_shape", message: str = "") -> None:
+        super().__init__(message or f"bad field {field!r}")
+        self.field = field
+        self.code = code
 
 
 class LimitExceeded(ProtocolError):

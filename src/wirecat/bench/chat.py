@@ -25,10 +25,9 @@ import re
 import ssl
 from collections.abc import Callable
 from time import perf_counter, perf_counter_ns
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .engine import _Run
+from ..protocols.chat import Hello, encode_json_command
+from ._run import Run, classify_error, measure, open_connection
 
 __all__ = ["TOKEN_RE", "encode_message", "make_token", "run_chat"]
 
@@ -53,7 +52,7 @@ def make_token(sender: int, seq: int, size: int) -> bytes:
 
 def encode_message(protocol: str, room: str, text: bytes) -> bytes:
     """Frame ``text`` (ASCII) as one message to ``room`` in ``protocol``."""
-    if protocol == "wirecat":
+    if protocol == "wirecat":  # encode_json_command(Say(...)) without a dict per message
         return b'{"type":"say","room":"%s","text":"%s"}\n' % (room.encode(), text)
     if protocol == "redis":
         chan = room.encode()
@@ -65,9 +64,7 @@ def encode_message(protocol: str, room: str, text: bytes) -> bytes:
 
 def _handshake(protocol: str, room: str, nick: str, subscribe: bool) -> bytes:
     if protocol == "wirecat":
-        return b'{"type":"hello","nick":"%s"}\n{"type":"join","room":"%s"}\n' % (
-            nick.encode(), room.encode(),
-        )  # fmt: skip
+        return encode_json_command(Hello(nick, room=room))  # lands in ``room`` directly
     if protocol == "redis" and subscribe:
         chan = room.encode()
         return b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(chan), chan)
@@ -115,7 +112,7 @@ class _Sender:
 
 
 class _Chat:
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: Run) -> None:
         c = run.config
         self.run = run
         self.protocol = c.chat_protocol
@@ -372,7 +369,7 @@ class _Member(asyncio.Protocol):
             self.chat.run.lost(exc)
 
 
-async def run_chat(run: _Run, start: Callable[[], None] | None) -> float:
+async def run_chat(run: Run, start: Callable[[], None] | None) -> float:
     """Run chat fan-out on the running loop; return the seconds measured.
 
     Counts go to ``run``: ``ops`` (messages delivered to every receiver), ``deliveries``,
@@ -380,7 +377,6 @@ async def run_chat(run: _Run, start: Callable[[], None] | None) -> float:
     missing when a ``count`` run hit the duration cap; ``chat_<code>``: wirecat error
     replies such as ``chat_rate_limited``).
     """
-    from .engine import classify_error, open_connection
 
     config = run.config
     chat = _Chat(run)
@@ -469,10 +465,7 @@ async def run_chat(run: _Run, start: Callable[[], None] | None) -> float:
             tick()
 
     try:
-        # _measure lives in engine; imported late to keep the modules' import order simple.
-        from .engine import _measure
-
-        elapsed = await _measure(run, kick)
+        elapsed = await measure(run, kick)
     finally:
         if ticker is not None:
             ticker.cancel()

@@ -10,113 +10,19 @@ Model: the echo clients of MagicStack/uvloop's ``examples/bench``; wrk's connect
 from __future__ import annotations
 
 import asyncio
-import errno
 import itertools
-import resource
 import ssl
-from collections import Counter
 from collections.abc import Callable
-from time import perf_counter, perf_counter_ns
+from time import perf_counter_ns
 from typing import Any
 
+from ._run import Run, classify_error, measure, open_connection, raise_fd_limit
+from .chat import run_chat
 from .config import BenchConfig, WorkerResult
-from .histogram import Histogram
 
 __all__ = ["classify_error", "open_connection", "raise_fd_limit", "run_worker"]
 
 _STREAM_BURST = 64  # chunks written before yielding to the loop, whatever the kernel takes
-
-
-def classify_error(exc: BaseException) -> str:
-    """Return the error kind reported for ``exc`` (``connect_refused``, ``reset``, ...)."""
-    if isinstance(exc, ConnectionRefusedError):
-        return "connect_refused"
-    if isinstance(exc, TimeoutError):
-        return "connect_timeout"
-    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
-        return "reset"
-    if isinstance(exc, ssl.SSLError):
-        return "tls_error"
-    if isinstance(exc, OSError):
-        if exc.errno == errno.EADDRNOTAVAIL:
-            return "no_free_port"
-        if exc.errno in (errno.EMFILE, errno.ENFILE):
-            return "too_many_open_files"
-        if exc.errno == errno.ENOENT:
-            return "connect_refused"
-        return "connect_error"
-    return type(exc).__name__
-
-
-def raise_fd_limit(wanted: int) -> int:
-    """Raise this process's open-file soft limit toward ``wanted`` (at most the hard limit).
-
-    Returns:
-        The soft limit now in force.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-            soft = new
-        except (ValueError, OSError):  # pragma: no cover - refused by the OS
-            pass
-    return soft
-
-
-class _Run:
-    """State shared by every client of one worker."""
-
-    def __init__(self, config: BenchConfig) -> None:
-        self.config = config
-        self.hist = Histogram()
-        self.errors: Counter[str] = Counter()
-        self.ops = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self.connects = 0
-        self.deliveries = 0  # chat: messages received by members
-        #: operations still allowed (-1: no count limit)
-        self.remaining = config.count if config.count is not None else -1
-        self.stop = False  # no new operations
-        self.closing = False  # connections are being closed on purpose
-        self.inflight = 0
-        self.live = 0  # clients still able to work
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.on_measure: Callable[[str], None] | None = None
-
-    def reset(self) -> None:
-        """End of warm-up: forget what was measured so far (errors are kept)."""
-        self.hist.reset()
-        self.ops = self.bytes_sent = self.bytes_received = self.deliveries = 0
-        if self.config.mode == "connect":
-            self.connects = 0
-        if self.config.count is not None:
-            self.remaining = self.config.count
-
-    def check_done(self) -> None:
-        if self.done.done():
-            return
-        if self.live <= 0 or (self.remaining == 0 and self.inflight == 0):
-            self.done.set_result(None)
-
-    def note_refusal(self, data: bytes) -> bool:
-        """Count a server's one-line refusal (``error: REASON, try again later``, as wirecat
-        and many servers send before closing) under ``refused:REASON``; return whether
-        ``data`` was one. Called only on unexpected or short replies: no cost per round trip."""
-        if not data.startswith(b"error: "):
-            return False
-        line = data[7:].split(b"\n", 1)[0][:80].decode("utf-8", "replace")
-        self.errors["refused:" + line.removesuffix(", try again later")] += 1
-        return True
-
-    def lost(self, exc: BaseException | None) -> None:
-        """A client's connection ended."""
-        self.live -= 1
-        if not self.closing:
-            self.errors[classify_error(exc) if exc is not None else "closed_by_peer"] += 1
-        self.check_done()
 
 
 class _EchoClient(asyncio.Protocol):
@@ -124,7 +30,7 @@ class _EchoClient(asyncio.Protocol):
 
     __slots__ = ("alive", "payload", "pending", "run", "size", "t0", "transport")
 
-    def __init__(self, run: _Run, payload: bytes) -> None:
+    def __init__(self, run: Run, payload: bytes) -> None:
         self.run = run
         self.payload = payload
         self.size = len(payload)
@@ -204,7 +110,7 @@ class _WebSocketEchoClient(_EchoClient):
 
     __slots__ = ("head",)
 
-    def __init__(self, run: _Run, payload: bytes, host: str, path: str) -> None:
+    def __init__(self, run: Run, payload: bytes, host: str, path: str) -> None:
         import base64
         import os
 
@@ -258,7 +164,7 @@ class _StreamClient(asyncio.Protocol):
 
     __slots__ = ("alive", "loop", "paused", "payload", "run", "size", "transport")
 
-    def __init__(self, run: _Run, payload: bytes) -> None:
+    def __init__(self, run: Run, payload: bytes) -> None:
         self.run = run
         self.payload = payload
         self.size = len(payload)
@@ -322,7 +228,7 @@ class _OneShotClient(asyncio.Protocol):
 
     __slots__ = ("pending", "replied", "run")
 
-    def __init__(self, run: _Run, size: int) -> None:
+    def __init__(self, run: Run, size: int) -> None:
         self.run = run
         self.pending = size
         self.replied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -344,56 +250,8 @@ class _OneShotClient(asyncio.Protocol):
             self.replied.exception()  # retrieved: no "never retrieved" warning if unused
 
 
-def _tls_context(config: BenchConfig) -> ssl.SSLContext | None:
-    if config.endpoint.scheme not in ("tls", "wss"):
-        return None
-    ctx = ssl.create_default_context()
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if config.insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-async def open_connection(
-    config: BenchConfig,
-    factory: Callable[[], asyncio.Protocol],
-    source: str | None = None,
-) -> tuple[asyncio.Transport, asyncio.Protocol]:
-    """Open one connection to ``config.endpoint`` with protocol ``factory()``.
-
-    Args:
-        config: the run (endpoint, TLS options).
-        factory: builds the protocol instance.
-        source: local IP address to bind to, or ``None``.
-
-    Returns:
-        The transport and protocol.
-
-    Raises:
-        OSError: the connection failed (callers classify it with :func:`classify_error`).
-    """
-    loop = asyncio.get_running_loop()
-    ep = config.endpoint
-    transport: asyncio.Transport
-    proto: asyncio.Protocol
-    if ep.is_unix:
-        transport, proto = await loop.create_unix_connection(factory, ep.path)
-    else:
-        ctx = _tls_context(config)
-        local = (source, 0) if source else None
-        host, port = str(ep.host), int(ep.port or 0)
-        if ctx is None:
-            transport, proto = await loop.create_connection(factory, host, port, local_addr=local)
-        else:
-            transport, proto = await loop.create_connection(
-                factory, host, port, ssl=ctx, server_hostname=host, local_addr=local
-            )
-    return transport, proto
-
-
 async def _open_all(
-    run: _Run, make: Callable[[], asyncio.Protocol]
+    run: Run, make: Callable[[], asyncio.Protocol]
 ) -> list[tuple[asyncio.Transport, Any]]:
     """Open ``conns`` connections, ``connect_concurrency`` at once, bounded in time."""
     config = run.config
@@ -425,40 +283,7 @@ async def _open_all(
     return opened
 
 
-async def _measure(run: _Run, kick: Callable[[], None]) -> float:
-    """Start traffic, handle warm-up, stop at the duration cap or when done; return seconds."""
-    loop = asyncio.get_running_loop()
-    config = run.config
-    hook = run.on_measure
-    if config.warmup > 0:
-        kick()
-        await asyncio.wait([run.done], timeout=config.warmup)
-        run.reset()
-        if hook is not None:
-            hook("start")
-    else:
-        if hook is not None:
-            hook("start")
-        kick()
-    start = perf_counter()
-
-    def time_up() -> None:
-        if not run.done.done():
-            run.done.set_result(None)
-
-    handle = loop.call_later(config.duration, time_up)
-    try:
-        await run.done
-    finally:
-        handle.cancel()
-    run.stop = True
-    elapsed = perf_counter() - start
-    if hook is not None:
-        hook("stop")
-    return elapsed
-
-
-async def _run_persistent(run: _Run, start: Callable[[], None] | None) -> float:
+async def _run_persistent(run: Run, start: Callable[[], None] | None) -> float:
     config = run.config
     payload = (
         bytes(i % 251 for i in range(config.size))
@@ -492,7 +317,7 @@ async def _run_persistent(run: _Run, start: Callable[[], None] | None) -> float:
             c.start()
 
     try:
-        return await _measure(run, kick)
+        return await measure(run, kick)
     finally:
         run.closing = True
         for t, _ in opened:
@@ -500,7 +325,7 @@ async def _run_persistent(run: _Run, start: Callable[[], None] | None) -> float:
         await asyncio.sleep(0)
 
 
-async def _run_connect(run: _Run, start: Callable[[], None] | None) -> float:
+async def _run_connect(run: Run, start: Callable[[], None] | None) -> float:
     config = run.config
     payload = b"x" * config.size
     sources = itertools.cycle(config.source_addresses or (None,))
@@ -548,7 +373,7 @@ async def _run_connect(run: _Run, start: Callable[[], None] | None) -> float:
         tasks.extend(asyncio.ensure_future(slot()) for _ in range(config.conns))
 
     try:
-        return await _measure(run, kick)
+        return await measure(run, kick)
     finally:
         run.closing = True
         for task in tasks:
@@ -578,11 +403,9 @@ async def run_worker(
         (plus the ``connect_timeout`` of operations in flight in ``connect`` mode).
     """
     raise_fd_limit(config.conns + 256)
-    run = _Run(config)
+    run = Run(config)
     run.on_measure = on_measure
     if config.mode == "chat":
-        from .chat import run_chat
-
         elapsed = await run_chat(run, start)
     elif config.mode == "connect":
         elapsed = await _run_connect(run, start)

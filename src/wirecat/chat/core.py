@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
 from ..auth import User, Users
-from ..errors import WirecatError
+from ..errors import ChatError
 from ..protocols.chat import (
     Bye,
     CloseRoom,
@@ -90,20 +90,6 @@ __all__ = [
 
 HubEvent: TypeAlias = Message | Direct | Joined | Parted | NickChanged | Kicked | RoomClosed
 """Events that travel through the hub (what another server process would need)."""
-
-
-class ChatError(WirecatError):
-    """A chat command was refused (the member stays connected unless told otherwise).
-
-    Attributes:
-        code: the stable error code (see :class:`~wirecat.protocols.chat.ErrorEvent`).
-        reason: one human-readable sentence.
-    """
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class Encoder(Protocol):
@@ -776,10 +762,10 @@ class ChatCore:
         if room_name is None:
             room_name = member.current_room
             if room_name is None:
-                raise ChatError("not_in_room", "you are in no room: /join #room first")
+                raise ChatError("not_in_room", "you are in no room: join one first")
         room = member.rooms.get(room_name)
         if room is None:
-            raise ChatError("not_in_room", f"you are not in {room_name}: /join {room_name} first")
+            raise ChatError("not_in_room", f"you are not in {room_name}: join it first")
         return room
 
     def _check_free(self, nick: str) -> None:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import itertools
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -24,15 +23,10 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from ..chat.client import ChatClient
 from ..endpoints import Endpoint
-from ..errors import (
-    ConnectionClosedError,
-    InvalidEndpoint,
-    InvalidMessage,
-    RemoteProtocolError,
-    WirecatError,
-    WirecatTimeout,
-)
+from ..errors import ConnectionClosedError, InvalidEndpoint
+from ..escape import for_terminal
 from ..protocols.chat import (
     Bye,
     Command,
@@ -41,9 +35,7 @@ from ..protocols.chat import (
     Done,
     EndOfStream,
     ErrorEvent,
-    Hello,
     HelpText,
-    Join,
     Joined,
     Kicked,
     Message,
@@ -62,12 +54,9 @@ from ..protocols.chat import (
     Shutdown,
     Welcome,
     WhoList,
-    decode_json_event,
-    encode_json_command,
     parse_text_line,
 )
 from ..protocols.lines import Line, LineFramer, LineOverflow
-from ..runtime.connection import Connection, connect
 from ..runtime.stdio import StdinReader, open_stdin
 from .common import (
     ENDPOINT,
@@ -79,23 +68,10 @@ from .common import (
     token_options,
 )
 
-__all__ = ["ChatRefused", "chat_command"]
+__all__ = ["chat_command"]
 
-_MAX_SERVER_LINE = 1 << 20  # bytes: a ``joined`` reply holds a room's members and history
 _MAX_INPUT_LINE = 64 * 1024  # bytes per line typed or piped
 _QUIT_TIMEOUT = 5.0  # seconds to wait for the server's ``bye`` after stdin ends
-
-
-class ChatRefused(WirecatError):
-    """The chat server refused to register us (nick taken or invalid, bad room, ...).
-
-    ``exit_code`` is 77 (EX_NOPERM) when authentication was refused, else 1.
-    """
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(f"{reason} ({code})")
-        self.code = code
-        self.exit_code = 77 if code.startswith("auth_") else 1
 
 
 def _nick_style(nick: str) -> str:
@@ -103,17 +79,20 @@ def _nick_style(nick: str) -> str:
     return "bold " + palette[sum(nick.encode()) % len(palette)]
 
 
-class _Client:
-    def __init__(self, conn: Connection, console: Console, *, raw: bool) -> None:
-        self.conn = conn
+def _t(text: str) -> str:
+    """Peer text as it may reach the terminal (controls, bidi, zero-width shown visibly)."""
+    return for_terminal(text)
+
+
+class _View:
+    """Renders the server's events on the console; every peer field through :func:`_t`."""
+
+    def __init__(self, console: Console) -> None:
         self.console = console
-        self.raw = raw
-        self.refs = itertools.count(1)
-        self.pending_dms: dict[int, Dm] = {}
+        self.pending_dms: dict[object, Dm] = {}
         self.shutdown_seen = False
         self.bye_seen = False
 
-    # -- output ----------------------------------------------------------------------------
     def _stamp(self, ts: float | None = None) -> Text:
         when = datetime.fromtimestamp(ts) if ts is not None else datetime.now()
         return Text(when.strftime("%H:%M:%S "), style="dim")
@@ -125,53 +104,60 @@ class _Client:
         out: Text | None = None
         match ev:
             case Message(_, ts, room, nick, text, action):
-                who = Text(f"* {nick} " if action else f"<{nick}> ", style=_nick_style(nick))
-                out = Text.assemble(self._stamp(ts), (f"{room} ", "dim"), who, text)
+                who = Text(
+                    f"* {_t(nick)} " if action else f"<{_t(nick)}> ", style=_nick_style(nick)
+                )
+                out = Text.assemble(self._stamp(ts), (f"{_t(room)} ", "dim"), who, _t(text))
             case Direct(_, ts, sender, _, text):
                 out = Text.assemble(
-                    self._stamp(ts), (f"*{sender}* ", "bold magenta"), (text, "magenta")
+                    self._stamp(ts), (f"*{_t(sender)}* ", "bold magenta"), (_t(text), "magenta")
                 )
-            case Sent(msg, ref) if isinstance(ref, int) and ref in self.pending_dms:
+            case Sent(msg, ref) if ref in self.pending_dms:
                 dm = self.pending_dms.pop(ref)
-                out = Text.assemble(self._stamp(msg.ts), (f"-> *{dm.to}* {dm.text}", "magenta"))
+                out = Text.assemble(
+                    self._stamp(msg.ts), (f"-> *{_t(dm.to)}* {_t(dm.text)}", "magenta")
+                )
             case Joined(_, ts, room, nick):
-                out = Text.assemble(self._stamp(ts), (f"*** {nick} joined {room}", "dim"))
+                out = Text.assemble(self._stamp(ts), (f"*** {_t(nick)} joined {_t(room)}", "dim"))
             case Parted(_, ts, room, nick, reason):
-                why = f" ({reason})" if reason else ""
-                out = Text.assemble(self._stamp(ts), (f"*** {nick} left {room}{why}", "dim"))
+                why = f" ({_t(reason)})" if reason else ""
+                text = f"*** {_t(nick)} left {_t(room)}{why}"
+                out = Text.assemble(self._stamp(ts), (text, "dim"))
             case NickChanged(_, ts, old, new):
-                out = Text.assemble(self._stamp(ts), (f"*** {old} is now known as {new}", "dim"))
+                text = f"*** {_t(old)} is now known as {_t(new)}"
+                out = Text.assemble(self._stamp(ts), (text, "dim"))
             case Kicked(_, ts, room, nick, by, reason):
-                why = f" ({reason})" if reason else ""
-                text = f"*** {nick} was kicked from {room} by {by}{why}"
+                why = f" ({_t(reason)})" if reason else ""
+                text = f"*** {_t(nick)} was kicked from {_t(room)} by {_t(by)}{why}"
                 out = Text.assemble(self._stamp(ts), (text, "bold yellow"))
             case RoomClosed(_, ts, room, by):
-                out = Text.assemble(self._stamp(ts), (f"*** {room} was closed by {by}", "yellow"))
+                text = f"*** {_t(room)} was closed by {_t(by)}"
+                out = Text.assemble(self._stamp(ts), (text, "yellow"))
             case Done(text):
-                self.info(f"*** {text}")
+                self.info(f"*** {_t(text)}")
             case RoomJoined(room, members, history):
                 for msg in history:
                     self.show(msg)
-                self.info(f"*** in {room} ({len(members)}): {' '.join(members)}")
+                self.info(f"*** in {_t(room)} ({len(members)}): {_t(' '.join(members))}")
             case WhoList(room, members):
-                self.info(f"*** in {room} ({len(members)}): {' '.join(members)}", "")
+                self.info(f"*** in {_t(room)} ({len(members)}): {_t(' '.join(members))}", "")
             case RoomList(rooms):
-                listing = ", ".join(f"{r} ({n})" for r, n in rooms) or "none"
+                listing = ", ".join(f"{_t(r)} ({n})" for r, n in rooms) or "none"
                 self.info(f"*** rooms: {listing}", "")
             case NickSet(nick):
-                self.info(f"*** you are now {nick}")
+                self.info(f"*** you are now {_t(nick)}")
             case HelpText():
                 for line in _HELP:
                     self.info(line, "")
             case Pong():
                 self.info("*** pong")
             case ErrorEvent(code, reason):
-                self.info(f"!!! {reason} ({code})", "bold red")
+                self.info(f"!!! {_t(reason)} ({_t(code)})", "bold red")
             case Shutdown():
                 self.shutdown_seen = True
                 self.info("*** server shutting down", "bold yellow")
             case Notice(text):
-                self.info(f"*** {text}")
+                self.info(f"*** {_t(text)}")
             case Bye():
                 self.bye_seen = True
             case Welcome() | RoomParted() | Sent():
@@ -179,84 +165,74 @@ class _Client:
         if out is not None:
             self.console.print(out)
 
-    # -- protocol ----------------------------------------------------------------------------
-    async def send(self, cmd: Command) -> None:
-        await self.conn.send(encode_json_command(cmd))
 
-    async def next_event(self) -> ServerEvent | None:
-        """Return the next JSON event; ``None`` at end of stream. Skips the text banner."""
-        while True:
-            line = await self.conn.recv_line(_MAX_SERVER_LINE)
-            if not line:
-                return None
-            if not line.lstrip().startswith(b"{"):
-                continue  # the banner for people, before the JSON mode starts
-            if self.raw:
-                self.console.print(line.decode(errors="replace").rstrip("\r\n"), markup=False)
-            try:
-                return decode_json_event(line)
-            except InvalidMessage as exc:
-                raise RemoteProtocolError(f"the server sent an invalid line: {exc}") from exc
-
-    async def expect(self, cmd: Command, reply: type) -> ServerEvent:
-        """Send ``cmd`` and print events until its reply (or an error) arrives."""
-        await self.send(cmd)
-        while True:
-            ev = await self.next_event()
-            if ev is None:
-                raise ConnectionClosedError(
-                    f"the server closed the connection ({self.conn.endpoint})"
-                )
-            if isinstance(ev, reply):
-                return ev
-            if isinstance(ev, ErrorEvent) and ev.ref == cmd.ref:
-                raise ChatRefused(ev.code, ev.reason)
-            if not self.raw:
-                self.show(ev)
-
-    async def pump_server(self) -> None:
-        """Print what the server sends until it closes."""
-        while (ev := await self.next_event()) is not None:
-            if not self.raw:
-                self.show(ev)
-            elif isinstance(ev, Shutdown | Bye):
-                self.shutdown_seen |= isinstance(ev, Shutdown)
-                self.bye_seen |= isinstance(ev, Bye)
-
-    async def pump_stdin(self, stdin: StdinReader) -> None:
-        """Send what is typed; returns after ``/quit`` or at end of input (quit sent)."""
-        framer = LineFramer(max_line=_MAX_INPUT_LINE)
-        while True:
-            data = await stdin.read()
-            if data:
-                framer.receive_data(data)
-            else:
-                framer.receive_eof()
-            for ev in framer.events_received():
-                if isinstance(ev, EndOfStream):
-                    await self.send(Quit(None, next(self.refs)))
-                    return
-                if isinstance(ev, LineOverflow):
-                    self.info(f"!!! line longer than {ev.limit} bytes: not sent", "bold red")
-                    continue
-                assert isinstance(ev, Line)
-                cmd = parse_text_line(ev.data)
-                if cmd is None:
-                    continue
-                if isinstance(cmd, ErrorEvent):
-                    self.info(f"!!! {cmd.reason}: not sent", "bold red")
-                    continue
-                ref = next(self.refs)
-                cmd = _with_ref(cmd, ref)
-                if isinstance(cmd, Dm):
-                    self.pending_dms[ref] = cmd
-                await self.send(cmd)
-                if isinstance(cmd, Quit):
-                    return
+async def _pump_server(chat: ChatClient, view: _View, raw: bool) -> None:
+    """Show what the server sends until it closes."""
+    async for ev in chat:
+        if not raw:
+            view.show(ev)
+        else:
+            view.shutdown_seen |= isinstance(ev, Shutdown)
+            view.bye_seen |= isinstance(ev, Bye)
 
 
-def _with_ref(cmd: Command, ref: int) -> Command:
-    return dataclasses.replace(cmd, ref=ref)
+async def _send_line(chat: ChatClient, view: _View, data: bytes) -> bool:
+    """Send one typed line (text or a /command); return True once it was ``/quit``."""
+    cmd: Command | ErrorEvent | None = parse_text_line(data)
+    if cmd is None:
+        return False
+    if isinstance(cmd, ErrorEvent):
+        view.info(f"!!! {cmd.reason}: not sent", "bold red")
+        return False
+    ref = await chat.send_command(cmd)
+    if isinstance(cmd, Dm):
+        view.pending_dms[ref] = cmd
+    return isinstance(cmd, Quit)
+
+
+async def _pump_stdin(chat: ChatClient, view: _View, stdin: StdinReader) -> None:
+    """Plain lines (a pipe, a file): send each; returns after ``/quit`` or at end of input."""
+    framer = LineFramer(max_line=_MAX_INPUT_LINE)
+    while True:
+        data = await stdin.read()
+        if data:
+            framer.receive_data(data)
+        else:
+            framer.receive_eof()
+        for ev in framer.events_received():
+            if isinstance(ev, EndOfStream):
+                await chat.send_command(Quit())
+                return
+            if isinstance(ev, LineOverflow):
+                view.info(f"!!! line longer than {ev.limit} bytes: not sent", "bold red")
+                continue
+            assert isinstance(ev, Line)
+            if await _send_line(chat, view, ev.data):
+                return
+
+
+async def _pump_terminal(chat: ChatClient, view: _View, prompt: str) -> None:
+    """A terminal: one input line kept whole at the bottom while messages print above it,
+    with history and editing (prompt_toolkit); Ctrl-D or Ctrl-C quits."""
+    from prompt_toolkit import PromptSession
+
+    session: PromptSession[str] = PromptSession()
+    while True:
+        try:
+            text = await session.prompt_async(prompt)
+        except (EOFError, KeyboardInterrupt):
+            await chat.send_command(Quit())
+            return
+        data = text.encode("utf-8", "surrogateescape")
+        if len(data) > _MAX_INPUT_LINE:
+            view.info(f"!!! line longer than {_MAX_INPUT_LINE} bytes: not sent", "bold red")
+            continue
+        if await _send_line(chat, view, data):
+            return
+
+
+def _is_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 _HELP = (
@@ -278,44 +254,61 @@ async def _chat_main(
 ) -> int:
     if not endpoint.is_stream or endpoint.scheme == "stdio":
         raise InvalidEndpoint(f"chat needs a stream endpoint (tcp, tls, unix), not {endpoint}")
-    conn = await connect(endpoint, timeout=timeout, **tls)
-    assert isinstance(conn, Connection)
     console = Console(highlight=False, soft_wrap=True, emoji=False)
-    async with conn:
-        client = _Client(conn, console, raw=raw)
-        try:
-            async with asyncio.timeout(timeout):
-                welcome = await client.expect(Hello(nick, next(client.refs), token), Welcome)
-                assert isinstance(welcome, Welcome)
-                if not raw:
-                    how = " (authenticated)" if welcome.user else ""
-                    client.info(f"*** connected to {endpoint} as {welcome.nick}{how}")
-                    for line in welcome.motd.splitlines():
-                        client.info(f"*** {line}")
-                joined = await client.expect(Join(room, next(client.refs)), RoomJoined)
-                if not raw:
-                    client.show(joined)
-        except TimeoutError:
-            raise WirecatTimeout(f"no answer from the chat server at {endpoint}") from None
-        stdin = await open_stdin()
-        server_task = asyncio.ensure_future(client.pump_server())
-        stdin_task = asyncio.ensure_future(client.pump_stdin(stdin))
-        try:
-            await asyncio.wait({server_task, stdin_task}, return_when=asyncio.FIRST_COMPLETED)
-            if stdin_task.done() and stdin_task.exception() is None:
-                with contextlib.suppress(TimeoutError):  # quit sent: wait for bye + close
-                    await asyncio.wait_for(asyncio.shield(server_task), _QUIT_TIMEOUT)
-        finally:
-            stdin.close()
-            for task in (server_task, stdin_task):
-                task.cancel()
-            results = await asyncio.gather(server_task, stdin_task, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
-        if client.bye_seen or client.shutdown_seen:
-            return 0
-        raise ConnectionClosedError(f"the chat server at {endpoint} closed the connection")
+
+    def show_raw(line: bytes) -> None:
+        if line.lstrip().startswith(b"{"):  # JSON lines only, not a banner for people
+            console.print(line.decode(errors="replace").rstrip("\r\n"), markup=False)
+
+    view = _View(console)
+    opening = ChatClient.connect(
+        endpoint,
+        nick=nick,
+        token=token,
+        room=room,
+        timeout=timeout,
+        on_line=show_raw if raw else None,
+        **tls,
+    )
+    terminal = _is_terminal() and not raw
+    with contextlib.ExitStack() as screen:
+        if terminal:  # messages print above the input line, which stays whole
+            from prompt_toolkit.patch_stdout import patch_stdout
+
+            screen.enter_context(patch_stdout(raw=True))
+        async with opening as chat:
+            welcome = chat.welcome
+            assert welcome is not None
+            if not raw:
+                how = " (authenticated)" if welcome.user else ""
+                view.info(f"*** connected to {endpoint} as {_t(welcome.nick)}{how}")
+                for line in welcome.motd.splitlines():
+                    view.info(f"*** {_t(line)}")
+            stdin = None if terminal else await open_stdin()
+            server_task = asyncio.ensure_future(_pump_server(chat, view, raw))
+            if stdin is None:
+                stdin_task = asyncio.ensure_future(_pump_terminal(chat, view, f"{welcome.nick}> "))
+            else:
+                stdin_task = asyncio.ensure_future(_pump_stdin(chat, view, stdin))
+            try:
+                await asyncio.wait({server_task, stdin_task}, return_when=asyncio.FIRST_COMPLETED)
+                if stdin_task.done() and stdin_task.exception() is None:
+                    with contextlib.suppress(TimeoutError):  # quit sent: wait for bye + close
+                        await asyncio.wait_for(asyncio.shield(server_task), _QUIT_TIMEOUT)
+            finally:
+                if stdin is not None:
+                    stdin.close()
+                for task in (server_task, stdin_task):
+                    task.cancel()
+                results = await asyncio.gather(server_task, stdin_task, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(
+                    result, asyncio.CancelledError
+                ):
+                    raise result
+            if view.bye_seen or view.shutdown_seen:
+                return 0
+            raise ConnectionClosedError(f"the chat server at {endpoint} closed the connection")
 
 
 @click.command("chat")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..errors import (
     AddressInUse,
+    ChatRefused,
     ConfigError,
     ConnectionClosedError,
     ConnectionRefused,
@@ -46,6 +47,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (ProtocolError, 76),  # EX_PROTOCOL
     (ConnectionClosedError, 74),  # EX_IOERR
     (NetworkError, 74),
+    (ChatRefused, 1),  # 77 (EX_NOPERM) when authentication was refused: see exit_code_for
     (WirecatError, 1),
 )
 
@@ -62,6 +64,8 @@ _HINTS: tuple[tuple[type[BaseException], str, str], ...] = (
 def exit_code_for(exc: BaseException) -> int:
     """Return the exit code for ``exc``: its own ``exit_code`` attribute when it has one
     (e.g. 77 for a refused login), else the first match in :data:`EXIT_CODES`, else 1."""
+    if isinstance(exc, ChatRefused) and exc.auth:
+        return 77  # EX_NOPERM
     own = getattr(exc, "exit_code", None)
     if isinstance(own, int) and own:
         return own

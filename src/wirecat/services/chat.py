@@ -72,6 +72,11 @@ class ChatHandler(StreamHandler):
 
     needs_login = True
 
+    #: Put a member that just logged in into a room (the hello's, else the default room),
+    #: in text and JSON mode alike. Front-ends whose clients join rooms themselves (the web
+    #: page) turn it off.
+    join_on_hello = True
+
     def __init__(self, ctx: ServerContext, service: ChatService) -> None:
         super().__init__(ctx, service)
         self.chat = service
@@ -79,6 +84,7 @@ class ChatHandler(StreamHandler):
         self.member: Member | None = None  # set once accepted (not for refused peers)
         self._auth: asyncio.Task[None] | None = None  # a token being checked: input waits
         self._eof = False  # the peer half-closed while its token was being checked
+        self._banner_timer: asyncio.TimerHandle | None = None  # the banner, not yet sent
 
     # -- Sink --------------------------------------------------------------------------------
     @property
@@ -106,11 +112,27 @@ class ChatHandler(StreamHandler):
     # -- hooks ---------------------------------------------------------------------------------
     def on_connect(self) -> None:
         self.member = self.chat.core.connect(self)
-        banner = self.chat.banner_bytes
-        if banner:
-            self.write(banner)
+        if self.chat.banner_bytes:
+            # Programs send their JSON hello at once: wait that long for it, so that JSON
+            # mode is JSON from its first byte; people (nc) get the banner after the delay.
+            delay = self.chat.banner_delay
+            if delay > 0:
+                loop = asyncio.get_running_loop()
+                self._banner_timer = loop.call_later(delay, self._send_banner)
+            else:
+                self.write(self.chat.banner_bytes)
+
+    def _send_banner(self) -> None:
+        self._banner_timer = None
+        if not self.closing:
+            self.write(self.chat.banner_bytes)
 
     def on_data(self, data: bytes) -> None:
+        if self._banner_timer is not None:  # the first bytes, before the banner went out
+            self._banner_timer.cancel()
+            self._banner_timer = None
+            if not data.lstrip(b" \t").startswith(b"{"):
+                self.write(self.chat.banner_bytes)  # text mode: the banner, then the replies
         self.proto.receive_data(data)
         self._pump()
 
@@ -127,6 +149,8 @@ class ChatHandler(StreamHandler):
         self._pump()
 
     def on_close(self, exc: Exception | None) -> None:
+        if self._banner_timer is not None:
+            self._banner_timer.cancel()
         if self._auth is not None:
             self._auth.cancel()
         if self.member is not None:
@@ -158,6 +182,13 @@ class ChatHandler(StreamHandler):
                 if ev.code == "auth_failed":  # an unusable token line
                     self._auth_failed(None, ev.reason)
                     return
+                if ev.code == "line_too_long":  # a limit: logged and counted like the others
+                    self.ctx.metrics["chat_lines_too_long"] += 1
+                    self.log.info(
+                        "line longer than %d bytes dropped",
+                        self.limits.max_line,
+                        extra={"event": "limit", "reason": "line_too_long"},
+                    )
                 self.ctx.metrics["chat_bad_input"] += 1
                 self.send(proto.codec.encode(ev))
                 continue
@@ -174,8 +205,9 @@ class ChatHandler(StreamHandler):
         if isinstance(reply, Welcome):
             proto.registered = True
             self.login_complete()
-            if proto.mode is Mode.TEXT:  # people land in the default room
-                self.send(codec.encode(core.handle(member, Join(core.default_room))))
+            if self.join_on_hello:  # the hello's room, else the default (a reply without ref)
+                room = cmd.room if isinstance(cmd, Hello) and cmd.room else core.default_room
+                self.send(codec.encode(core.handle(member, Join(room))))
         if member.must_close:
             if isinstance(reply, ErrorEvent):
                 self.ctx.metrics["chat_kicked"] += 1
@@ -246,7 +278,7 @@ class ChatHandler(StreamHandler):
             return
         member.user = user
         audit_login(self.log, self.ctx.metrics, user.name)
-        self._run(member, Hello(hello.nick, hello.ref))
+        self._run(member, Hello(hello.nick, hello.ref, None, hello.room))
         self.resume_reading()
         self._pump(drain=self._eof)
         if self._eof:
@@ -273,6 +305,9 @@ class ChatService(Service):
             closed (``0``: never).
         banner: text sent on connect, before the mode is chosen (``""``: none); each line
             is prefixed with ``*** ``.
+        banner_delay: seconds to wait for the peer's first bytes before sending the banner;
+            a JSON ``hello`` within it gets no banner (JSON mode is JSON from its first
+            byte), anything else gets the banner first, as on time (``0``: send at once).
         motd: message of the day, sent in the welcome (text lines, or the JSON ``motd``).
         default_room: the room text-mode members are put in after choosing a nick.
         max_text: the longest message text, in bytes of UTF-8.
@@ -303,6 +338,7 @@ class ChatService(Service):
         burst: int = 10,
         kick_after: int = 20,
         banner: str = DEFAULT_BANNER,
+        banner_delay: float = 0.1,
         motd: str = "",
         default_room: str = "#lobby",
         max_text: int = MAX_TEXT,
@@ -326,6 +362,9 @@ class ChatService(Service):
             guests=guests,
         )
         self.auth_failures = auth_failures if auth_failures is not None else AuthFailures()
+        if banner_delay < 0:
+            raise ValueError("banner_delay must be >= 0 seconds")
+        self.banner_delay = banner_delay
         self.banner_bytes = b""
         if banner:
             self.banner_bytes = ChatServerProtocol().codec.encode(Notice(banner))

@@ -166,6 +166,7 @@ class WebHandler(WebSocketHandler, ChatHandler):
     coalesce_writes = True
     needs_login = True
     login_on_open = False  # the chat's hello completes the login
+    join_on_hello = False  # the page joins its rooms itself
 
     def __init__(self, ctx: ServerContext, web: WebService) -> None:
         ChatHandler.__init__(self, ctx, web.chat)
