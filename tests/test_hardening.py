@@ -69,3 +69,50 @@ def test_serve_files_typo_exits_78_with_the_path(tmp_path: Path) -> None:
     assert r.returncode == 78, r.stderr
     assert str(missing) in r.stderr and "--files-create" in r.stderr
     assert "Traceback" not in r.stderr and not missing.exists()
+
+
+async def test_an_uploader_that_leaves_after_its_last_byte_gets_a_committed_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import json
+
+    import wirecat
+    from helpers import scaled, wait_for
+    from wirecat.files.digest import new_hasher
+
+    data = b"payload " * 4096
+    h = new_hasher("blake3")
+    h.update(data)
+    config = ServeConfig(
+        greeting=[], echo=[], chat=[], files_root=str(tmp_path), files=["tcp://127.0.0.1:0"]
+    )
+    caplog.set_level(logging.INFO, logger="wirecat")
+    async with wirecat.Server(config) as server:
+        ep = server.endpoint("files")
+        reader, writer = await asyncio.open_connection(ep.host, ep.port)
+        header = {"op": "put", "name": "a.bin", "size": len(data), "digest": "blake3"}
+        writer.write(json.dumps(header).encode() + b"\n")
+        assert json.loads(await asyncio.wait_for(reader.readline(), scaled(10)))["ok"]
+        writer.write(data + json.dumps({"digest": h.hexdigest()}).encode() + b"\n")
+        await writer.drain()
+        writer.transport.abort()  # put, body, trailer, gone
+        await wait_for(lambda: (tmp_path / "a.bin").exists(), scaled(10), what="committed")
+        await wait_for(lambda: server.ctx.metrics["files_puts"] == 1, scaled(10))
+    assert (tmp_path / "a.bin").read_bytes() == data
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_deeply_nested_files_header_is_a_clear_error() -> None:
+    from wirecat import InvalidMessage
+    from wirecat.protocols.files import FilesClientProtocol, FilesServerProtocol
+
+    server = FilesServerProtocol()
+    with pytest.raises(InvalidMessage, match="nested too deeply"):
+        server.receive_data(b"[" * 8000 + b"\n")
+        server.events_received()
+    client = FilesClientProtocol()
+    client.send_list("")
+    with pytest.raises(InvalidMessage, match="nested too deeply"):
+        client.receive_data(b"[" * 8000 + b"\n")
+        client.events_received()

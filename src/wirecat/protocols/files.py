@@ -464,6 +464,8 @@ def _decode(line: bytes) -> dict[str, Any]:
         raise InvalidMessage(f"header is not valid UTF-8: {exc.reason}") from None
     except ValueError as exc:  # JSONDecodeError, and ints over the str->int digit limit
         raise InvalidMessage(f"header is not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. 8000 "[": nested deeper than the parser goes
+        raise InvalidMessage("header is not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise InvalidMessage("header must be a JSON object")
     return obj

@@ -547,6 +547,9 @@ class FilesHandler(StreamHandler):
         except FileStoreError as exc:
             self.ctx.metrics[f"files_refused_{exc.code}"] += 1
             await self._run(upload.release)
+            if self.proto.state == State.CLOSED:
+                self.log.info("refused %r (%s); the client had left", upload.name, exc.code)
+                return
             self.proto.send_error(exc.code, str(exc), offset=exc.offset)
             self._flush()
             return
@@ -564,6 +567,13 @@ class FilesHandler(StreamHandler):
             digest,
             extra={"event": "files_put"},
         )
+        if self.proto.state == State.CLOSED:  # the uploader left after its last byte
+            self.log.info(
+                "stored %r; the client left before its confirmation",
+                upload.name,
+                extra={"event": "files_put"},
+            )
+            return
         self.proto.send_put_result(
             upload.name, size=upload.size, digest_name=upload.digest_name, digest=digest
         )
