@@ -116,3 +116,42 @@ def test_deeply_nested_files_header_is_a_clear_error() -> None:
     with pytest.raises(InvalidMessage, match="nested too deeply"):
         client.receive_data(b"[" * 8000 + b"\n")
         client.events_received()
+
+
+def _serve_json(*args: str) -> tuple[subprocess.Popen[str], dict[str, list[str]]]:
+    from helpers import read_ready
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wirecat", "serve", "--json", "--no-greeting", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return proc, read_ready(proc.stdout, 30)["endpoints"]
+
+
+def test_files_clients_say_what_to_type_and_spot_the_wrong_service(tmp_path: Path) -> None:
+    from wirecat.auth import add_user
+
+    users = tmp_path / "users.toml"
+    add_user(users, "ann", log_n=10)
+    proc, eps = _serve_json(
+        *("--no-chat", "--echo", "tcp://127.0.0.1:0", "--users", str(users)),
+        *("--files", str(tmp_path), "--files-endpoint", "tcp://127.0.0.1:0"),
+    )
+    try:
+        for target, words in (
+            (eps["files"][0], "run again with --user NAME and the token in $WIRECAT_TOKEN"),
+            (eps["echo"][0], "does not look like a wirecat files service"),
+        ):
+            r = subprocess.run(
+                [sys.executable, "-m", "wirecat", "ls", target],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={k: v for k, v in __import__("os").environ.items() if k != "WIRECAT_TOKEN"},
+            )
+            assert r.returncode != 0 and words in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

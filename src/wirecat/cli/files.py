@@ -16,12 +16,21 @@ from typing import Any, TypeVar
 import click
 
 from ..endpoints import Endpoint
-from ..errors import HandshakeError, NetworkError, WirecatError, WirecatTimeout
+from ..errors import (
+    HandshakeError,
+    LimitExceeded,
+    NetworkError,
+    ProtocolError,
+    WirecatError,
+    WirecatTimeout,
+)
+from ..escape import for_terminal
 from ..files.client import FilesClient, Progress, TransferError, TransferResult
 from ..runtime.loop import LoopKind
 from .common import (
     ENDPOINT,
     LOOP_OPTION,
+    TOKEN_ENV,
     die,
     read_token,
     run_command,
@@ -113,11 +122,28 @@ def _fail(exc: BaseException, as_json: bool) -> int:
         if isinstance(exc, TransferError)
         else exit_code_for(exc)
     )
+    message = for_terminal(_explain(exc))
     if as_json:
-        click.echo(json.dumps({"ok": False, "error": code, "message": str(exc)}))
+        click.echo(json.dumps({"ok": False, "error": code, "message": message}))
     else:
-        click.echo(f"wirecat: {exc}", err=True)
+        click.echo(f"wirecat: {message}", err=True)
     return status
+
+
+def _explain(exc: BaseException) -> str:
+    """The server's words, turned into what to type where there is something to type."""
+    if isinstance(exc, TransferError):
+        if exc.code == "auth_required":
+            return (
+                "this server needs a user: run again with --user NAME and the token in "
+                f"${TOKEN_ENV} (or --token-file FILE)"
+            )
+        if exc.code == "auth_failed":
+            return f"the server refused that user name or token ({exc})"
+        return str(exc)
+    if isinstance(exc, ProtocolError) and not isinstance(exc, LimitExceeded):
+        return f"this does not look like a wirecat files service (it answered: {exc})"
+    return str(exc)
 
 
 def _progress_bar(enabled: bool, label: str) -> tuple[Progress | None, Callable[[], None]]:
