@@ -326,3 +326,20 @@ def test_rooms_created_per_source_are_capped_and_freed_when_empty(clock: Clock) 
     core.join(c, "#c2")
     with pytest.raises(ChatError):
         core.join(c, "#c3")
+
+
+def test_a_nick_confusable_with_one_in_use_is_refused(core: ChatCore) -> None:
+    ann = core.connect(Sink())
+    core.hello(ann, "ann")
+    for lookalike in ["\u0430nn", "ANN", "\u0430\u0578\u0578"]:  # Cyrillic a, Armenian n
+        other = core.connect(Sink())
+        with pytest.raises(ChatError) as info:
+            core.hello(other, lookalike)
+        assert info.value.code == "nick_taken", lookalike
+    bill = core.connect(Sink())
+    core.hello(bill, "bill")
+    with pytest.raises(ChatError):
+        core.rename(ann, "bi11")  # digits one for ells
+    core.rename(bill, "bi1l")  # its own look-alike: allowed
+    core.disconnect(bill)
+    core.rename(ann, "bill")  # the nick and its look-alikes are free again

@@ -71,6 +71,7 @@ from ..protocols.chat import (
     check_nick,
     check_room,
 )
+from ..protocols.chat.unicode import skeleton
 from ..runtime.handler import SharedWrite
 from ..runtime.limits import TokenBucket
 
@@ -404,6 +405,7 @@ class ChatCore:
         self._clock = clock
         self._monotonic = monotonic
         self._nicks: dict[str, Member] = {}  # casefolded nick -> member
+        self._skeletons: dict[str, Member] = {}  # confusable skeleton of a nick -> member
         self._member_ids = itertools.count(1)
         self._guests = itertools.count(1)
         self._members: set[Member] = set()
@@ -439,6 +441,7 @@ class ChatCore:
                 self._forget_room(room.name)
         if member.nick is not None:
             self._nicks.pop(member.nick.casefold(), None)
+            self._forget_skeleton(member)
 
     def _forget_room(self, name: str) -> None:
         """Drop an empty room from the table (and from its creator's count)."""
@@ -507,6 +510,7 @@ class ChatCore:
             self._check_free(nick)
         member.nick = nick
         self._nicks[nick.casefold()] = member
+        self._skeletons.setdefault(skeleton(nick), member)
         roles = tuple(sorted(user.roles)) if user is not None else ()
         return Welcome(
             nick, self.motd, self.default_room, self.server_name, ref,
@@ -657,10 +661,12 @@ class ChatCore:
             own = member.user is not None and member.user.name.casefold() == new.casefold()
             if self.users is not None and new in self.users and not own:
                 raise ChatError("nick_reserved", f"{new} is a registered user's name")
-            self._check_free(new)
+            self._check_free(new, member)
         del self._nicks[old.casefold()]
+        self._forget_skeleton(member)
         member.nick = new
         self._nicks[new.casefold()] = member
+        self._skeletons.setdefault(skeleton(new), member)
         announced = bool(member.rooms)
         if announced:
             self.hub.publish(
@@ -798,11 +804,22 @@ class ChatCore:
             raise ChatError("not_in_room", f"you are not in {room_name}: join it first")
         return room
 
-    def _check_free(self, nick: str) -> None:
+    def _check_free(self, nick: str, member: Member | None = None) -> None:
         if (err := check_nick(nick)) is not None:
             raise ChatError(err.code, err.reason)
         if nick.casefold() in self._nicks:
             raise ChatError("nick_taken", f"nick {nick!r} is already taken: pick another")
+        other = self._skeletons.get(skeleton(nick))
+        if other is not None and other is not member:  # UTS #39: looks like a nick in use
+            raise ChatError(
+                "nick_taken", f"nick {nick!r} looks like {other.nick!r}, already here: pick another"
+            )
+
+    def _forget_skeleton(self, member: Member) -> None:
+        if member.nick is not None:
+            key = skeleton(member.nick)
+            if self._skeletons.get(key) is member:
+                del self._skeletons[key]
 
     def _guest_nick(self) -> str:
         while True:
