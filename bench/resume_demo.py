@@ -150,6 +150,7 @@ class Server:
                 "serve",
                 "--files",
                 str(root),
+                "--files-create",
                 "--files-endpoint",
                 "tcp://127.0.0.1:0",
                 "--no-greeting",

@@ -431,3 +431,33 @@ def test_remove_user_keeps_the_rest_of_the_file(tmp_path: Any) -> None:
     assert text.startswith("# team\n") and "# bob is new" in text and "[users.ann]" not in text
     users = Users.load(path)
     assert [u.name for u in users.users()] == ["bob", "carol"] and "#ops" in users.rooms
+
+
+def test_add_and_reset_keep_comments_and_order(tmp_path: Any) -> None:
+    path = tmp_path / "users.toml"
+    path.write_text("# who may chat\n" + users_file(ops=["bob"]) + "# end of file\n")
+    add_user(path, "carol", log_n=FAST, roles=["admin"])
+    user, token = auth.reset_user(path, "BOB", log_n=FAST)
+    text = path.read_text()
+    assert text.startswith("# who may chat\n") and "# end of file" in text
+    assert text.index("[users.ann]") < text.index("[users.bob]") < text.index("[users.carol]")
+    users = Users.load(path)
+    assert user.name == "bob" and users.verify("bob", token) is not None
+    assert users.get("carol") == User("carol", frozenset({"admin"}))
+    assert "#ops" in users.rooms
+
+
+def test_edits_are_atomic_and_leave_no_temporary_file(tmp_path: Any, monkeypatch: Any) -> None:
+    path = tmp_path / "users.toml"
+    add_user(path, "ann", log_n=FAST)
+    before = path.read_text()
+
+    def crash(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(auth.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        add_user(path, "bob", log_n=FAST)
+    assert path.read_text() == before  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["users.toml"]
+    assert oct(path.stat().st_mode & 0o777) == "0o600"

@@ -285,7 +285,8 @@ def serve_with_users(tmp_path: Path, *extra: str) -> Iterator[dict[str, str]]:
     users = tmp_path / "users.toml"
     users.write_text(USERS)
     argv = [*WIRECAT, "serve", "--no-greeting", "--no-echo", "--chat", "tcp://127.0.0.1:0",
-            "--files", str(tmp_path / "root"), "--files-endpoint", "tcp://127.0.0.1:0",
+            "--files", str(tmp_path / "root"), "--files-create",
+            "--files-endpoint", "tcp://127.0.0.1:0",
             "--users", str(users), *extra]  # fmt: skip
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

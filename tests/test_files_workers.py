@@ -229,6 +229,7 @@ def test_serve_workers_refuse_the_excess_with_quota(tmp_path: Path) -> None:
             "serve",
             "--files",
             str(root),
+            "--files-create",
             "--files-endpoint",
             f"tcp://127.0.0.1:{port}",
             "--quota",

@@ -39,6 +39,7 @@ _LAZY: dict[str, str] = {
     "connect": ".runtime.connection",
     "connect_datagram": ".runtime.connection",
     "Endpoint": ".endpoints",
+    "FilesClient": ".files.client",
     "parse_endpoint": ".endpoints",
     "Limits": ".runtime.limits",
     "Service": ".runtime.server",
@@ -56,6 +57,7 @@ __all__ = [
     "Connection",
     "DatagramConnection",
     "Endpoint",
+    "FilesClient",
     "Limits",
     "Opening",
     "ServeConfig",
@@ -93,6 +95,7 @@ if TYPE_CHECKING:
     from .chat.client import ChatClient
     from .config import ServeConfig, TLSConfig
     from .endpoints import Endpoint, parse_endpoint
+    from .files.client import FilesClient
     from .runtime.connection import (
         Connection,
         DatagramConnection,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -166,6 +167,13 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
         if (found := eps("files")) and config.files_root is not None:
             from .services.files import FilesService
 
+            if not config.files_create and not os.path.isdir(config.files_root):
+                raise ConfigError(
+                    f"the files root {config.files_root} does not exist (or is not a "
+                    "directory); create it, or allow creating it (files_create)",
+                    field="files_root",
+                )
+
             services.append(
                 FilesService(
                     found,
@@ -181,6 +189,8 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
             from .services.metrics import MetricsService
 
             services.append(MetricsService(found, worker=worker))
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return services

@@ -40,20 +40,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import re
 import secrets
+import tempfile
 import tomllib
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from .errors import WirecatError
+import tomlkit
+import tomlkit.exceptions
+
+from .errors import UsersFileError
 from .protocols import MAX_TOKEN
 from .runtime.limits import KeyedRateLimiter
+
+T = TypeVar("T")
 
 __all__ = [
     "MAX_FILE",
@@ -68,6 +75,7 @@ __all__ = [
     "hash_token",
     "new_token",
     "remove_user",
+    "reset_user",
     "verify_token",
 ]
 
@@ -85,10 +93,6 @@ _HASH_RE: Final = re.compile(
 )
 _KEY_LEN: Final = 32
 _SALT_LEN: Final = 16
-
-
-class UsersFileError(WirecatError, ValueError):
-    """A users file is unreadable, too large, or malformed (the message says where)."""
 
 
 def _b64(data: bytes) -> str:
@@ -400,6 +404,62 @@ class AuthFailures:
         self._limiter.allow(source, now)
 
 
+def _write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace the file at ``path`` with ``text`` atomically (a temporary file in the same
+    directory, fsynced, renamed over it, the directory fsynced): a crash leaves the old file
+    or the new one, never a truncated one. The file is mode 0600."""
+    target = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    fd, tmp = tempfile.mkstemp(prefix=".users-", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _edit(path: str | os.PathLike[str], change: Callable[[tomlkit.TOMLDocument], T]) -> T:
+    """Apply ``change`` to the users file as a ``tomlkit`` document (comments, order and
+    formatting kept), check that the result is a valid users file, write it atomically."""
+    existing = ""
+    if os.path.exists(path):
+        Users.load(path)  # refuse to edit a malformed (or oversized) file
+        with open(path, encoding="utf-8") as fh:
+            existing = fh.read()
+    try:
+        doc = tomlkit.parse(existing)
+    except tomlkit.exceptions.TOMLKitError as exc:
+        raise UsersFileError(f"{path}: not valid TOML: {exc}") from None
+    result = change(doc)
+    text = tomlkit.dumps(doc)
+    Users.parse(text, source=str(path))
+    _write_atomic(path, text)
+    return result
+
+
+def _users_table(doc: tomlkit.TOMLDocument) -> Any:
+    users = doc.get("users")
+    if users is None:
+        users = tomlkit.table(is_super_table=True)
+        doc.add("users", users)
+    return users
+
+
+def _key_of(users: Any, name: str) -> str | None:
+    return next((k for k in users if str(k).casefold() == name.casefold()), None)
+
+
 def add_user(
     path: str | os.PathLike[str],
     name: str,
@@ -410,8 +470,8 @@ def add_user(
 ) -> str:
     """Add ``name`` to the users file at ``path`` (created with mode 0600); return its token.
 
-    The new ``[users.NAME]`` table is appended; the whole result is parsed before it is
-    written, so a file never ends up malformed.
+    The file is edited with ``tomlkit`` (comments and order kept) and replaced atomically;
+    the result is parsed before it is written, so a file never ends up malformed.
 
     Args:
         token: the token to store (``None``: a new random one from :func:`new_token`).
@@ -422,33 +482,52 @@ def add_user(
             is malformed.
         OSError: the file cannot be written.
     """
-    existing = ""
-    if os.path.exists(path):
-        Users.load(path)  # refuse to append to a malformed file
-        with open(path, encoding="utf-8") as fh:
-            existing = fh.read()
     if not _NAME_RE.fullmatch(name):
         raise UsersFileError(f"invalid user name {name!r}")
     roles = sorted(set(roles))
     if unknown := set(roles) - ROLES:
         raise UsersFileError(f"unknown roles {sorted(unknown)} (known: admin)")
     token = token if token is not None else new_token()
-    lines = [f"[users.{name}]", f'token = "{hash_token(token, log_n=log_n)}"']
-    if roles:
-        lines.append("roles = [" + ", ".join(f'"{r}"' for r in roles) + "]")
-    sep = (
-        ""
-        if not existing or existing.endswith("\n\n")
-        else ("\n" if existing.endswith("\n") else "\n\n")
-    )
-    text = existing + sep + "\n".join(lines) + "\n"
-    if name in Users.parse(existing or "", source=str(path)):
-        raise UsersFileError(f"user {name!r} exists in {path}")
-    Users.parse(text, source=str(path))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    hashed = hash_token(token, log_n=log_n)
+
+    def change(doc: tomlkit.TOMLDocument) -> None:
+        users = _users_table(doc)
+        if _key_of(users, name) is not None:
+            raise UsersFileError(f"user {name!r} exists in {path}")
+        table = tomlkit.table()
+        table.add("token", hashed)
+        if roles:
+            table.add("roles", roles)
+        users.add(name, table)
+
+    _edit(path, change)
     return token
+
+
+def reset_user(
+    path: str | os.PathLike[str], name: str, *, token: str | None = None, log_n: int = DEFAULT_LOG_N
+) -> tuple[User, str]:
+    """Give ``name`` a new token (roles kept) in one atomic edit; return the user and token.
+
+    Raises:
+        UsersFileError: no such user, or the file is malformed.
+        OSError: the file cannot be written.
+    """
+    user = Users.load(path).get(name)
+    if user is None:
+        raise UsersFileError(f"no user {name!r} in {path}")
+    token = token if token is not None else new_token()
+    hashed = hash_token(token, log_n=log_n)
+
+    def change(doc: tomlkit.TOMLDocument) -> None:
+        users = _users_table(doc)
+        key = _key_of(users, name)
+        if key is None:
+            raise UsersFileError(f"no user {name!r} in {path}")
+        users[key]["token"] = hashed
+
+    _edit(path, change)
+    return user, token
 
 
 _TABLE_RE: Final = re.compile(r"\s*\[\s*([^\]]*?)\s*\]\s*(#.*)?")
@@ -458,7 +537,7 @@ def remove_user(path: str | os.PathLike[str], name: str) -> User:
     """Remove ``name``'s ``[users.NAME]`` table from the users file at ``path``; return it.
 
     The rest of the file (comments, other tables) is kept as it is; the result is parsed
-    before it is written.
+    before it is written, atomically.
 
     Raises:
         UsersFileError: no such user, the file is malformed, or the user is still listed in
@@ -472,6 +551,9 @@ def remove_user(path: str | os.PathLike[str], name: str) -> User:
     in_rooms = sorted(r for r, members in users.rooms.items() if name.casefold() in members)
     if in_rooms:
         raise UsersFileError(f"{user.name} is listed in {', '.join(in_rooms)}: edit those first")
+
+    # Line by line rather than through tomlkit: comments that head the next table (which
+    # tomlkit attaches to the removed one) must stay.
     with open(path, encoding="utf-8") as fh:
         lines = fh.read().splitlines(keepends=True)
     kept: list[str] = []
@@ -494,7 +576,5 @@ def remove_user(path: str | os.PathLike[str], name: str) -> User:
     text = "".join(kept)
     if user.name in Users.parse(text, source=str(path)):
         raise UsersFileError(f"cannot remove {user.name}: its table is not a plain [users.NAME]")
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    _write_atomic(path, text)
     return user

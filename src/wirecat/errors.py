@@ -5,10 +5,14 @@
     WirecatError
     ├── InvalidEndpoint              (also ValueError) an endpoint string that does not parse
     ├── ConfigError                  (also ValueError) a server setting is invalid (``field``)
-    │   └── TLSError                 a TLS certificate, key, CA file or pin cannot be used
+    │   ├── TLSError                 a TLS certificate, key, CA file or pin cannot be used
+    │   └── UsersFileError           a users file is unreadable, too large or malformed
     ├── ConcurrencyError             two coroutines read one connection at once (a caller bug)
     ├── ChatError                    a chat command was refused (``code``, ``reason``)
     │   └── ChatRefused              the chat server refused the login (nick taken, bad token)
+    ├── FilesError                   a files request was refused or failed (``code``, ``offset``)
+    │   ├── FileStoreError           the file store refused an operation (server side)
+    │   └── TransferError            a transfer was refused or failed verification (client)
     ├── ProtocolError                the bytes on the wire break a protocol's rules
     │   ├── LocalProtocolError       we were asked to send something the protocol forbids
     │   ├── RemoteProtocolError      the peer sent something the protocol forbids
@@ -58,6 +62,8 @@ __all__ = [
     "ConnectionClosedOK",
     "ConnectionRefused",
     "FieldError",
+    "FileStoreError",
+    "FilesError",
     "HandshakeError",
     "HandshakeTimeout",
     "IdleTimeout",
@@ -74,6 +80,8 @@ __all__ = [
     "ProxyError",
     "RemoteProtocolError",
     "TLSError",
+    "TransferError",
+    "UsersFileError",
     "WirecatError",
     "WirecatTimeout",
     "translate_os_error",
@@ -103,6 +111,34 @@ class ConfigError(WirecatError, ValueError):
 
 class TLSError(ConfigError):
     """A TLS certificate, key or CA file cannot be loaded, or a pin is malformed."""
+
+
+class UsersFileError(ConfigError):
+    """A users file is unreadable, too large, or malformed (the message says where)."""
+
+
+class FilesError(WirecatError):
+    """A files request was refused or failed.
+
+    Attributes:
+        code: the files protocol's error code (``exists``, ``conflict``, ``quota``,
+            ``digest_mismatch``...; see ``wirecat.protocols.files.ERROR_CODES``), or
+            ``local_exists`` / ``local_io`` for problems on the client's side.
+        offset: for ``conflict``, the bytes the store already holds of that upload.
+    """
+
+    def __init__(self, code: str, message: str | None = None, *, offset: int | None = None):
+        super().__init__(message if message is not None else code)
+        self.code = code
+        self.offset = offset
+
+
+class FileStoreError(FilesError):
+    """The file store refused an operation (server side)."""
+
+
+class TransferError(FilesError):
+    """A transfer was refused by the server or failed verification (client side)."""
 
 
 class ConcurrencyError(WirecatError, RuntimeError):

@@ -21,6 +21,7 @@ __all__ = [
     "ENDPOINT",
     "EXIT_INTERRUPTED",
     "LOOP_OPTION",
+    "PROXY_OPTION",
     "die",
     "limit_options",
     "read_token",
@@ -57,6 +58,14 @@ class EndpointType(click.ParamType):  # type: ignore[type-arg]  # generic since 
 
 
 ENDPOINT = EndpointType()
+
+PROXY_OPTION = click.option(
+    "--proxy",
+    default=None,
+    metavar="URL",
+    help="Go through a proxy: socks5://[user:pass@]host:port or http://host:port (HTTP "
+    "CONNECT); tcp:// and tls:// endpoints.",
+)
 
 LOOP_OPTION = click.option(
     "--loop",

@@ -11,7 +11,14 @@ from ..errors import InvalidEndpoint
 from ..runtime.connection import Connection, DatagramConnection, connect, connect_datagram
 from ..runtime.loop import LoopKind
 from ..runtime.stdio import BridgeResult, bridge_datagram, bridge_stream, open_stdin, open_stdout
-from .common import LOOP_OPTION, die, run_command, tls_client_options, tls_connect_kwargs
+from .common import (
+    LOOP_OPTION,
+    PROXY_OPTION,
+    die,
+    run_command,
+    tls_client_options,
+    tls_connect_kwargs,
+)
 
 __all__ = ["connect_command", "endpoint_argument"]
 
@@ -104,13 +111,7 @@ async def _connect_main(
     help="Give up connecting after this long (name resolution included).",
 )
 @click.option("-C", "--crlf", is_flag=True, help="Send every LF from stdin as CRLF.")
-@click.option(
-    "--proxy",
-    default=None,
-    metavar="URL",
-    help="Connect through a proxy: socks5://[user:pass@]host:port or http://host:port "
-    "(HTTP CONNECT); tcp:// and tls:// endpoints.",
-)
+@PROXY_OPTION
 @click.option("-v", "--verbose", is_flag=True, help="Print connection details on stderr.")
 @tls_client_options
 @LOOP_OPTION

@@ -23,6 +23,7 @@ from ..errors import (
     PermissionDenied,
     ProtocolError,
     TLSError,
+    UsersFileError,
     WirecatError,
     WirecatTimeout,
 )
@@ -34,6 +35,7 @@ __all__ = ["EXIT_CODES", "exit_code_for", "message_for"]
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidEndpoint, 64),  # EX_USAGE-like: bad address given
     (TLSError, 78),  # EX_CONFIG: a certificate, key or CA file cannot be used
+    (UsersFileError, 78),
     (ConfigError, 64),
     (NameResolutionError, 68),  # EX_NOHOST
     (ConnectionRefused, 69),  # EX_UNAVAILABLE

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any
 
 import click
@@ -15,19 +14,20 @@ from ..endpoints import Endpoint, parse_endpoint
 from ..errors import ConfigError, InvalidEndpoint, WirecatError
 from ..runtime.limits import AccessList
 from ..runtime.logs import configure_logging
-from ..runtime.loop import run
 from ..runtime.server import run_until_signal
 from ..services.relay import RelayStats, Target, relay, relay_pair
 from .common import (
     LOOP_OPTION,
+    PROXY_OPTION,
     die,
     limit_options,
+    run_command,
     server_settings,
     tls_connect_kwargs,
     tls_peer_options,
     tls_server_options,
 )
-from .exits import exit_code_for, message_for
+from .exits import message_for
 
 __all__ = ["relay_command"]
 
@@ -62,12 +62,7 @@ def _parse(text: str, what: str) -> Endpoint:
     metavar="FILE",
     help="socks5:// FROM: require RFC 1929 login (password = the user's token).",
 )
-@click.option(
-    "--proxy",
-    default=None,
-    metavar="URL",
-    help="Reach TO through a proxy: socks5://[user:pass@]host:port or http://host:port.",
-)
+@PROXY_OPTION
 @click.option(
     "--max-sessions",
     type=click.IntRange(1),
@@ -206,13 +201,15 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
         click.echo(f"wirecat: relaying {server.endpoint()} -> {target}", err=True)
         return await run_until_signal(server)
 
-    try:
-        code = run(main(), loop=params["loop_kind"])
-    except WirecatError as exc:
-        die(message_for(exc), exit_code_for(exc))
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code)
+    _run(main(), params)
+
+
+def _run(main: Any, params: dict[str, Any]) -> None:
+    """Run ``main`` (errors become one line and an exit code; Ctrl-C exits 130)."""
+    verbosity = max(params["verbose"], 1) if params["verbose"] else 0
+    run_command(
+        main, loop=params["loop_kind"], log_format=params["log_format"], verbosity=verbosity
+    )
 
 
 def ended_printer(params: dict[str, Any]) -> Any:
@@ -262,13 +259,7 @@ def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: 
             click.echo("wirecat: destinations: loopback only (widen with --socks-allow)", err=True)
         return await run_until_signal(server)
 
-    try:
-        code = run(main(), loop=params["loop_kind"])
-    except WirecatError as exc:
-        die(message_for(exc), exit_code_for(exc))
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code)
+    _run(main(), params)
 
 
 def _stdio_relay(

@@ -42,6 +42,7 @@ _FLAG_HINTS: dict[str, str] = {
     "tls": "--cert/--key or --self-signed go with a tls:// endpoint",
     "guests": "--guests needs --users FILE",
     "workers": "--workers",
+    "files_root": "--files-create creates it",
 }
 
 
@@ -526,7 +527,8 @@ def serve_command(ctx: click.Context, /, **params: Any) -> None:
     try:
         code = run(config, on_ready=on_ready, on_worker_error=on_worker_error)
     except WirecatError as exc:
-        die(message_for(exc), _exit_code(exc))
+        hint = _FLAG_HINTS.get(getattr(exc, "field", None) or "")
+        die(message_for(exc) + (f" ({hint})" if hint else ""), _exit_code(exc))
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code)
@@ -535,6 +537,6 @@ def serve_command(ctx: click.Context, /, **params: Any) -> None:
 def _exit_code(exc: WirecatError) -> int:
     from ..auth import UsersFileError
 
-    if isinstance(exc, UsersFileError):
+    if isinstance(exc, UsersFileError) or getattr(exc, "field", None) == "files_root":
         return 78
     return exit_code_for(exc)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import click
 
-from ..auth import ROLES, Users, UsersFileError, add_user, remove_user
+from ..auth import ROLES, Users, UsersFileError, add_user, remove_user, reset_user
 from ..protocols import MAX_TOKEN
 from .common import die
 
@@ -107,7 +107,6 @@ def remove_command(path: str, name: str) -> None:
 def reset_command(path: str, name: str) -> None:
     """Give user NAME a new random token (roles kept) and print it on stdout."""
     with _users_file(path):
-        user = remove_user(path, name)
-        token = add_user(path, user.name, roles=user.roles)
+        user, token = reset_user(path, name)
     click.echo(f"new token for {user.name} in {path}", err=True)
     click.echo(token)

@@ -37,6 +37,7 @@ from ..errors import (
     InvalidEndpoint,
     ProtocolError,
     RemoteProtocolError,
+    TransferError,
     WirecatError,
     WirecatTimeout,
     translate_os_error,
@@ -68,22 +69,6 @@ E = TypeVar("E")
 
 #: ``progress(done, total)``: bytes of the file now held by the receiver, and its size.
 Progress = Callable[[int, int], None]
-
-
-class TransferError(WirecatError):
-    """The server refused a request, or a transfer failed verification.
-
-    Attributes:
-        code: a server error code (``exists``, ``conflict``, ``digest_mismatch``, ...; see
-            :data:`wirecat.protocols.files.ERROR_CODES`) or ``"local_exists"`` /
-            ``"local_io"`` for problems on this side.
-        offset: the server's offset on ``conflict``.
-    """
-
-    def __init__(self, code: str, message: str, *, offset: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.offset = offset
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..errors import WirecatError
+from ..errors import FileStoreError
 from ..protocols.files import PART_PREFIX, Entry, check_name
 from .digest import DIGESTS, Hasher, hash_fd, new_hasher
 
@@ -76,20 +76,6 @@ _LEDGER_TMP = LEDGER + ".tmp"
 
 #: One ledger entry: declared size in bytes, then the part's ``st_dev`` and ``st_ino``.
 _Entry = tuple[int, int, int]
-
-
-class FileStoreError(WirecatError):
-    """A store operation was refused.
-
-    Attributes:
-        code: the protocol error code (see :data:`wirecat.protocols.files.ERROR_CODES`).
-        offset: for ``conflict``, the bytes the store holds of that upload.
-    """
-
-    def __init__(self, code: str, message: str, *, offset: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.offset = offset
 
 
 @dataclass(frozen=True, slots=True)

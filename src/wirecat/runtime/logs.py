@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, Literal
 
+from ..escape import for_log
+
 __all__ = ["JsonFormatter", "configure_logging", "logger"]
 
 logger = logging.getLogger("wirecat")
@@ -36,10 +38,33 @@ class JsonFormatter(logging.Formatter):
 
 
 class _TextFormatter(logging.Formatter):
+    """One line per record: peer-controlled values (the message's arguments and the context
+    fields) go through :func:`wirecat.escape.for_log`, so a name with a newline or ESC cannot
+    forge a line or reach the operator's terminal. The message text itself is ours."""
+
     def format(self, record: logging.LogRecord) -> str:
-        base = super().format(record)
-        ctx = [f"{k}={record.__dict__[k]}" for k in _CONTEXT if record.__dict__.get(k) is not None]
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(_safe(a) for a in args)
+        elif isinstance(args, dict):
+            record.args = {k: _safe(v) for k, v in args.items()}
+        try:
+            base = super().format(record)
+        finally:
+            record.args = args
+        ctx = [
+            f"{k}={for_log(record.__dict__[k])}"
+            for k in _CONTEXT
+            if record.__dict__.get(k) is not None
+        ]
         return f"{base} [{' '.join(ctx)}]" if ctx else base
+
+
+def _safe(value: object) -> object:
+    """Numbers stay numbers (for %d, %.1f); everything else becomes escaped text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    return for_log(value)
 
 
 def configure_logging(fmt: Literal["text", "json"] = "text", verbosity: int = 0) -> None:
