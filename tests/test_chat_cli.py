@@ -127,8 +127,26 @@ def test_a_terminal_keeps_the_input_line_and_sends_it() -> None:
         until(b"ann>")  # the prompt, below what was printed
         os.write(fd, b"hello there\r")
         until(b"<ann> \x1b[0mhello there")  # printed above the prompt, in colour
+        after = seen.rindex(b"hello there")
+        deadline = time.monotonic() + T
+        while b"ann>" not in seen[after:]:  # the prompt is drawn again below the message
+            assert time.monotonic() < deadline, seen[-400:]
+            if select.select([fd], [], [], 0.2)[0]:
+                seen += os.read(fd, 65536)
         os.write(fd, b"\x04")  # Ctrl-D: quit
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + T
+        while time.monotonic() < deadline:  # drain the terminal until the child closes it
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                with contextlib.suppress(OSError):
+                    seen += os.read(fd, 65536)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"wirecat chat did not exit after Ctrl-D: {seen[-400:]!r}")
         assert os.waitstatus_to_exitcode(status) == 0, seen[-400:]
         os.close(fd)
     finally:

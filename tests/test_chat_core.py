@@ -296,3 +296,50 @@ def test_chat_error_is_a_wirecat_error() -> None:
 
     exc = ChatError("nick_taken", "taken")
     assert isinstance(exc, WirecatError) and exc.code == "nick_taken" and exc.reason == "taken"
+
+
+def test_rooms_created_per_source_are_capped_and_freed_when_empty(clock: Clock) -> None:
+    core = ChatCore(max_rooms=100, max_rooms_per_source=2, clock=clock, monotonic=clock)
+    sinks = []
+    members = []
+    for i, source in enumerate(["10.0.0.1", "10.0.0.1", "10.0.0.2"]):
+        sink = Sink()
+        sink.source = source  # type: ignore[attr-defined]
+        member = core.connect(sink)
+        core.hello(member, f"m{i}")
+        sinks.append(sink)
+        members.append(member)
+    a, b, c = members
+    core.join(a, "#a1")
+    core.join(b, "#b1")  # the same address: its second room
+    with pytest.raises(ChatError) as info:
+        core.join(a, "#a2")
+    assert info.value.code == "too_many_rooms" and "address" in info.value.reason
+    core.join(a, "#b1")  # joining an existing room is always fine
+    core.join(c, "#c1")  # another address has its own allowance
+    core.part(a, "#a1")  # the last member left: #a1 is forgotten, its slot freed
+    core.join(b, "#a2")
+    assert "#a1" not in core.rooms and core.rooms["#a2"].source == "10.0.0.1"
+    core.disconnect(b)
+    core.disconnect(a)
+    assert not any(r.source == "10.0.0.1" for r in core.rooms.values())
+    core.join(c, "#c2")
+    with pytest.raises(ChatError):
+        core.join(c, "#c3")
+
+
+def test_a_nick_confusable_with_one_in_use_is_refused(core: ChatCore) -> None:
+    ann = core.connect(Sink())
+    core.hello(ann, "ann")
+    for lookalike in ["\u0430nn", "ANN", "\u0430\u0578\u0578"]:  # Cyrillic a, Armenian n
+        other = core.connect(Sink())
+        with pytest.raises(ChatError) as info:
+            core.hello(other, lookalike)
+        assert info.value.code == "nick_taken", lookalike
+    bill = core.connect(Sink())
+    core.hello(bill, "bill")
+    with pytest.raises(ChatError):
+        core.rename(ann, "bi11")  # digits one for ells
+    core.rename(bill, "bi1l")  # its own look-alike: allowed
+    core.disconnect(bill)
+    core.rename(ann, "bill")  # the nick and its look-alikes are free again

@@ -542,3 +542,32 @@ def test_server_states_are_data() -> None:
     proto.receive_eof()
     assert proto.next_event() == EndOfStream() and proto.state is State.CLOSED
     assert all(isinstance(k[0], State) and isinstance(v, State) for k, v in TRANSITIONS.items())
+
+
+@pytest.mark.parametrize(
+    "char", ["\u2028", "\u2029", "\u202e", "\u2066", "\u200b", "\u200f", "\ufeff", "\U000e0041"]
+)
+def test_text_that_could_fake_a_server_line_is_refused_in_both_modes(char: str) -> None:
+    from wirecat.protocols.chat import parse_json_line, parse_text_line
+
+    text = f"hi{char}*** server: admin is now root"
+    as_text = parse_text_line(text.encode(), registered=True)
+    as_json = parse_json_line(json.dumps({"type": "say", "text": text}).encode())
+    for err in (as_text, as_json):
+        assert isinstance(err, ErrorEvent) and err.code == "control_chars", err
+        assert f"U+{ord(char):04X}" in err.reason
+    assert parse_text_line("family 👨\u200d👩\u200d👧".encode(), registered=True) == Say(
+        "family 👨\u200d👩\u200d👧"
+    )  # ZWJ sequences stay allowed
+
+
+def test_international_nicks_follow_precis() -> None:
+    from wirecat.protocols.chat import check_nick, parse_json_line, parse_text_line
+
+    for nick in ["Élodie", "李小龍", "Dvořák", "ann"]:
+        assert check_nick(nick) is None, nick
+        assert parse_text_line(nick.encode(), registered=False) == Hello(nick)
+        assert parse_json_line(json.dumps({"type": "hello", "nick": nick}).encode()) == Hello(nick)
+    for bad in ["a\u202eb", "\uff41nn", "1abc", "ann bob", "x" * 25, "E\u0301lodie", "#room"]:
+        err = check_nick(bad)
+        assert err is not None and err.code == "invalid_nick", bad

@@ -71,6 +71,7 @@ from ..protocols.chat import (
     check_nick,
     check_room,
 )
+from ..protocols.chat.unicode import skeleton
 from ..runtime.handler import SharedWrite
 from ..runtime.limits import TokenBucket
 
@@ -200,10 +201,11 @@ class _Group:
 class Room:
     """A room's local members, grouped by encoder for encode-once fan-out."""
 
-    __slots__ = ("_groups", "members", "name")
+    __slots__ = ("_groups", "members", "name", "source")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, source: str | None = None) -> None:
         self.name = name
+        self.source = source  # the address whose member created it (per-source room cap)
         self.members: dict[Member, None] = {}  # insertion-ordered set
         self._groups: dict[Encoder, _Group] = {}
 
@@ -349,6 +351,9 @@ class ChatCore:
         rate: the per-member message rate limit.
         max_rooms: rooms that may exist at once (a room exists while it has members).
         max_rooms_per_member: rooms one member may be in at once.
+        max_rooms_per_source: rooms that members from one source address may have created
+            and that still exist (a room is forgotten when its last member leaves); unix
+            peers and sinks without a ``source`` are not counted.
         clock: wall-clock seconds since the epoch, for message timestamps.
         monotonic: monotonic seconds, for rate limits.
         server_name: sent in the welcome.
@@ -371,6 +376,7 @@ class ChatCore:
         rate: RateLimit | None = None,
         max_rooms: int = 1024,
         max_rooms_per_member: int = 32,
+        max_rooms_per_source: int = 8,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         server_name: str = "wirecat",
@@ -389,12 +395,17 @@ class ChatCore:
         self.rate = rate or RateLimit()
         self.max_rooms = max_rooms
         self.max_rooms_per_member = max_rooms_per_member
+        if max_rooms < 1 or max_rooms_per_member < 1 or max_rooms_per_source < 1:
+            raise ValueError("room limits must be >= 1")
+        self.max_rooms_per_source = max_rooms_per_source
+        self._rooms_by_source: Counter[str] = Counter()  # existing rooms each source created
         self.server_name = server_name
         self.rooms: dict[str, Room] = {}
         self.counters: Counter[str] = Counter()
         self._clock = clock
         self._monotonic = monotonic
         self._nicks: dict[str, Member] = {}  # casefolded nick -> member
+        self._skeletons: dict[str, Member] = {}  # confusable skeleton of a nick -> member
         self._member_ids = itertools.count(1)
         self._guests = itertools.count(1)
         self._members: set[Member] = set()
@@ -427,9 +438,20 @@ class ChatCore:
                     Parted(self.hub.next_id(), self._clock(), room.name, member.nick, reason)
                 )
             if not room.members:
-                self.rooms.pop(room.name, None)
+                self._forget_room(room.name)
         if member.nick is not None:
             self._nicks.pop(member.nick.casefold(), None)
+            self._forget_skeleton(member)
+
+    def _forget_room(self, name: str) -> None:
+        """Drop an empty room from the table (and from its creator's count)."""
+        room = self.rooms.pop(name, None)
+        if room is not None and room.source is not None:
+            left = self._rooms_by_source[room.source] - 1
+            if left > 0:
+                self._rooms_by_source[room.source] = left
+            else:
+                del self._rooms_by_source[room.source]
 
     def member(self, nick: str) -> Member | None:
         """Return the registered member named ``nick`` (case-insensitive), or ``None``."""
@@ -488,6 +510,7 @@ class ChatCore:
             self._check_free(nick)
         member.nick = nick
         self._nicks[nick.casefold()] = member
+        self._skeletons.setdefault(skeleton(nick), member)
         roles = tuple(sorted(user.roles)) if user is not None else ()
         return Welcome(
             nick, self.motd, self.default_room, self.server_name, ref,
@@ -526,7 +549,18 @@ class ChatCore:
         if room is None:
             if len(self.rooms) >= self.max_rooms:
                 raise ChatError("too_many_rooms", "the server has too many rooms: join another")
-            room = self.rooms[room_name] = Room(room_name)
+            source = getattr(member.sink, "source", None)
+            if isinstance(source, str) and source:
+                if self._rooms_by_source[source] >= self.max_rooms_per_source:
+                    raise ChatError(
+                        "too_many_rooms",
+                        f"your address has created {self.max_rooms_per_source} rooms that "
+                        "still exist: join an existing one",
+                    )
+                self._rooms_by_source[source] += 1
+            else:
+                source = None
+            room = self.rooms[room_name] = Room(room_name, source)
         room.add(member)
         member.rooms[room_name] = room
         self.hub.publish(Joined(self.hub.next_id(), self._clock(), room_name, nick))
@@ -550,7 +584,7 @@ class ChatCore:
         room.remove(member)
         member.rooms.pop(room.name, None)
         if not room.members:
-            self.rooms.pop(room.name, None)
+            self._forget_room(room.name)
         return RoomParted(room.name, ref)
 
     def say(
@@ -627,10 +661,12 @@ class ChatCore:
             own = member.user is not None and member.user.name.casefold() == new.casefold()
             if self.users is not None and new in self.users and not own:
                 raise ChatError("nick_reserved", f"{new} is a registered user's name")
-            self._check_free(new)
+            self._check_free(new, member)
         del self._nicks[old.casefold()]
+        self._forget_skeleton(member)
         member.nick = new
         self._nicks[new.casefold()] = member
+        self._skeletons.setdefault(skeleton(new), member)
         announced = bool(member.rooms)
         if announced:
             self.hub.publish(
@@ -721,7 +757,7 @@ class ChatCore:
         if room is not None:
             room.remove(member)
             if not room.members:
-                self.rooms.pop(room_name, None)
+                self._forget_room(room_name)
 
     def _dispatch(self, member: Member, cmd: Command) -> ServerEvent:
         match cmd:
@@ -768,11 +804,22 @@ class ChatCore:
             raise ChatError("not_in_room", f"you are not in {room_name}: join it first")
         return room
 
-    def _check_free(self, nick: str) -> None:
+    def _check_free(self, nick: str, member: Member | None = None) -> None:
         if (err := check_nick(nick)) is not None:
             raise ChatError(err.code, err.reason)
         if nick.casefold() in self._nicks:
             raise ChatError("nick_taken", f"nick {nick!r} is already taken: pick another")
+        other = self._skeletons.get(skeleton(nick))
+        if other is not None and other is not member:  # UTS #39: looks like a nick in use
+            raise ChatError(
+                "nick_taken", f"nick {nick!r} looks like {other.nick!r}, already here: pick another"
+            )
+
+    def _forget_skeleton(self, member: Member) -> None:
+        if member.nick is not None:
+            key = skeleton(member.nick)
+            if self._skeletons.get(key) is member:
+                del self._skeletons[key]
 
     def _guest_nick(self) -> str:
         while True:

@@ -319,6 +319,10 @@ class ChatService(Service):
         guests: with ``users``, let members without a token in under other nicks.
         auth_failures: failed logins allowed per source address (default: 5, then 1 per
             10 s); the server keeps one table for all its services.
+        max_rooms: rooms that may exist at once (the room table; a room exists while it
+            has members).
+        max_rooms_per_source: rooms created by members from one source address that may
+            exist at once, so one address cannot fill the room table.
 
     Attributes:
         core: the :class:`ChatCore` shared by every connection of this service.
@@ -347,6 +351,8 @@ class ChatService(Service):
         users: Users | None = None,
         guests: bool = False,
         auth_failures: AuthFailures | None = None,
+        max_rooms: int = 1024,
+        max_rooms_per_source: int = 8,
     ) -> None:
         super().__init__(endpoints, limits=limits)
         if max_text < 1:
@@ -360,6 +366,8 @@ class ChatService(Service):
             rate=RateLimit(rate=max_rate, burst=burst, kick_after=kick_after),
             users=users,
             guests=guests,
+            max_rooms=max_rooms,
+            max_rooms_per_source=max_rooms_per_source,
         )
         self.auth_failures = auth_failures if auth_failures is not None else AuthFailures()
         if banner_delay < 0:

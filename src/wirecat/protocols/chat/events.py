@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
+from .unicode import INVISIBLE, enforce_nick
+
 #: Every ``ErrorEvent.code`` the chat protocol and core may send (the JSON ``error.code``).
 ERROR_CODES: frozenset[str] = frozenset(
     [
@@ -432,15 +434,24 @@ COMMAND_TYPES: Final = (
 
 # -- validation ----------------------------------------------------------------------------
 def check_nick(nick: str, ref: Ref = None) -> ErrorEvent | None:
-    """Return an ``invalid_nick`` error if ``nick`` does not match :data:`NICK_RE`, else None."""
-    if NICK_RE.fullmatch(nick) is None:
-        shown = nick if len(nick) <= 40 and _BAD_CHARS.search(nick) is None else "that"
-        return ErrorEvent(
-            "invalid_nick",
-            f"invalid nick {shown!r}: use 1-24 letters, digits, _ or -, starting with a letter",
-            ref,
-        )
-    return None
+    """Return an ``invalid_nick`` error unless ``nick`` is a valid nick, else None.
+
+    ASCII nicks match :data:`NICK_RE`; others must be 1-24 characters, start with a letter
+    and be unchanged by the PRECIS UsernameCasePreserved profile (RFC 8265 3.4: NFC,
+    halfwidth, no disallowed, invisible or direction-changing code points).
+    """
+    if NICK_RE.fullmatch(nick) is not None:
+        return None
+    if not nick.isascii() and len(nick) <= 4 * 24 and enforce_nick(nick) == nick:
+        return None
+    shown = nick if len(nick) <= 40 and _BAD_CHARS.search(nick) is None else "that"
+    if INVISIBLE.search(shown):
+        shown = "that"
+    return ErrorEvent(
+        "invalid_nick",
+        f"invalid nick {shown!r}: use 1-24 letters, digits, _ or -, starting with a letter",
+        ref,
+    )
 
 
 def check_room(room: str, ref: Ref = None) -> ErrorEvent | None:
@@ -472,6 +483,13 @@ def check_text(text: str, max_text: int = MAX_TEXT, ref: Ref = None) -> ErrorEve
 
 
 def _check_chars(text: str, ref: Ref = None) -> ErrorEvent | None:
+    if (bad := INVISIBLE.search(text)) is not None:
+        return ErrorEvent(
+            "control_chars",
+            f"text holds an invisible or direction-changing character (U+{ord(bad[0]):04X}):"
+            " nothing was sent",
+            ref,
+        )
     if _BAD_CHARS.search(text) is not None:
         if re.search("[\ud800-\udfff]", text):
             return ErrorEvent("bad_utf8", "text holds a lone surrogate: nothing was sent", ref)
