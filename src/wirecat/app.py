@@ -157,6 +157,8 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
                     kick_after=0 if unlimited else 20,
                     users=users,
                     guests=config.guests,
+                    max_rooms=config.chat_rooms,
+                    max_rooms_per_source=config.chat_rooms_per_source,
                     auth_failures=failures,
                 )
             )

@@ -148,6 +148,9 @@ class ServeConfig:
         history: chat messages kept per room and replayed on join (0-10000).
         chat_rate: chat messages per second per member (``None``: no limit).
         chat_burst: messages a member may send at once after a quiet period.
+        chat_rooms: chat rooms that may exist at once (the room table).
+        chat_rooms_per_source: rooms that members from one source address may have created
+            and that still exist (one source cannot fill the table).
         udp_rate: datagrams answered per second per source address (``None``: no limit).
         users: path of a users file (``wirecat users add``): chat and files then need a token.
         guests: with :attr:`users`, also admit chat members without a token (other nicks).
@@ -191,6 +194,8 @@ class ServeConfig:
     history: int = 50
     chat_rate: float | None = 5.0
     chat_burst: int = 10
+    chat_rooms: int = 1024
+    chat_rooms_per_source: int = 8
     udp_rate: float | None = 1000.0
     users: str | None = None
     guests: bool = False
@@ -248,6 +253,8 @@ class ServeConfig:
             raise bad("workers", "must be 1-256 processes")
         if self.chat_burst < 1:
             raise bad("chat_burst", "must be >= 1")
+        if self.chat_rooms < 1 or self.chat_rooms_per_source < 1:
+            raise bad("chat_rooms", "the room limits must be >= 1")
         for name in ("chat_rate", "udp_rate"):
             rate = getattr(self, name)
             if rate is not None and not (rate > 0 and math.isfinite(rate)):

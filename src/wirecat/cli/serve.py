@@ -128,6 +128,8 @@ _FLAGS: dict[str, tuple[str, str | None, Any]] = {
     "history": ("history", None, None),
     "chat_rate": ("chat_rate", None, none_if_zero),
     "chat_burst": ("chat_burst", None, None),
+    "chat_rooms": ("chat_rooms", None, None),
+    "chat_rooms_per_source": ("chat_rooms_per_source", None, None),
     "udp_rate": ("udp_rate", None, none_if_zero),
     "users_file": ("users", None, None),
     "guests": ("guests", None, None),
@@ -389,6 +391,20 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     show_default=True,
     metavar="PER_SECOND",
     help="Chat messages per second per member before 'rate_limited' (0: no limit).",
+)
+@click.option(
+    "--chat-rooms",
+    type=click.IntRange(min=1),
+    default=_D.chat_rooms,
+    show_default=True,
+    help="Chat rooms that may exist at once.",
+)
+@click.option(
+    "--chat-rooms-per-source",
+    type=click.IntRange(min=1),
+    default=_D.chat_rooms_per_source,
+    show_default=True,
+    help="Chat rooms created from one source IP that may exist at once.",
 )
 @click.option(
     "--chat-burst",
