@@ -155,3 +155,47 @@ def test_files_clients_say_what_to_type_and_spot_the_wrong_service(tmp_path: Pat
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_ctrl_c_during_send_says_how_far_it_got(tmp_path: Path) -> None:
+    import json
+    import signal
+    import socket
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * (64 * 1024 * 1024))
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(30)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "wirecat",
+                "send",
+                str(big),
+                f"127.0.0.1:{srv.getsockname()[1]}",
+                "--retries",
+                "0",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        conn, _ = srv.accept()
+        with conn:
+            reader = conn.makefile("rb")
+            header = json.loads(reader.readline())
+            assert header["op"] == "stat"  # resume: what does the server hold? nothing
+            conn.sendall(
+                b'{"ok": true, "name": "big.bin", "exists": false, "size": null,'
+                b' "mtime": null, "partial": null}\n'
+            )
+            assert json.loads(reader.readline())["op"] == "put"
+            conn.sendall(b'{"ok": true, "ready": true, "offset": 0}\n')
+            got = 0
+            while got < 1024 * 1024:  # the body is flowing; then this peer stops reading
+                got += len(conn.recv(65536))
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted after" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err

@@ -240,11 +240,27 @@ def _run_transfer(
     """Run one verified transfer with retries and a progress bar; exit with its code."""
 
     async def main() -> int:
-        update, stop = _progress_bar(_show_bar(quiet, as_json), f"{verb} {name}")
+        bar, stop = _progress_bar(_show_bar(quiet, as_json), f"{verb} {name}")
+        seen = [0, 0]  # bytes done, total: for the line Ctrl-C prints
+
+        def update(done: int, total: int) -> None:
+            seen[0], seen[1] = done, total
+            if bar is not None:
+                bar(done, total)
+
         try:
             result = await _with_retries(
                 endpoint, timeout, retries, lambda c: op(c, update), connect_kw
             )
+        except asyncio.CancelledError:  # Ctrl-C: say how far it got, and how to go on
+            stop()
+            done, total = seen
+            where = f"{done} of {total} bytes" if total else "before any byte"
+            click.echo(
+                f"wirecat: interrupted after {where}; run the same command again to resume",
+                err=True,
+            )
+            raise
         except (WirecatError, OSError) as exc:
             stop()
             return _fail(exc, as_json)
@@ -283,7 +299,9 @@ def send_command(
     loop_kind: LoopKind,
     **tls: Any,
 ) -> None:
-    """Upload FILE to a files service at ENDPOINT (e.g. 127.0.0.1:7071), verified, resumable.
+    """Upload FILE to a files service at ENDPOINT, verified, resumable, atomic.
+
+    ENDPOINT is where `wirecat serve --files DIR` listens (e.g. 127.0.0.1:7071).
 
     \b
     Examples:
@@ -392,7 +410,17 @@ def ls_command(
     loop_kind: LoopKind,
     **tls: Any,
 ) -> None:
-    """List the files of a files service at ENDPOINT (optionally of directory PATH)."""
+    """List the files of a files service at ENDPOINT (optionally of directory PATH).
+
+    Each line: size in bytes, modification time, name (a directory ends with /). Names
+    are shown with control and bidi characters made visible.
+
+    \b
+    Examples:
+      wirecat ls 127.0.0.1:7071
+      wirecat ls 127.0.0.1:7071 docs --json
+      WIRECAT_TOKEN=... wirecat ls tls://127.0.0.1:7443 --user ann --pin sha256:3f1c...
+    """
     connect_kw = _connect_kwargs(endpoint, tls)
 
     async def main() -> int:
@@ -412,7 +440,7 @@ def ls_command(
 
         for e in listing.entries:
             when = _time.strftime("%Y-%m-%d %H:%M", _time.localtime(e.mtime))
-            shown = e.name + ("/" if e.kind == "dir" else "")
+            shown = for_terminal(e.name) + ("/" if e.kind == "dir" else "")
             click.echo(f"{e.size:>14}  {when}  {shown}")
         return 0
 

@@ -59,6 +59,11 @@ def users_command() -> None:
 def add_command(path: str, name: str, roles: tuple[str, ...], token_stdin: bool) -> None:
     """Add user NAME to FILE (created with mode 0600) and print its token on stdout.
 
+    \b
+    Examples:
+      wirecat users add users.toml ann --role admin
+      echo "$TOKEN" | wirecat users add users.toml bob --token-stdin
+
     Only a salted scrypt hash of the token is stored: the token cannot be shown again.
     Give it to the user; clients send it with WIRECAT_TOKEN or --token-file, never on the
     command line.
