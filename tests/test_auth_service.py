@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -411,3 +412,59 @@ def test_serve_auth_failure_limit_is_a_flag(tmp_path: Path) -> None:
         assert first.returncode == 77 and "wrong user name or token" in first.stderr
         right = run("ls", eps["files"], "--user", "bob", env={"WIRECAT_TOKEN": TOKENS["bob"]})
         assert right.returncode == 77 and "too many failed logins" in right.stderr
+
+
+async def _files_guess(ep: Endpoint, source: str, user: str, token: str) -> bytes:
+    reader, writer = await asyncio.open_connection(ep.host, ep.port, local_addr=(source, 0))
+    writer.write(json.dumps({"op": "auth", "user": user, "token": token}).encode() + b"\n")
+    line = await asyncio.wait_for(reader.readline(), T)
+    writer.close()
+    return line
+
+
+async def test_parallel_guesses_are_counted_before_they_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    running = 0
+    most = 0
+    checks = 0
+    lock = threading.Lock()
+    real = Users.verify
+
+    def counting(self: Users, name: str, token: str) -> Any:
+        nonlocal running, most, checks
+        with lock:
+            running += 1
+            checks += 1
+            most = max(most, running)
+        try:
+            return real(self, name, token)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(Users, "verify", counting)
+    svc = FilesService([Endpoint("tcp", "127.0.0.1", 0)], tmp_path, users=Users.parse(USERS))
+    async with serving(svc) as server:
+        ep = server.endpoint("files")
+        # 40 guesses at once from one address: before, all 40 were checked in parallel.
+        answers = await asyncio.gather(
+            *(_files_guess(ep, "127.0.0.2", "ann", f"guess-{i}") for i in range(40))
+        )
+        assert checks <= 5 and most == 1, (checks, most)  # 5 per address, one at a time
+        assert all(b"auth_failed" in a for a in answers)
+        # 50 addresses, 2 guesses each, one account: the account's own limit (20) holds.
+        before = checks
+        await asyncio.gather(
+            *(
+                _files_guess(ep, f"127.0.1.{n}", "bob", f"guess-{n}-{k}")
+                for n in range(1, 51)
+                for k in range(2)
+            )
+        )
+        assert checks - before <= 20 + 5, checks - before  # a few refills while it runs
+        # the real user still gets in from a fresh address once the burst refills
+        line = await _files_guess(ep, "127.0.2.1", "ann", TOKENS["ann"])
+        assert b'"ok": true' in line or b'"ok":true' in line

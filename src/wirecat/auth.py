@@ -385,15 +385,60 @@ def audit_login(
 
 
 class AuthFailures:
-    """Failed logins per source address: a token bucket each (default 5, then 1 per 10 s).
+    """Failed logins per source address and per account, counted *before* the check.
 
-    A source with no failures left is refused without its token being checked, which
-    bounds both guessing and the scrypt CPU an attacker can make the server spend.
-    Successful logins cost nothing.
+    Each verification goes through :meth:`begin` (before scrypt runs) and :meth:`end`
+    (after). ``begin`` counts the attempt as a failure up front, so parallel guesses cannot
+    slip past the count while their checks run, and refuses without checking when:
+
+    - the source has no failures left (a token bucket each: ``burst``, then ``rate`` per s;
+      default 5, then 1 per 10 s: 6 guesses in the first minute, 6 a minute after);
+    - the source already has a check in flight (one at a time per address);
+    - the account has no attempts left (``account_burst``, then ``account_rate`` per s;
+      default 20, then 1 per s): guesses spread over many addresses are slowed too, yet a
+      real user is never locked out for more than about a second (fail2ban-style: a
+      penalty that refills, never a hard lock);
+    - ``max_pending`` checks are already running or queued (like OpenSSH's MaxStartups).
+
+    A successful login gives back the failure ``begin`` counted. Not thread-safe; one per
+    event loop.
     """
 
-    def __init__(self, rate: float = 0.1, burst: int = 5) -> None:
+    def __init__(
+        self,
+        rate: float = 0.1,
+        burst: int = 5,
+        *,
+        account_rate: float = 1.0,
+        account_burst: int = 20,
+        max_pending: int = 64,
+    ) -> None:
         self._limiter = KeyedRateLimiter(rate, burst)
+        self._accounts = KeyedRateLimiter(account_rate, account_burst)
+        self._inflight: set[str] = set()
+        self.max_pending = max_pending
+
+    def begin(self, source: str, account: str, now: float) -> str | None:
+        """Take a verification slot for ``account`` from ``source``; return ``None`` to go
+        on with the check, else the reason to refuse it unchecked."""
+        if len(self._inflight) >= self.max_pending:
+            return "too many logins in progress: try later"
+        if source in self._inflight:
+            return "a login from your address is already being checked: wait for it"
+        if not self._limiter.allow(source, now):
+            return "too many failed logins from your address: try later"
+        if not self._accounts.allow(account.casefold(), now):
+            self._limiter.refund(source)
+            return "too many failed logins for this user: try again in a moment"
+        self._inflight.add(source)
+        return None
+
+    def end(self, source: str, account: str, ok: bool) -> None:
+        """Release the slot of :meth:`begin`; a success gives back the counted failure."""
+        self._inflight.discard(source)
+        if ok:
+            self._limiter.refund(source)
+            self._accounts.refund(account.casefold())
 
     def blocked(self, source: str, now: float) -> bool:
         """Whether ``source`` has no failures left (check before verifying)."""

@@ -147,6 +147,12 @@ class KeyedRateLimiter:
         bucket = self._buckets.get(key)
         return bucket is not None and bucket.empty_at(now)
 
+    def refund(self, key: str) -> None:
+        """Give back one token spent by :meth:`allow` (never above the burst)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(bucket.burst, bucket.tokens + 1)
+
 
 class AccessList:
     """``--allow`` / ``--deny`` CIDR rules for IPv4 and IPv6 peers.

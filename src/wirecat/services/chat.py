@@ -239,10 +239,9 @@ class ChatHandler(StreamHandler):
         if hello.token is not None:
             source = self.source or "unix"
             loop = asyncio.get_running_loop()
-            if self.chat.auth_failures.blocked(source, loop.time()):
-                self._auth_failed(
-                    hello.nick, "too many failed logins from your address: try later", hello.ref
-                )
+            refusal = self.chat.auth_failures.begin(source, hello.nick or "", loop.time())
+            if refusal is not None:
+                self._auth_failed(hello.nick, refusal, hello.ref)
             else:
                 self.pause_reading()
                 self._auth = loop.create_task(self._verify(hello, source))
@@ -270,10 +269,10 @@ class ChatHandler(StreamHandler):
             return
         finally:
             self._auth = None
+            self.chat.auth_failures.end(source, hello.nick or "", ok=user is not None)
         if self.closing:
             return
         if user is None:
-            self.chat.auth_failures.failed(source, asyncio.get_running_loop().time())
             self._auth_failed(hello.nick, ref=hello.ref)
             return
         member.user = user

@@ -313,13 +313,14 @@ class FilesHandler(StreamHandler):
         user = None
         if users is None:
             reason = "this server has no users (do not send a token)"
-        elif failures.blocked(source, loop.time()):
-            reason = "too many failed logins from your address: try later"
+        elif (refusal := failures.begin(source, req.user, loop.time())) is not None:
+            reason = refusal
         else:
             reason = "wrong user name or token"
-            user = await users.averify(req.user, req.token)
-            if user is None:
-                failures.failed(source, loop.time())
+            try:
+                user = await users.averify(req.user, req.token)
+            finally:
+                failures.end(source, req.user, ok=user is not None)
         if user is None:
             audit_login(self.log, self.ctx.metrics, req.user, refused=reason)
             self.proto.send_error("auth_failed", reason)

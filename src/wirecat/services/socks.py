@@ -162,11 +162,14 @@ async def _negotiate(
         source = conn.peer_address.rsplit(":", 1)[0].strip("[]")
         now = time.monotonic()
         user = None
-        if failures is None or not failures.blocked(source, now):
-            user = await users.averify(name, password)
+        refusal = failures.begin(source, name, now) if failures is not None else None
+        if refusal is None:
+            try:
+                user = await users.averify(name, password)
+            finally:
+                if failures is not None:
+                    failures.end(source, name, ok=user is not None)
         if user is None:
-            if failures is not None:
-                failures.failed(source, time.monotonic())
             audit_login(ctx.log, ctx.metrics, name, refused="auth_failed", how="socks")
             await conn.send(socks.build_userpass_status(False))
             raise _Refused(-1, f"authentication failed for {name!r}")
