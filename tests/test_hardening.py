@@ -199,3 +199,69 @@ def test_ctrl_c_during_send_says_how_far_it_got(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "interrupted after" in err and "run the same command again to resume" in err
     assert "Traceback" not in err
+
+
+def test_serve_hints_run_as_printed_and_contradictions_are_refused() -> None:
+    import os
+    import re
+    import signal
+
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wirecat",
+            "serve",
+            "--no-chat",
+            "--no-web",
+            "--greeting",
+            "tcp://[::1]:0",
+            "--echo",
+            "tcp://127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        hints: dict[str, str] = {}
+        while len(hints) < 2:
+            line = proc.stdout.readline()
+            assert line, "no table"
+            m = re.search(r"(greeting|echo)\s.*?(nc \S+ \d+)", line)
+            if m:
+                hints[m.group(1)] = m.group(2)
+        assert hints["greeting"].startswith("nc ::1 ")  # Debian's nc refuses [::1]
+        out = subprocess.run(hints["greeting"].split(), capture_output=True, text=True, timeout=30)
+        assert out.stdout == "Thank you for connecting\n"
+        out = subprocess.run(
+            [*hints["echo"].split(), "-N"],
+            input="as printed\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.stdout == "as printed\n"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "wirecat", "serve", "--no-echo", "--echo", "tcp://127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 64 and "contradict" in r.stderr
+
+
+def test_missing_unix_socket_says_so() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "wirecat", "connect", "unix:/tmp/wirecat-no-such.sock"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 69 and "no such socket file" in r.stderr

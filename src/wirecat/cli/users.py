@@ -85,7 +85,12 @@ def add_command(path: str, name: str, roles: tuple[str, ...], token_stdin: bool)
 @users_command.command("check")
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
 def check_command(path: str) -> None:
-    """Check FILE and list its users, their roles and the restricted rooms (exit 78 if bad)."""
+    """Check FILE and list its users, their roles and the restricted rooms (exit 78 if bad).
+
+    \b
+    Example:
+      wirecat users check users.toml
+    """
     with _users_file(path):
         users = Users.load(path)
     for user in users.users():
@@ -100,7 +105,12 @@ def check_command(path: str) -> None:
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, exists=True))
 @click.argument("name")
 def remove_command(path: str, name: str) -> None:
-    """Remove user NAME from FILE (a running server keeps the file it read at start)."""
+    """Remove user NAME from FILE (a running server re-reads it on SIGHUP).
+
+    \b
+    Example:
+      wirecat users remove users.toml bob
+    """
     with _users_file(path):
         user = remove_user(path, name)
     click.echo(f"removed {user.name} from {path}", err=True)
@@ -110,7 +120,12 @@ def remove_command(path: str, name: str) -> None:
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, exists=True))
 @click.argument("name")
 def reset_command(path: str, name: str) -> None:
-    """Give user NAME a new random token (roles kept) and print it on stdout."""
+    """Give user NAME a new random token (roles kept) and print it on stdout.
+
+    \b
+    Example:
+      wirecat users reset users.toml bob     # the old token stops working
+    """
     with _users_file(path):
         user, token = reset_user(path, name)
     click.echo(f"new token for {user.name} in {path}", err=True)
