@@ -464,9 +464,16 @@ async def test_wirecat_connect_cli_against_a_websockets_server() -> None:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await asyncio.wait_for(proc.communicate(b"one\ntwo\n"), scaled(20))
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"one\ntwo\n")
+        await proc.stdin.drain()
+        # read both replies before ending stdin: EOF then closes the WebSocket (no half-close)
+        first = await asyncio.wait_for(proc.stdout.readline(), scaled(20))
+        second = await asyncio.wait_for(proc.stdout.readline(), scaled(20))
+        proc.stdin.close()
+        out, err = await asyncio.wait_for(proc.communicate(), scaled(20))
         assert proc.returncode == 0, err
-        assert out == b"got one\ngot two\n"
+        assert first + second + out == b"got one\ngot two\n"
 
 
 async def test_frames_sent_with_the_upgrade_request_are_answered_after_the_101() -> None:

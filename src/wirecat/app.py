@@ -393,10 +393,8 @@ def run(
 
     async def main(worker: int) -> int:
         server = Server(config, worker=worker, prepared=prepared)
-        await server.start()
-        if worker == 0 and on_ready is not None:
-            on_ready(server)
-        return await run_until_signal(server)
+        ready = on_ready if worker == 0 else None
+        return await run_until_signal(server, ready)  # type: ignore[arg-type]
 
     if config.workers == 1:
         return run_loop(main(0), loop=config.loop)

@@ -271,17 +271,18 @@ class Server:
         await self.shutdown()
 
 
-async def run_until_signal(server: Server) -> int:
+async def run_until_signal(
+    server: Server, on_started: Callable[[Server], None] | None = None
+) -> int:
     """Start ``server`` (unless started) and serve until SIGINT or SIGTERM; return 0.
 
     The first signal drains gracefully (bounded by ``shutdown_grace``); a second one aborts
     every connection at once. SIGHUP calls :meth:`Server.reload` (one at a time). Under
-    systemd, readiness, reloads and the stop are reported (``sd_notify``).
+    systemd, readiness, reloads and the stop are reported (``sd_notify``). The handlers
+    are in place before the listeners open, so a signal right after a peer could connect
+    (or after ``on_started`` announced the server) is never fatal.
     """
     loop = asyncio.get_running_loop()
-    if not server.started:
-        await server.start()
-    systemd.notify("READY=1")
     signals = 0
     reloading: asyncio.Task[None] | None = None
 
@@ -323,6 +324,11 @@ async def run_until_signal(server: Server) -> int:
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread
             pass
     try:
+        if not server.started:
+            await server.start()
+        if on_started is not None:
+            on_started(server)
+        systemd.notify("READY=1")
         await server.serve_forever()
     finally:
         for sig in installed:
