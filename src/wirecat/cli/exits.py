@@ -68,6 +68,8 @@ def exit_code_for(exc: BaseException) -> int:
     (e.g. 77 for a refused login), else the first match in :data:`EXIT_CODES`, else 1."""
     if isinstance(exc, ChatRefused) and exc.auth:
         return 77  # EX_NOPERM
+    if isinstance(exc, ConfigError) and exc.field == "files_root":
+        return 78  # EX_CONFIG: a path that cannot be used, like a certificate file
     own = getattr(exc, "exit_code", None)
     if isinstance(own, int) and own:
         return own

@@ -269,8 +269,6 @@ def _stdio_relay(
 
     if to_ep is None:
         die("relay - needs an endpoint TO, not exec:", 64)
-    from .common import run_command
-
     tls = {k: v for k, v in connect_kwargs.items() if k != "timeout"}
     run_command(
         _connect_main(

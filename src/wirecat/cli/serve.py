@@ -538,21 +538,13 @@ def serve_command(ctx: click.Context, /, **params: Any) -> None:
 
     def on_worker_error(exc: WirecatError) -> int:
         click.echo(f"wirecat: {message_for(exc)}", err=True)
-        return _exit_code(exc)
+        return exit_code_for(exc)
 
     try:
         code = run(config, on_ready=on_ready, on_worker_error=on_worker_error)
     except WirecatError as exc:
         hint = _FLAG_HINTS.get(getattr(exc, "field", None) or "")
-        die(message_for(exc) + (f" ({hint})" if hint else ""), _exit_code(exc))
+        die(message_for(exc) + (f" ({hint})" if hint else ""), exit_code_for(exc))
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code)
-
-
-def _exit_code(exc: WirecatError) -> int:
-    from ..auth import UsersFileError
-
-    if isinstance(exc, UsersFileError) or getattr(exc, "field", None) == "files_root":
-        return 78
-    return exit_code_for(exc)
