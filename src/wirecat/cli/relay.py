@@ -64,6 +64,12 @@ def _parse(text: str, what: str) -> Endpoint:
 )
 @PROXY_OPTION
 @click.option(
+    "--ws-text",
+    is_flag=True,
+    help="WebSocket sides carry lines as text messages (a \\n ends each; received text "
+    "messages get one). Default: bytes as binary messages, boundaries kept.",
+)
+@click.option(
     "--max-sessions",
     type=click.IntRange(1),
     default=1024,
@@ -91,9 +97,10 @@ def _parse(text: str, what: str) -> Endpoint:
 def relay_command(ctx: click.Context, /, **params: Any) -> None:
     """Relay every peer of FROM to TO, both ways, until both directions end.
 
-    FROM is listened on (tcp, tls, unix, udp, unix+dgram); each peer gets its own
-    connection to TO (tcp, tls, unix, or exec:CMD run per peer; udp/unix+dgram for a
-    datagram FROM, one session per client address). EOF in one direction is passed on
+    FROM is listened on (tcp, tls, unix, unix+seqpacket, ws, wss, udp, unix+dgram); each
+    peer gets its own connection to TO (tcp, tls, unix, unix+seqpacket, ws, wss, or
+    exec:CMD run per peer; udp/unix+dgram for a datagram FROM, one session per client
+    address). EOF in one direction is passed on
     as a half-close to the other; a slow side slows the other (backpressure); every
     limit of `wirecat serve` applies to FROM (--max-conns, --conn-rate, --allow...), and
     --idle-timeout ends a relay quiet in both directions. With --connect-first both
@@ -104,8 +111,15 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
     it reaches only --socks-allow destinations (default: loopback), never an open proxy.
 
     \b
-    TLS: a tls:// FROM needs --cert/--key or --self-signed (TLS termination); a tls:// TO
-    is verified like `wirecat connect` (--cafile, --pin, --insecure, --servername).
+    WebSocket: a ws:// FROM publishes TO to browsers (each message's bytes go to TO, bytes
+    from TO come back as binary messages); a ws:// TO is a WebSocket reached from nc.
+    Messages and unix+seqpacket packets keep their boundaries between two such sides.
+    EOF toward a WebSocket starts its closing handshake; its close is EOF the other way.
+
+    \b
+    TLS: a tls:// or wss:// FROM needs --cert/--key or --self-signed (TLS termination); a
+    tls:// or wss:// TO is verified like `wirecat connect` (--cafile, --pin, --insecure,
+    --servername).
 
     \b
     Examples:
@@ -115,6 +129,10 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
       wirecat relay unix:/tmp/app.sock tcp://127.0.0.1:8080 -v
       wirecat relay udp://127.0.0.1:5353 udp://127.0.0.1:53 --max-sessions 100
       wirecat relay tcp://127.0.0.1:9000 exec:'cat'                   # ncat -e
+      wirecat relay ws://127.0.0.1:8080/ tcp://127.0.0.1:7007         # TCP to browsers
+      wirecat relay tcp://127.0.0.1:9000 wss://example.org:443/ws     # nc to a WebSocket
+      wirecat relay wss://[::]:8443/chat tcp://127.0.0.1:7000 --self-signed --ws-text
+      wirecat relay unix+seqpacket:/tmp/app.sock tcp://127.0.0.1:7007
       wirecat relay --connect-first tcp://127.0.0.1:7007 tcp://127.0.0.1:9001
       wirecat relay socks5://127.0.0.1:1080                       # a SOCKS5 server
       wirecat relay socks5://127.0.0.1:1080 --socks-allow 10.0.0.0/8:80,443 --users u.toml
@@ -150,6 +168,9 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
     connect_kwargs: dict[str, Any] = {"timeout": params["timeout"], **tls_kwargs}
     if params["proxy"]:
         connect_kwargs["proxy"] = params["proxy"]
+    ws_binary = not params["ws_text"]
+    if to_ep is not None and to_ep.scheme in ("ws", "wss"):
+        connect_kwargs["ws_binary"] = ws_binary
     settings = server_settings(params, given)
     try:
         limits = dataclasses.replace(SERVE_LIMITS, **settings["limits"])
@@ -170,22 +191,25 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
         if params["connect_first"]:
             if to_ep is None:
                 die("--connect-first needs an endpoint TO, not exec:", 64)
+            a_kwargs: dict[str, Any] = {"timeout": params["timeout"]}
+            if from_ep.scheme in ("ws", "wss"):
+                a_kwargs["ws_binary"] = ws_binary
             stats = await relay_pair(
                 from_ep,
                 to_ep,
                 idle_timeout=limits.idle_timeout,
-                a_kwargs={"timeout": params["timeout"]},
+                a_kwargs=a_kwargs,
                 b_kwargs=connect_kwargs,
             )
             ended(stats)
             return 0
         tls_ctx = None
-        if from_ep.scheme == "tls":
+        if from_ep.scheme in ("tls", "wss"):
             tls_ctx, fingerprint = tls_context(TLSConfig(**settings["tls"]))
             if fingerprint:
                 click.echo(f"wirecat: self-signed certificate {fingerprint}", err=True)
         elif settings["tls"]:
-            die("--cert/--key/--self-signed need a tls:// FROM", 64)
+            die("--cert/--key/--self-signed need a tls:// or wss:// FROM", 64)
         target = Target(endpoint=to_ep, connect_kwargs=connect_kwargs) if to_ep else to_text
         server = relay(
             from_ep,
@@ -196,6 +220,7 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
             idle_timeout=limits.idle_timeout,
             max_sessions=params["max_sessions"],
             on_end=ended,
+            ws_text=params["ws_text"],
         )
         await server.start()
         click.echo(f"wirecat: relaying {server.endpoint()} -> {target}", err=True)
