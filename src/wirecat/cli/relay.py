@@ -51,7 +51,7 @@ def _parse(text: str, what: str) -> Endpoint:
     "--socks-allow",
     multiple=True,
     metavar="CIDR[:PORTS]",
-    help="socks5:// FROM: destinations the SOCKS server may reach (repeatable), e.g. "
+    help="socks5:// or http-proxy:// FROM: destinations the proxy may reach (repeatable), e.g. "
     "10.0.0.0/8:80,443 or [::1/128]:8000-9000. Default: loopback only.",
 )
 @click.option(
@@ -60,7 +60,7 @@ def _parse(text: str, what: str) -> Endpoint:
     type=click.Path(dir_okay=False),
     default=None,
     metavar="FILE",
-    help="socks5:// FROM: require RFC 1929 login (password = the user's token).",
+    help="socks5:// or http-proxy:// FROM: require a login (password = the user's token).",
 )
 @PROXY_OPTION
 @click.option(
@@ -108,7 +108,10 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
 
     \b
     SOCKS5 (RFC 1928/1929): `wirecat relay socks5://HOST:PORT` is a SOCKS server (no TO);
-    it reaches only --socks-allow destinations (default: loopback), never an open proxy.
+    `wirecat relay http-proxy://HOST:PORT` an HTTP CONNECT proxy (RFC 9110 9.3.6, e.g.
+    for curl --proxy http://HOST:PORT). Both reach only --socks-allow destinations
+    (default: loopback), never an open proxy; --users asks for a login (SOCKS5
+    username/password, HTTP Proxy-Authorization Basic; the password is the user's token).
 
     \b
     WebSocket: a ws:// FROM publishes TO to browsers (each message's bytes go to TO, bytes
@@ -136,6 +139,7 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
       wirecat relay --connect-first tcp://127.0.0.1:7007 tcp://127.0.0.1:9001
       wirecat relay socks5://127.0.0.1:1080                       # a SOCKS5 server
       wirecat relay socks5://127.0.0.1:1080 --socks-allow 10.0.0.0/8:80,443 --users u.toml
+      wirecat relay http-proxy://127.0.0.1:3128                   # an HTTP CONNECT proxy
       wirecat relay tcp://127.0.0.1:9000 tcp://10.1.2.3:22 --proxy socks5://127.0.0.1:1080
     """
     given = {
@@ -143,12 +147,12 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
         for n in params
         if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     }
-    socks_from = params["from_"].startswith("socks5://")
+    socks_from = params["from_"].startswith(("socks5://", "http-proxy://"))
     if params["to"] is None and not socks_from:
         die("relay needs FROM and TO, e.g. wirecat relay tcp://127.0.0.1:9000 127.0.0.1:7007", 2)
     if socks_from:
         if params["to"] is not None:
-            die("a SOCKS server has no TO: clients name their destination", 2)
+            die("a proxy server has no TO: clients name their destination", 2)
         params["to"] = "exec:-"  # unused placeholder
     configure_logging(params["log_format"], max(params["verbose"], 1) if params["verbose"] else 0)
     to_text: str = params["to"]
@@ -250,9 +254,16 @@ def ended_printer(params: dict[str, Any]) -> Any:
 
 
 def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: Any) -> None:
+    from ..services.httpproxy import http_proxy_server
     from ..services.socks import SocksPolicy, socks_server
 
-    ep = _parse("tcp://" + params["from_"].removeprefix("socks5://"), "FROM")
+    scheme, _, rest = params["from_"].partition("://")
+    ep = _parse("tcp://" + rest, "FROM")
+    make, what = (
+        (http_proxy_server, "HTTP CONNECT proxy")
+        if scheme == "http-proxy"
+        else (socks_server, "SOCKS5 server")
+    )
     try:
         policy = SocksPolicy(params["socks_allow"]) if params["socks_allow"] else SocksPolicy()
     except ValueError as exc:
@@ -267,7 +278,7 @@ def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: 
             die(message_for(exc), 78)
 
     async def main() -> int:
-        server = socks_server(
+        server = make(
             ep,
             policy=policy,
             users=users,
@@ -279,7 +290,7 @@ def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: 
         )
         await server.start()
         bound = server.endpoint()
-        click.echo(f"wirecat: SOCKS5 server on socks5://{str(bound)[6:]}", err=True)
+        click.echo(f"wirecat: {what} on {scheme}://{str(bound)[6:]}", err=True)
         if not ep.is_loopback and not params["socks_allow"]:
             click.echo("wirecat: destinations: loopback only (widen with --socks-allow)", err=True)
         return await run_until_signal(server)
