@@ -49,11 +49,21 @@ def _send_ls_get(tmp_path: Path, server: FilesServer, proxy: str, name: str) -> 
 
 
 @pytest.mark.interop
-def test_send_ls_get_through_wirecat_socks_and_microsocks(tmp_path: Path) -> None:
+def test_send_ls_get_through_wirecat_socks(tmp_path: Path) -> None:
     server = FilesServer(tmp_path / "root")
     try:
         with wirecat_socks() as port:
             _send_ls_get(tmp_path, server, f"socks5://127.0.0.1:{port}", "via-wirecat")
+    finally:
+        server.stop()
+    usage = _wirecat("ls", "unix:/tmp/x.sock", "--proxy", "socks5://127.0.0.1:1")
+    assert usage.returncode == 64 and "tcp:// and tls://" in usage.stderr
+
+
+@pytest.mark.interop
+def test_send_ls_get_through_microsocks_with_a_login(tmp_path: Path) -> None:
+    server = FilesServer(tmp_path / "root")
+    try:
         with microsocks("-u", "ann", "-P", "s3cret") as port:
             _send_ls_get(tmp_path, server, f"socks5://ann:s3cret@127.0.0.1:{port}", "via-micro")
             bad = _wirecat("ls", server.endpoint, "--proxy", f"socks5://ann:nope@127.0.0.1:{port}")
@@ -61,8 +71,6 @@ def test_send_ls_get_through_wirecat_socks_and_microsocks(tmp_path: Path) -> Non
             assert "username or password" in bad.stderr and "Traceback" not in bad.stderr
     finally:
         server.stop()
-    usage = _wirecat("ls", "unix:/tmp/x.sock", "--proxy", "socks5://127.0.0.1:1")
-    assert usage.returncode == 64 and "tcp:// and tls://" in usage.stderr
 
 
 @pytest.mark.async_timeout(40)

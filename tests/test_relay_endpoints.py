@@ -217,6 +217,34 @@ async def test_python_seqpacket_peers_on_both_sides(unix_dir: str) -> None:
     assert got == [b"3", b"1", b"4000", b""]
 
 
+async def test_a_bulk_stream_through_seqpacket_hops_arrives_byte_exact(unix_dir: str) -> None:
+    # tcp -> relay -> seqpacket (split into packets, the writer paused by backpressure) ->
+    # a slow seqpacket sink that reads everything, then answers with the digest.
+    import hashlib
+
+    path = os.path.join(unix_dir, "sink.sock")
+
+    async def digest(conn: wirecat.Connection) -> None:
+        h = hashlib.sha256()
+        while data := await conn.recv():
+            assert len(data) <= MAX_PACKET
+            h.update(data)
+            await asyncio.sleep(0)  # a slow reader: the relay's writes queue and pause
+        await conn.send(h.hexdigest().encode())
+        await conn.send_eof()
+
+    data = os.urandom(4 * 1024 * 1024)
+    async with (
+        wirecat.listen(f"unix+seqpacket:{path}", digest),
+        relay("tcp://127.0.0.1:0", f"unix+seqpacket:{path}") as server,
+        wirecat.connect(server.endpoint(), timeout=T) as conn,
+    ):
+        await conn.send(data)
+        await conn.send_eof()
+        assert await conn.recv(timeout=T) == hashlib.sha256(data).hexdigest().encode()
+        assert await conn.recv(timeout=T) == b""
+
+
 async def test_a_packet_over_the_limit_is_refused(unix_dir: str) -> None:
     errors: list[BaseException] = []
 
@@ -295,6 +323,53 @@ def test_nc_through_the_relay_command_to_a_websockets_server() -> None:
         finally:
             server.shutdown()
             thread.join(T)
+
+
+@pytest.mark.interop
+def test_connect_and_listen_commands_on_seqpacket_with_socat(unix_dir: str) -> None:
+    path = os.path.join(unix_dir, "cli.sock")
+    with _socat_echo(f"UNIX-LISTEN:{path},type=5"):
+        out = subprocess.run(
+            [sys.executable, "-m", "wirecat", "connect", f"unix+seqpacket:{path}"],
+            input=b"one packet\n",
+            capture_output=True,
+            timeout=T,
+        )
+        assert out.returncode == 0 and out.stdout == b"one packet\n", out.stderr
+    listen_path = os.path.join(unix_dir, "listen.sock")
+    with Running(
+        [sys.executable, "-m", "wirecat", "listen", f"unix+seqpacket:{listen_path}"],
+    ) as listener:
+        listener.wait_listening()
+        peer_out = subprocess.run(
+            [peer("socat"), "-", f"UNIX-CONNECT:{listen_path},type=5"],
+            input=b"to the listener\n",
+            capture_output=True,
+            timeout=T,
+        )
+        assert peer_out.returncode == 0
+        code, got, _ = listener.finish()
+    assert code == 0 and got == b"to the listener\n"
+
+
+@pytest.mark.interop
+def test_wss_relay_command_with_a_self_signed_certificate() -> None:
+    from wirecat.runtime.loop import run
+
+    with _socat_echo("TCP-LISTEN:0,bind=127.0.0.1,reuseaddr") as where:
+        port = re.search(r":(\d+)\s*$", where).group(1)  # type: ignore[union-attr]
+        argv = ["relay", "wss://127.0.0.1:0/", f"tcp://127.0.0.1:{port}", "--self-signed"]
+        with Running([sys.executable, "-m", "wirecat", *argv], stdin=subprocess.DEVNULL) as r:
+            fingerprint = r.wait_line(r"(sha256:[0-9a-f]{64})").group(1)
+            ep = r.wait_line(r"relaying (\S+) ->").group(1)
+            assert run(_wss_round_trip(ep, fingerprint)) == b"secure bytes"
+
+
+async def _wss_round_trip(ep: str, fingerprint: str) -> bytes | str:
+    async with wirecat.connect(ep, pin=fingerprint, ws_binary=True, timeout=T) as ws:
+        assert isinstance(ws, WebSocketConnection)
+        await ws.send(b"secure bytes")
+        return await ws.recv_message(timeout=T)
 
 
 @pytest.mark.interop
