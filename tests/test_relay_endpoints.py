@@ -86,6 +86,26 @@ async def test_eof_from_the_tcp_side_closes_the_websocket_cleanly() -> None:
         assert ws.close_code == 1000
 
 
+async def test_pages_of_other_origins_are_refused_unless_allowed() -> None:
+    from websockets.exceptions import InvalidStatus
+
+    from wirecat.runtime.websocket import WebSocketSettings
+
+    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+        async with relay("ws://127.0.0.1:0/", target.endpoint()) as server:
+            with pytest.raises(InvalidStatus, match="403"):
+                await ws_connect(
+                    _url(server.endpoint()), origin="https://evil.example", open_timeout=T
+                )
+        allow = WebSocketSettings(allow_origin=("https://app.example",))
+        async with (
+            relay("ws://127.0.0.1:0/", target.endpoint(), websocket=allow) as server,
+            ws_connect(_url(server.endpoint()), origin="https://app.example", open_timeout=T) as ws,
+        ):
+            await ws.send(b"allowed")
+            assert await asyncio.wait_for(ws.recv(), T) == b"allowed"
+
+
 async def test_ws_text_carries_lines_as_text_messages() -> None:
     got: list[bytes] = []
 

@@ -70,6 +70,14 @@ def _parse(text: str, what: str) -> Endpoint:
     "messages get one). Default: bytes as binary messages, boundaries kept.",
 )
 @click.option(
+    "--allow-origin",
+    multiple=True,
+    metavar="ORIGIN",
+    help="ws:// FROM: let pages of ORIGIN (https://app.example, or '*') open the WebSocket, "
+    "besides the page's own origin and programs sending no Origin (repeatable). Other "
+    "origins get 403: a page elsewhere cannot reach TO through a visitor's browser.",
+)
+@click.option(
     "--max-sessions",
     type=click.IntRange(1),
     default=1024,
@@ -109,15 +117,17 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
     \b
     SOCKS5 (RFC 1928/1929): `wirecat relay socks5://HOST:PORT` is a SOCKS server (no TO);
     `wirecat relay http-proxy://HOST:PORT` an HTTP CONNECT proxy (RFC 9110 9.3.6, e.g.
-    for curl --proxy http://HOST:PORT). Both reach only --socks-allow destinations
+    for curl --proxytunnel --proxy http://HOST:PORT). Both reach only --socks-allow destinations
     (default: loopback), never an open proxy; --users asks for a login (SOCKS5
     username/password, HTTP Proxy-Authorization Basic; the password is the user's token).
 
     \b
     WebSocket: a ws:// FROM publishes TO to browsers (each message's bytes go to TO, bytes
-    from TO come back as binary messages); a ws:// TO is a WebSocket reached from nc.
-    Messages and unix+seqpacket packets keep their boundaries between two such sides.
-    EOF toward a WebSocket starts its closing handshake; its close is EOF the other way.
+    from TO come back as binary messages; --ws-text: lines as text messages); a ws:// TO
+    is a WebSocket reached from nc. Pages of other origins are refused (403) unless
+    --allow-origin names them. Messages and unix+seqpacket packets keep their boundaries
+    between two such sides. EOF toward a WebSocket starts its closing handshake (it has
+    no half-close); its close is EOF the other way.
 
     \b
     TLS: a tls:// or wss:// FROM needs --cert/--key or --self-signed (TLS termination); a
@@ -133,6 +143,7 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
       wirecat relay udp://127.0.0.1:5353 udp://127.0.0.1:53 --max-sessions 100
       wirecat relay tcp://127.0.0.1:9000 exec:'cat'                   # ncat -e
       wirecat relay ws://127.0.0.1:8080/ tcp://127.0.0.1:7007         # TCP to browsers
+      wirecat relay ws://127.0.0.1:8080/ 127.0.0.1:7007 --allow-origin http://localhost:3000
       wirecat relay tcp://127.0.0.1:9000 wss://example.org:443/ws     # nc to a WebSocket
       wirecat relay wss://[::]:8443/chat tcp://127.0.0.1:7000 --self-signed --ws-text
       wirecat relay unix+seqpacket:/tmp/app.sock tcp://127.0.0.1:7007
@@ -215,6 +226,14 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
         elif settings["tls"]:
             die("--cert/--key/--self-signed need a tls:// or wss:// FROM", 64)
         target = Target(endpoint=to_ep, connect_kwargs=connect_kwargs) if to_ep else to_text
+        ws_settings = None
+        if params["allow_origin"]:
+            from ..runtime.websocket import WebSocketSettings
+
+            try:
+                ws_settings = WebSocketSettings(allow_origin=params["allow_origin"])
+            except ValueError as exc:
+                die(f"--allow-origin: {exc}", 64)
         server = relay(
             from_ep,
             target,
@@ -225,6 +244,7 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
             max_sessions=params["max_sessions"],
             on_end=ended,
             ws_text=params["ws_text"],
+            websocket=ws_settings,
         )
         await server.start()
         click.echo(f"wirecat: relaying {server.endpoint()} -> {target}", err=True)
