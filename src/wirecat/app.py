@@ -185,6 +185,11 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
                     quota=config.quota,
                     users=users,
                     auth_failures=failures,
+                    header_timeout=config.files_header_timeout,
+                    min_rate=config.files_min_rate,
+                    rate_window=config.files_rate_window,
+                    transfer_threads=config.files_transfer_threads,
+                    part_expiry=config.files_part_expiry,
                 )
             )
         if (found := eps("metrics")) and worker == 0:

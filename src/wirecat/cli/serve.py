@@ -124,6 +124,11 @@ _FLAGS: dict[str, tuple[str, str | None, Any]] = {
     "files_create": ("files_create", None, None),
     "max_file_size": ("max_file_size", None, None),
     "quota": ("quota", None, None),
+    "files_header_timeout": ("files_header_timeout", None, None),
+    "files_min_rate": ("files_min_rate", None, none_if_zero),
+    "files_rate_window": ("files_rate_window", None, None),
+    "files_transfer_threads": ("files_transfer_threads", None, None),
+    "files_part_expiry": ("files_part_expiry", None, none_if_zero),
     "banner": ("banner", None, None),
     "history": ("history", None, None),
     "chat_rate": ("chat_rate", None, none_if_zero),
@@ -372,6 +377,47 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     default=None,
     metavar="BYTES",
     help="Total size the file store may hold (bytes).",
+)
+@click.option(
+    "--files-header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_D.files_header_timeout,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest time from a files request header's first byte to its end.",
+)
+@click.option(
+    "--files-min-rate",
+    type=click.IntRange(min=0),
+    default=_D.files_min_rate,
+    show_default=True,
+    metavar="BYTES_PER_SECOND",
+    help="Slowest upload accepted, averaged over --files-rate-window; a slower one is cut "
+    "and its quota reservation freed, its part kept (0: no minimum).",
+)
+@click.option(
+    "--files-rate-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_D.files_rate_window,
+    show_default=True,
+    metavar="SECONDS",
+    help="Window over which --files-min-rate is averaged (the first is a grace period).",
+)
+@click.option(
+    "--files-transfer-threads",
+    type=click.IntRange(min=0),
+    default=_D.files_transfer_threads,
+    show_default=True,
+    help="File transfers on threads of their own at once (sendfile); more run on the event loop.",
+)
+@click.option(
+    "--files-part-expiry",
+    type=click.FloatRange(min=0),
+    default=_D.files_part_expiry,
+    show_default=True,
+    metavar="SECONDS",
+    help="Delete part files of abandoned uploads not written for this long (0: never); "
+    "they count against --quota until then.",
 )
 @click.option("--no-greeting", is_flag=True, help="Do not run the greeting service.")
 @click.option("--no-echo", is_flag=True, help="Do not run the echo service.")
