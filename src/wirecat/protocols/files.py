@@ -818,7 +818,14 @@ class FilesServerProtocol(_FilesProtocol):
         obj: dict[str, Any] = {"ok": False, "error": code, "message": message[:1024]}
         if offset is not None:
             obj["offset"] = offset
-        self._send_header(obj)
+        while True:  # the message is shortened to fit max_header (it cannot be refused)
+            try:
+                self._send_header(obj)
+                break
+            except LocalProtocolError:
+                if not obj["message"]:
+                    raise
+                obj["message"] = obj["message"][: len(obj["message"]) // 2]
         self._put = None
         self._after_local_step()
 
