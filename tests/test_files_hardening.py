@@ -269,6 +269,10 @@ def test_long_names_and_names_that_are_not_utf8_over_the_wire(tmp_path: Path) ->
             assert (await c.stat(name)).size == 7
             assert [e.name for e in (await c.list()).entries] == ["d"]  # before: failed
             assert [e.name for e in (await c.list("d")).entries] == [name[2:]]
+            local = tmp_path / "out" / name[2:]  # the client's own part name fits too
+            local.parent.mkdir()
+            await c.download(name, local)
+            assert local.read_bytes() == b"payload"
 
     arun(main())
 
