@@ -71,8 +71,19 @@ def prepare(config: ServeConfig) -> Prepared:
     if config.users:
         from .auth import Users
 
-        users = Users.load(config.users)
+        users = Users.load(config.users, insecure_ok=config.users_insecure_ok)
+        _warn_if_empty(config.users, users)
     return Prepared(tls_ctx, fingerprint, users, AccessList(config.allow, config.deny))
+
+
+def _warn_if_empty(path: str, users: Users) -> None:
+    if not len(users):
+        _log.warning(
+            "users file %s has no users: nobody can log in to chat or files "
+            "(add one with: wirecat users add %s NAME)",
+            path,
+            path,
+        )
 
 
 def tls_context(t: TLSConfig) -> tuple[ssl.SSLContext, str | None]:
@@ -293,7 +304,9 @@ class Server(_ServiceRunner):
             from .auth import Users
 
             try:
-                users = await asyncio.to_thread(Users.load, config.users)
+                users = await asyncio.to_thread(
+                    Users.load, config.users, insecure_ok=config.users_insecure_ok
+                )
             except WirecatError as exc:
                 log.error("reload: keeping the old users file: %s", exc)
             else:
@@ -303,6 +316,7 @@ class Server(_ServiceRunner):
                             holder.users = users  # type: ignore[union-attr]
                 self._prepared = prepared = dataclasses.replace(prepared, users=users)
                 log.warning("reload: users file %s: %d users", config.users, len(users))
+                _warn_if_empty(config.users, users)
         t = config.tls
         if t.cert and self.tls is not None:
             from .runtime.tls import server_context

@@ -11,6 +11,7 @@ import click
 from ..auth import ROLES, Users, UsersFileError, add_user, remove_user, reset_user
 from ..protocols import MAX_TOKEN
 from .common import die
+from .exits import message_for
 
 
 @contextlib.contextmanager
@@ -19,7 +20,7 @@ def _users_file(path: str) -> Iterator[None]:
     try:
         yield
     except UsersFileError as exc:
-        die(str(exc), 78)
+        die(message_for(exc).replace("--users-insecure-ok", "--insecure-ok"), 78)
     except OSError as exc:
         die(f"cannot write {path}: {exc.strerror}", 73)
 
@@ -84,15 +85,25 @@ def add_command(path: str, name: str, roles: tuple[str, ...], token_stdin: bool)
 
 @users_command.command("check")
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
-def check_command(path: str) -> None:
-    """Check FILE and list its users, their roles and the restricted rooms (exit 78 if bad).
+@click.option(
+    "--insecure-ok",
+    is_flag=True,
+    help="Accept a file others may read or write (as serve --users-insecure-ok).",
+)
+def check_command(path: str, insecure_ok: bool) -> None:
+    """Check FILE as serve would and list its users, their roles and the restricted rooms.
+
+    Exit 78 if the file is malformed, not a regular file, or others may read or write it
+    (fix: chmod 600 FILE).
 
     \b
     Example:
       wirecat users check users.toml
     """
     with _users_file(path):
-        users = Users.load(path)
+        users = Users.load(path, insecure_ok=insecure_ok)
+    if not len(users):
+        click.echo(f"warning: {path} has no users: nobody could log in", err=True)
     for user in users.users():
         roles = f" ({', '.join(sorted(user.roles))})" if user.roles else ""
         click.echo(f"user {user.name}{roles}")
