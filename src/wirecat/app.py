@@ -125,6 +125,8 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
     Worker 0 runs everything; the others only the inet listeners of the services that keep
     no state in memory: greeting, echo and files (files' locks and quota live in the file
     system, see :mod:`wirecat.files.store`). Chat and Unix listeners stay in worker 0.
+    Every worker serves its own metrics: worker ``i`` on the metrics port plus ``i`` (see
+    :func:`wirecat.services.metrics.worker_endpoint`), logged when it opens.
 
     Raises:
         ConfigError: a service refuses its settings.
@@ -198,10 +200,12 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
                     auth_failures=failures,
                 )
             )
-        if (found := eps("metrics")) and worker == 0:
-            from .services.metrics import MetricsService
+        if found := list(config.services().get("metrics", ())):
+            # Every worker: its own counters on its own listener (port + worker index).
+            from .services.metrics import MetricsService, worker_endpoint
 
-            services.append(MetricsService(found, worker=worker))
+            mine = [worker_endpoint(ep, worker) for ep in found]
+            services.append(MetricsService(mine, worker=worker))
     except ConfigError:
         raise
     except ValueError as exc:
@@ -288,6 +292,9 @@ class Server(_ServiceRunner):
             self.ctx.access = prepared.access
             self.services = build_services(config, prepared, worker=self._worker)
         await super().start()
+        if config is not None and self._worker > 0:
+            for ep in self.endpoints.get("metrics", ()):
+                self.ctx.log.warning("worker %d: metrics on %s", self._worker, ep)
 
     async def reload(self) -> None:
         """Re-read the users file and the TLS certificate and key (SIGHUP).

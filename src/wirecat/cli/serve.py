@@ -241,7 +241,7 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     multiple=True,
     metavar="ENDPOINT",
     help="Serve Prometheus metrics (GET /metrics) here, e.g. tcp://127.0.0.1:9107 (off "
-    "unless given; keep it private).",
+    "unless given; keep it private). With --workers N, worker i serves its own on port+i.",
 )
 @click.option(
     "--proxy-protocol",
