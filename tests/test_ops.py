@@ -308,3 +308,49 @@ def test_socket_activation_and_readiness(tmp_path: Path) -> None:
         proc.stdout.close()  # type: ignore[union-attr]
         notify.close()
         listening.close()
+
+
+def test_socket_activation_warns_about_a_socket_no_listener_claims(tmp_path: Path) -> None:
+    claimed = socket.create_server(("127.0.0.1", 0))
+    stray = socket.create_server(("127.0.0.1", 0))
+    port, stray_port = claimed.getsockname()[1], stray.getsockname()[1]
+    launcher = (
+        "import os, sys\n"
+        "os.dup2(int(sys.argv[1]), 3)\n"
+        "os.dup2(int(sys.argv[2]), 4)\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='2',"
+        " LISTEN_FDNAMES='echo:stray')\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'wirecat', *sys.argv[3:]])\n"
+    )
+    argv = [sys.executable, "-c", launcher, str(claimed.fileno()), str(stray.fileno())]
+    argv += ["serve", "--json", "--no-greeting", "--no-chat", "--echo", f"tcp://127.0.0.1:{port}"]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        pass_fds=(claimed.fileno(), stray.fileno()),
+    )
+    try:
+        assert proc.stdout is not None
+        ready = read_ready(proc.stdout, T)
+        assert ready["endpoints"]["echo"] == [f"tcp://127.0.0.1:{port}"]
+        seen = _wait_stderr(proc, "no listener is configured for it")
+        assert f'tcp://127.0.0.1:{stray_port} (fd 4, name "stray")' in seen
+        assert f":{port} " not in seen  # the claimed one is not named
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=T)
+        claimed.close()
+        stray.close()
+
+
+def test_describe_names_unix_and_datagram_sockets(tmp_path: Path) -> None:
+    from wirecat.runtime.systemd import describe
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+        unix.bind(str(tmp_path / "s"))
+        assert describe(unix).startswith(f"unix:{tmp_path / 's'} (fd ")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        assert describe(udp).startswith(f"udp://127.0.0.1:{udp.getsockname()[1]} (fd ")

@@ -292,6 +292,16 @@ class Server(_ServiceRunner):
             self.ctx.access = prepared.access
             self.services = build_services(config, prepared, worker=self._worker)
         await super().start()
+        if self._worker == 0:
+            from .runtime.systemd import unclaimed
+
+            for what in unclaimed():  # worker 0 runs every listener: nobody will take it
+                self.ctx.log.warning(
+                    "systemd passed the socket %s but no listener is configured for it: "
+                    "connections to it will wait unanswered (add that endpoint to a "
+                    "service, or remove it from the socket unit)",
+                    what,
+                )
         if config is not None and self._worker > 0:
             for ep in self.endpoints.get("metrics", ()):
                 self.ctx.log.warning("worker %d: metrics on %s", self._worker, ep)
