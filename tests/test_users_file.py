@@ -229,3 +229,13 @@ def test_users_check_applies_the_same_checks(tmp_path: Path) -> None:
     empty.chmod(0o600)
     r = _run("users", "check", str(empty))
     assert r.returncode == 0 and "has no users" in r.stderr
+
+
+def test_relay_socks_applies_the_same_checks(tmp_path: Path) -> None:
+    path = _users(tmp_path, 0o644)
+    r = _run("relay", "socks5://127.0.0.1:0", "--users", str(path))
+    assert r.returncode == 78 and "mode 0644" in r.stderr and "--users-insecure-ok" in r.stderr
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo, 0o600)
+    r = _run("relay", "socks5://127.0.0.1:0", "--users", str(fifo), "--users-insecure-ok")
+    assert r.returncode == 78 and "is a FIFO" in r.stderr
