@@ -239,3 +239,12 @@ def test_relay_socks_applies_the_same_checks(tmp_path: Path) -> None:
     os.mkfifo(fifo, 0o600)
     r = _run("relay", "socks5://127.0.0.1:0", "--users", str(fifo), "--users-insecure-ok")
     assert r.returncode == 78 and "is a FIFO" in r.stderr
+
+
+def test_users_add_says_when_it_tightened_the_mode(tmp_path: Path) -> None:
+    path = _users(tmp_path, 0o644)
+    r = _run("users", "add", str(path), "bob")
+    assert r.returncode == 0 and "was mode 0644; it is now 0600" in r.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
+    r = _run("users", "reset", str(path), "bob")
+    assert r.returncode == 0 and "now 0600" not in r.stderr  # nothing to say

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import sys
 from collections.abc import Iterator
 
@@ -23,6 +25,19 @@ def _users_file(path: str) -> Iterator[None]:
         die(message_for(exc).replace("--users-insecure-ok", "--insecure-ok"), 78)
     except OSError as exc:
         die(f"cannot write {path}: {exc.strerror}", 73)
+
+
+def _tightened(path: str, before: int | None) -> None:
+    """Say so when an edit (written back 0600) tightened a file others could read or write."""
+    if before is not None and before & 0o077:
+        click.echo(f"{path} was mode {before:04o}; it is now 0600", err=True)
+
+
+def _mode(path: str) -> int | None:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
 
 
 @click.group("users")
@@ -74,8 +89,10 @@ def add_command(path: str, name: str, roles: tuple[str, ...], token_stdin: bool)
         token = sys.stdin.readline().rstrip("\r\n")
         if not 0 < len(token.encode()) <= MAX_TOKEN:
             die(f"the token must be 1-{MAX_TOKEN} bytes on the first line of stdin", 64)
+    before = _mode(path)
     with _users_file(path):
         made = add_user(path, name, token=token, roles=roles)
+    _tightened(path, before)
     click.echo(
         f"added {name} to {path}" + (f" (roles: {', '.join(roles)})" if roles else ""), err=True
     )
@@ -122,8 +139,10 @@ def remove_command(path: str, name: str) -> None:
     Example:
       wirecat users remove users.toml bob
     """
+    before = _mode(path)
     with _users_file(path):
         user = remove_user(path, name)
+    _tightened(path, before)
     click.echo(f"removed {user.name} from {path}", err=True)
 
 
@@ -137,7 +156,9 @@ def reset_command(path: str, name: str) -> None:
     Example:
       wirecat users reset users.toml bob     # the old token stops working
     """
+    before = _mode(path)
     with _users_file(path):
         user, token = reset_user(path, name)
+    _tightened(path, before)
     click.echo(f"new token for {user.name} in {path}", err=True)
     click.echo(token)
