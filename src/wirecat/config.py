@@ -172,6 +172,9 @@ class ServeConfig:
             and that still exist (one source cannot fill the table).
         udp_rate: datagrams answered per second per source address (``None``: no limit).
         users: path of a users file (``wirecat users add``): chat and files then need a token.
+        users_insecure_ok: accept a users file that others may read or write, that another
+            user owns, or that is a symbolic link (refused by default, like OpenSSH's
+            ``StrictModes``); a file that is not regular is refused regardless.
         guests: with :attr:`users`, also admit chat members without a token (other nicks).
         auth_failures: failed logins per source address before it is refused unchecked.
         auth_failure_rate: failed logins per second a source earns back.
@@ -222,6 +225,7 @@ class ServeConfig:
     chat_rooms_per_source: int = 8
     udp_rate: float | None = 1000.0
     users: str | None = None
+    users_insecure_ok: bool = False
     guests: bool = False
     auth_failures: int = 5
     auth_failure_rate: float = 0.1

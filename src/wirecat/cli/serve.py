@@ -137,6 +137,7 @@ _FLAGS: dict[str, tuple[str, str | None, Any]] = {
     "chat_rooms_per_source": ("chat_rooms_per_source", None, None),
     "udp_rate": ("udp_rate", None, none_if_zero),
     "users_file": ("users", None, None),
+    "users_insecure_ok": ("users_insecure_ok", None, None),
     "guests": ("guests", None, None),
     "auth_failures": ("auth_failures", None, None),
     "auth_failure_rate": ("auth_failure_rate", None, None),
@@ -245,7 +246,7 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     multiple=True,
     metavar="ENDPOINT",
     help="Serve Prometheus metrics (GET /metrics) here, e.g. tcp://127.0.0.1:9107 (off "
-    "unless given; keep it private).",
+    "unless given; keep it private). With --workers N, worker i serves its own on port+i.",
 )
 @click.option(
     "--proxy-protocol",
@@ -467,6 +468,12 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     metavar="FILE",
     help="TOML users file (make one with 'wirecat users add'): chat and files then need a "
     "user's token; user names are reserved nicks, admins may /kick and /close.",
+)
+@click.option(
+    "--users-insecure-ok",
+    is_flag=True,
+    help="Accept a --users FILE that others may read or write, another user owns, or that "
+    "is a symbolic link (refused by default, like OpenSSH's StrictModes; fix: chmod 600 FILE).",
 )
 @click.option(
     "--auth-failures",
