@@ -39,7 +39,7 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import ConnectionClosed, InvalidEndpoint, NetworkError, WirecatError
@@ -48,6 +48,9 @@ from ..runtime.handler import ServerContext
 from ..runtime.limits import AccessList, Limits
 from ..runtime.logs import logger as _log
 from ..runtime.server import HandlerService, Server, Service
+
+if TYPE_CHECKING:
+    from ..runtime.websocket import WebSocketSettings
 
 __all__ = [
     "DatagramRelayService",
@@ -400,7 +403,7 @@ def relay(
     verbose: bool = False,
     on_end: Callable[[RelayStats], None] | None = None,
     ws_text: bool = False,
-    websocket: Any = None,
+    websocket: WebSocketSettings | None = None,
     **connect_kwargs: Any,
 ) -> Server:
     """A server that relays every peer of ``from_`` to ``to`` (not started: use
