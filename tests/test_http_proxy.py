@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import wirecat
 from _peers import peer
-from helpers import scaled
+from helpers import scaled, wait_for
 from test_files_cli import FilesServer
 from test_socks import http_server
 from wirecat import LimitExceeded, ProxyError, RemoteProtocolError
@@ -133,8 +133,13 @@ async def test_tunnels_pipelined_bytes_and_refusals(tmp_path: Path) -> None:
         get = await _ask(pport, b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: x\r\n\r\n")
         assert get.startswith(b"HTTP/1.1 405 ") and b"Allow: CONNECT" in get
         assert (await _ask(pport, b"CONNECT nope HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        huge = b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nX: " + b"a" * socks.MAX_HTTP_REQUEST
+        assert (await _ask(pport, huge)).startswith(b"HTTP/1.1 431 ")  # RFC 6585 5
         with pytest.raises(ProxyError, match="502"):
             await wirecat.connect("tcp://127.0.0.1:1", proxy=url, timeout=T)
+        metrics = proxy.ctx.metrics
+        await wait_for(lambda: metrics["http_proxy_tunnels"] == 2, T)
+        assert (metrics["http_proxy_refused"], metrics["http_proxy_bad_requests"]) == (3, 2)
     assert len(ended) == 2 and ended[0].up == ended[0].down == 6
 
 
