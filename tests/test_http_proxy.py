@@ -5,7 +5,6 @@ pipelined bytes), wirecat's own ``--proxy http://`` clients and curl as real cli
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import wirecat
-from _peers import peer
+from _peers import Running, peer
 from helpers import scaled, wait_for
 from test_files_cli import FilesServer
 from test_socks import http_server
@@ -180,21 +179,9 @@ async def test_the_files_client_through_the_http_proxy(tmp_path: Path) -> None:
 # -- the command, with curl -------------------------------------------------------------------
 @contextmanager
 def wirecat_http_proxy(*args: str) -> Iterator[int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wirecat", "relay", "http-proxy://127.0.0.1:0", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        m = re.search(r"HTTP CONNECT proxy on http-proxy://127\.0\.0\.1:(\d+)", line)
-        assert m, line
-        yield int(m.group(1))
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=T)
+    argv = [sys.executable, "-m", "wirecat", "relay", "http-proxy://127.0.0.1:0", *args]
+    with Running(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) as proc:
+        yield int(proc.wait_line(r"HTTP CONNECT proxy on http-proxy://127\.0\.0\.1:(\d+)").group(1))
 
 
 @pytest.mark.interop

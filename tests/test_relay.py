@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 
 import wirecat
-from _peers import peer
+from _peers import Running, peer
 from helpers import scaled, wait_for
 from wirecat.runtime.limits import Limits
 from wirecat.services.relay import RelayStats, bridge, relay
@@ -241,22 +241,10 @@ async def test_udp_relay_keeps_sessions_apart_and_caps_them() -> None:
 # -- the command, with real peers -------------------------------------------------------------
 @contextmanager
 def wirecat_relay(*args: str) -> Iterator[tuple[str, int]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wirecat", "relay", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        m = re.search(r"relaying \S+://(\S+):(\d+) ->", line)
-        assert m, line
+    argv = [sys.executable, "-m", "wirecat", "relay", *args]
+    with Running(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) as proc:
+        m = proc.wait_line(r"relaying \S+://(\S+):(\d+) ->")
         yield m.group(1).strip("[]"), int(m.group(2))
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=T)
 
 
 @pytest.mark.interop
