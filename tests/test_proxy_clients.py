@@ -117,3 +117,11 @@ async def test_ws_and_wss_through_a_socks_proxy() -> None:
                 await ws.send_text("through the tunnel")
                 assert await ws.recv_message(timeout=T) == "through the tunnel"
     assert len(tunnels) == 2
+
+
+async def test_an_unreachable_proxy_is_named_as_the_proxy() -> None:
+    for proxy in ("socks5://127.0.0.1:1", "http://127.0.0.1:1"):
+        with pytest.raises(wirecat.ConnectionRefused, match="cannot reach the proxy: "):
+            await wirecat.connect("tcp://127.0.0.1:9", proxy=proxy, timeout=T)
+    code = _wirecat("ls", "127.0.0.1:9", "--proxy", "http://127.0.0.1:1")
+    assert code.returncode == 69 and code.stderr.startswith("wirecat: cannot reach the proxy: ")

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar, cast
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import (
     ConcurrencyError,
+    ConnectError,
     ConnectionClosedError,
     ConnectionClosedOK,
     ConnectTimeout,
@@ -675,9 +676,12 @@ async def _open_via_proxy(
     spec = parse_proxy(proxy)
     if ep.scheme not in ("tcp", "tls", "ws", "wss"):
         raise InvalidEndpoint(f"a proxy tunnels tcp, tls, ws and wss endpoints, not {ep}")
-    transport, at_proxy = await open_transport(
-        spec.endpoint, lambda: _StreamProtocol(_READ_HIGH_WATER), timeout=timeout
-    )
+    try:
+        transport, at_proxy = await open_transport(
+            spec.endpoint, lambda: _StreamProtocol(_READ_HIGH_WATER), timeout=timeout
+        )
+    except (ConnectError, ConnectTimeout) as exc:  # say it is the proxy that is unreachable
+        raise type(exc)(f"cannot reach the proxy: {exc}", endpoint=exc.endpoint) from exc
     try:
         await tunnel(
             Connection(spec.endpoint, at_proxy.state),
