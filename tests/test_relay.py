@@ -336,3 +336,26 @@ def test_relay_usage_errors() -> None:
     r = run("tls://127.0.0.1:0", "tcp://127.0.0.1:9")
     assert r.returncode == 78 and "certificate" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--allow-origin", "http://a.example"), "ws://"),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--ws-text"), "ws://"),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--socks-allow", "10.0.0.0/8"), "socks5://"),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--users", "u.toml"), "http-proxy://"),
+        (("tcp://127.0.0.1:0", "unix:/tmp/x.sock", "--proxy", "socks5://127.0.0.1:1"), "TO"),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--proxy", "ftp://127.0.0.1:1"), "socks5://"),
+        (("socks5://127.0.0.1:0", "--proxy", "socks5://127.0.0.1:1"), "no TO"),
+        (("http-proxy://127.0.0.1:0", "--connect-first"), "listens"),
+    ],
+)
+def test_relay_refuses_flags_that_would_do_nothing(args: tuple[str, ...], words: str) -> None:
+    from click.testing import CliRunner
+
+    from wirecat.cli.relay import relay_command
+
+    result = CliRunner().invoke(relay_command, list(args))
+    assert result.exit_code == 64, result.output
+    assert words in result.output and "Traceback" not in result.output
