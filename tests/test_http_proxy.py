@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import wirecat
 from _peers import Running, peer
-from helpers import scaled, wait_for
+from helpers import echo, scaled, wait_for
 from test_files_cli import FilesServer
 from test_socks import http_server
 from wirecat import LimitExceeded, ProxyError, RemoteProtocolError
@@ -88,12 +88,6 @@ def test_the_request_parser_raises_only_documented_errors(data: bytes) -> None:
 
 
 # -- the server -------------------------------------------------------------------------------
-async def _echo(conn: wirecat.Connection) -> None:
-    while data := await conn.recv():
-        await conn.send(data)
-    await conn.send_eof()
-
-
 async def _ask(port: int, request: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -107,7 +101,7 @@ async def _ask(port: int, request: bytes) -> bytes:
 async def test_tunnels_pipelined_bytes_and_refusals(tmp_path: Path) -> None:
     ended: list[RelayStats] = []
     async with (
-        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        wirecat.listen("tcp://127.0.0.1:0", echo) as target,
         http_proxy_server("tcp://127.0.0.1:0", on_end=ended.append) as proxy,
     ):
         tport, pport = target.endpoint().port, proxy.endpoint().port or 0
@@ -146,7 +140,7 @@ async def test_login_with_proxy_authorization(tmp_path: Path) -> None:
     path = tmp_path / "users.toml"
     token = add_user(path, "ann", log_n=10)
     async with (
-        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        wirecat.listen("tcp://127.0.0.1:0", echo) as target,
         http_proxy_server("tcp://127.0.0.1:0", users=Users.load(path)) as proxy,
     ):
         pport = proxy.endpoint().port

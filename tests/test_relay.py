@@ -16,22 +16,16 @@ import pytest
 
 import wirecat
 from _peers import Running, peer
-from helpers import scaled, wait_for
+from helpers import echo, scaled, wait_for
 from wirecat.runtime.limits import Limits
 from wirecat.services.relay import RelayStats, bridge, relay
 
 T = scaled(10)
 
 
-async def _echo(conn: wirecat.Connection) -> None:
-    while data := await conn.recv():
-        await conn.send(data)
-    await conn.send_eof()
-
-
 async def test_relay_forwards_both_ways_and_reports() -> None:
     ended: list[RelayStats] = []
-    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+    async with wirecat.listen("tcp://127.0.0.1:0", echo) as target:
         server = relay("tcp://127.0.0.1:0", target.endpoint(), on_end=ended.append)
         async with server, wirecat.connect(server.endpoint(), timeout=T) as conn:
             await conn.send(b"hello\n")
@@ -136,7 +130,7 @@ async def test_backpressure_stops_a_fast_sender() -> None:
 
 
 async def test_relay_applies_the_server_limits() -> None:
-    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+    async with wirecat.listen("tcp://127.0.0.1:0", echo) as target:
         limits = Limits(max_conns_per_source=1)
         async with (
             relay("tcp://127.0.0.1:0", target.endpoint(), limits=limits) as server,
@@ -150,7 +144,7 @@ async def test_relay_applies_the_server_limits() -> None:
 
 async def test_idle_relays_end() -> None:
     ended: list[RelayStats] = []
-    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+    async with wirecat.listen("tcp://127.0.0.1:0", echo) as target:
         server = relay(
             "tcp://127.0.0.1:0", target.endpoint(), idle_timeout=scaled(0.2), on_end=ended.append
         )
@@ -177,7 +171,7 @@ async def test_tls_termination() -> None:
     made = self_signed()
     tls = server_context(made.cert_pem, made.key_pem)
     async with (
-        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        wirecat.listen("tcp://127.0.0.1:0", echo) as target,
         relay("tls://127.0.0.1:0", target.endpoint(), tls=tls) as server,
     ):
         ep = server.endpoint()
@@ -192,7 +186,7 @@ async def test_bridge_reports_a_reset() -> None:
 
     async with (
         wirecat.listen("tcp://127.0.0.1:0", reset) as a,
-        wirecat.listen("tcp://127.0.0.1:0", _echo) as b,
+        wirecat.listen("tcp://127.0.0.1:0", echo) as b,
     ):
         ca = await wirecat.connect(a.endpoint(), timeout=T)
         cb = await wirecat.connect(b.endpoint(), timeout=T)

@@ -26,19 +26,13 @@ from websockets.sync.server import serve as ws_serve_sync
 
 import wirecat
 from _peers import Running, peer
-from helpers import scaled, wait_for
+from helpers import echo, scaled, wait_for
 from wirecat.errors import ConnectionClosedError, LimitExceeded
 from wirecat.runtime.seqpacket import MAX_PACKET
 from wirecat.runtime.websocket import WebSocketConnection
 from wirecat.services.relay import RelayStats, relay
 
 T = scaled(10)
-
-
-async def _echo(conn: wirecat.Connection) -> None:
-    while data := await conn.recv():
-        await conn.send(data)
-    await conn.send_eof()
 
 
 def _url(ep: wirecat.Endpoint) -> str:
@@ -49,7 +43,7 @@ def _url(ep: wirecat.Endpoint) -> str:
 async def test_websockets_client_through_a_ws_relay_gets_echoes() -> None:
     ended: list[RelayStats] = []
     async with (
-        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        wirecat.listen("tcp://127.0.0.1:0", echo) as target,
         relay("ws://127.0.0.1:0/echo", target.endpoint(), on_end=ended.append) as server,
     ):
         async with ws_connect(_url(server.endpoint()), open_timeout=T) as ws:
@@ -91,7 +85,7 @@ async def test_pages_of_other_origins_are_refused_unless_allowed() -> None:
 
     from wirecat.runtime.websocket import WebSocketSettings
 
-    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+    async with wirecat.listen("tcp://127.0.0.1:0", echo) as target:
         async with relay("ws://127.0.0.1:0/", target.endpoint()) as server:
             with pytest.raises(InvalidStatus, match="403"):
                 await ws_connect(
