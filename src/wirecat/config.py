@@ -280,6 +280,11 @@ class ServeConfig:
             raise bad("history", "must be 0-10000 messages")
         if not 1 <= self.workers <= 256:
             raise bad("workers", "must be 1-256 processes")
+        if self.workers > 1 and self.metrics:  # each worker's metrics on port + its index
+            from .services.metrics import worker_endpoint
+
+            for ep in self.metrics:
+                worker_endpoint(ep, self.workers - 1)  # ConfigError past port 65535
         if self.chat_burst < 1:
             raise bad("chat_burst", "must be >= 1")
         if self.chat_rooms < 1 or self.chat_rooms_per_source < 1:
