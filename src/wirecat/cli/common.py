@@ -364,7 +364,8 @@ _LIMIT_OPTIONS: list[Any] = [
         default=_L.handshake_timeout,
         show_default=True,
         metavar="SECONDS",
-        help="Absolute TLS handshake deadline.",
+        help="Absolute TLS handshake deadline (for relay's socks5:// and http-proxy:// "
+        "servers, also the deadline of the client's request).",
     ),
 ]
 
