@@ -339,7 +339,7 @@ def test_relay_usage_errors() -> None:
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--ws-text"), "ws://"),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--socks-allow", "10.0.0.0/8"), "socks5://"),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--users", "u.toml"), "http-proxy://"),
-        (("tcp://127.0.0.1:0", "unix:/tmp/x.sock", "--proxy", "socks5://127.0.0.1:1"), "TO"),
+        (("tcp://127.0.0.1:0", "unix:/tmp/x.sock", "--proxy", "socks5://127.0.0.1:1"), "not unix:"),
         (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--proxy", "ftp://127.0.0.1:1"), "socks5://"),
         (("socks5://127.0.0.1:0", "--proxy", "socks5://127.0.0.1:1"), "no TO"),
         (("http-proxy://127.0.0.1:0", "--connect-first"), "listens"),

@@ -19,6 +19,7 @@ from ..services.relay import RelayStats, Target, relay, relay_pair
 from .common import (
     LOOP_OPTION,
     PROXY_OPTION,
+    check_proxy,
     die,
     limit_options,
     run_command,
@@ -294,14 +295,7 @@ def _check_flags(params: dict[str, Any], to_ep: Endpoint | None, *, proxy_from: 
     if params["proxy"]:
         if proxy_from:
             die("--proxy is for the connections to TO; a proxy server has no TO", 64)
-        if to_ep is None or to_ep.scheme not in ("tcp", "tls", "ws", "wss"):
-            refuse("--proxy", "a tcp, tls, ws or wss TO")
-        from ..runtime.proxy import parse_proxy
-
-        try:
-            parse_proxy(params["proxy"])
-        except InvalidEndpoint as exc:
-            die(f"--proxy: {exc}", 64)
+        check_proxy(to_ep, params["proxy"], schemes=("tcp", "tls", "ws", "wss"))
 
 
 def ended_printer(params: dict[str, Any]) -> Any:
