@@ -489,3 +489,63 @@ async def test_frames_sent_with_the_upgrade_request_are_answered_after_the_101()
         assert await asyncio.wait_for(reader.readexactly(4), T) == b"\x81\x02hi"
         writer.close()
         await writer.wait_closed()
+
+
+class _CountingTransport:
+    """A transport that records each write (no socket): to count syscalls per chunk."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, **_: int) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_reading(self) -> bool:
+        return True
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_echo_answers_pipelined_messages_in_one_write_in_order() -> None:
+    from websockets.frames import Frame, Opcode
+
+    from wirecat.endpoints import parse_endpoint
+    from wirecat.runtime.handler import ServerContext
+    from wirecat.services.web import WebSocketEchoService
+
+    service = WebSocketEchoService(
+        [parse_endpoint("ws://127.0.0.1:1/")], settings=WebSocketSettings(ping_interval=None)
+    )
+    handler = service.stream_handler(ServerContext(Limits()))
+    transport = _CountingTransport()
+    handler.connection_made(transport)  # type: ignore[arg-type]
+    client = WebSocket.client("ws://127.0.0.1:1/")
+    handler.data_received(b"".join(client.data_to_send()))
+    assert transport.writes[0].startswith(b"HTTP/1.1 101")
+    messages = [f"m{i}".encode() for i in range(20)]
+    wire = b"".join(
+        Frame(Opcode.TEXT, m).serialize(mask=True, extensions=[]) for m in messages
+    ) + Frame(Opcode.PING, b"p").serialize(mask=True, extensions=[])
+    handler.data_received(wire)
+    # the 20 echoes in one write, then the pong websockets queued
+    assert transport.writes[1:] == [
+        b"".join(b"\x81" + bytes((len(m),)) + m for m in messages),
+        b"\x8a\x01p",
+    ]
+    handler.close("test")
