@@ -352,7 +352,7 @@ def test_fast_path_hands_fragments_and_control_frames_to_websockets(how: str) ->
     _, server = _pair()
     data = (
         _masked(Opcode.TEXT, b"before")
-        + _masked(Opcode.TEXT, "frag".encode(), fin=False)
+        + _masked(Opcode.TEXT, b"frag", fin=False)
         + _masked(Opcode.PING, b"p1")  # inside the fragmented message
         + _masked(Opcode.CONT, "mént".encode(), fin=True)
         + _masked(Opcode.BINARY, b"\x00after")
