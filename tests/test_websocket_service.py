@@ -549,3 +549,42 @@ async def test_echo_answers_pipelined_messages_in_one_write_in_order() -> None:
         b"\x8a\x01p",
     ]
     handler.close("test")
+
+
+async def test_websocket_fan_out_encodes_each_event_once_for_all_members(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wirecat.services import web
+
+    calls: list[str] = []
+    real = web.WebSocketJsonCodec.encode
+
+    def counting(self: web.WebSocketJsonCodec, event: Any) -> bytes:
+        calls.append(type(event).__name__)
+        return real(self, event)
+
+    monkeypatch.setattr(web.WebSocketJsonCodec, "encode", counting)
+    async with _server() as server:
+        members = []
+        for i in range(12):
+            ws = await ws_connect(_ws_url(server))
+            await ws.send(json.dumps({"type": "hello", "nick": f"m{i}"}))
+            await ws.send(json.dumps({"type": "join", "room": "#fan"}))
+            while True:
+                ev = json.loads(await asyncio.wait_for(ws.recv(), T))
+                if ev["type"] == "joined":  # the answer to our join
+                    break
+            members.append(ws)
+        calls.clear()
+        await members[0].send(json.dumps({"type": "say", "text": "to all"}))
+        frames = set()
+        for ws in members[1:]:
+            while True:
+                raw = await asyncio.wait_for(ws.recv(), T)
+                if json.loads(raw)["type"] == "message":  # after the joins of later members
+                    frames.add(raw)
+                    break
+        assert len(frames) == 1  # the same bytes for everyone
+        assert calls.count("Message") == 1, calls  # encoded once, not once per member
+        for ws in members:
+            await ws.close()
