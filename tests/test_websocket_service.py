@@ -588,3 +588,32 @@ async def test_websocket_fan_out_encodes_each_event_once_for_all_members(
         assert calls.count("Message") == 1, calls  # encoded once, not once per member
         for ws in members:
             await ws.close()
+
+
+async def test_chat_client_over_the_web_chat_websocket_joins_and_talks() -> None:
+    from wirecat.protocols.chat import Message, RoomJoined
+
+    async with _server() as server:
+        url = _ws_url(server)
+        async with (
+            wirecat.ChatClient.connect(url, nick="wsbot", timeout=T) as bot,
+            wirecat.ChatClient.connect(url, nick="other", room="#side", timeout=T) as other,
+        ):
+            for client, room in ((bot, "#lobby"), (other, "#side")):
+                async with asyncio.timeout(T):
+                    async for event in client:  # our join notice, then the join's reply
+                        if isinstance(event, RoomJoined):
+                            assert event.room == room
+                            break
+            jl = await Peer.open(server.endpoint("chat"))
+            await jl.send_json(type="hello", nick="tcp")
+            await jl.send_json(type="join", room="#lobby")
+            await jl.until(lambda line: b'"joined"' in line)
+            sent = await bot.say("over a websocket")
+            ev = await jl.until(lambda line: b'"message"' in line)
+            assert json.loads(ev)["id"] == sent.message.id
+            async for event in bot:  # our own message comes back, as to every member
+                if isinstance(event, Message):
+                    assert event.text == "over a websocket" and event.id == sent.message.id
+                    break
+            jl.writer.close()
