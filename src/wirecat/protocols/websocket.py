@@ -414,6 +414,37 @@ class WebSocket:
         """Server, OPEN, no extension: parse hot frames here, hand the others to websockets
         at frame boundaries (see the module docstring)."""
         pending = self._pending
+        n = len(data)
+        if not pending and not self._owed and 6 <= n <= 131:
+            # The commonest case on its own: exactly one small frame (< 126 bytes) arrived.
+            b0 = data[0]
+            b1 = data[1]
+            if (
+                (b0 == 0x81 or b0 == 0x82)
+                and b1 - 0x80 == n - 6  # masked, and its length is what came
+                and n - 6 <= self._fast_max
+                and not self._fragments
+                and not self._failed
+                and self.protocol.state is State.OPEN
+            ):
+                payload = apply_mask(data[6:], data[2:6])
+                handler = self.message_handler
+                if b0 == 0x82:
+                    if handler is not None:
+                        handler(payload)
+                    else:
+                        self._events.append(BinaryMessage(payload))
+                    return
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError as exc:
+                    self._bad_utf8(exc)
+                    return
+                if handler is not None:
+                    handler(text)
+                else:
+                    self._events.append(TextMessage(text))
+                return
         buf: bytes | bytearray
         if pending:
             pending += data
