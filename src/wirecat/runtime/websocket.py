@@ -208,7 +208,10 @@ class WebSocketHandler(StreamHandler):
         self._out_buf: list[bytes] = []
 
     def _may_send(self, ws: WebSocket) -> bool:
-        return ws.is_open or (self._delivering and ws.protocol.close_rcvd_then_sent is True)
+        proto = ws.protocol
+        return proto.state is State.OPEN or (
+            self._delivering and proto.close_rcvd_then_sent is True
+        )
 
     # -- hooks -----------------------------------------------------------------------------
     def on_http_data(self, data: bytes) -> None:
@@ -340,7 +343,7 @@ class WebSocketHandler(StreamHandler):
         if ws is None:
             self.on_http_data(data)
             return
-        was_open = ws.is_open
+        was_open = ws.protocol.state is State.OPEN
         self._delivering = was_open  # messages reach on_message during receive_data
         if self.coalesce_writes:
             ws.receive_data(data)
