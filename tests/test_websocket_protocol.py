@@ -4,12 +4,13 @@ closes both ways, size and UTF-8 limits, and a deflate bomb."""
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 import zlib
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
@@ -58,6 +59,11 @@ def _feed(ws: WebSocket, data: bytes, how: str) -> list[object]:
 
 
 HOW = ["whole", "bytewise"]
+FUZZ_WS = settings(
+    max_examples=int(os.environ.get("WIRECAT_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @pytest.mark.parametrize("how", HOW)
@@ -525,3 +531,64 @@ def test_fast_path_agrees_with_websockets_parser_at_any_split(
         got.extend(server.events_received())
     assert got == want
     assert server.data_to_send() == reference.data_to_send()
+
+
+def _raw_frame(first: int, payload: bytes, key: bytes) -> bytes:
+    """A masked frame with any first byte (FIN, RSV bits, opcode): also invalid ones."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((first, 0x80 | size))
+    else:
+        head = bytes((first, 0xFE)) + size.to_bytes(2, "big")
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + key + masked
+
+
+_PIECES = st.one_of(
+    st.binary(max_size=40),  # garbage
+    st.builds(
+        _raw_frame,
+        st.sampled_from([0x81, 0x82, 0x80, 0x01, 0x02, 0x00, 0x88, 0x89, 0x8A, 0xC1, 0x83]),
+        st.one_of(st.binary(max_size=140), st.text(max_size=60).map(str.encode)),
+        st.binary(min_size=4, max_size=4),
+    ),
+    st.sampled_from([b"\x81\xfe\xff\xff", b"\x82\xff" + b"\x7f" * 8, b"\x81\x05", b"\x81\x85"]),
+)
+
+
+@FUZZ_WS
+@given(st.lists(_PIECES, max_size=8), st.data(), st.booleans())
+def test_fast_path_agrees_with_websockets_on_hostile_bytes(
+    pieces: list[bytes], data: st.DataObject, eof: bool
+) -> None:
+    """Any bytes at any split: the same events and the same bytes out as websockets' own
+    parser, no exception, and the fast path's buffer stays bounded.
+
+    The reference is fed byte by byte: each frame is then handled as soon as it is whole,
+    so the first fault in the stream decides the close code (fed at once, websockets may
+    parse past a text frame with bad UTF-8 and fail on a later frame first)."""
+    wire = b"".join(pieces)
+    reference = _pair(max_message=1000)[1]
+    reference._fast = False
+    for i in range(len(wire)):
+        reference.receive_data(wire[i : i + 1])
+    if eof:
+        reference.receive_eof()
+    want = (reference.events_received(), reference.data_to_send())
+    server = _pair(max_message=1000)[1]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    events: list[object] = []
+    for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        server.receive_data(wire[a:b])
+        assert len(server._pending) <= FAST_FRAME_MAX + 14
+        events += server.events_received()
+    if eof:
+        server.receive_eof()
+        events += server.events_received()
+    got = (events, server.data_to_send())
+    assert _norm(got) == _norm(want)
+
+
+def _norm(result: tuple[list[object], list[bytes]]) -> tuple[list[object], bytes]:
+    # websockets writes the same bytes whether it got them in one piece or several
+    return result[0], b"".join(result[1])

@@ -189,6 +189,21 @@ _TEXT_HEADS = tuple(_header(1, n) for n in range(126))
 _BINARY_HEADS = tuple(_header(2, n) for n in range(126))
 
 
+def _frame_length(head: bytes | bytearray) -> int | None:
+    """The whole length (header, mask key, payload) of the frame starting ``head``, or
+    ``None`` while the bytes that give it are not all there (RFC 6455 5.2)."""
+    if len(head) < 2:
+        return None
+    b1 = head[1]
+    size = b1 & 0x7F
+    mask = 4 if b1 & 0x80 else 0
+    if size < 126:
+        return 2 + mask + size
+    if size == 126:
+        return None if len(head) < 4 else 4 + mask + ((head[2] << 8) | head[3])
+    return None if len(head) < 10 else 10 + mask + int.from_bytes(head[2:10], "big")
+
+
 def server_frame(payload: bytes, *, text: bool = True) -> bytes:
     """Return one final, unmasked frame (the server -> client form, RFC 6455 5.2).
 
@@ -233,6 +248,7 @@ class WebSocket:
         "_fast",
         "_fast_max",
         "_fragments",
+        "_head",
         "_head_done",
         "_head_tail",
         "_opened",
@@ -262,7 +278,8 @@ class WebSocket:
         self._fast = False
         self._fast_max = min(max_message, FAST_FRAME_MAX)
         self._pending = bytearray()
-        self._owed = 0
+        self._owed = 0  # -1: websockets has part of a header, kept in ``_head``
+        self._head = b""
         # Server handshake: websockets gets the request head only (up to the blank line),
         # so that it is at a frame boundary when the connection opens.
         self._head_done = not isinstance(protocol, ServerProtocol)
@@ -468,12 +485,24 @@ class WebSocket:
                     self._collect()
                 return
             owed = self._owed
-            if owed:  # websockets is inside a frame: give it the rest of that frame
+            if owed > 0:  # websockets is inside a frame: give it the rest of that frame
                 end = i + owed if owed < n - i else n
                 self._owed = owed - (end - i)
                 proto.receive_data(buf[i:end])
                 i = end
                 self._collect()
+                continue
+            if owed < 0:  # websockets has the start of a header: we learn the length
+                head = self._head + bytes(buf[i : i + 10])
+                total = _frame_length(head)
+                if total is None:
+                    self._head = head
+                    proto.receive_data(buf[i:n])
+                    i = n
+                    self._collect()
+                    continue
+                self._owed = total - (len(self._head))
+                self._head = b""
                 continue
             if n - i < 2:
                 break
@@ -515,20 +544,19 @@ class WebSocket:
                 else:
                     self._events.append(BinaryMessage(payload))
                 continue
-            # Any other frame: its whole length from its header, then websockets parses it
-            # (and enforces the RFC on it: masking, RSV, opcode, control frame rules, size).
-            head = 2 + (4 if b1 & 0x80 else 0)
-            if size == 126:
-                head += 2
-            elif size == 127:
-                head += 8
-            if n - i < head:
-                break
-            if size == 126:
-                size = (buf[i + 2] << 8) | buf[i + 3]
-            elif size == 127:
-                size = int.from_bytes(buf[i + 2 : i + 10], "big")
-            self._owed = head + size
+            # Any other frame goes to websockets at once (it may refuse it from its first
+            # bytes), which parses it and enforces the RFC on it: masking, RSV bits, opcode,
+            # control frame rules, size. We only follow its length, to know where the next
+            # frame starts; until the length is here, ``_head`` keeps what websockets got.
+            total = _frame_length(buf[i : i + 10])
+            if total is None:
+                self._head = bytes(buf[i:n])
+                self._owed = -1
+                proto.receive_data(buf[i:n])
+                i = n
+                self._collect()
+                continue
+            self._owed = total
         if buf is pending:
             del pending[:i]
         elif i < n:
