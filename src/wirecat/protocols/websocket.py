@@ -493,10 +493,10 @@ class WebSocket:
                 self._collect()
                 continue
             if owed < 0:  # websockets has the start of a header: we learn the length
-                head = self._head + bytes(buf[i : i + 10])
-                total = _frame_length(head)
+                start_of = self._head + bytes(buf[i : i + 10])
+                total = _frame_length(start_of)
                 if total is None:
-                    self._head = head
+                    self._head = start_of
                     proto.receive_data(buf[i:n])
                     i = n
                     self._collect()
