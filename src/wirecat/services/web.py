@@ -430,10 +430,10 @@ class _WebSocketEchoHandler(WebSocketHandler):
 
     def on_message(self, message: str | bytes) -> None:
         if self._plain:
-            if type(message) is str:
+            if isinstance(message, str):
                 self.write(server_frame(message.encode()))
             else:
-                self.write(server_frame(message, text=False))  # type: ignore[arg-type]
+                self.write(server_frame(message, text=False))
         elif isinstance(message, str):
             self.send_text(message)
         else:
