@@ -496,9 +496,16 @@ class _CountingTransport:
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 50000) if name == "peername" else default
@@ -510,7 +517,7 @@ class _CountingTransport:
         return 0
 
     def is_reading(self) -> bool:
-        return True
+        return self.reading
 
     def is_closing(self) -> bool:
         return False
@@ -548,6 +555,12 @@ async def test_echo_answers_pipelined_messages_in_one_write_in_order() -> None:
         b"".join(b"\x81" + bytes((len(m),)) + m for m in messages),
         b"\x8a\x01p",
     ]
+    # A peer that does not read its echoes: the transport's buffer passes its high-water
+    # mark, and the echo stops reading its messages until it drains.
+    handler.pause_writing()
+    assert not transport.reading
+    handler.resume_writing()
+    assert transport.reading
     handler.close("test")
 
 
