@@ -237,10 +237,14 @@ async def test_echo_peer_that_does_not_read_is_not_cut_for_our_pause() -> None:
                         await peer.send(b"x" * 65536 + b"tail")  # ends mid-line
             (handler,) = server.ctx.connections
             await wait_for(lambda: not handler.transport.is_reading(), what="server paused")
-            assert handler._partial_since is not None  # a line is unfinished
+            loop = asyncio.get_running_loop()
+            if handler._partial_since is None:  # the last chunk happened to end a run
+                handler._partial_since = loop.time()  # as if a line were unfinished
+            begun = handler._partial_since
             await asyncio.sleep(LINE * 2)  # two deadlines while the server does not read
             assert server.ctx.metrics["line_timeouts"] == 0
             assert not handler.closing
+            assert handler._partial_since > begun  # its clock restarted while we paused
         finally:
             peer.writer.transport.abort()  # type: ignore[attr-defined]
 
@@ -267,6 +271,12 @@ def test_partial_line_tracking_on_a_fake_clock() -> None:
     assert (h._partial_since, h._partial_len) == (None, 0)
     h._note_partial_line(b"a\r\n", 8.0)  # CRLF ends a line as LF does
     assert h._partial_since is None
+    h._note_partial_line(b"x" * 20, 9.0)  # a bulk chunk: only its last max_line bytes count
+    assert (h._partial_since, h._partial_len) == (9.0, 4)
+    h._note_partial_line(b"x" * 20 + b"\nab", 10.0)
+    assert (h._partial_since, h._partial_len) == (10.0, 2)
+    h._note_partial_line(b"c" * 16, 11.0)  # whole runs of max_line: nothing partial
+    assert (h._partial_since, h._partial_len) == (None, 0)
 
 
 def test_which_handlers_are_line_framed() -> None:

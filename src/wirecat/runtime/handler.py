@@ -453,7 +453,12 @@ class StreamHandler(asyncio.Protocol):
         self._last_rx = now = self._loop.time()  # type: ignore[union-attr]
         self._rx += len(data)
         if self.line_framed:
-            self._note_partial_line(data, now)
+            if data[-1:] == b"\n":  # the common case: whole lines, nothing left partial
+                if self._partial_since is not None:
+                    self._partial_since = None
+                    self._partial_len = 0
+            else:
+                self._note_partial_line(data, now)
         try:
             self.on_data(data)
         except Exception:
@@ -749,10 +754,18 @@ class StreamHandler(asyncio.Protocol):
     def _note_partial_line(self, data: bytes, now: float) -> None:
         """Track the line this chunk leaves unfinished: its length, and since when it runs
         (the time of the chunk holding its first byte). One ``rfind`` per chunk, no timer."""
-        end = data.rfind(b"\n")
-        done = end >= 0  # a line ended in this chunk: any rest starts a new one now
-        n = len(data) - end - 1 if done else self._partial_len + len(data)
         max_line = self.limits.max_line
+        size = len(data)
+        # Only the last max_line bytes matter (a bulk chunk is not scanned whole).
+        end = data.rfind(b"\n", size - max_line if size > max_line else 0)
+        done = True  # a line ended in this chunk: any rest starts a new one now
+        if end >= 0:
+            n = size - end - 1
+        elif size >= max_line:  # the chunk alone holds a run of max_line bytes
+            n = size % max_line
+        else:
+            n = self._partial_len + size
+            done = False
         if n >= max_line:  # a run of max_line bytes without a newline counts as a line
             n %= max_line
             done = True
