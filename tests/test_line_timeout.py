@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -26,6 +27,7 @@ from wirecat.endpoints import Endpoint
 from wirecat.runtime.handler import ServerContext, StreamHandler
 from wirecat.runtime.limits import Limits
 from wirecat.runtime.server import Server
+from wirecat.runtime.tls import self_signed, server_context
 from wirecat.services.chat import ChatHandler, ChatService
 from wirecat.services.echo import EchoService
 from wirecat.services.web import WebHandler
@@ -35,6 +37,7 @@ IDLE = scaled(0.6)  # the idle timeout: longer than a dribbler's step, so it nev
 STEP = scaled(0.05)  # a dribbler's pace: one byte per step
 LIMITS = Limits(line_timeout=LINE, idle_timeout=IDLE)
 T = scaled(5.0)  # the bound on any single read
+SELF_SIGNED = self_signed()  # for localhost and 127.0.0.1, in memory
 
 
 @pytest.fixture
@@ -122,6 +125,27 @@ async def test_dribbled_json_line_gets_a_timeout_error_event() -> None:
             "reason": f"line not completed within {LINE:g} s",
         }
         assert server.ctx.metrics["line_timeouts"] == 1
+
+
+async def test_dribbled_chat_line_is_cut_over_tls() -> None:
+    tls = server_context(SELF_SIGNED.cert_pem, SELF_SIGNED.key_pem)
+    chat = ChatService([Endpoint("tls", "127.0.0.1", 0)], banner_delay=0)
+    server = Server([chat], ctx=ServerContext(LIMITS), tls=tls)
+    await server.start()
+    try:
+        client = ssl.create_default_context()
+        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE  # a test's own cert
+        peer = await Peer.open(server.endpoint("chat"), ssl=client)
+        try:
+            await peer.send_json(type="hello", nick="bot")
+            await peer.json_until("joined")
+            rest, _ = await dribble(peer, b'{"type":"say","room":"#lobby","text":"' + b"x" * 200)
+        finally:
+            await peer.aclose()
+        assert json.loads(rest.splitlines()[-1])["code"] == "timeout"
+        assert server.ctx.metrics["line_timeouts"] == 1
+    finally:
+        await server.shutdown(grace=scaled(2))
 
 
 async def test_dribbling_before_login_is_cut_too() -> None:
