@@ -180,6 +180,9 @@ class WebSocketHandler(StreamHandler):
     #: Lift the login deadline once the WebSocket is open (False: the application calls
     #: :meth:`login_complete` itself, e.g. after its own hello).
     login_on_open = True
+    #: Frames, not lines: the partial-line deadline never applies, whatever a subclass
+    #: mixes in (the web chat is also a line-framed ``ChatHandler``).
+    line_framed = False
 
     def __init__(
         self,
