@@ -146,3 +146,17 @@ def test_a_proxy_that_cannot_serve_is_a_usage_error(
     assert main([verb, *args]) == 64
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+async def test_chat_over_the_web_chat_websocket_through_a_socks_proxy() -> None:
+    from test_websocket_service import _server, _ws_url
+
+    tunnels: list[RelayStats] = []
+    async with (
+        _server() as server,
+        socks_server("tcp://127.0.0.1:0", on_end=tunnels.append) as proxy,
+    ):
+        via = f"socks5://127.0.0.1:{proxy.endpoint().port}"
+        code, _, err = await _run_cli(_ws_url(server), "-n", "wsbot", "--proxy", via, stdin=b"hi\n")
+        assert code == 0, err
+    assert tunnels  # it went through the proxy

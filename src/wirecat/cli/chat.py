@@ -359,7 +359,7 @@ def chat_command(
         room = "#" + room
     tls = tls_connect_kwargs(endpoint, **tls_flags)
     if proxy:
-        check_proxy(endpoint, proxy)
+        check_proxy(endpoint, proxy, schemes=("tcp", "tls", "ws", "wss"))
         tls["proxy"] = proxy
     token = read_token(token_file)
     if token is not None and nick is None:
