@@ -7,6 +7,7 @@ socat (``type=5`` is SOCK_SEQPACKET).
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import socket
@@ -276,6 +277,31 @@ async def test_a_packet_over_the_limit_is_refused(unix_dir: str) -> None:
             c.sendall(b"b" * (MAX_PACKET + 1))
             await wait_for(lambda: errors, T)
     assert isinstance(errors[0].__cause__, LimitExceeded)
+
+
+@pytest.mark.loops("asyncio")  # uvloop's loop methods cannot be replaced on the instance
+async def test_the_accept_loop_survives_running_out_of_descriptors(unix_dir: str) -> None:
+    loop = asyncio.get_running_loop()
+    real = loop.sock_accept
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+
+    async def flaky(sock: socket.socket) -> tuple[socket.socket, object]:
+        if failures:
+            raise failures.pop()
+        return await real(sock)
+
+    loop.sock_accept = flaky  # type: ignore[method-assign]
+    try:
+        path = os.path.join(unix_dir, "emfile.sock")
+        async with (
+            wirecat.listen(f"unix+seqpacket:{path}", echo),
+            wirecat.connect(f"unix+seqpacket:{path}", timeout=T) as conn,
+        ):
+            await conn.send(b"after EMFILE")
+            assert await conn.recv(timeout=T) == b"after EMFILE"
+    finally:
+        del loop.sock_accept
+    assert not failures
 
 
 # -- the command, with real peers -------------------------------------------------------------
