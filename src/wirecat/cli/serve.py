@@ -410,6 +410,7 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     type=click.IntRange(min=0),
     default=_D.files_transfer_threads,
     show_default=True,
+    metavar="COUNT",
     help="File transfers on threads of their own at once (sendfile); more run on the event loop.",
 )
 @click.option(
