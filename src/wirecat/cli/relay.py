@@ -301,8 +301,9 @@ def _check_flags(params: dict[str, Any], to_ep: Endpoint | None, *, proxy_from: 
 def ended_printer(params: dict[str, Any]) -> Any:
     def ended(stats: RelayStats) -> None:
         if params["verbose"]:
+            why = f" ({stats.reason})" if stats.reason else ""
             click.echo(
-                f"wirecat: relay {stats.peer} -> {stats.target} ({stats.reason}): "
+                f"wirecat: relay {stats.peer} -> {stats.target}{why}: "
                 f"{stats.up} bytes up, {stats.down} bytes down, {stats.duration:.3f} s",
                 err=True,
             )
