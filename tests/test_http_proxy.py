@@ -193,3 +193,30 @@ def test_curl_through_the_http_proxy_command(tmp_path: Path) -> None:
         assert ok.stdout == b"hello through wirecat\n"
         refused = subprocess.run([*curl, *via, url], capture_output=True, timeout=T)
         assert refused.returncode == 56 and b"407" in refused.stderr  # curl: CONNECT refused
+
+
+async def test_clients_that_reset_right_after_their_request_are_no_handler_errors() -> None:
+    import socket
+    import struct
+
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", echo) as target,
+        http_proxy_server("tcp://127.0.0.1:0") as proxy,
+    ):
+        pport, tport = proxy.endpoint().port or 0, target.endpoint().port
+        requests = [
+            b"CONNECT 192.0.2.1:22 HTTP/1.1\r\n\r\n",  # refused by the policy
+            b"GARBAGE\r\n\r\n",  # a bad request
+            b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % tport,  # allowed
+        ] * 5
+        for request in requests:
+            _, writer = await asyncio.open_connection("127.0.0.1", pport)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.write(request)
+            await writer.drain()
+            writer.transport.abort()  # RST, before (or while) the proxy answers
+        m = proxy.ctx.metrics
+        kinds = ("refused", "bad_requests", "incomplete", "tunnels")
+        await wait_for(lambda: sum(m[f"http_proxy_{k}"] for k in kinds) == len(requests), T)
+        assert m["handler_errors"] == 0

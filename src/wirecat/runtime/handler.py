@@ -571,7 +571,12 @@ class StreamHandler(asyncio.Protocol):
         Read from the transport when asked (nothing is stored per idle connection); after
         the transport is gone, the source address without its port.
         """
-        addr = self.transport.get_extra_info("peername") if self.transport is not None else None
+        addr = None
+        if self.transport is not None:
+            try:
+                addr = self.transport.get_extra_info("peername")
+            except (OSError, ValueError):  # uvloop, once closed: "negative file descriptor"
+                addr = None
         if addr:
             return format_address(addr)
         return self.source if self.source is not None else "unix"

@@ -11,8 +11,8 @@ and return a :class:`Tunnel` (the destination connection and the "tunnel is up" 
 - :class:`ProxyRefusal` sends its reply (if any), logs a warning and counts
   ``<name>_refused``; a :class:`~wirecat.errors.ProtocolError` (bad or oversized request)
   sends ``bad_request(exc)`` (if not ``None``) and counts ``<name>_bad_requests``; a client
-  that leaves or is too slow counts ``<name>_incomplete``. No traceback reaches the log for
-  any of these;
+  that leaves (even before the reply) or is too slow counts ``<name>_incomplete``. No
+  traceback reaches the log for any of these;
 - once up, the reply is sent, bytes the client sent right after its request are forwarded
   first, and :func:`wirecat.services.relay.bridge` relays both ways (half-close,
   backpressure, idle timeout); ``<name>_tunnels`` counts finished tunnels and ``on_end``
@@ -24,6 +24,7 @@ and return a :class:`Tunnel` (the destination connection and the "tunnel is up" 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -152,23 +153,29 @@ def proxy_server(
                 extra={"event": "refused", "reason": name},
             )
             if refusal.reply is not None:
-                await conn.send(refusal.reply)
+                with contextlib.suppress(ConnectionClosed):  # it may have left already
+                    await conn.send(refusal.reply)
             return
         except ProtocolError as exc:
             ctx.metrics[f"{metric}_bad_requests"] += 1
             ctx.log.info("%s: bad request from %s: %s", name, conn.peer_address, exc)
             reply = bad_request(exc)
             if reply is not None:
-                await conn.send(reply)
+                with contextlib.suppress(ConnectionClosed):
+                    await conn.send(reply)
             return
         except (TimeoutError, ConnectionClosed):
             ctx.metrics[f"{metric}_incomplete"] += 1
             return
         async with tunnel.out as out:
-            await conn.send(tunnel.reply)
-            if buf:  # sent right after the request: forwarded first
-                await out.send(bytes(buf))
-                stats.up += len(buf)
+            try:
+                await conn.send(tunnel.reply)
+                if buf:  # sent right after the request: forwarded first
+                    await out.send(bytes(buf))
+                    stats.up += len(buf)
+            except ConnectionClosed:  # the client (or the destination) left meanwhile
+                ctx.metrics[f"{metric}_incomplete"] += 1
+                return
             stats.target = tunnel.target
             await bridge(conn, out, idle_timeout=idle_timeout, stats=stats)
         ctx.metrics[f"{metric}_tunnels"] += 1
