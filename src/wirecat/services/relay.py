@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shlex
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import Any
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import ConnectionClosed, InvalidEndpoint, NetworkError, WirecatError
+from ..runtime import splice as _splice
 from ..runtime.connection import Connection, connect
 from ..runtime.handler import ServerContext
 from ..runtime.limits import AccessList, Limits
@@ -66,6 +68,8 @@ class RelayStats:
         started: ``time.monotonic()`` at the start.
         duration: seconds from start to end.
         reason: how it ended (``"both closed"``, ``"idle timeout"``, ``"reset"``...).
+        zero_copy: the bytes moved by ``os.splice`` (plain TCP/Unix on both sides), not
+            through Python.
     """
 
     peer: str = ""
@@ -75,6 +79,7 @@ class RelayStats:
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
     reason: str = ""
+    zero_copy: bool = False
 
 
 async def bridge(
@@ -100,6 +105,9 @@ async def bridge(
     Cancelling is safe: both directions stop before the cancellation propagates.
     """
     stats = stats if stats is not None else RelayStats()
+    if _splice.available() and _spliceable(a) and _spliceable(b):
+        await _bridge_spliced(a, b, idle_timeout, stats)
+        return stats
     last = [time.monotonic()]
 
     async def copy(src: Connection, dst: Connection, up: bool) -> None:
@@ -147,6 +155,97 @@ async def bridge(
         await asyncio.gather(*tasks, *((idle,) if idle is not None else ()), return_exceptions=True)
         stats.duration = time.monotonic() - stats.started
     return stats
+
+
+def _spliceable(conn: Connection) -> bool:
+    """A plain TCP/Unix stream connection whose bytes ``os.splice`` can move: not TLS, not
+    a framed subclass (WebSocket), not closing, nobody reading it, nothing half-closed."""
+    t = conn.transport
+    return (
+        type(conn) is Connection
+        and conn._reading is None
+        and not conn._eof_sent
+        and not conn._p.lost
+        and not t.is_closing()
+        and t.get_extra_info("sslcontext") is None
+        and _splice.spliceable_socket(t.get_extra_info("socket"))
+    )
+
+
+async def _write_buffer_empty(conn: Connection) -> None:
+    """Wait until the transport handed every written byte to the kernel (what we splice
+    must come after it)."""
+    t = conn.transport
+    if not t.get_write_buffer_size():
+        return
+    high, low = t.get_write_buffer_limits()
+    t.set_write_buffer_limits(high=0, low=0)  # pause_writing now, resume at empty
+    try:
+        await conn.drain()
+    finally:
+        if not t.is_closing():
+            t.set_write_buffer_limits(high=high, low=low)
+
+
+async def _bridge_spliced(
+    a: Connection, b: Connection, idle_timeout: float | None, stats: RelayStats
+) -> None:
+    """:func:`bridge` for two plain stream sockets: the kernel moves the bytes
+    (:class:`wirecat.runtime.splice.Splice`). The transports stop reading; bytes already
+    in a connection's buffer (and its EOF) go first; the transports' own write buffers are
+    flushed before. The sockets are duplicated so the transports keep owning theirs."""
+    for conn in (a, b):
+        if conn.transport.is_reading():
+            conn.transport.pause_reading()
+    await _write_buffer_empty(a)
+    await _write_buffer_empty(b)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[str] = loop.create_future()
+    dups: list[socket.socket] = []
+    engine: _splice.Splice | None = None
+
+    def finished(reason: str) -> None:
+        if not done.done():
+            done.set_result(reason)
+
+    def lost(_: object) -> None:  # a transport was closed under us (shutdown, abort)
+        if engine is not None:
+            engine.abort("closed")
+        finished("closed")
+
+    try:
+        for conn in (a, b):
+            sock = conn.transport.get_extra_info("socket")
+            dups.append(socket.fromfd(sock.fileno(), sock.family, sock.type))
+            dups[-1].setblocking(False)
+        pa, pb = a._p, b._p
+        engine = _splice.Splice(
+            dups[0],
+            dups[1],
+            finished,
+            idle_timeout=idle_timeout,
+            pending_ab=pa.buffer.read_some() if len(pa.buffer) else b"",
+            pending_ba=pb.buffer.read_some() if len(pb.buffer) else b"",
+            eof_a=pa.eof,
+            eof_b=pb.eof,
+        )
+        for st in (pa, pb):
+            st._closed.add_done_callback(lost)
+        engine.start()
+        stats.reason = await done
+        if stats.reason == "closed":
+            stats.reason = "reset"
+        stats.zero_copy = True
+    finally:
+        for st in (a._p, b._p):
+            st._closed.remove_done_callback(lost)
+        if engine is not None:
+            engine.abort("cancelled")
+            stats.up += engine.up
+            stats.down += engine.down
+        for dup in dups:
+            dup.close()
+        stats.duration = time.monotonic() - stats.started
 
 
 @dataclass(frozen=True, slots=True)
