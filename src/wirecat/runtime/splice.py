@@ -35,9 +35,13 @@ from collections.abc import Callable
 
 __all__ = ["DEFAULT_PIPE_SIZE", "Splice", "available", "spliceable_socket"]
 
-#: Pipe capacity asked for each direction (bytes); the kernel may give less (it then keeps
-#: its default, 64 KiB).
-DEFAULT_PIPE_SIZE = 256 * 1024
+#: Pipe capacity per direction (bytes) once a direction turns out to be bulk (a read filled
+#: the default 64 KiB pipe); short exchanges never pay for the resize. Unprivileged users
+#: have a budget (``/proc/sys/fs/pipe-user-pages-soft``); past it pipes keep 64 KiB.
+DEFAULT_PIPE_SIZE = 1024 * 1024
+
+_DEFAULT_PIPE = 65536  # what pipe2() gives (16 pages)
+_ROUNDS = 4  # splices per readable event at most (a fast source refills at once)
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _FLAGS = getattr(os, "SPLICE_F_NONBLOCK", 2) | getattr(os, "SPLICE_F_MOVE", 1)
@@ -99,11 +103,14 @@ class _Flow:
 
     def _open_pipe(self) -> None:
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.size = _DEFAULT_PIPE  # grown to pipe_size once a read fills it (bulk)
+
+    def _grow(self) -> None:
         want = self.owner.pipe_size
         try:
-            self.size = fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, want) if want else 65536
-        except OSError:  # over the per-user pipe budget: keep the default
-            self.size = 65536
+            self.size = fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, want)
+        except OSError:  # over the per-user pipe budget (pipe-user-pages-soft): keep it
+            self.owner.pipe_size = self.size
 
     def start(self) -> None:
         self._open_pipe()
@@ -137,27 +144,36 @@ class _Flow:
 
     # -- moving bytes ---------------------------------------------------------------------
     def _readable(self) -> None:
-        try:
-            n = os.splice(self.src, self.pipe_w, self.size - self.buffered, flags=_FLAGS)
-        except BlockingIOError:
-            if self.buffered:  # the pipe has no free slot left: wait for dst
+        for _ in range(_ROUNDS):  # a busy source: a few rounds per wake-up, not one
+            room = self.size - self.buffered
+            try:
+                n = os.splice(self.src, self.pipe_w, room, flags=_FLAGS)
+            except BlockingIOError:
+                if self.buffered:  # the pipe has no free slot left: wait for dst
+                    self._read_off()
+                return
+            except OSError as exc:
+                self.owner._failed(exc)
+                return
+            if n == 0:
+                self.eof = True
                 self._read_off()
-            return
-        except OSError as exc:
-            self.owner._failed(exc)
-            return
-        if n == 0:
-            self.eof = True
-            self._read_off()
-            if not self.buffered:
-                self._finish()
-            return
-        self.buffered += n
-        self.owner.activity += 1
-        if not self.writing:
-            self._flush()
-        if self.buffered >= self.size and not self.done:
-            self._read_off()
+                if not self.buffered:
+                    self._finish()
+                return
+            self.buffered += n
+            self.owner.activity += 1
+            if not self.writing:
+                self._flush()
+            if self.done:
+                return
+            if n == room and self.size < self.owner.pipe_size:
+                self._grow()
+            if self.buffered >= self.size:
+                self._read_off()
+                return
+            if n < room or self.writing:
+                return  # the source is drained (or dst is full): back to the loop
 
     def _flush(self) -> None:
         """Move the pipe to ``dst`` until it is empty or ``dst`` is full (then wait for it)."""
@@ -249,7 +265,8 @@ class Splice:
             (for ``a``), sent before anything else.
         eof_a, eof_b: that side's end of stream was already seen (the other side is
             half-closed once its pending bytes are out).
-        pipe_size: pipe capacity per direction in bytes (the memory bound per direction).
+        pipe_size: pipe capacity per direction in bytes (the memory bound per direction;
+            default :data:`DEFAULT_PIPE_SIZE`; 0 keeps the kernel's default, 64 KiB).
 
     Attributes:
         up: bytes delivered from ``a`` to ``b``; down: from ``b`` to ``a``.
@@ -284,12 +301,12 @@ class Splice:
         pending_ba: bytes = b"",
         eof_a: bool = False,
         eof_b: bool = False,
-        pipe_size: int = DEFAULT_PIPE_SIZE,
+        pipe_size: int | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.on_done = on_done
         self.idle_timeout = idle_timeout
-        self.pipe_size = pipe_size
+        self.pipe_size = DEFAULT_PIPE_SIZE if pipe_size is None else pipe_size
         self.activity = 0
         self.ended = False
         self.error: OSError | None = None
