@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
+import ipaddress
+import os
 import shlex
 import socket
 import time
@@ -38,10 +41,11 @@ from ..endpoints import Endpoint, parse_endpoint
 from ..errors import ConnectionClosed, InvalidEndpoint, NetworkError, WirecatError
 from ..runtime import splice as _splice
 from ..runtime.connection import Connection, connect
-from ..runtime.handler import ServerContext
+from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import AccessList, Limits
 from ..runtime.logs import logger as _log
-from ..runtime.server import HandlerService, Server, Service
+from ..runtime.listeners import unix_address
+from ..runtime.server import ConnectionHandler, HandlerService, Server, Service
 
 __all__ = [
     "DatagramRelayService",
@@ -544,8 +548,194 @@ def relay(
             ctx.metrics["relay_target_errors"] += 1
             ctx.log.warning("relay %s -> %s: %s", conn.peer_address, target, exc)
 
-    service = HandlerService(eps, handler, name="relay")
-    return Server([service], ctx=ctx, tls=tls)
+    dial = _direct_address(target) if _splice.available() else None
+    if dial is not None:
+        timeout = target.connect_kwargs.get("timeout", 10.0)
+        stream: Service = _SpliceRelayService(
+            eps, handler, target, dial, timeout, idle_timeout, ended
+        )
+    else:
+        stream = HandlerService(eps, handler, name="relay")
+    return Server([stream], ctx=ctx, tls=tls)
+
+
+def _direct_address(target: Target) -> tuple[int, Any] | None:
+    """``(family, sockaddr)`` when ``target`` can be dialled without a resolver, TLS or a
+    proxy (plain ``tcp`` to an IP literal, or ``unix``), else ``None``."""
+    ep = target.endpoint
+    if ep is None or set(target.connect_kwargs) - {"timeout"}:
+        return None
+    if ep.scheme == "unix" and ep.path:
+        return socket.AF_UNIX, unix_address(ep.path)
+    if ep.scheme != "tcp":
+        return None
+    try:
+        ip = ipaddress.ip_address(ep.host or "")
+    except ValueError:
+        return None
+    if ip.version == 6:
+        return socket.AF_INET6, (str(ip), ep.port or 0, 0, 0)
+    return socket.AF_INET, (str(ip), ep.port or 0)
+
+
+class _SpliceRelayService(HandlerService):
+    """The stream relay when TO is dialled directly: each plain TCP/Unix peer is relayed by
+    a :class:`_SpliceRelayHandler` (no task, no :class:`Connection`); TLS peers take the
+    general path (``handler``)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        handler: Callable[[Connection], Any],
+        target: Target,
+        dial: tuple[int, Any],
+        timeout: float | None,
+        idle_timeout: float | None,
+        ended: Callable[[RelayStats], None],
+    ) -> None:
+        super().__init__(endpoints, handler, name="relay")
+        self.target = target
+        self.family, self.address = dial
+        self.connect_timeout = timeout
+        self.idle_timeout = idle_timeout
+        self.ended = ended
+
+    def stream_handler(self, ctx: ServerContext) -> StreamHandler:
+        return _SpliceRelayHandler(ctx, self)
+
+
+class _SpliceRelayHandler(ConnectionHandler):
+    """One relayed peer, callbacks only: accept -> non-blocking connect to TO -> the
+    :class:`~wirecat.runtime.splice.Splice` engine -> close. A TLS peer (or any transport
+    without a plain socket) is handed to the general path (a :class:`Connection` and
+    :func:`relay_connection`) instead."""
+
+    def __init__(self, ctx: ServerContext, service: _SpliceRelayService) -> None:
+        super().__init__(ctx, service)
+        self.relay = service
+        self.out: socket.socket | None = None
+        self.dup: socket.socket | None = None
+        self.engine: _splice.Splice | None = None
+        self.pending = b""
+        self.eof = False
+        self.direct = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.stats: RelayStats | None = None
+
+    def on_connect(self) -> None:
+        t = self.transport
+        sock = t.get_extra_info("socket")
+        if t.get_extra_info("sslcontext") is not None or not _splice.spliceable_socket(sock):
+            super().on_connect()
+            return
+        self.direct = True  # reading goes on until the dial is done (uvloop starts it
+        # after connection_made anyway); what arrives meanwhile is sent first
+        svc = self.relay
+        self.stats = RelayStats(peer=self.peer, target=str(self.relay.target))
+        loop = asyncio.get_running_loop()
+        out = self.out = socket.socket(svc.family, socket.SOCK_STREAM)
+        out.setblocking(False)
+        if svc.family != socket.AF_UNIX:
+            out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = out.connect_ex(svc.address)
+        if err == 0:
+            loop.call_soon(self._connected)  # after any bytes a PROXY header adapter passes
+        elif err in (errno.EINPROGRESS, errno.EAGAIN):
+            loop.add_writer(out.fileno(), self._connected)
+            if svc.connect_timeout:
+                self.timer = loop.call_later(svc.connect_timeout, self._dial_failed, None)
+        else:
+            loop.call_soon(self._dial_failed, err)
+
+    def on_data(self, data: bytes) -> None:
+        if not self.direct:
+            super().on_data(data)
+        elif self.engine is None:  # before the engine: after a PROXY header, say
+            self.pending += data
+            if len(self.pending) > self.relay.read_high_water:
+                self.pause_reading()
+
+    def on_eof(self) -> bool:
+        if not self.direct:
+            return super().on_eof()
+        self.eof = True
+        return True
+
+    def _connected(self) -> None:
+        out = self.out
+        if out is None or self.closing:
+            return
+        loop = asyncio.get_running_loop()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        loop.remove_writer(out.fileno())
+        err = out.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._dial_failed(err)
+            return
+        t = self.transport
+        if t.is_reading():
+            t.pause_reading()  # from here the kernel keeps the bytes until the engine
+        sock = t.get_extra_info("socket")
+        try:
+            self.dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        except OSError as exc:
+            self._dial_failed(exc.errno)
+            return
+        self.engine = _splice.Splice(
+            self.dup,
+            out,
+            self._ended,
+            idle_timeout=self.relay.idle_timeout,
+            pending_ab=self.pending,
+            eof_a=self.eof,
+        )
+        self.pending = b""
+        self.engine.start()
+
+    def _dial_failed(self, err: int | None) -> None:
+        if self.closing or self.out is None:
+            return
+        why = os.strerror(err) if err else "timed out"
+        self.ctx.metrics["relay_target_errors"] += 1
+        self.log.warning("relay %s -> %s: %s", self.peer, self.relay.target, why)
+        self._release()
+        self.close("target unreachable")
+
+    def _ended(self, reason: str) -> None:
+        stats = self.stats
+        engine = self.engine
+        assert stats is not None and engine is not None
+        stats.reason = reason
+        stats.up, stats.down = engine.up, engine.down
+        stats.zero_copy = True
+        stats.duration = time.monotonic() - stats.started
+        self._release()
+        if not self.closing:
+            self.close(reason)
+        self.relay.ended(stats)
+
+    def _release(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        out, self.out = self.out, None
+        if out is not None:
+            if self.engine is None:
+                asyncio.get_running_loop().remove_writer(out.fileno())
+            out.close()
+        dup, self.dup = self.dup, None
+        if dup is not None:
+            dup.close()
+
+    def on_close(self, exc: Exception | None) -> None:
+        if not self.direct:
+            super().on_close(exc)
+        elif self.engine is not None and not self.engine.ended:
+            self.engine.abort("closed")  # shutdown or abort: _ended() reports it
+        else:
+            self._release()
 
 
 async def relay_pair(
