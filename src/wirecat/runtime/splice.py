@@ -11,6 +11,9 @@ bringing them into Python: per direction, ``splice(src -> pipe)`` and ``splice(p
 - end of stream from the source is passed on as ``shutdown(SHUT_WR)`` of the destination
   once the pipe is empty (half-close, RFC 9293 3.6); the relay ends when both directions
   ended, or at once on an error (a reset) of either side;
+- a direction starts by copying (``read``/``write``, no pipe): a short exchange costs two
+  system calls each way; the first read that fills 64 KiB (bulk), or a destination that
+  cannot take a read whole, moves it to the pipe for good;
 - bytes already read from the source into memory (a connection's buffer after a proxy
   handshake or PROXY header) go first (``pending``), never lost.
 
@@ -42,6 +45,7 @@ DEFAULT_PIPE_SIZE = 1024 * 1024
 
 _DEFAULT_PIPE = 65536  # what pipe2() gives (16 pages)
 _ROUNDS = 4  # splices per readable event at most (a fast source refills at once)
+_SMALL = 65536  # reads below this are copied; a full one makes the direction use the pipe
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _FLAGS = getattr(os, "SPLICE_F_NONBLOCK", 2) | getattr(os, "SPLICE_F_MOVE", 1)
@@ -113,8 +117,8 @@ class _Flow:
             self.owner.pipe_size = self.size
 
     def start(self) -> None:
-        self._open_pipe()
         if self.pending is not None:
+            self._open_pipe()
             self._refill()
         elif self.eof:
             self._finish()
@@ -144,6 +148,9 @@ class _Flow:
 
     # -- moving bytes ---------------------------------------------------------------------
     def _readable(self) -> None:
+        if self.pipe_w < 0:
+            self._copy()
+            return
         for _ in range(_ROUNDS):  # a busy source: a few rounds per wake-up, not one
             room = self.size - self.buffered
             try:
@@ -174,6 +181,43 @@ class _Flow:
                 return
             if n < room or self.writing:
                 return  # the source is drained (or dst is full): back to the loop
+
+    def _copy(self) -> None:
+        """Before the first big read: a small exchange is copied (read, write: two system
+        calls, no pipe to make and close). A read that fills ``_SMALL`` (bulk), or a
+        destination that cannot take it all, switches the direction to the pipe."""
+        try:
+            data = os.read(self.src, _SMALL)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.owner._failed(exc)
+            return
+        if not data:
+            self.eof = True
+            self._finish()
+            return
+        self.owner.activity += 1
+        if len(data) < _SMALL:
+            try:
+                m = os.write(self.dst, data)
+            except BlockingIOError:
+                m = 0
+            except OSError as exc:
+                self.owner._failed(exc)
+                return
+            self.moved += m
+            if m == len(data):
+                return
+            data = data[m:]
+        try:
+            self._open_pipe()
+        except OSError as exc:  # out of file descriptors
+            self.owner._failed(exc)
+            return
+        self.pending = memoryview(data)
+        self._read_off()
+        self._refill()
 
     def _flush(self) -> None:
         """Move the pipe to ``dst`` until it is empty or ``dst`` is full (then wait for it)."""
