@@ -43,8 +43,8 @@ from ..runtime import splice as _splice
 from ..runtime.connection import Connection, connect
 from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import AccessList, Limits
-from ..runtime.logs import logger as _log
 from ..runtime.listeners import unix_address
+from ..runtime.logs import logger as _log
 from ..runtime.server import ConnectionHandler, HandlerService, Server, Service
 
 __all__ = [
