@@ -604,15 +604,22 @@ class _SpliceRelayService(HandlerService):
         return _SpliceRelayHandler(ctx, self)
 
 
-class _SpliceRelayHandler(ConnectionHandler):
-    """One relayed peer, callbacks only: accept -> non-blocking connect to TO -> the
-    :class:`~wirecat.runtime.splice.Splice` engine -> close. A TLS peer (or any transport
-    without a plain socket) is handed to the general path (a :class:`Connection` and
-    :func:`relay_connection`) instead."""
+class SpliceHandler(ConnectionHandler):
+    """A server-side peer whose bytes end up relayed by the splice engine, with callbacks
+    only (no task, no :class:`Connection`): :meth:`dial` a non-blocking connect, then
+    :meth:`on_dialled` (default: :meth:`splice`), then :meth:`on_spliced` with the
+    :class:`RelayStats` when the relay ended. Subclasses decide when to dial (at once for the
+    relay, after a handshake for SOCKS) in :meth:`on_connect` / :meth:`on_data`, and call
+    ``super().on_connect()`` for peers :attr:`direct` cannot serve (TLS): those get a
+    :class:`Connection` and the service's coroutine handler, the general path.
 
-    def __init__(self, ctx: ServerContext, service: _SpliceRelayService) -> None:
+    Bytes the peer sends before :meth:`splice` (through asyncio: uvloop starts reading after
+    ``connection_made``, a PROXY header adapter passes the rest of its segment) are kept in
+    :attr:`pending` and sent first.
+    """
+
+    def __init__(self, ctx: ServerContext, service: HandlerService) -> None:
         super().__init__(ctx, service)
-        self.relay = service
         self.out: socket.socket | None = None
         self.dup: socket.socket | None = None
         self.engine: _splice.Splice | None = None
@@ -620,39 +627,42 @@ class _SpliceRelayHandler(ConnectionHandler):
         self.eof = False
         self.direct = False
         self.timer: asyncio.TimerHandle | None = None
-        self.stats: RelayStats | None = None
+        self.stats = RelayStats()
+        self.idle_timeout: float | None = None
+        self._after_flush: bytes | None = None
+        self._handshake_bytes = 0
 
-    def on_connect(self) -> None:
+    def can_splice(self) -> bool:
+        """Whether this peer's transport is a plain TCP/Unix socket (not TLS)."""
         t = self.transport
-        sock = t.get_extra_info("socket")
-        if t.get_extra_info("sslcontext") is not None or not _splice.spliceable_socket(sock):
-            super().on_connect()
-            return
-        self.direct = True  # reading goes on until the dial is done (uvloop starts it
-        # after connection_made anyway); what arrives meanwhile is sent first
-        svc = self.relay
-        self.stats = RelayStats(peer=self.peer, target=str(self.relay.target))
+        return t.get_extra_info("sslcontext") is None and _splice.spliceable_socket(
+            t.get_extra_info("socket")
+        )
+
+    def dial(self, family: int, address: Any, timeout: float | None) -> None:
+        """Connect to ``address`` without blocking; :meth:`on_dialled` or
+        :meth:`on_dial_failed` follows (never synchronously)."""
         loop = asyncio.get_running_loop()
-        out = self.out = socket.socket(svc.family, socket.SOCK_STREAM)
+        out = self.out = socket.socket(family, socket.SOCK_STREAM)
         out.setblocking(False)
-        if svc.family != socket.AF_UNIX:
+        if family != socket.AF_UNIX:
             out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        err = out.connect_ex(svc.address)
+        err = out.connect_ex(address)
         if err == 0:
-            loop.call_soon(self._connected)  # after any bytes a PROXY header adapter passes
+            loop.call_soon(self._connected)
         elif err in (errno.EINPROGRESS, errno.EAGAIN):
             loop.add_writer(out.fileno(), self._connected)
-            if svc.connect_timeout:
-                self.timer = loop.call_later(svc.connect_timeout, self._dial_failed, None)
+            if timeout:
+                self.timer = loop.call_later(timeout, self._dial_failed, None)
         else:
             loop.call_soon(self._dial_failed, err)
 
     def on_data(self, data: bytes) -> None:
         if not self.direct:
             super().on_data(data)
-        elif self.engine is None:  # before the engine: after a PROXY header, say
+        elif self.engine is None:
             self.pending += data
-            if len(self.pending) > self.relay.read_high_water:
+            if len(self.pending) > self.handler_service.read_high_water:
                 self.pause_reading()
 
     def on_eof(self) -> bool:
@@ -661,60 +671,92 @@ class _SpliceRelayHandler(ConnectionHandler):
         self.eof = True
         return True
 
-    def _connected(self) -> None:
+    def on_dialled(self) -> None:
+        """Connected: start relaying (override to answer a handshake first)."""
+        self.splice()
+
+    def on_dial_failed(self, why: str, err: int | None) -> None:
+        """The dial failed (``err``: the errno, ``None`` for a timeout). Default: close."""
+        self.close("target unreachable")
+
+    def on_spliced(self, stats: RelayStats) -> None:
+        """The relay ended (both directions closed, idle, reset, shutdown)."""
+
+    def splice(self, to_peer: bytes = b"") -> None:
+        """Hand both sockets to the engine: :attr:`pending` goes to the target first,
+        ``to_peer`` (a handshake's reply) to the peer first."""
         out = self.out
-        if out is None or self.closing:
-            return
-        loop = asyncio.get_running_loop()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        loop.remove_writer(out.fileno())
-        err = out.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._dial_failed(err)
-            return
+        assert out is not None
         t = self.transport
         if t.is_reading():
             t.pause_reading()  # from here the kernel keeps the bytes until the engine
+        if t.get_write_buffer_size():  # what we wrote through asyncio must go first
+            self._after_flush = to_peer
+            t.set_write_buffer_limits(high=0, low=0)  # resume_writing once it is empty
+            return
         sock = t.get_extra_info("socket")
         try:
             self.dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
         except OSError as exc:
             self._dial_failed(exc.errno)
             return
+        self._handshake_bytes = len(to_peer)
         self.engine = _splice.Splice(
             self.dup,
             out,
             self._ended,
-            idle_timeout=self.relay.idle_timeout,
+            idle_timeout=self.idle_timeout,
             pending_ab=self.pending,
+            pending_ba=to_peer,
             eof_a=self.eof,
         )
         self.pending = b""
         self.engine.start()
 
+    def on_writable(self) -> None:
+        to_peer = self._after_flush
+        if to_peer is None:
+            super().on_writable()
+            return
+        self._after_flush = None
+        lim = self.limits
+        self.transport.set_write_buffer_limits(high=lim.write_high_water, low=lim.write_low_water)
+        if not self.closing and self.out is not None:
+            self.splice(to_peer)
+
+    def _connected(self) -> None:
+        out = self.out
+        if out is None or self.closing:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        asyncio.get_running_loop().remove_writer(out.fileno())
+        err = out.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._dial_failed(err)
+            return
+        self.on_dialled()
+
     def _dial_failed(self, err: int | None) -> None:
         if self.closing or self.out is None:
             return
-        why = os.strerror(err) if err else "timed out"
-        self.ctx.metrics["relay_target_errors"] += 1
-        self.log.warning("relay %s -> %s: %s", self.peer, self.relay.target, why)
         self._release()
-        self.close("target unreachable")
+        self.on_dial_failed(os.strerror(err) if err else "timed out", err)
 
     def _ended(self, reason: str) -> None:
         stats = self.stats
         engine = self.engine
-        assert stats is not None and engine is not None
+        assert engine is not None
         stats.reason = reason
-        stats.up, stats.down = engine.up, engine.down
+        stats.up += engine.up
+        stats.down += max(engine.down - self._handshake_bytes, 0)  # not the peer's bytes
         stats.zero_copy = True
         stats.duration = time.monotonic() - stats.started
         self._release()
         if not self.closing:
             self.close(reason)
-        self.relay.ended(stats)
+        self.on_spliced(stats)
 
     def _release(self) -> None:
         if self.timer is not None:
@@ -736,6 +778,33 @@ class _SpliceRelayHandler(ConnectionHandler):
             self.engine.abort("closed")  # shutdown or abort: _ended() reports it
         else:
             self._release()
+
+
+class _SpliceRelayHandler(SpliceHandler):
+    """One relayed peer: accept -> dial TO -> splice -> close."""
+
+    def __init__(self, ctx: ServerContext, service: _SpliceRelayService) -> None:
+        super().__init__(ctx, service)
+        self.relay = service
+        self.idle_timeout = service.idle_timeout
+
+    def on_connect(self) -> None:
+        if not self.can_splice():
+            super().on_connect()  # TLS: the general path
+            return
+        self.direct = True
+        svc = self.relay
+        self.stats.peer = self.peer
+        self.stats.target = str(svc.target)
+        self.dial(svc.family, svc.address, svc.connect_timeout)
+
+    def on_dial_failed(self, why: str, err: int | None) -> None:
+        self.ctx.metrics["relay_target_errors"] += 1
+        self.log.warning("relay %s -> %s: %s", self.peer, self.relay.target, why)
+        self.close("target unreachable")
+
+    def on_spliced(self, stats: RelayStats) -> None:
+        self.relay.ended(stats)
 
 
 async def relay_pair(
