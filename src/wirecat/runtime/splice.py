@@ -117,6 +117,17 @@ class _Flow:
             self.owner.pipe_size = self.size
 
     def start(self) -> None:
+        view = self.pending
+        if view is not None:  # a handshake's reply, early bytes: usually one write
+            try:
+                m = os.write(self.dst, view)
+            except BlockingIOError:
+                m = 0
+            except OSError as exc:
+                self.owner._failed(exc)
+                return
+            self.moved += m
+            self.pending = view[m:] if m < len(view) else None
         if self.pending is not None:
             self._open_pipe()
             self._refill()
