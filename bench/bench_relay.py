@@ -372,7 +372,7 @@ def replace_section(path: Path, lines: list[str]) -> None:
     """Put ``lines`` in place of the report's relay section (or append it)."""
     text = path.read_text() if path.exists() else ""
     old = text.split("\n")
-    start = next((i for i, ln in enumerate(old) if ln.startswith(SECTION)), None)
+    start = next((i for i, ln in enumerate(old) if ln.startswith("## Relay")), None)
     if start is None:
         new = [*old, "", *lines] if text else lines
     else:
