@@ -389,6 +389,22 @@ async def test_unix_to_tcp_is_spliced() -> None:
     assert ended[0].zero_copy and ended[0].up == ended[0].down == len(data)
 
 
+async def test_an_unreachable_target_closes_the_peer_and_is_counted() -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        async with (
+            relay("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}") as server,
+            wirecat.connect(server.endpoint(), timeout=T) as conn,
+        ):
+            await conn.send(b"anyone?\n")
+            try:  # closed (a reset when our bytes were still unread: RFC 9293 3.6.1)
+                assert await conn.recv(timeout=T) == b""
+            except wirecat.ConnectionClosedError:
+                pass
+            await wait_for(lambda: server.ctx.metrics["relay_target_errors"] == 1, T)
+
+
 async def test_shutdown_ends_spliced_relays() -> None:
     async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
         server = relay("tcp://127.0.0.1:0", target.endpoint())

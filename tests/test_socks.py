@@ -172,6 +172,19 @@ async def test_tunnels_are_spliced_and_counted() -> None:
     assert server.ctx.metrics["socks_tunnels"] == 2
 
 
+async def test_a_refused_destination_gets_reply_5() -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        async with socks_server("tcp://127.0.0.1:0") as server:
+            r, w = await _raw(server.endpoint())
+            w.write(b"\x05\x01\x00" + socks.build_request("127.0.0.1", port))
+            got = await asyncio.wait_for(r.read(), T)
+            assert got[:2] == b"\x05\x00" and got[2:4] == b"\x05\x05"
+            w.close()
+            assert server.ctx.metrics["socks_refused"] == 1
+
+
 @pytest.mark.parametrize(
     ("messages", "expect"),
     [
