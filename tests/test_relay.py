@@ -548,6 +548,42 @@ def test_connect_first_dials_both() -> None:
         assert proc.returncode == 0 and "7 bytes up, 7 bytes down" in err
 
 
+class _EchoProtocol(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def test_relay_workers_share_the_port() -> None:
+    from helpers import serve_in_thread
+
+    holder = socket.socket()  # SO_REUSEPORT, bound, never listening: the port stays ours
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    with holder:
+        for target in serve_in_thread(_EchoProtocol):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "wirecat", "relay", "--workers", "2",
+                 f"tcp://127.0.0.1:{port}", target],
+                stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                assert proc.stderr is not None
+                for _ in range(2):  # one line per worker, once it listens
+                    assert "relaying" in proc.stderr.readline()
+                for i in range(8):  # the kernel spreads them; each comes back whole
+                    with socket.create_connection(("127.0.0.1", port), timeout=T) as c:
+                        c.sendall(b"ping %d\n" % i)
+                        assert c.recv(100) == b"ping %d\n" % i
+            finally:
+                proc.terminate()
+                proc.communicate(timeout=T)
+            assert proc.returncode == 0
+
+
 def test_relay_usage_errors() -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -560,4 +596,6 @@ def test_relay_usage_errors() -> None:
     assert r.returncode == 64 and "write tcp://127.0.0.1:9" in r.stderr
     r = run("tls://127.0.0.1:0", "tcp://127.0.0.1:9")
     assert r.returncode == 78 and "certificate" in r.stderr
+    r = run("--workers", "2", "tcp://127.0.0.1:0", "tcp://127.0.0.1:9")
+    assert r.returncode == 64 and "fixed port" in r.stderr
     assert "Traceback" not in r.stderr

@@ -493,6 +493,7 @@ def relay(
     max_sessions: int = 1024,
     verbose: bool = False,
     on_end: Callable[[RelayStats], None] | None = None,
+    reuse_port: bool = False,
     **connect_kwargs: Any,
 ) -> Server:
     """A server that relays every peer of ``from_`` to ``to`` (not started: use
@@ -510,6 +511,7 @@ def relay(
         max_sessions: datagram relays: most client sessions at once.
         verbose: log each relay's bytes each way and duration at INFO when it ends.
         on_end: called with each relay's :class:`RelayStats` when it ends.
+        reuse_port: bind with ``SO_REUSEPORT`` (several processes share FROM's port).
         connect_kwargs: for the TO side, as :func:`wirecat.connect` takes them (``ssl``,
             ``pin``, ``server_hostname``, ``timeout``, ``proxy``).
 
@@ -528,7 +530,7 @@ def relay(
         service: Service = DatagramRelayService(
             eps, target.endpoint, idle_timeout=idle_timeout or 60.0, max_sessions=max_sessions
         )
-        return Server([service], ctx=ctx)
+        return Server([service], ctx=ctx, reuse_port=reuse_port)
     if any(ep.is_datagram for ep in eps):
         raise InvalidEndpoint("relay FROM endpoints must all be streams or all datagrams")
     if target.endpoint is not None and not target.endpoint.is_stream:
@@ -556,7 +558,7 @@ def relay(
         )
     else:
         stream = HandlerService(eps, handler, name="relay")
-    return Server([stream], ctx=ctx, tls=tls)
+    return Server([stream], ctx=ctx, tls=tls, reuse_port=reuse_port)
 
 
 def _direct_address(target: Target) -> tuple[int, Any] | None:

@@ -192,6 +192,7 @@ def socks_server(
     idle_timeout: float | None = 300.0,
     connect_timeout: float = 10.0,
     on_end: Callable[[RelayStats], None] | None = None,
+    reuse_port: bool = False,
 ) -> Server:
     """A SOCKS5 server on ``endpoints`` (not started: use ``async with``).
 
@@ -206,6 +207,7 @@ def socks_server(
         idle_timeout: end a tunnel after this many seconds with no byte either way.
         connect_timeout: seconds allowed to reach a destination.
         on_end: called with each tunnel's :class:`RelayStats`.
+        reuse_port: bind with ``SO_REUSEPORT`` (several processes share the port).
     """
     raw = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
     eps = [parse_endpoint(e) if isinstance(e, str) else e for e in raw]
@@ -274,7 +276,7 @@ def socks_server(
             on_end(stats)
 
     service = _SocksService(eps, handler, policy, users, idle_timeout, connect_timeout, ended)
-    return Server([service], ctx=ctx, tls=tls)
+    return Server([service], ctx=ctx, tls=tls, reuse_port=reuse_port)
 
 
 async def _destination(request: socks.Request, policy: SocksPolicy) -> str:
