@@ -10,9 +10,10 @@ Rows, each peer measured in the same run, interleaved (peer order rotated per re
 - **short connections**: connect, 64 B each way, close (``wirecat.bench`` ``connect`` mode,
   50 at a time) through each relay to one echo server (Go, else wirecat); the relay has
   core 0 to itself (socat's forked children too), echo server and load generator share core 1;
+  ``wirecat-w2`` (``relay --workers 2``) may use both cores: not the same budget;
 - **SOCKS5**: greeting, CONNECT to the echo server by IPv4, 64 B each way, close (a small
   Protocol client in this process, 50 at a time) through ``wirecat relay socks5://`` and
-  ``microsocks``, each on core 0.
+  ``microsocks`` (a thread per client), each on core 0 (``wirecat-w2``: both cores).
 
 Traffic goes to 127.0.0.1 only; every process is started here and killed on the way out.
 The machine is shared: ratios within one run mean more than absolute figures, and the CPU
@@ -129,6 +130,12 @@ def _short_peers(R: ModuleType, target: int) -> list[Any]:
     go = R.build_go("relay")
     if go is not None:
         peers.append(R.Peer("go-io.Copy", [str(go), R.HOST, "0", to], note="Go io.Copy"))
+    peers.append(
+        R.Peer("wirecat-w2", [R.wirecat_bin(), "relay", "--workers", "2",
+                              f"tcp://{R.HOST}:{{port}}", f"tcp://{to}", *LIMIT_FLAGS],
+               ready="listening", cores="0,1",
+               note="wirecat relay --workers 2 on both cores: not the same core budget")
+    )  # fmt: skip
     return peers
 
 
@@ -241,6 +248,11 @@ def run_socks(R: ModuleType, target: int, reps: int, duration: float) -> list[di
                            *LIMIT_FLAGS], ready="listening",
                note="wirecat relay socks5://, no login"),
     ]  # fmt: skip
+    peers.append(
+        R.Peer("wirecat-w2", [R.wirecat_bin(), "relay", "--workers", "2",
+                              f"socks5://{R.HOST}:{{port}}", *LIMIT_FLAGS],
+               ready="listening", cores="0,1", note="--workers 2 on both cores")
+    )  # fmt: skip
     if shutil.which("microsocks"):
         peers.append(R.Peer("microsocks", ["microsocks", "-i", R.HOST, "-p", "{port}"],
                             ready="listening", note="microsocks: a thread per client"))  # fmt: skip
@@ -339,9 +351,12 @@ def section(R: ModuleType, part: dict[str, Any], when: str) -> list[str]:
     md += ["**One bulk TCP stream** (iperf3 through each relay, GB/s; CPU s per GB moved)", ""]
     md += table("bulk", "GB/s", "s/GB", "iperf3 direct")
     md += ["**Short relayed connections** (connect, 64 B each way, close; connections/s; "
-           "relay CPU µs per connection; relay on core 0 alone)", ""]  # fmt: skip
+           "relay CPU µs per connection; each relay on core 0 alone, the echo server and the "
+           "load generator on core 1; `wirecat-w2` = `relay --workers 2` on both cores)",
+           ""]  # fmt: skip
     md += table("short", "conn/s", "µs/conn", "socat-fork")
-    md += ["**SOCKS5 CONNECT + 64 B round trip** (tunnels/s; proxy CPU µs per tunnel)", ""]
+    md += ["**SOCKS5 CONNECT + 64 B round trip** (tunnels/s; proxy CPU µs per tunnel; proxy "
+           "on core 0, `wirecat-w2` on both)", ""]  # fmt: skip
     md += table("socks", "tunnels/s", "µs/op", "microsocks")
 
     def per_rep(case: str, a: str, b: str, key: str) -> list[float]:
@@ -375,6 +390,9 @@ def section(R: ModuleType, part: dict[str, Any], when: str) -> list[str]:
         state = "n/a" if got != got else ("met" if got >= want else "**not met**")
         md.append(f"- {name}: {R.r2(got)}x{spread(case, a, b)}, {state}")
     md += [
+        "- with `relay --workers 2` on both cores (not the same core budget): short "
+        f"connections {R.r2(x('short', 'wirecat-w2', 'socat-fork'))}x socat fork, SOCKS5 "
+        f"{R.r2(x('socks', 'wirecat-w2', 'microsocks'))}x microsocks",
         "- the same work in CPU time (the other side ÷ wirecat; above 1: wirecat spends less): "
         f"per GB, socat -b262144 {R.r2(x('bulk', 'socat-256k', 'wirecat', 'cpu'))}x, Go "
         f"{R.r2(x('bulk', 'go-io.Copy', 'wirecat', 'cpu'))}x; per short connection, socat "
