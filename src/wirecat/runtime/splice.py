@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import os
 import socket
@@ -313,8 +312,9 @@ class Splice:
         a, b: connected stream sockets (TCP or Unix), non-blocking, whose descriptors no
             one else has registered with the loop; they stay the caller's to close.
         on_done: called once with the reason the relay ended: ``"both closed"``,
-            ``"idle timeout"``, ``"reset"`` (an error on either side; :attr:`error` holds
-            it) or the reason given to :meth:`abort`.
+            ``"idle timeout"``, ``"reset"`` (an ``OSError`` on either side, e.g.
+            ``ECONNRESET``, ``EPIPE``; :attr:`error` holds it) or the reason given to
+            :meth:`abort`. Called from the loop (or from :meth:`start`/:meth:`abort`).
         idle_timeout: seconds without a byte read either way before ending (``None``: never).
         pending_ab, pending_ba: bytes already read from ``a`` (for ``b``) and from ``b``
             (for ``a``), sent before anything else.
@@ -417,8 +417,6 @@ class Splice:
             self._end("both closed")
 
     def _failed(self, exc: OSError) -> None:
-        if exc.errno in (errno.EINVAL, errno.ENOSYS):  # not spliceable after all: a bug
-            raise exc
         self.error = exc
         self._end("reset")
 

@@ -109,8 +109,12 @@ async def bridge(
     Cancelling is safe: both directions stop before the cancellation propagates.
     """
     stats = stats if stats is not None else RelayStats()
-    if _splice.available() and _spliceable(a) and _spliceable(b):
-        await _bridge_spliced(a, b, idle_timeout, stats)
+    if (
+        _splice.available()
+        and _spliceable(a)
+        and _spliceable(b)
+        and await _bridge_spliced(a, b, idle_timeout, stats)
+    ):
         return stats
     last = [time.monotonic()]
 
@@ -193,16 +197,25 @@ async def _write_buffer_empty(conn: Connection) -> None:
 
 async def _bridge_spliced(
     a: Connection, b: Connection, idle_timeout: float | None, stats: RelayStats
-) -> None:
+) -> bool:
     """:func:`bridge` for two plain stream sockets: the kernel moves the bytes
     (:class:`wirecat.runtime.splice.Splice`). The transports stop reading; bytes already
     in a connection's buffer (and its EOF) go first; the transports' own write buffers are
-    flushed before. The sockets are duplicated so the transports keep owning theirs."""
+    flushed before. The sockets are duplicated so the transports keep owning theirs.
+
+    Returns False (reading resumed, nothing moved) when a side was lost while its write
+    buffer drained: the buffered path then reports it as it does any loss."""
     for conn in (a, b):
         if conn.transport.is_reading():
             conn.transport.pause_reading()
     await _write_buffer_empty(a)
     await _write_buffer_empty(b)
+    if not (_spliceable(a) and _spliceable(b)):
+        for conn in (a, b):
+            t = conn.transport
+            if not t.is_closing() and not t.is_reading():
+                t.resume_reading()
+        return False
     loop = asyncio.get_running_loop()
     done: asyncio.Future[str] = loop.create_future()
     dups: list[socket.socket] = []
@@ -250,6 +263,7 @@ async def _bridge_spliced(
         for dup in dups:
             dup.close()
         stats.duration = time.monotonic() - stats.started
+    return True
 
 
 @dataclass(frozen=True, slots=True)
