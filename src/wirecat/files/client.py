@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import ssl as _ssl
 import stat
@@ -255,6 +256,7 @@ class FilesClient:
         handshake_timeout: float = 10.0,
         user: str | None = None,
         token: str | None = None,
+        proxy: Any = None,
     ) -> FilesClient:
         """Connect to a files service at ``endpoint`` (``tcp://``, ``host:port``, ``tls://``,
         ``unix:``).
@@ -270,8 +272,12 @@ class FilesClient:
                 unless it matches (works with self-signed servers).
             handshake_timeout: TLS handshake deadline in seconds.
             user, token: authenticate with :meth:`auth` first (servers with ``--users``).
+            proxy: go through a SOCKS5 (``socks5://[user:pass@]host:port``) or HTTP CONNECT
+                (``http://host:port``) proxy, as :func:`wirecat.connect` takes it (``tcp``
+                and ``tls`` endpoints).
 
         Raises:
+            ProxyError: the proxy refused the tunnel.
             InvalidEndpoint, ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError,
             HandshakeError (verification failed or the pin does not match), HandshakeTimeout,
             TransferError (``auth_failed``).
@@ -287,6 +293,7 @@ class FilesClient:
             server_hostname=server_hostname,
             pin=pin,
             handshake_timeout=handshake_timeout,
+            proxy=proxy,
         )
         client = cls(ep, proto, timeout=timeout)
         if token is not None:
@@ -552,7 +559,8 @@ class FilesClient:
     ) -> TransferResult:
         """Download ``name`` to the local path ``dest``, verified and atomically placed.
 
-        Bytes go to ``.<dest name>.wcpart`` next to ``dest``; once the server's whole-file
+        Bytes go to ``.<dest name>.wcpart`` next to ``dest`` (:func:`local_part_name`);
+        once the server's whole-file
         digest matches what arrived, the part is fsynced and renamed to ``dest``. With
         ``resume``, an existing part continues from its size.
 
@@ -570,7 +578,7 @@ class FilesClient:
         if os.path.lexists(dest) and not overwrite:
             raise TransferError("local_exists", f"{dest} exists (use --overwrite to replace it)")
         directory, base = os.path.split(dest)
-        part = os.path.join(directory, f".{base}.wcpart")
+        part = os.path.join(directory, local_part_name(base))
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             return await self._download(
@@ -813,6 +821,18 @@ def _commit_local(fd: int, part: str, dest: str, overwrite: bool) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def local_part_name(base: str) -> str:
+    """The name of a download's part file next to its destination ``base``.
+
+    ``.BASE.wcpart``, or ``.wcpart-SHA256.wcpart`` (the SHA-256 of ``base`` in hex) when
+    that would pass the 255 bytes a file name may have (a ``base`` of 247-255 bytes).
+    """
+    name = f".{base}.wcpart"
+    if len(os.fsencode(name)) <= 255:
+        return name
+    return f".wcpart-{hashlib.sha256(os.fsencode(base)).hexdigest()}.wcpart"
 
 
 def hash_file(path: str | os.PathLike[str], digest: str = "blake3") -> str:
