@@ -284,7 +284,8 @@ async def test_splice_backpressure_bounds_memory() -> None:
         flow = engine._ab
         await wait_for(lambda: not flow.reading and flow.writing, T)
         assert not sending.done()  # held back
-        assert flow.buffered <= 256 * 1024 and flow.size <= 256 * 1024
+        assert flow.buffered <= 256 * 1024 and flow.size <= 256 * 1024  # the pipe
+        assert flow.pending is None or len(flow.pending) <= 64 * 1024  # at most one read
         received = 0
         while received < 32 << 20:  # now read: everything arrives
             received += len(await asyncio.wait_for(loop.sock_recv(server, 1 << 20), T))

@@ -12,8 +12,9 @@ bringing them into Python: per direction, ``splice(src -> pipe)`` and ``splice(p
   once the pipe is empty (half-close, RFC 9293 3.6); the relay ends when both directions
   ended, or at once on an error (a reset) of either side;
 - a direction starts by copying (``read``/``write``, no pipe): a short exchange costs two
-  system calls each way; the first read that fills 64 KiB (bulk), or a destination that
-  cannot take a read whole, moves it to the pipe for good;
+  system calls each way; the first read that fills 64 KiB (bulk) moves it to the pipe for
+  good; a write the destination cannot take whole waits in memory (one read at most),
+  reading paused, until the destination is writable;
 - bytes already read from the source into memory (a connection's buffer after a proxy
   handshake or PROXY header) go first (``pending``), never lost.
 
@@ -120,20 +121,8 @@ class _Flow:
             self.owner.pipe_size = self.size
 
     def start(self) -> None:
-        view = self.pending
-        if view is not None:  # a handshake's reply, early bytes: usually one write
-            try:
-                m = os.write(self.dst, view)
-            except BlockingIOError:
-                m = 0
-            except OSError as exc:
-                self.owner._failed(exc)
-                return
-            self.moved += m
-            self.pending = view[m:] if m < len(view) else None
-        if self.pending is not None:
-            self._open_pipe()
-            self._refill()
+        if self.pending is not None:  # a handshake's reply, early bytes: usually one write
+            self._write_pending()
         elif self.eof:
             self._finish()
         else:
@@ -197,9 +186,10 @@ class _Flow:
                 return  # the source is drained (or dst is full): back to the loop
 
     def _copy(self) -> None:
-        """Before the first big read: a small exchange is copied (read, write: two system
-        calls, no pipe to make and close). A read that fills ``_SMALL`` (bulk), or a
-        destination that cannot take it all, switches the direction to the pipe."""
+        """Until the first big read: read, then write (two system calls, no pipe to make and
+        close for a short exchange). A read that fills ``_SMALL`` means bulk: the direction
+        takes the pipe for what follows. What ``dst`` cannot take now waits in memory (at
+        most one read), reading paused meanwhile."""
         try:
             data = os.read(self.src, _SMALL)
         except BlockingIOError:
@@ -212,26 +202,24 @@ class _Flow:
             self._finish()
             return
         self.owner.activity += 1
-        if len(data) < _SMALL:
+        if len(data) == _SMALL:
             try:
-                m = os.write(self.dst, data)
-            except BlockingIOError:
-                m = 0
-            except OSError as exc:
+                self._open_pipe()
+            except OSError as exc:  # out of file descriptors
                 self.owner._failed(exc)
                 return
-            self.moved += m
-            if m == len(data):
-                return
-            data = data[m:]
         try:
-            self._open_pipe()
-        except OSError as exc:  # out of file descriptors
+            m = os.write(self.dst, data)
+        except BlockingIOError:
+            m = 0
+        except OSError as exc:
             self.owner._failed(exc)
             return
-        self.pending = memoryview(data)
-        self._read_off()
-        self._refill()
+        self.moved += m
+        if m < len(data):
+            self.pending = memoryview(data)[m:]
+            self._read_off()
+            self._write_on()
 
     def _flush(self) -> None:
         """Move the pipe to ``dst`` until it is empty or ``dst`` is full (then wait for it)."""
@@ -251,37 +239,38 @@ class _Flow:
             self.moved += m
 
     def _writable(self) -> None:
+        if self.pending is not None:
+            self._write_pending()
+            return
         self._flush()
         if self.buffered or self.done:
             return
         self._write_off()
-        if self.pending is not None:
-            self._refill()
-        elif self.eof:
+        if self.eof:
             self._finish()
         else:
             self._read_on()
 
-    def _refill(self) -> None:
-        """Put bytes held in memory into the pipe (then send them like spliced ones)."""
+    def _write_pending(self) -> None:
+        """Write the bytes held in memory straight to ``dst``; once they are out, carry on
+        (EOF passed on, or reading again)."""
         view = self.pending
         assert view is not None
         try:
-            n = os.write(self.pipe_w, view)
+            n = os.write(self.dst, view)
         except BlockingIOError:
             n = 0
         except OSError as exc:
             self.owner._failed(exc)
             return
-        self.buffered += n
-        self.pending = view[n:] if n < len(view) else None
-        self.owner.activity += 1
-        self._flush()
-        if self.done or self.buffered:
-            return  # _writable() comes back here once dst took the pipe
-        if self.pending is not None:
-            self._refill()  # the pipe is empty again: the rest goes the same way
-        elif self.eof:
+        self.moved += n
+        if n < len(view):
+            self.pending = view[n:]
+            self._write_on()
+            return
+        self.pending = None
+        self._write_off()
+        if self.eof:
             self._finish()
         else:
             self._read_on()
