@@ -680,6 +680,7 @@ class SpliceHandler(ConnectionHandler):
         self.idle_timeout: float | None = None
         self._after_flush: bytes | None = None
         self._handshake_bytes = 0
+        self.early = False
 
     def can_splice(self) -> bool:
         """Whether this peer's transport is a plain TCP/Unix socket (not TLS)."""
@@ -688,9 +689,17 @@ class SpliceHandler(ConnectionHandler):
             t.get_extra_info("socket")
         )
 
-    def dial(self, family: int, address: Any, timeout: float | None) -> None:
+    def dial(
+        self, family: int, address: Any, timeout: float | None, *, early: bool = False
+    ) -> None:
         """Connect to ``address`` without blocking; :meth:`on_dialled` or
-        :meth:`on_dial_failed` follows (never synchronously)."""
+        :meth:`on_dial_failed` follows (never synchronously).
+
+        ``early``: call :meth:`on_dialled` while the connect is still in flight (no wait
+        for it: bytes for the target wait in memory until it is writable); a refusal then
+        ends the relay with a connect error, reported by :meth:`on_dial_failed` all the same.
+        For a relay, not for a handshake that must tell the peer whether the target answered.
+        """
         loop = asyncio.get_running_loop()
         out = self.out = socket.socket(family, socket.SOCK_STREAM)
         out.setblocking(False)
@@ -699,12 +708,30 @@ class SpliceHandler(ConnectionHandler):
         err = out.connect_ex(address)
         if err == 0:
             loop.call_soon(self._connected)
-        elif err in (errno.EINPROGRESS, errno.EAGAIN):
-            loop.add_writer(out.fileno(), self._connected)
+        elif err == errno.EINPROGRESS:  # (a unix socket's EAGAIN is a full backlog: failed)
             if timeout:
-                self.timer = loop.call_later(timeout, self._dial_failed, None)
+                self.timer = loop.call_later(timeout, self._connect_deadline)
+            if early:
+                self.early = True
+                loop.call_soon(self.on_dialled)  # after uvloop started reading the peer
+            else:
+                loop.add_writer(out.fileno(), self._connected)
         else:
             loop.call_soon(self._dial_failed, err)
+
+    def _connect_deadline(self) -> None:
+        self.timer = None
+        out = self.out
+        if out is None or self.closing:
+            return
+        try:
+            out.getpeername()
+        except OSError:  # still not connected
+            if self.engine is not None:
+                self.engine.error = TimeoutError(errno.ETIMEDOUT, "timed out")
+                self.engine.abort("reset")
+            else:
+                self._dial_failed(None)
 
     def on_data(self, data: bytes) -> None:
         if not self.direct:
@@ -721,8 +748,10 @@ class SpliceHandler(ConnectionHandler):
         return True
 
     def on_dialled(self) -> None:
-        """Connected: start relaying (override to answer a handshake first)."""
-        self.splice()
+        """Connected (or, with ``dial(early=True)``, connecting): start relaying (override
+        to answer a handshake first)."""
+        if not self.closing and self.out is not None:
+            self.splice()
 
     def on_dial_failed(self, why: str, err: int | None) -> None:
         """The dial failed (``err``: the errno, ``None`` for a timeout). Default: close."""
@@ -797,6 +826,11 @@ class SpliceHandler(ConnectionHandler):
         stats = self.stats
         engine = self.engine
         assert engine is not None
+        error = engine.error
+        if self.early and error is not None and error.errno in _CONNECT_ERRORS:
+            self._release()  # the early dial failed: no relay took place
+            self.on_dial_failed(os.strerror(error.errno or 0), error.errno)
+            return
         stats.reason = reason
         stats.up += engine.up
         stats.down += max(engine.down - self._handshake_bytes, 0)  # not the peer's bytes
@@ -829,6 +863,12 @@ class SpliceHandler(ConnectionHandler):
             self._release()
 
 
+#: Errors that only a connect gives: an early-started relay ending with one never reached TO.
+_CONNECT_ERRORS = frozenset(
+    (errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOENT)
+)
+
+
 class _SpliceRelayHandler(SpliceHandler):
     """One relayed peer: accept -> dial TO -> splice -> close."""
 
@@ -845,7 +885,7 @@ class _SpliceRelayHandler(SpliceHandler):
         svc = self.relay
         self.stats.peer = self.peer
         self.stats.target = str(svc.target)
-        self.dial(svc.family, svc.address, svc.connect_timeout)
+        self.dial(svc.family, svc.address, svc.connect_timeout, early=True)
 
     def on_dial_failed(self, why: str, err: int | None) -> None:
         self.ctx.metrics["relay_target_errors"] += 1
