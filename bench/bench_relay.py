@@ -401,6 +401,25 @@ def section(R: ModuleType, part: dict[str, Any], when: str) -> list[str]:
         f"{R.r2(x('socks', 'microsocks', 'wirecat', 'cpu'))}x",
         "",
     ]
+    util = [
+        r["server_util"] for r in part["rows"] if r["case"] == "short" and r["peer"] == "wirecat"
+    ]
+    md += [
+        "What limits these figures: with the load average above (other jobs), every process "
+        "waits for a core at each wake-up, and a short connection or a SOCKS5 tunnel is a "
+        "chain of wake-ups across three processes (load generator, relay, echo server), so "
+        "the rates measure scheduling delay as much as work: the single wirecat relay process "
+        f"used {min(util, default=0):.0%}-{max(util, default=0):.0%} of its core in the "
+        "short-connection runs. Peers with a thread per connection (microsocks, Go) get a "
+        "larger share of a contended core (the scheduler shares per thread). Per operation, "
+        "wirecat's relay CPU is mostly kernel work (a py-spy profile of a short-connection "
+        "run: connect, the four small writes, two shutdowns and accept are about two thirds), "
+        "the rest Python callbacks (admission, the engine's bookkeeping). A SOCKS5 tunnel "
+        "adds two request/reply steps in Python (greeting, CONNECT), where microsocks spends "
+        "less. In bulk the relay spends the least CPU per GB of the relays here (os.splice, "
+        "no copy), but iperf3's own two processes, sharing the same two cores, set the pace.",
+        "",
+    ]
     return md
 
 
