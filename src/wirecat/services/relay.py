@@ -707,15 +707,21 @@ class SpliceHandler(ConnectionHandler):
             out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = out.connect_ex(address)
         if err == 0:
-            loop.call_soon(self._connected)
+            loop.call_soon(self._connected_now)
         elif err == errno.EINPROGRESS:  # (a unix socket's EAGAIN is a full backlog: failed)
-            if timeout:
-                self.timer = loop.call_later(timeout, self._connect_deadline)
             if early:
                 self.early = True
                 loop.call_soon(self.on_dialled)  # after uvloop started reading the peer
             else:
-                loop.add_writer(out.fileno(), self._connected)
+                try:  # over loopback the handshake is usually done when connect() returns
+                    out.getpeername()
+                except OSError:
+                    loop.add_writer(out.fileno(), self._connected)
+                else:
+                    loop.call_soon(self._connected_now)
+                    return
+            if timeout:
+                self.timer = loop.call_later(timeout, self._connect_deadline)
         else:
             loop.call_soon(self._dial_failed, err)
 
@@ -801,6 +807,10 @@ class SpliceHandler(ConnectionHandler):
         self.transport.set_write_buffer_limits(high=lim.write_high_water, low=lim.write_low_water)
         if not self.closing and self.out is not None:
             self.splice(to_peer)
+
+    def _connected_now(self) -> None:
+        if self.out is not None and not self.closing:
+            self.on_dialled()
 
     def _connected(self) -> None:
         out = self.out
