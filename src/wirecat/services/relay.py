@@ -109,6 +109,12 @@ async def bridge(
     EOF from one side is passed on as a half-close to the other where it can be (not TLS);
     a reset of either side ends both directions. Neither connection is closed here.
 
+    Two plain TCP/Unix connections (not TLS, not WebSocket or seqpacket) are relayed by the
+    kernel (:class:`~wirecat.runtime.splice.Splice`: ``os.splice`` through a bounded pipe
+    per direction, on Linux): their transports stop reading, bytes already in their buffers
+    (and an EOF already seen) go first, and ``stats.zero_copy`` is set. Other pairs are
+    copied through the connections, at most 256 KiB per read.
+
     Args:
         a, b: stream connections.
         idle_timeout: end after this many seconds with no byte either way (``None``: never).
