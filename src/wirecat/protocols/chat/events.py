@@ -37,6 +37,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "nick_reserved",
         "forbidden",
         "room_closed",
+        "timeout",
     ]
 )
 
@@ -375,7 +376,8 @@ class ErrorEvent:
             ``text_too_long``, ``empty_text``, ``not_registered``, ``already_registered``,
             ``not_in_room``, ``no_such_room``, ``no_such_nick``, ``too_many_rooms``,
             ``rate_limited``, ``flooding``, ``auth_required``, ``auth_failed``,
-            ``nick_reserved``, ``forbidden``, ``room_closed`` (see :data:`ERROR_CODES`).
+            ``nick_reserved``, ``forbidden``, ``room_closed``, ``timeout`` (a line not
+            completed in time; the connection is closed) (see :data:`ERROR_CODES`).
         reason: one human-readable sentence.
         ref: the ``ref`` of the command that failed, if it had one.
     """
