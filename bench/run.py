@@ -14,7 +14,8 @@ Parts: ``echo`` (round trips, 1/10/100 connections x 64 B/1 KiB), ``chat`` (fan-
 of 100 and 1000 members), ``multicore`` (echo 100 x 64 B, ``wirecat serve --workers 1/2``),
 ``idle`` (server RSS per idle connection), ``files`` (rows from bench/bench_files.py), ``ws``
 (WebSocket echo 100 x 64 B against Node's ws and websockets' asyncio server, and WebSocket chat
-fan-out to 1000 members against a Node ws broadcast server). wirecat
+fan-out to 1000 members against a Node ws broadcast server), ``relay`` (bulk, short
+connections and SOCKS5 through relays, bench/bench_relay.py). wirecat
 runs through its CLI (``wirecat serve``). Traffic goes to 127.0.0.1 only; every process
 started here is killed on the way out. The report starts with the issue's targets, each
 marked met or not met.
@@ -53,7 +54,7 @@ HOST = "127.0.0.1"
 SERVER_CORE, LOAD_CORE = 0, 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NPROC = len(os.sched_getaffinity(0))  # before the runner pins itself to one core
-PARTS = ("echo", "chat", "multicore", "idle", "files", "ws")
+PARTS = ("echo", "chat", "multicore", "idle", "files", "ws", "relay")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 sys.path.insert(0, str(ROOT / "src"))
@@ -158,10 +159,24 @@ def wait_connectable(port: int, proc: subprocess.Popen[bytes], limit: float = 15
     raise RuntimeError(f"not listening on {port} after {limit} s")
 
 
+def wait_listening(port: int, proc: subprocess.Popen[bytes], limit: float = 15.0) -> None:
+    """Wait until something listens on ``port`` on HOST, read from ``ss`` (no connection)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening")
+        out = subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout
+        if any(line.split()[3] == f"{HOST}:{port}" for line in out.splitlines() if line):
+            return
+        time.sleep(0.05)  # an external program gives no readiness signal but the port
+    raise RuntimeError(f"not listening on {port} after {limit} s")
+
+
 @dataclass
 class Peer:
     """A server program. ``argv`` may hold ``{port}``; ``ready`` is ``stdout`` (the program
-    prints ``LISTENING <port>``) or ``port`` (we pick a port and wait until it accepts)."""
+    prints ``LISTENING <port>``), ``port`` (we pick a port and wait until it accepts) or
+    ``listening`` (we pick a port and wait until ``ss`` shows it listening: no probe)."""
 
     name: str
     argv: list[str]
@@ -177,7 +192,7 @@ class Peer:
     path: str = "/"  # the WebSocket resource
 
     def start(self) -> None:
-        port = free_port() if self.ready == "port" else 0
+        port = free_port() if self.ready in ("port", "listening") else 0
         argv = [a.replace("{port}", str(port)) for a in self.argv]
         self.log_path = OUT / f"server-{self.name}.log"
         err = self.log_path.open("wb")
@@ -197,6 +212,8 @@ class Peer:
             if not line.startswith("LISTENING"):
                 raise RuntimeError(f"{self.name}: no LISTENING line (got {line!r})")
             port = int(line.split()[1])
+        elif self.ready == "listening":  # no probe connection (it would reach a relay's
+            wait_listening(port, self.proc)  # target: iperf3 would take it for a test)
         else:
             wait_connectable(port, self.proc)
         self.port = port
@@ -253,12 +270,13 @@ def running(peers: list[Peer]) -> Iterator[list[Peer]]:
 # -- building and finding peers ----------------------------------------------------------------
 
 
-def build_go() -> Path | None:
+def build_go(name: str = "echo") -> Path | None:
+    """Build bench/peers/NAME.go into bench/peers/bin/NAME-go (once; None without Go)."""
     if shutil.which("go") is None:
         return None
     BIN.mkdir(parents=True, exist_ok=True)
-    out = BIN / "echo-go"
-    src = PEERS / "echo.go"
+    out = BIN / f"{name}-go"
+    src = PEERS / f"{name}.go"
     if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
         return out
     env = dict(os.environ)
@@ -1460,6 +1478,10 @@ def write_results(
                     "",
                 ]
     md += ws_sections(args, parts)
+    if "relay" in parts:
+        import bench_relay
+
+        md += bench_relay.section(sys.modules[__name__], parts["relay"], now)
     opt = BENCH / "OPTIMISATIONS.md"
     if opt.exists():
         md += ["## What each optimisation bought", "", *opt.read_text().splitlines()[2:], ""]
@@ -1592,6 +1614,13 @@ def main() -> int:
         parts["ws"] = run_ws(args.reps, args.duration)
         log("== WebSocket chat fan-out")
         parts["ws_chat"] = run_ws_chat(args.reps, args.quick)
+    if "relay" in only:
+        log("== relay and SOCKS5")
+        import bench_relay
+
+        parts["relay"] = bench_relay.run_part(
+            sys.modules[__name__], args.reps, args.duration, args.quick
+        )
     took = time.monotonic() - started
     raw: dict[str, Any] = {
         k: {**v, "samples": [s.__dict__ for s in v.get("samples", [])]} for k, v in parts.items()
@@ -1604,6 +1633,16 @@ def main() -> int:
         "duration": args.duration,
     }
     raw["_meta"] = meta
+    if only == {"relay"}:  # one section: replace it in the report, keep the rest
+        import bench_relay
+
+        (OUT / "relay.json").write_text(json.dumps(raw, indent=1, default=str))
+        path = Path(args.out)
+        bench_relay.replace_section(
+            path, bench_relay.section(sys.modules[__name__], parts["relay"], meta["date"])
+        )
+        log(f"updated the relay section of {path} in {took / 60:.1f} min")
+        return 0
     (OUT / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     path = write_results(args, parts, took, meta)
     log(f"wrote {path} in {took / 60:.1f} min")

@@ -258,7 +258,7 @@ class AccessList:
 
     def permits(self, host: str | None) -> bool:
         """True if a peer at ``host`` (an IP string, or ``None`` for unix) may connect."""
-        if host is None:
+        if host is None or not (self.deny or self.allow):
             return True
         try:
             addr: IPAddress = ipaddress.ip_address(host.partition("%")[0])

@@ -99,6 +99,7 @@ def proxy_server(
     idle_timeout: float | None = 300.0,
     connect_timeout: float = 10.0,
     on_end: Callable[[RelayStats], None] | None = None,
+    reuse_port: bool = False,
 ) -> Server:
     """A proxy server named ``name`` on ``endpoints`` (not started: use ``async with``).
 
@@ -120,6 +121,7 @@ def proxy_server(
             (``None``: never).
         connect_timeout: seconds allowed to reach a destination.
         on_end: called with each tunnel's :class:`RelayStats`.
+        reuse_port: bind with ``SO_REUSEPORT`` (several processes share the port).
 
     Raises:
         InvalidEndpoint: an endpoint does not parse.
@@ -183,4 +185,4 @@ def proxy_server(
             on_end(stats)
 
     service = HandlerService(eps, handler, name=name)
-    return Server([service], ctx=ctx, tls=tls)
+    return Server([service], ctx=ctx, tls=tls, reuse_port=reuse_port)

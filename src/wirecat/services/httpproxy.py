@@ -137,6 +137,7 @@ def http_proxy_server(
     idle_timeout: float | None = 300.0,
     connect_timeout: float = 10.0,
     on_end: Callable[[RelayStats], None] | None = None,
+    reuse_port: bool = False,
 ) -> Server:
     """An HTTP CONNECT proxy on ``endpoints`` (not started: use ``async with``).
 
@@ -157,6 +158,7 @@ def http_proxy_server(
             (``None``: never).
         connect_timeout: seconds allowed to reach a destination.
         on_end: called with each tunnel's :class:`RelayStats`.
+        reuse_port: bind with ``SO_REUSEPORT`` (several processes share the port).
 
     Raises:
         InvalidEndpoint: an endpoint does not parse.
@@ -175,4 +177,5 @@ def http_proxy_server(
         idle_timeout=idle_timeout,
         connect_timeout=connect_timeout,
         on_end=on_end,
+        reuse_port=reuse_port,
     )
