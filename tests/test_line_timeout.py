@@ -21,16 +21,19 @@ from typing import Any
 
 import pytest
 
+import wirecat
 from _chat import Peer
 from helpers import scaled, serving, wait_for
+from wirecat import ServeConfig
 from wirecat.endpoints import Endpoint
+from wirecat.protocols.websocket import Closed, Opened, TextMessage, WebSocket
 from wirecat.runtime.handler import ServerContext, StreamHandler
 from wirecat.runtime.limits import Limits
 from wirecat.runtime.server import Server
 from wirecat.runtime.tls import self_signed, server_context
 from wirecat.services.chat import ChatHandler, ChatService
 from wirecat.services.echo import EchoService
-from wirecat.services.web import WebHandler
+from wirecat.services.web import WebHandler, WebSocketEchoService
 
 LINE = scaled(0.3)  # the partial-line deadline under test
 IDLE = scaled(0.6)  # the idle timeout: longer than a dribbler's step, so it never fires
@@ -258,6 +261,162 @@ async def test_echo_peer_that_does_not_read_is_not_cut_for_our_pause() -> None:
             assert handler._partial_since > begun  # its clock restarted while we paused
         finally:
             peer.writer.transport.abort()  # type: ignore[attr-defined]
+
+
+# -- WebSocket (#13 Hardening II) ----------------------------------------------------------------
+# A frame or a fragmented message that has begun must be complete within the same deadline of
+# its first byte; else the server fails the connection with 1008 (a policy violation, RFC 6455
+# 7.4.1: the frame is well-formed so far, only too slow, so 1002 would be wrong).
+@contextlib.asynccontextmanager
+async def ws_echo(**limits: Any) -> AsyncIterator[tuple[Server, Endpoint]]:
+    svc = WebSocketEchoService([Endpoint("ws", "127.0.0.1", 0)])
+    lim = Limits(**{"line_timeout": LINE, "idle_timeout": IDLE, **limits})
+    async with serving(svc, limits=lim) as server:
+        yield server, server.endpoint("echo")
+
+
+async def ws_open(ep: Endpoint, path: str = "/") -> tuple[Peer, WebSocket]:
+    """A raw TCP peer that has done the WebSocket handshake with a sans-I/O client."""
+    peer = await Peer.open(ep)
+    client = WebSocket.client(f"ws://127.0.0.1:{ep.port}{path}")
+    await peer.send(b"".join(client.data_to_send()))
+    client.receive_data(await asyncio.wait_for(peer.reader.readuntil(b"\r\n\r\n"), T))
+    assert client.events_received() == [Opened()]
+    return peer, client
+
+
+def frames(client: WebSocket, *texts: str) -> bytes:
+    for text in texts:
+        client.send_text(text)
+    return b"".join(client.data_to_send())
+
+
+def ws_closed(client: WebSocket, rest: bytes) -> Closed:
+    client.receive_data(rest)
+    client.receive_eof()
+    closes = [e for e in client.events_received() if isinstance(e, Closed)]
+    assert closes, rest
+    return closes[0]
+
+
+async def test_dribbled_websocket_frame_is_cut_with_1008(
+    wirecat_logs: pytest.LogCaptureFixture,
+) -> None:
+    async with ws_echo() as (server, ep):
+        peer, client = await ws_open(ep)
+        try:
+            await peer.send(frames(client, "fast"))  # a whole frame first: echoed, not cut
+            client.receive_data(await asyncio.wait_for(peer.reader.readexactly(6), T))
+            assert client.events_received() == [TextMessage("fast")]
+            rest, elapsed = await dribble(peer, frames(client, "typing very slowly " * 3))
+        finally:
+            await peer.aclose()
+        closed = ws_closed(client, rest)
+        assert closed.code == 1008
+        assert closed.reason == f"message not completed within {LINE:g} s"
+        assert LINE <= elapsed < 0.8 * LINE + IDLE, elapsed  # before the idle timeout could
+        assert server.ctx.metrics["ws_message_timeouts"] == 1
+        assert server.ctx.metrics["idle_timeouts"] == 0
+    records = [r for r in wirecat_logs.records if getattr(r, "reason", None) == "message_timeout"]
+    assert records and records[0].levelno == logging.INFO
+    assert getattr(records[0], "event", None) == "limit"
+
+
+async def test_fragmented_websocket_message_must_end_in_time() -> None:
+    """Whole frames, but the message they make never ends: its first byte starts the clock."""
+    async with ws_echo() as (server, ep):
+        peer, client = await ws_open(ep)
+        try:
+            loop = asyncio.get_running_loop()
+            read = asyncio.ensure_future(peer.reader.read())
+            start = loop.time()
+            client.protocol.send_text(b"part ", fin=False)
+            while not read.done() and loop.time() - start < 0.8 * LINE:
+                await peer.send(b"".join(client.data_to_send()))
+                await asyncio.wait([read], timeout=STEP)
+                client.protocol.send_continuation(b"and more ", fin=False)
+            closed = ws_closed(client, await asyncio.wait_for(read, T))
+            elapsed = loop.time() - start
+        finally:
+            await peer.aclose()
+        assert closed.code == 1008 and LINE <= elapsed < 0.8 * LINE + IDLE, elapsed
+        assert server.ctx.metrics["ws_message_timeouts"] == 1
+
+
+async def test_websocket_streams_and_pauses_are_not_cut() -> None:
+    """Messages back to back whose chunks never end on a frame boundary (a relay's stream),
+    and quiet between whole messages: each message ends in time, so nothing is cut."""
+    async with ws_echo() as (server, ep):
+        peer, client = await ws_open(ep)
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 3 * LINE
+            n = 0
+            carry = b""
+            while loop.time() < end:  # every write ends inside the next message's frame
+                n += 1
+                data = carry + frames(client, f"msg {n}", f"msg {n}b")
+                cut = len(data) - 3
+                data, carry = data[:cut], data[cut:]
+                await peer.send(data)
+                echo = await asyncio.wait_for(peer.reader.read(4096), T)
+                client.receive_data(echo)
+                await asyncio.sleep(STEP)
+            await peer.send(carry)
+            await asyncio.sleep(LINE * 1.5)  # quiet between whole messages
+            await peer.send(frames(client, "still here"))
+            while not any(
+                e == TextMessage("still here") for e in client.events_received()
+            ):  # bounded by T per read
+                client.receive_data(await asyncio.wait_for(peer.reader.read(4096), T))
+        finally:
+            await peer.aclose()
+        assert server.ctx.metrics["ws_message_timeouts"] == 0
+        assert server.ctx.metrics["line_timeouts"] == 0
+
+
+async def test_dribbled_web_chat_frame_is_cut_with_1008() -> None:
+    config = ServeConfig(
+        greeting=[],
+        echo=[],
+        chat=["tcp://127.0.0.1:0"],
+        web=["tcp://127.0.0.1:0"],
+        limits=LIMITS,
+    )
+    async with wirecat.Server(config) as server:
+        peer, client = await ws_open(server.endpoint("web"), "/chat")
+        try:
+            hello = frames(client, json.dumps({"type": "hello", "nick": "bot"}))
+            rest, _ = await dribble(peer, hello)
+        finally:
+            await peer.aclose()
+        assert ws_closed(client, rest).code == 1008
+        assert server.ctx.metrics["ws_message_timeouts"] == 1
+
+
+@pytest.mark.parametrize("service", ["ws-echo", "web"])
+async def test_dribbled_upgrade_request_meets_the_handshake_deadline(service: str) -> None:
+    """Before the upgrade the login (handshake) deadline applies: a request dribbled a byte
+    at a time, which keeps the idle timer happy, is answered 408 and closed."""
+    login = scaled(0.3)
+    config = ServeConfig(
+        greeting=[],
+        echo=["ws://127.0.0.1:0"] if service == "ws-echo" else [],
+        chat=["tcp://127.0.0.1:0"],
+        web=["tcp://127.0.0.1:0"] if service == "web" else [],
+        limits=Limits(login_timeout=login, idle_timeout=IDLE, line_timeout=None),
+    )
+    async with wirecat.Server(config) as server:
+        peer = await Peer.open(server.endpoint("echo" if service == "ws-echo" else "web"))
+        try:
+            request = WebSocket.client("ws://127.0.0.1/chat").data_to_send()[0]
+            rest, elapsed = await dribble(peer, request)
+        finally:
+            await peer.aclose()
+        assert rest.startswith(b"HTTP/1.1 408"), rest
+        assert elapsed < 0.8 * LINE + IDLE, elapsed  # (the deadline ran from accept)
+        assert server.ctx.metrics["login_timeouts"] == 1
+        assert server.ctx.metrics["idle_timeouts"] == 0
 
 
 # -- sans sockets ---------------------------------------------------------------------------------

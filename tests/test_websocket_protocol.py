@@ -592,3 +592,43 @@ def test_fast_path_agrees_with_websockets_on_hostile_bytes(
 def _norm(result: tuple[list[object], list[bytes]]) -> tuple[list[object], bytes]:
     # websockets writes the same bytes whether it got them in one piece or several
     return result[0], b"".join(result[1])
+
+
+# -- receiving: unfinished input, for the runtime's deadline (#13 Hardening II) -------------
+def _client_frames(client: WebSocket, text: str) -> bytes:
+    client.send_text(text)
+    return b"".join(client.data_to_send())
+
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_receiving_marks_an_unfinished_frame_or_fragmented_message(compression: bool) -> None:
+    client, server = _pair(compression=compression)
+    assert server.receiving is None
+    small = _client_frames(client, "hi")
+    big = _client_frames(client, "y" * (FAST_FRAME_MAX + 10))  # websockets' parser reads it
+    fragmented = (
+        _masked(Opcode.TEXT, b"ab", fin=False)
+        + _masked(Opcode.PING, b"p")  # a control frame inside the message: still unfinished
+        + _masked(Opcode.CONT, b"cd")
+    )
+    for unit in (small, big, fragmented):
+        marks = []
+        for i in range(len(unit)):  # byte by byte
+            server.receive_data(unit[i : i + 1])
+            marks.append(server.receiving)
+        assert marks[-1] is None
+        assert None not in marks[:-1] and len(set(marks[:-1])) == 1  # one unit, one mark
+        server.receive_data(unit)  # whole
+        assert server.receiving is None
+    # Trailing data: a chunk that ends one unit and begins another gives another mark,
+    # though the input was unfinished before and after it.
+    server.receive_data(small + big[:1])
+    first = server.receiving
+    server.receive_data(big[1:] + small[:3])
+    second = server.receiving
+    assert first is not None and second is not None and first != second
+    server.receive_data(small[3:])
+    assert server.receiving is None
+    texts = [e.text for e in server.events_received() if isinstance(e, TextMessage)]
+    big_text = "y" * (FAST_FRAME_MAX + 10)
+    assert texts == ["hi", "hi", big_text, big_text, "abcd", "abcd", "hi", big_text, "hi"]

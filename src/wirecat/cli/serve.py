@@ -526,8 +526,9 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     default=_L.line_timeout,
     show_default=True,
     metavar="SECONDS",
-    help="Longest time from a line's first byte to its newline in chat and echo, against "
-    "peers that dribble a byte at a time (0: none).",
+    help="Longest time from a line's first byte to its newline in chat and echo (on "
+    "WebSockets: from a frame's or message's first byte to its end), against peers that "
+    "dribble a byte at a time (0: none).",
 )
 @limit_options
 @tls_server_options

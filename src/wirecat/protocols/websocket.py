@@ -23,7 +23,10 @@ top of them and what our runtime drives:
   frames, anything while a fragmented message is open, anything once the connection is not
   OPEN) is handed whole to websockets' parser, which sees the stream at frame boundaries
   only. Optionally, :attr:`WebSocket.message_handler` takes each message as it is parsed
-  instead of a :class:`TextMessage`/:class:`BinaryMessage` event.
+  instead of a :class:`TextMessage`/:class:`BinaryMessage` event. With an extension
+  negotiated nothing is parsed here, but frame boundaries are still followed the same way;
+- :attr:`WebSocket.receiving`, what a runtime needs for a deadline on unfinished input (a
+  peer dribbling a frame or a fragmented message one byte at a time).
 
 ::
 
@@ -254,6 +257,7 @@ class WebSocket:
         "_opened",
         "_owed",
         "_pending",
+        "_settled",
         "_text",
         "max_message",
         "message_handler",
@@ -270,16 +274,19 @@ class WebSocket:
         self._decoder: codecs.IncrementalDecoder | None = None
         self._opened = protocol.state is State.OPEN
         self._failed = False
-        # Server fast path (see the module docstring). ``_fast``: on (server, OPEN, no
-        # extension). ``_pending``: the start of a frame we parse ourselves (at most
-        # FAST_FRAME_MAX + 14 bytes), or, before the handshake is answered, the bytes that
-        # came behind the request. ``_owed``: bytes websockets still needs to finish the
-        # frame it was handed (it is at a frame boundary when this is 0).
+        # Server fast path (see the module docstring). ``_fast``: on (server, OPEN; with an
+        # extension ``_fast_max`` is -1: every frame is websockets'). ``_pending``: the
+        # start of a frame we parse ourselves (at most FAST_FRAME_MAX + 14 bytes), or,
+        # before the handshake is answered, the bytes that came behind the request.
+        # ``_owed``: bytes websockets still needs to finish the frame it was handed (it is
+        # at a frame boundary when this is 0).
         self._fast = False
         self._fast_max = min(max_message, FAST_FRAME_MAX)
         self._pending = bytearray()
         self._owed = 0  # -1: websockets has part of a header, kept in ``_head``
         self._head = b""
+        # Messages and control frames completed outside a message (for :attr:`receiving`).
+        self._settled = 0
         # Server handshake: websockets gets the request head only (up to the blank line),
         # so that it is at a frame boundary when the connection opens.
         self._head_done = not isinstance(protocol, ServerProtocol)
@@ -374,6 +381,19 @@ class WebSocket:
     def eof_sent(self) -> bool:
         """True once the transport should be (half-)closed."""
         return self.protocol.eof_sent
+
+    @property
+    def receiving(self) -> int | None:
+        """``None`` when no frame and no fragmented message is unfinished; else a number
+        that stays the same while the same one is unfinished and differs once another began
+        (a runtime restarts the clock of its deadline when it changes). Cheap: no list is made.
+
+        Exact on the server side once open (frame boundaries are followed, see the module
+        docstring); elsewhere only a fragmented message counts.
+        """
+        if self._pending or self._owed or self._fragments:
+            return self._settled
+        return None
 
     @property
     def has_events(self) -> bool:
@@ -528,6 +548,7 @@ class WebSocket:
                     break  # wait for the rest (bounded by fast_max)
                 payload = apply_mask(buf[start:end], buf[start - 4 : start])
                 i = end
+                self._settled += 1
                 handler = self.message_handler
                 if b0 == 0x81:
                     try:
@@ -563,18 +584,16 @@ class WebSocket:
             pending += buf[i:]
 
     def _take_fast(self) -> None:
-        """The server is open: turn the fast path on (no extension) and parse the frames
-        that came behind the request; else hand them to websockets."""
+        """The server is open: turn the fast path on (with an extension it only follows
+        frame boundaries) and parse the frames that came behind the request."""
         self._head_done = True
         rest = bytes(self._pending)
         self._pending.clear()
-        if not self.protocol.extensions:
-            self._fast = True
-            if rest:
-                self._receive_fast(rest)
-        elif rest:
-            self.protocol.receive_data(rest)
-            self._collect()
+        self._fast = True
+        if self.protocol.extensions:  # frames are websockets' (it runs the extension):
+            self._fast_max = -1  # only their boundaries are followed here
+        if rest:
+            self._receive_fast(rest)
 
     def receive_eof(self) -> None:
         """Feed the end of the stream. Idempotent."""
@@ -636,6 +655,11 @@ class WebSocket:
             self._events.append(Closed(code, reason, True))
 
     def _frame(self, frame: Frame) -> None:
+        self._frame_data(frame)
+        if not self._fragments:
+            self._settled += 1
+
+    def _frame_data(self, frame: Frame) -> None:
         op = frame.opcode
         if op is _TEXT or op is _BINARY or op is _CONT:
             if self._failed:

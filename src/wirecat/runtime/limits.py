@@ -34,8 +34,9 @@ class Limits:
             line must be complete within this many seconds of its first byte, else the
             peer is told why and closed. Against dribbling, which the idle timeout cannot
             see (it restarts on every byte). A run of ``max_line`` bytes without a newline
-            counts as a line (echo passes binary through; chat drops it). ``None``
-            disables it.
+            counts as a line (echo passes binary through; chat drops it). WebSocket
+            handlers apply it to frames instead: a frame or fragmented message must be
+            complete within it of its first byte, else close 1008. ``None`` disables it.
         write_high_water: the transport pauses writing above this many unsent bytes.
         write_low_water: ... and resumes below this many.
         max_output: hard cap on a connection's unsent output (bytes); past it the peer is

@@ -9,7 +9,10 @@ cuts by unsent bytes, the idle timeout, drain and logs. The frames are handled b
 own asyncio server is never started. On top: a ping every ``ping_interval`` seconds with a
 pong deadline (close 1011), a bounded close handshake (``close_timeout``, then the TCP
 connection is aborted), an ``Origin`` check against cross-site WebSocket hijacking (403),
-and one log line for every protocol limit hit (1009 too big, 1007 bad UTF-8, 1002).
+a deadline on unfinished input (``limits.line_timeout``: a frame or fragmented message must
+be complete within it of its first byte, else close 1008; tracked per chunk and checked by
+the idle sweep, as the partial-line deadline, no timer per message), and one log line for
+every protocol limit hit (1009 too big, 1007 bad UTF-8, 1002).
 
 Client side: :func:`connect_websocket` (and :func:`wirecat.connect` for ``ws://`` and
 ``wss://``) gives a :class:`WebSocketConnection`: messages (:meth:`~WebSocketConnection.send_text`,
@@ -181,7 +184,8 @@ class WebSocketHandler(StreamHandler):
     #: :meth:`login_complete` itself, e.g. after its own hello).
     login_on_open = True
     #: Frames, not lines: the partial-line deadline never applies, whatever a subclass
-    #: mixes in (the web chat is also a line-framed ``ChatHandler``).
+    #: mixes in (the web chat is also a line-framed ``ChatHandler``); the same
+    #: ``limits.line_timeout`` bounds an unfinished frame or fragmented message instead.
     line_framed = False
 
     def __init__(
@@ -346,6 +350,8 @@ class WebSocketHandler(StreamHandler):
         ws = self.ws
         if ws is None:
             self.on_http_data(data)
+            if self.ws is not None:  # upgraded: frames may have come behind the request
+                self._note_partial_message()
             return
         was_open = ws.protocol.state is State.OPEN
         self._delivering = was_open  # messages reach on_message during receive_data
@@ -362,6 +368,42 @@ class WebSocketHandler(StreamHandler):
             self._ws_pump(was_open)
         else:
             self._delivering = False
+        if self.limits.line_timeout is not None:
+            self._note_partial_message()
+
+    def _note_partial_message(self) -> None:
+        """Note since when a frame or fragmented message is unfinished (the time of the
+        chunk holding its first byte); the idle sweep cuts it after ``limits.line_timeout``.
+        ``_partial_len`` (the line length for line-framed handlers) keeps which one it is."""
+        ws = self.ws
+        mark = ws.receiving if ws is not None and ws.is_open and not self.closing else None
+        if mark is None:
+            self._partial_since = None
+        elif self._partial_since is None or mark != self._partial_len:
+            self._partial_since = self._last_rx
+            self._partial_len = mark
+
+    def _line_expired(self) -> None:
+        """Called by the sweep once a frame or message outlived ``limits.line_timeout``:
+        count, log and fail the connection with 1008 (a policy of ours, RFC 6455 7.4.1; the
+        peer is mid-frame and could not answer a closing handshake anyway)."""
+        self._partial_since = None
+        ws = self.ws
+        if ws is None or not ws.is_open or self.closing:
+            return  # closing already: the close deadline bounds it
+        timeout = self.limits.line_timeout or 0.0
+        self.ctx.metrics["ws_message_timeouts"] += 1
+        self.log.info(
+            "WebSocket message not completed within %.1f s, closing",
+            timeout,
+            extra={"event": "limit", "reason": "message_timeout"},
+        )
+        reason = f"message not completed within {timeout:g} s"
+        if not self._close_reason:
+            self._close_reason = "message timeout"
+        ws.fail(CloseCode.POLICY_VIOLATION, reason)
+        self._closed_event(Closed(CloseCode.POLICY_VIOLATION, reason, True))
+        self._ws_flush()
 
     def _deliver(self, message: str | bytes) -> None:
         """The WebSocket's message handler once open: straight to :meth:`on_message`."""
@@ -474,6 +516,8 @@ class WebSocketHandler(StreamHandler):
 
     def _opened(self) -> None:
         self.ctx.metrics["ws_opened"] += 1
+        if self.limits.line_timeout is not None:
+            self.ctx._watch_idle(self.limits.line_timeout)
         if self.login_on_open:
             self.login_complete()
         self._schedule_ping()
