@@ -309,7 +309,7 @@ class Server(_ServiceRunner):
                 )
         if config is not None and self._worker > 0:
             for ep in self.endpoints.get("metrics", ()):
-                self.ctx.log.warning("worker %d: metrics on %s", self._worker, ep)
+                self.ctx.log.info("worker %d: metrics on %s", self._worker, ep)
 
     async def reload(self) -> None:
         """Re-read the users file and the TLS certificate and key (SIGHUP).
