@@ -229,6 +229,48 @@ def test_relay_socks_applies_the_same_checks(tmp_path: Path) -> None:
     assert r.returncode == 78 and "is a FIFO" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "where"),
+    [
+        (["relay", "socks5://127.0.0.1:0"], "the SOCKS5 server"),
+        (["relay", "http-proxy://127.0.0.1:0"], "the HTTP CONNECT proxy"),
+        (["serve", "--chat", "tcp://127.0.0.1:0", "--no-greeting", "--no-echo"], "chat or files"),
+    ],
+)
+def test_an_empty_users_file_is_reported_once(tmp_path: Path, argv: list[str], where: str) -> None:
+    """One warning, the same everywhere (relay printed its own as well, #13 Hardening II),
+    naming what nobody can log in to and how to add a user."""
+    import select
+
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    empty.chmod(0o600)
+    proc = subprocess.Popen(
+        [*WIRECAT, *argv, "--users", str(empty)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    seen = b""
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        ready = " on " + argv[1].removesuffix(":0") if argv[0] == "relay" else "listening"
+        while ready.encode() not in seen:  # raw reads: the lines come before the banner
+            fds, _, _ = select.select([proc.stderr.fileno(), proc.stdout.fileno()], [], [], T)
+            assert fds, f"not started: {seen!r}"
+            chunk = b"".join(os.read(fd, 65536) for fd in fds)
+            assert chunk, f"exited: {seen!r}"
+            seen += chunk
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=T)
+    text = (seen + out + err).decode()
+    said = [line for line in text.splitlines() if "has no users" in line]
+    assert len(said) == 1, text
+    assert f"nobody can log in to {where}" in said[0]
+    assert f"wirecat users add {empty} NAME" in said[0]
+
+
 def test_users_add_says_when_it_tightened_the_mode(tmp_path: Path) -> None:
     path = _users(tmp_path, 0o644)
     r = _run("users", "add", str(path), "bob")

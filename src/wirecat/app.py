@@ -38,7 +38,16 @@ from .runtime.server import Service, run_until_signal
 if TYPE_CHECKING:
     from .auth import Users
 
-__all__ = ["Prepared", "Server", "build_services", "prepare", "run", "serve", "tls_context"]
+__all__ = [
+    "Prepared",
+    "Server",
+    "build_services",
+    "prepare",
+    "run",
+    "serve",
+    "tls_context",
+    "warn_if_no_users",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +81,20 @@ def prepare(config: ServeConfig) -> Prepared:
         from .auth import Users
 
         users = Users.load(config.users, insecure_ok=config.users_insecure_ok)
-        _warn_if_empty(config.users, users)
+        warn_if_no_users(config.users, users)
     return Prepared(tls_ctx, fingerprint, users, AccessList(config.allow, config.deny))
 
 
-def _warn_if_empty(path: str, users: Users) -> None:
+def warn_if_no_users(path: str, users: Users, *, where: str = "chat or files") -> None:
+    """Log one warning (``wirecat`` logger) when the users file at ``path`` holds nobody:
+    nobody can then log in to ``where``. The one place that says so, for ``serve`` (and its
+    reload) and ``relay``'s proxy servers alike."""
     if not len(users):
         _log.warning(
-            "users file %s has no users: nobody can log in to chat or files "
+            "users file %s has no users: nobody can log in to %s "
             "(add one with: wirecat users add %s NAME)",
             path,
+            where,
             path,
         )
 
@@ -338,7 +351,7 @@ class Server(_ServiceRunner):
                             holder.users = users  # type: ignore[union-attr]
                 self._prepared = prepared = dataclasses.replace(prepared, users=users)
                 log.warning("reload: users file %s: %d users", config.users, len(users))
-                _warn_if_empty(config.users, users)
+                warn_if_no_users(config.users, users)
         t = config.tls
         if t.cert and self.tls is not None:
             from .runtime.tls import server_context

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 import click
 from click.core import ParameterSource
 
-from ..app import tls_context
+from ..app import tls_context, warn_if_no_users
 from ..config import SERVE_LIMITS, TLSConfig
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import ConfigError, InvalidEndpoint, WirecatError
@@ -364,11 +364,7 @@ def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: 
             users = Users.load(params["users_file"], insecure_ok=params["users_insecure_ok"])
         except WirecatError as exc:
             die(message_for(exc), 78)
-        if not len(users):
-            click.echo(
-                f"wirecat: warning: {params['users_file']} has no users: nobody can log in",
-                err=True,
-            )
+        warn_if_no_users(params["users_file"], users, where=f"the {what}")
 
     async def main() -> int:
         server = make(
