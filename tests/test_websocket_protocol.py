@@ -31,7 +31,9 @@ from wirecat.runtime.websocket import WebSocketSettings, origin_allowed
 
 def _pair(*, max_message: int = 65536, compression: bool = False) -> tuple[WebSocket, WebSocket]:
     """An open client/server pair."""
-    client = WebSocket.client("ws://127.0.0.1:7080/chat", compression=compression)
+    client = WebSocket.client(
+        "ws://127.0.0.1:7080/chat", max_message=max_message, compression=compression
+    )
     server = WebSocket.server(max_message=max_message, compression=compression)
     server.receive_data(b"".join(client.data_to_send()))
     [req] = server.events_received()
@@ -632,3 +634,132 @@ def test_receiving_marks_an_unfinished_frame_or_fragmented_message(compression: 
     texts = [e.text for e in server.events_received() if isinstance(e, TextMessage)]
     big_text = "y" * (FAST_FRAME_MAX + 10)
     assert texts == ["hi", "hi", big_text, big_text, "abcd", "abcd", "hi", big_text, "hi"]
+
+
+# -- the client side's fast path (#13 Hardening II: one parser for both sides) ---------------
+def _unmasked(opcode: Opcode, data: bytes, *, fin: bool = True) -> bytes:
+    """A server frame (unmasked)."""
+    return Frame(opcode, data, fin).serialize(mask=False, extensions=[])
+
+
+def _refused_client() -> WebSocket:
+    client = WebSocket.client("ws://127.0.0.1:1/")
+    client.data_to_send()
+    return client
+
+
+@pytest.mark.parametrize("how", HOW3)
+def test_client_fast_path_messages_of_every_header_size(how: str) -> None:
+    client, _ = _pair()
+    sizes = [0, 1, 125, 126, 127, 1000, FAST_FRAME_MAX, FAST_FRAME_MAX + 1, 65535, 65536]
+    messages = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    data = b"".join(
+        _unmasked(Opcode.BINARY if i % 2 else Opcode.TEXT, m) for i, m in enumerate(messages)
+    )
+    data += _unmasked(Opcode.TEXT, b"ab", fin=False) + _unmasked(Opcode.CONT, b"cd")
+    data += _unmasked(Opcode.TEXT, b"tail")[:3]  # trailing data: the start of a frame
+    got = _split_feed(client, data, how)
+    want = [BinaryMessage(m) if i % 2 else TextMessage(m.decode()) for i, m in enumerate(messages)]
+    assert got == [*want, TextMessage("abcd")]
+    assert client._fast and client.receiving is not None  # "tail" is unfinished
+    assert _split_feed(client, _unmasked(Opcode.TEXT, b"tail")[3:], how) == [TextMessage("tail")]
+    assert client.receiving is None and client.is_open and client.data_to_send() == []
+
+
+@pytest.mark.parametrize("how", HOW3)
+def test_client_parses_frames_that_came_with_the_101(how: str) -> None:
+    client = WebSocket.client("ws://127.0.0.1:7080/chat")
+    server = WebSocket.server()
+    server.receive_data(b"".join(client.data_to_send()))
+    [req] = server.events_received()
+    server.accept(req.request)
+    server.send_text("first")
+    server.send_bytes(b"second")
+    wire = b"".join(server.data_to_send())
+    got = _split_feed(client, wire, how)
+    assert got == [Opened(()), TextMessage("first"), BinaryMessage(b"second")]
+    assert client._fast
+
+
+@pytest.mark.parametrize("how", HOW3)
+def test_client_refused_with_a_body_fed_any_way(how: str) -> None:
+    client = _refused_client()
+    server = WebSocket.server()
+    server.receive_data(WebSocket.client("ws://127.0.0.1:1/").data_to_send()[0])
+    assert len(server.events_received()) == 1  # the request
+    server.reject(403, "go away\n")
+    got = _split_feed(client, b"".join(d for d in server.data_to_send() if d), how)
+    client.receive_eof()
+    got += client.events_received()
+    assert [e for e in got if isinstance(e, HandshakeFailed)] == [
+        HandshakeFailed(403, "HTTP 403 Forbidden: go away")
+    ]
+    assert not client._fast
+
+
+def test_client_refuses_a_masked_server_frame_with_1002() -> None:
+    client, _ = _pair()
+    client.receive_data(_masked(Opcode.TEXT, b"masked"))  # RFC 6455 5.1: not from a server
+    [closed] = client.events_received()
+    assert isinstance(closed, Closed) and closed.code == 1002
+
+
+def _raw_server_frame(first: int, payload: bytes, masked: bool) -> bytes:
+    """A server frame with any first byte; unmasked unless ``masked`` (a client refuses it)."""
+    if masked:
+        return _raw_frame(first, payload, b"\x01\x02\x03\x04")
+    size = len(payload)
+    head = bytes((first, size)) if size < 126 else bytes((first, 126)) + size.to_bytes(2, "big")
+    return head + payload
+
+
+_SERVER_PIECES = st.one_of(
+    st.binary(max_size=40),  # garbage
+    st.builds(
+        _raw_server_frame,
+        st.sampled_from([0x81, 0x82, 0x80, 0x01, 0x02, 0x00, 0x88, 0x89, 0x8A, 0xC1, 0x83]),
+        st.one_of(st.binary(max_size=140), st.text(max_size=60).map(str.encode)),
+        st.booleans(),
+    ),
+    st.sampled_from([b"\x81\x7e\xff\xff", b"\x82\x7f" + b"\x7f" * 8, b"\x81\x05", b"\x81\x85"]),
+)
+
+
+@FUZZ_WS
+@given(st.lists(_SERVER_PIECES, max_size=8), st.data(), st.booleans())
+def test_client_fast_path_agrees_with_websockets_on_any_bytes(
+    pieces: list[bytes], data: st.DataObject, eof: bool
+) -> None:
+    """The client side of test_fast_path_agrees_with_websockets_on_hostile_bytes: server
+    frames (unmasked; some masked, which a client must refuse), garbage, any split."""
+    wire = b"".join(pieces)
+    reference = _pair(max_message=1000)[0]
+    reference._fast = False
+    for i in range(len(wire)):
+        reference.receive_data(wire[i : i + 1])
+    if eof:
+        reference.receive_eof()
+    want = (reference.events_received(), reference.data_to_send())
+    client = _pair(max_message=1000)[0]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    events: list[object] = []
+    for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        client.receive_data(wire[a:b])
+        assert len(client._pending) <= FAST_FRAME_MAX + 14
+        events += client.events_received()
+    if eof:
+        client.receive_eof()
+        events += client.events_received()
+    assert _unmask(_norm((events, client.data_to_send()))) == _unmask(_norm(want))
+
+
+def _unmask(result: tuple[list[object], bytes]) -> tuple[list[object], list[tuple[int, bytes]]]:
+    """A client's frames (close, pong: payloads < 126 bytes) with their random masks undone."""
+    frames, data, i = [], result[1], 0
+    while i < len(data):
+        size = data[i + 1] & 0x7F
+        key = data[i + 2 : i + 6]
+        payload = bytes(b ^ key[k % 4] for k, b in enumerate(data[i + 6 : i + 6 + size]))
+        frames.append((data[i], payload))
+        i += 6 + size
+    return result[0], frames

@@ -15,15 +15,17 @@ top of them and what our runtime drives:
 - the close handshake as data (:attr:`WebSocket.close_sent`, :attr:`WebSocket.close_rcvd`);
 - :func:`server_frame`, the bytes of one unmasked server frame, so one encoding can be
   written to many connections (fan-out), when no extension is negotiated;
-- a **fast path** on the server side for the hot case: a complete, small (at most
-  :data:`FAST_FRAME_MAX` bytes), unfragmented, masked text or binary frame with no
-  extension negotiated is unmasked and checked here (RSV bits zero, opcode, masking, size
-  from the header before the payload is buffered, UTF-8 for text) without building a
-  websockets ``Frame``; every other frame (control frames, fragments, unmasked or oversized
-  frames, anything while a fragmented message is open, anything once the connection is not
-  OPEN) is handed whole to websockets' parser, which sees the stream at frame boundaries
-  only. Optionally, :attr:`WebSocket.message_handler` takes each message as it is parsed
-  instead of a :class:`TextMessage`/:class:`BinaryMessage` event. With an extension
+- a **fast path** on both sides for the hot case: a complete, small (at most
+  :data:`FAST_FRAME_MAX` bytes), unfragmented text or binary frame, masked as the RFC wants
+  it (client frames masked, server frames not), with no extension negotiated, is unmasked
+  and checked here (RSV bits zero, opcode, masking, size from the header before the payload
+  is buffered, UTF-8 for text) without building a websockets ``Frame``; every other frame
+  (control frames, fragments, wrongly masked or oversized frames, anything while a
+  fragmented message is open, anything once the connection is not OPEN) is handed whole to
+  websockets' parser, which sees the stream at frame boundaries only (the handshake head
+  is handed over alone for that: request on the server, response on the client).
+  Optionally, :attr:`WebSocket.message_handler` takes each message as it is parsed instead
+  of a :class:`TextMessage`/:class:`BinaryMessage` event. With an extension
   negotiated nothing is parsed here, but frame boundaries are still followed the same way;
 - :attr:`WebSocket.receiving`, what a runtime needs for a deadline on unfinished input (a
   peer dribbling a frame or a fragmented message one byte at a time).
@@ -254,6 +256,7 @@ class WebSocket:
         "_head",
         "_head_done",
         "_head_tail",
+        "_mask",
         "_opened",
         "_owed",
         "_pending",
@@ -289,8 +292,12 @@ class WebSocket:
         self._settled = 0
         # Server handshake: websockets gets the request head only (up to the blank line),
         # so that it is at a frame boundary when the connection opens.
-        self._head_done = not isinstance(protocol, ServerProtocol)
+        # The client's handshake likewise: the response head only; the frames behind a 101
+        # are then parsed here.
+        self._head_done = protocol.state is not State.CONNECTING
         self._head_tail: bytes | None = b""  # None: the head is complete
+        server = isinstance(protocol, ServerProtocol)
+        self._mask = 0x80 if server else 0  # the MASK bit the peer's frames must have
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -388,8 +395,8 @@ class WebSocket:
         that stays the same while the same one is unfinished and differs once another began
         (a runtime restarts the clock of its deadline when it changes). Cheap: no list is made.
 
-        Exact on the server side once open (frame boundaries are followed, see the module
-        docstring); elsewhere only a fragmented message counts.
+        Exact once open (frame boundaries are followed, see the module docstring); before
+        that only a fragmented message counts (none can be).
         """
         if self._pending or self._owed or self._fragments:
             return self._settled
@@ -421,8 +428,9 @@ class WebSocket:
         self._collect()
 
     def _receive_head(self, data: bytes) -> None:
-        """Server, before the handshake is answered: the request head goes to websockets,
-        what follows it waits (bounded) until the connection opens."""
+        """Before the handshake is answered: the request head (server) or the response head
+        (client) goes to websockets; what follows it waits (bounded) until the connection
+        opens (at once for a client: the response is the answer)."""
         proto = self.protocol
         tail = self._head_tail
         if tail is None:  # the head is complete: bytes behind it wait for the answer
@@ -445,26 +453,37 @@ class WebSocket:
             self._head_tail = None
             self._pending += data[cut:]
             proto.receive_data(data[:cut])
-        self._collect()
+        self._collect()  # a client that got a 101 has opened (and parsed what followed)
+        if end >= 0 and not self._head_done and not self._mask:
+            # A client without a 101 (a refusal, its body): websockets reads the rest.
+            self._head_done = True
+            rest = bytes(self._pending)
+            self._pending.clear()
+            if rest:
+                proto.receive_data(rest)
+                self._collect()
 
     def _receive_fast(self, data: bytes) -> None:
-        """Server, OPEN, no extension: parse hot frames here, hand the others to websockets
-        at frame boundaries (see the module docstring)."""
+        """OPEN: parse hot frames here (no extension), hand the others to websockets at frame
+        boundaries (see the module docstring). The same code reads masked frames (server)
+        and unmasked ones (client)."""
         pending = self._pending
         n = len(data)
-        if not pending and not self._owed and 6 <= n <= 131:
+        mask = self._mask  # 0x80: the peer masks its frames (we are the server); 0: not
+        size = n - 6 if mask else n - 2  # if this is exactly one small frame
+        if 0 <= size < 126 and not pending and not self._owed:
             # The commonest case on its own: exactly one small frame (< 126 bytes) arrived.
             b0 = data[0]
             b1 = data[1]
             if (
                 (b0 == 0x81 or b0 == 0x82)
-                and b1 - 0x80 == n - 6  # masked, and its length is what came
-                and n - 6 <= self._fast_max
+                and b1 - mask == size  # masked as due, and its length is what came
+                and size <= self._fast_max
                 and not self._fragments
                 and not self._failed
                 and self.protocol.state is State.OPEN
             ):
-                payload = apply_mask(data[6:], data[2:6])
+                payload = apply_mask(data[6:], data[2:6]) if mask else data[2:]
                 handler = self.message_handler
                 if b0 == 0x82:
                     if handler is not None:
@@ -493,6 +512,7 @@ class WebSocket:
         i = 0
         fast_max = self._fast_max
         open_ = State.OPEN
+        key = 4 if mask else 0
         while i < n:
             if proto.state is not open_ or self._failed:
                 # Closing or failed: websockets takes the rest of the stream (it has every
@@ -529,16 +549,22 @@ class WebSocket:
             b0 = buf[i]
             b1 = buf[i + 1]
             size = b1 & 0x7F
-            # Hot: FIN set, RSV1-3 clear, text or binary; masked; <= fast_max; no
-            # fragmented message open (its continuation frames are websockets').
-            if (b0 == 0x81 or b0 == 0x82) and b1 & 0x80 and size < 127 and not self._fragments:
+            # Hot: FIN set, RSV1-3 clear, text or binary; masked as due (server: masked,
+            # client: not); <= fast_max; no fragmented message open (its continuation
+            # frames are websockets').
+            if (
+                (b0 == 0x81 or b0 == 0x82)
+                and b1 & 0x80 == mask
+                and size < 127
+                and not self._fragments
+            ):
                 if size == 126:
                     if n - i < 4:
                         break
                     size = (buf[i + 2] << 8) | buf[i + 3]
-                    head = 8
+                    head = 4 + key
                 else:
-                    head = 6
+                    head = 2 + key
                 if size > fast_max:  # too big for the fast path: websockets reads it
                     self._owed = head + size
                     continue
@@ -546,7 +572,10 @@ class WebSocket:
                 end = start + size
                 if end > n:
                     break  # wait for the rest (bounded by fast_max)
-                payload = apply_mask(buf[start:end], buf[start - 4 : start])
+                if key:
+                    payload = apply_mask(buf[start:end], buf[start - 4 : start])
+                else:
+                    payload = bytes(buf[start:end])
                 i = end
                 self._settled += 1
                 handler = self.message_handler
@@ -584,8 +613,8 @@ class WebSocket:
             pending += buf[i:]
 
     def _take_fast(self) -> None:
-        """The server is open: turn the fast path on (with an extension it only follows
-        frame boundaries) and parse the frames that came behind the request."""
+        """The connection is open: turn the fast path on (with an extension it only follows
+        frame boundaries) and parse the frames that came behind the handshake."""
         self._head_done = True
         rest = bytes(self._pending)
         self._pending.clear()
@@ -629,7 +658,10 @@ class WebSocket:
                 if proto.handshake_exc is None and proto.state is State.OPEN:
                     self._opened = True
                     self._events.append(Opened(self.extensions))
+                    if not self._head_done:  # client: the frames behind the 101 are ours
+                        self._take_fast()
                 else:
+                    self._failed = True  # reported once, however the events are read
                     self._events.append(
                         HandshakeFailed(ev.status_code, _describe(proto.handshake_exc, ev))
                     )

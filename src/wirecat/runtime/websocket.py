@@ -762,8 +762,10 @@ class _ClientProtocol(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        self.ws.receive_data(data)
-        self._pump()
+        msgs = self.messages
+        before = len(msgs)
+        self.ws.receive_data(data)  # once open, messages go straight into the queue
+        self._pump(len(msgs) != before)
 
     def eof_received(self) -> bool:
         self.ws.receive_eof()
@@ -790,8 +792,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.state.resume_writing()
 
     # internals
-    def _pump(self) -> None:
-        woke = False
+    def _pump(self, woke: bool = False) -> None:
         for ev in self.ws.events_received():
             if isinstance(ev, TextMessage | BinaryMessage):
                 self.messages.append(ev.text if isinstance(ev, TextMessage) else ev.data)
@@ -800,6 +801,7 @@ class _ClientProtocol(asyncio.Protocol):
                 if not self.opened.done():
                     self.opened.set_result(None)
                 self._schedule_ping()
+                self.ws.message_handler = self.messages.append  # no event object per message
             elif isinstance(ev, HandshakeFailed):
                 if not self.opened.done():
                     self.opened.set_exception(HandshakeError(ev.reason))
