@@ -469,21 +469,21 @@ class WebSocket:
         and unmasked ones (client)."""
         pending = self._pending
         n = len(data)
-        mask = self._mask  # 0x80: the peer masks its frames (we are the server); 0: not
-        size = n - 6 if mask else n - 2  # if this is exactly one small frame
-        if 0 <= size < 126 and not pending and not self._owed:
-            # The commonest case on its own: exactly one small frame (< 126 bytes) arrived.
+        if not pending and not self._owed and 6 <= n <= 131:
+            # The commonest case on the server on its own: exactly one small (< 126 bytes)
+            # masked frame arrived. (A client's frames go through the loop below.)
             b0 = data[0]
             b1 = data[1]
             if (
                 (b0 == 0x81 or b0 == 0x82)
-                and b1 - mask == size  # masked as due, and its length is what came
-                and size <= self._fast_max
+                and b1 - 0x80 == n - 6  # masked, and its length is what came
+                and self._mask  # (we are the server: a client refuses a masked frame)
+                and n - 6 <= self._fast_max
                 and not self._fragments
                 and not self._failed
                 and self.protocol.state is State.OPEN
             ):
-                payload = apply_mask(data[6:], data[2:6]) if mask else data[2:]
+                payload = apply_mask(data[6:], data[2:6])
                 handler = self.message_handler
                 if b0 == 0x82:
                     if handler is not None:
@@ -512,7 +512,9 @@ class WebSocket:
         i = 0
         fast_max = self._fast_max
         open_ = State.OPEN
-        key = 4 if mask else 0
+        mask = self._mask  # 0x80: the peer masks its frames (we are the server); 0: not
+        key = 4 if mask else 0  # the length of their masking key
+        done = False  # a message was completed here (for ``receiving``)
         while i < n:
             if proto.state is not open_ or self._failed:
                 # Closing or failed: websockets takes the rest of the stream (it has every
@@ -577,7 +579,7 @@ class WebSocket:
                 else:
                     payload = bytes(buf[start:end])
                 i = end
-                self._settled += 1
+                done = True
                 handler = self.message_handler
                 if b0 == 0x81:
                     try:
@@ -607,6 +609,8 @@ class WebSocket:
                 self._collect()
                 continue
             self._owed = total
+        if done:
+            self._settled += 1
         if buf is pending:
             del pending[:i]
         elif i < n:
