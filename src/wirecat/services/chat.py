@@ -31,7 +31,8 @@ import asyncio
 from collections.abc import Sequence
 
 from ..auth import AuthFailures, Users, audit_login
-from ..chat.core import ChatCore, Hub, LocalHub, Member, RateLimit
+from ..chat.core import ChatCore, Member, RateLimit
+from ..chat.hub import Hub, LocalHub
 from ..endpoints import Endpoint
 from ..protocols.chat import (
     MAX_TEXT,
@@ -45,6 +46,7 @@ from ..protocols.chat import (
     Mode,
     Notice,
     Ref,
+    ServerEvent,
     Shutdown,
     Welcome,
 )
@@ -83,6 +85,7 @@ class ChatHandler(StreamHandler):
         self.proto = ChatServerProtocol(max_line=self.limits.max_line, max_text=service.max_text)
         self.member: Member | None = None  # set once accepted (not for refused peers)
         self._auth: asyncio.Task[None] | None = None  # a token being checked: input waits
+        self._waiting: asyncio.Future[ServerEvent] | None = None  # a reply from the hub
         self._eof = False  # the peer half-closed while its token was being checked
         self._banner_timer: asyncio.TimerHandle | None = None  # the banner, not yet sent
 
@@ -138,7 +141,7 @@ class ChatHandler(StreamHandler):
 
     def on_eof(self) -> bool:
         self.proto.receive_eof()
-        if self._auth is not None:  # finish the lines after the token check
+        if self._auth is not None or self._waiting is not None:  # finish the lines after it
             self._eof = True
             return True
         self._pump(drain=True)
@@ -174,7 +177,12 @@ class ChatHandler(StreamHandler):
         proto, member = self.proto, self.member
         if member is None:
             return
-        while not self.closing and self._auth is None and (drain or not self.writing_paused):
+        while (
+            not self.closing
+            and self._auth is None
+            and self._waiting is None
+            and (drain or not self.writing_paused)
+        ):
             ev = proto.next_event()
             if ev is None or isinstance(ev, EndOfStream):
                 return
@@ -197,9 +205,35 @@ class ChatHandler(StreamHandler):
             self._run(member, ev)
 
     def _run(self, member: Member, cmd: Command) -> None:
-        """Run one command on the core and send the reply (and what follows from it)."""
+        """Run one command on the core and send the reply (and what follows from it).
+
+        A reply that needs the hub (a remote hub: ``sent`` once Redis holds the message)
+        comes later: the member's next lines wait for it, so they keep their order.
+        """
+        reply = self.chat.core.handle(member, cmd)
+        if isinstance(reply, asyncio.Future):
+            self._waiting = reply
+            reply.add_done_callback(lambda fut: self._replied(member, cmd, fut))
+            return
+        self._answer(member, cmd, reply)
+
+    def _replied(self, member: Member, cmd: Command, fut: asyncio.Future[ServerEvent]) -> None:
+        self._waiting = None
+        if self.closing or fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:  # a bug, not the peer's doing: logged, the connection dropped
+            self.log.error("chat command failed: %r", exc, extra={"event": "internal_error"})
+            self.abort("internal error")
+            return
+        self._answer(member, cmd, fut.result())
+        if self._waiting is None:
+            self._pump(drain=self._eof)
+            if self._eof and self._waiting is None and not self.closing:
+                self.close("eof")
+
+    def _answer(self, member: Member, cmd: Command, reply: ServerEvent) -> None:
         core, proto = self.chat.core, self.proto
-        reply = core.handle(member, cmd)
         codec = proto.codec
         self.send(codec.encode(reply))
         if isinstance(reply, Welcome):
@@ -207,7 +241,7 @@ class ChatHandler(StreamHandler):
             self.login_complete()
             if self.join_on_hello:  # the hello's room, else the default (a reply without ref)
                 room = cmd.room if isinstance(cmd, Hello) and cmd.room else core.default_room
-                self.send(codec.encode(core.handle(member, Join(room))))
+                self._run(member, Join(room))
         if member.must_close:
             if isinstance(reply, ErrorEvent):
                 self.ctx.metrics["chat_kicked"] += 1
@@ -280,7 +314,7 @@ class ChatHandler(StreamHandler):
         self._run(member, Hello(hello.nick, hello.ref, None, hello.room))
         self.resume_reading()
         self._pump(drain=self._eof)
-        if self._eof:
+        if self._eof and self._waiting is None:
             self.close("eof")
 
     def _auth_failed(
