@@ -54,6 +54,7 @@ from ..protocols.chat import (
     Nick,
     NickChanged,
     NickSet,
+    Notice,
     Part,
     Parted,
     Ping,
@@ -350,6 +351,8 @@ class ChatCore:
             raise ValueError(f"invalid default room {default_room!r}")
         self.hub = hub if hub is not None else LocalHub(history_size=history_size)
         self.hub.bind(self._on_hub_event)
+        self.hub.on_gap = self._on_gap
+        self.hub.members_here = self._members_here
         self.users = users
         self.guests = guests or users is None
         self.closed_rooms: set[str] = set()
@@ -883,6 +886,15 @@ class ChatCore:
             room = self.rooms.get(event.room)
             for m in list(room.members) if room is not None else ():
                 self._leave(m, event.room)
+
+    def _on_gap(self, room_name: str, text: str) -> None:
+        """Hub callback: events of ``room_name`` were lost; its members are told."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            room.broadcast(Notice(text))
+
+    def _members_here(self) -> Iterable[tuple[str, str]]:
+        return ((r.name, m.nick) for r in self.rooms.values() for m in r.members if m.nick)
 
     def _leave(self, member: Member, room_name: str) -> None:
         """Take ``member`` out of ``room_name`` locally, without announcing it."""

@@ -34,7 +34,7 @@ import abc
 import asyncio
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -131,6 +131,12 @@ class Hub(abc.ABC):
 
     remote = False
     state = "local"
+    #: Set by the core: tell a room's local members that the hub lost events of it
+    #: ``(room, text)``.
+    on_gap: Callable[[str, str], None] = staticmethod(lambda room, text: None)
+    #: Set by the core: the ``(room, nick)`` pairs of this process's members (a remote hub
+    #: renews their presence).
+    members_here: Callable[[], Iterable[tuple[str, str]]] = staticmethod(lambda: ())
 
     @abc.abstractmethod
     def bind(self, deliver: Callable[[HubEvent], None]) -> None:
