@@ -792,7 +792,7 @@ class RedisHub(Hub):
         for entry_id, fields in raw:
             eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
             if isinstance(fields, dict):  # XRANGE through redis-py
-                data = fields.get(b"e", fields.get("e"))
+                data: Any = fields.get(b"e", fields.get("e"))
             else:  # raw from a script: [field, value, ...]
                 data = dict(zip(fields[::2], fields[1::2], strict=True)).get(b"e")
             try:
