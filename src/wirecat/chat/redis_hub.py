@@ -270,6 +270,12 @@ class RedisHub(Hub):
         backoff: tuple[float, float] = (0.1, 5.0),
     ) -> None:
         check_url(url)
+        import importlib.util
+
+        if importlib.util.find_spec("redis") is None:
+            raise ConfigError(
+                "the Redis hub needs redis-py: pip install 'wirecat[redis]'", field="hub"
+            )
         if history_size < 0 or stream_size < 1 or timeout <= 0 or presence_ttl <= 0:
             raise ValueError("need history_size >= 0, stream_size >= 1, timeout > 0, ttl > 0")
         self.url = url

@@ -28,6 +28,7 @@ rate in a row) disconnects.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 
 from ..auth import AuthFailures, Users, audit_login
@@ -326,6 +327,11 @@ class ChatHandler(StreamHandler):
         self.close("auth_failed")
 
 
+def _hub_figure(hub: Hub, name: str) -> float:
+    value = hub.stats().get(name, 0)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
 class ChatService(Service):
     """Chat rooms over stream endpoints (tcp, tls, unix), text and JSON-lines modes.
 
@@ -414,6 +420,11 @@ class ChatService(Service):
         return ChatHandler(ctx, self)
 
     async def start(self, ctx: ServerContext) -> None:
+        hub = self.hub
+        ctx.gauges["chat_hub_up"] = lambda: 1.0 if hub.state in ("up", "local") else 0.0
+        for name in ("published", "delivered", "recovered", "gaps", "reconnects", "failures"):
+            if name in hub.stats():
+                ctx.gauges[f"chat_hub_{name}"] = functools.partial(_hub_figure, hub, name)
         await self.hub.start()
 
     async def stop(self) -> None:

@@ -80,6 +80,12 @@ class _ContextCollector(Collector):
         )
         top.add_metric([worker], max(ctx.per_source.values(), default=0))
         yield top
+        for name, read in sorted(ctx.gauges.items()):
+            g = GaugeMetricFamily(
+                f"wirecat_{_NAME.sub('_', name)}", f"wirecat {name}", labels=["worker"]
+            )
+            g.add_metric([worker], read())
+            yield g
         for name, value in sorted(ctx.metrics.items()):
             family = CounterMetricFamily(
                 f"wirecat_{_NAME.sub('_', name)}", f"wirecat counter {name}", labels=["worker"]
