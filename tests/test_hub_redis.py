@@ -1,0 +1,390 @@
+"""The Redis hub (#11) against a real ``redis-server`` (Debian's; missing: the tests fail).
+
+Every test starts its own Redis on a Unix socket (persistence off, unless the test is about
+surviving a restart) and two ``wirecat serve --hub`` processes on it, with short hub
+timeouts (``--hub-timeout``, ``--hub-presence-ttl``) so that faults resolve in a second or two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _chat import Peer
+from _peers import WIRECAT, peer, timeout
+from helpers import read_ready, scaled, short_unix_dir
+from wirecat.auth import hash_token
+from wirecat.endpoints import Endpoint, parse_endpoint
+
+pytestmark = [pytest.mark.loops("asyncio"), pytest.mark.async_timeout(30)]
+
+TTL = 1.5  # --hub-presence-ttl: a killed server's members expire after this (seconds)
+HUB_TIMEOUT = 0.5  # --hub-timeout
+
+
+class RedisServer:
+    """``redis-server`` on a Unix socket in ``root``; kill, pause and restart it."""
+
+    def __init__(self, root: str, *, persist: bool = False) -> None:
+        self.root = root
+        self.sock = os.path.join(root, "redis.sock")
+        self.persist = persist
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix:{self.sock}"
+
+    def start(self) -> None:
+        args = [peer("redis-server"), "--port", "0", "--unixsocket", self.sock]
+        args += ["--dir", self.root, "--save", ""]
+        if self.persist:  # every write on disk before the reply: nothing acknowledged is lost
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.sock)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout(10)
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(timeout(2))
+                    s.connect(self.sock)
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert self.proc.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not answer in time"
+            time.sleep(0.01)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout(5))
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with short_unix_dir() as root:
+        server = RedisServer(root)
+        server.start()
+        try:
+            yield server
+        finally:
+            if server.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    server.proc.send_signal(signal.SIGCONT)
+            server.kill()
+
+
+class Serve:
+    """One ``wirecat serve --hub`` process (chat and web on port 0)."""
+
+    def __init__(self, hub: str, *extra: str) -> None:
+        argv = [
+            *WIRECAT, "serve", "--no-greeting", "--no-echo", "--json", "--loop", "asyncio",
+            "--chat", "tcp://127.0.0.1:0", "--web", "tcp://127.0.0.1:0", "--chat-rate", "0",
+            "--hub", hub, "--hub-timeout", str(HUB_TIMEOUT), "--hub-presence-ttl", str(TTL),
+            *extra,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        ready = read_ready(self.proc.stdout, timeout(15))
+        self.endpoints: dict[str, list[str]] = ready["endpoints"]
+
+    def endpoint(self, name: str = "chat") -> Endpoint:
+        return parse_endpoint(self.endpoints[name][0])
+
+    def close(self) -> str:
+        """Stop (SIGTERM, bounded), return stderr."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout(10))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout(5))
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+        return err
+
+
+@contextlib.asynccontextmanager
+async def servers(hub: str, n: int = 2, *extra: str) -> AsyncIterator[list[Serve]]:
+    started: list[Serve] = []
+    try:
+        for _ in range(n):
+            started.append(Serve(hub, *extra))
+        yield started
+    finally:
+        for s in started:
+            err = s.close()
+            assert "Traceback" not in err, err
+
+
+async def json_member(ep: Endpoint, nick: str, stack: contextlib.AsyncExitStack, **hello: Any):
+    p = await Peer.open(ep)
+    stack.push_async_callback(p.aclose)
+    await p.send_json(type="hello", nick=nick, **hello)
+    welcome = await p.json()
+    assert welcome["type"] == "welcome", welcome
+    joined = await p.json_until("joined")
+    return p, joined
+
+
+async def text_member(ep: Endpoint, nick: str, stack: contextlib.AsyncExitStack) -> Peer:
+    p = await Peer.open(ep)
+    stack.push_async_callback(p.aclose)
+    await p.send(nick.encode() + b"\n")
+    await p.until(b"*** in #lobby")
+    return p
+
+
+async def messages(p: Peer, n: int) -> list[dict[str, Any]]:
+    return [await p.json_until("message") for _ in range(n)]
+
+
+# -- sharing ---------------------------------------------------------------------------------
+async def test_two_processes_share_one_room(redis_server: RedisServer) -> None:
+    """An nc-style user on A and JSON clients on B: one order, one history, one nick
+    registry, ``who`` across both, DMs both ways."""
+    async with servers(redis_server.url) as (a, b), contextlib.AsyncExitStack() as stack:
+        ann = await text_member(a.endpoint(), "ann", stack)
+        bob, joined = await json_member(b.endpoint(), "bob", stack)
+        assert joined["members"] == ["ann", "bob"]  # ann is on the other process
+        await ann.until(b"*** bob joined #lobby")
+
+        taken = await Peer.open(b.endpoint())
+        stack.push_async_callback(taken.aclose)
+        await taken.send_json(type="hello", nick="ANN")  # held on A: refused on B
+        assert (await taken.json())["code"] == "nick_taken"
+
+        # Both talk at once; both see the same order.
+        for i in range(5):
+            await ann.send(f"a{i}\n".encode())
+            await bob.send_json(type="say", text=f"b{i}", ref=i)
+        seen_b = [(m["nick"], m["text"]) for m in await messages(bob, 10)]
+        seen_a = []
+        while len(seen_a) < 10:
+            line = (await ann.until(b"#lobby <")).decode()
+            nick, text = line[len("#lobby <") :].rstrip("\n").split("> ", 1)
+            seen_a.append((nick, text))
+        assert seen_a == seen_b
+        assert sorted(t for _, t in seen_b) == sorted(
+            [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
+        )
+
+        # One history: a newcomer on A gets the same ten, in that order; with since, the tail.
+        carol, joined = await json_member(a.endpoint(), "carol", stack)
+        hist = joined["history"]
+        assert [(m["nick"], m["text"]) for m in hist] == seen_b
+        ids = [m["id"] for m in hist]
+        assert ids == sorted(ids) and len(set(ids)) == 10
+        await carol.send_json(type="join", room="#lobby", since=ids[6])
+        again = await carol.json_until("joined")
+        assert [m["text"] for m in again["history"]] == [t for _, t in seen_b[7:]]
+        assert "gap" not in again
+
+        # who across processes; DMs both ways.
+        await bob.send_json(type="who", ref="w")
+        who = await bob.json_until("who")
+        assert who["members"] == ["ann", "bob", "carol"]
+        await bob.send_json(type="dm", to="ANN", text="psst", ref="d")
+        sent = await bob.json_until("sent")
+        assert sent["ref"] == "d"
+        assert await ann.until(b"*bob*") == b"*bob* psst\n"
+        await ann.send(b"/msg carol hi carol\n")
+        dm = await carol.json_until("dm")
+        assert (dm["from"], dm["text"]) == ("ann", "hi carol")
+        await bob.send_json(type="dm", to="nobody", text="x", ref="n")
+        err = await bob.json_until("error")
+        assert err["code"] == "no_such_nick"
+
+
+async def test_kick_and_close_cross_processes(redis_server: RedisServer, tmp_path: Path) -> None:
+    users = tmp_path / "users.toml"
+    users.write_text(f'[users.root]\ntoken = "{hash_token("root-token", log_n=10)}"\n'
+                     'roles = ["admin"]\n')  # fmt: skip
+    users.chmod(0o600)
+    extra = ("--users", str(users), "--guests")
+    async with servers(redis_server.url, 2, *extra) as (a, b), contextlib.AsyncExitStack() as st:
+        root, _ = await json_member(a.endpoint(), "root", st, token="root-token")
+        bob, _ = await json_member(b.endpoint(), "bob", st)
+        await root.json_until("join")  # bob's join reached A
+        await root.send_json(type="kick", nick="BOB", reason="spam", ref="k")
+        assert (await root.json_until("done"))["ref"] == "k"
+        kick = await bob.json_until("kick")
+        assert (kick["nick"], kick["by"], kick["reason"]) == ("bob", "root", "spam")
+        await bob.send_json(type="say", room="#lobby", text="still here?", ref="s")
+        assert (await bob.json_until("error"))["code"] == "not_in_room"
+        # Closing a room empties it everywhere and refuses joins on every process.
+        await bob.send_json(type="join", room="#lobby", ref="j")
+        await bob.json_until("joined")
+        await root.send_json(type="close", room="#lobby", ref="c")
+        await root.json_until("done")
+        assert (await bob.json_until("close"))["by"] == "root"
+        await bob.send_json(type="join", room="#lobby", ref="j2")
+        assert (await bob.json_until("error"))["code"] == "room_closed"
+
+
+# -- faults ----------------------------------------------------------------------------------
+async def test_a_killed_server_s_members_and_nicks_expire(redis_server: RedisServer) -> None:
+    async with servers(redis_server.url) as (a, b), contextlib.AsyncExitStack() as stack:
+        await json_member(a.endpoint(), "ann", stack)
+        bob, joined = await json_member(b.endpoint(), "bob", stack)
+        assert joined["members"] == ["ann", "bob"]
+        os.killpg(a.proc.pid, signal.SIGKILL)  # no goodbye: ann's presence and nick linger
+        t0 = time.monotonic()
+        part = await bob.json_until("part")
+        waited = time.monotonic() - t0
+        assert (part["nick"], part["reason"]) == ("ann", "timed out")
+        assert waited < TTL + scaled(2)
+        await bob.send_json(type="who", ref="w")
+        assert (await bob.json_until("who"))["members"] == ["bob"]
+        await json_member(b.endpoint(), "ann", stack)  # the nick is free again
+
+
+async def test_redis_paused_gives_hub_unavailable_then_recovers(
+    redis_server: RedisServer,
+) -> None:
+    async with servers(redis_server.url, 1) as (a,), contextlib.AsyncExitStack() as stack:
+        bob, _ = await json_member(a.endpoint(), "bob", stack)
+        redis_server.signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        await bob.send_json(type="say", text="lost?", ref=1)
+        err = await bob.json_until("error")
+        assert err["code"] == "hub_unavailable" and err["ref"] == 1
+        assert time.monotonic() - t0 < HUB_TIMEOUT + scaled(1)
+        await bob.send_json(type="say", text="again", ref=2)  # down now: refused at once
+        assert (await bob.json_until("error"))["code"] == "hub_unavailable"
+        # echo-like commands that need no hub still work
+        await bob.send_json(type="ping", ref="p")
+        assert (await bob.json_until("pong"))["ref"] == "p"
+        redis_server.signal(signal.SIGCONT)
+        deadline = time.monotonic() + scaled(10)
+        ref = 3
+        texts: list[str] = []
+        while True:  # the hub reconnects with backoff: retry until a message is taken
+            await bob.send_json(type="say", text=f"back {ref}", ref=ref)
+            reply = await bob.json()
+            while reply["type"] not in ("sent", "error"):
+                if reply["type"] == "message":
+                    texts.append(reply["text"])
+                reply = await bob.json()
+            if reply["type"] == "sent":
+                break
+            assert reply["code"] == "hub_unavailable"
+            assert time.monotonic() < deadline, "the hub did not come back"
+            await _sleep(0.1)
+            ref += 1
+        while f"back {ref}" not in texts:
+            texts.append((await bob.json_until("message"))["text"])
+        # A refused message may still have reached Redis (it ran the script once resumed):
+        # never acknowledged, it shows at most once.
+        assert all(texts.count(t) == 1 for t in texts), texts
+
+
+async def test_redis_killed_mid_burst_loses_nothing_acknowledged() -> None:
+    """Redis (AOF, fsync always) SIGKILLed mid-burst and restarted: every message
+    acknowledged (``sent``) reaches the member on the other process once, in order."""
+    with short_unix_dir() as root:
+        redis = RedisServer(root, persist=True)
+        redis.start()
+        try:
+            await _burst_through_a_restart(redis)
+        finally:
+            redis.kill()
+
+
+async def _burst_through_a_restart(redis: RedisServer) -> None:
+    async with servers(redis.url) as (a, b), contextlib.AsyncExitStack() as stack:
+        ann, _ = await json_member(a.endpoint(), "ann", stack)
+        bob, _ = await json_member(b.endpoint(), "bob", stack)
+        await ann.json_until("join")  # bob's join reached A
+        acked: list[int] = []
+        refused = 0
+        i = 0
+        restarted_at = None
+        deadline = time.monotonic() + scaled(20)
+        while len(acked) < 120:
+            assert time.monotonic() < deadline, f"only {len(acked)} acknowledged in time"
+            if i == 40:
+                redis.kill()
+            if i == 50:
+                redis.start()
+                restarted_at = i
+            await ann.send_json(type="say", text=f"m{i}", ref=i)
+            reply = await ann.json()
+            while reply.get("ref") != i:
+                reply = await ann.json()
+            if reply["type"] == "sent":
+                acked.append(reply["id"])
+            else:
+                assert reply["code"] == "hub_unavailable", reply
+                refused += 1
+                await _sleep(0.05)
+            i += 1
+        assert restarted_at is not None and refused > 0
+        got: list[int] = []
+        texts: list[str] = []
+        while not set(acked) <= set(got):
+            msg = await bob.json_until("message")
+            got.append(msg["id"])
+            texts.append(msg["text"])
+        assert got == sorted(got) and len(set(got)) == len(got), "order kept, nothing twice"
+        assert [int(t[1:]) for t in texts] == sorted(int(t[1:]) for t in texts)
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+def test_serve_hub_flags_are_checked() -> None:
+    proc = subprocess.run(
+        [*WIRECAT, "serve", "--hub", "http://x", "--no-greeting", "--no-echo"],
+        capture_output=True,
+        timeout=timeout(15),
+        check=False,
+    )
+    assert proc.returncode == 64
+    assert b"hub" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+async def test_healthz_shows_the_hub(redis_server: RedisServer) -> None:
+    async with servers(redis_server.url, 1) as (a,):
+        ep = a.endpoint("web")
+        p = await Peer.open(ep)
+        await p.send(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        body = (await p.eof()).split(b"\r\n\r\n", 1)[1]
+        await p.aclose()
+        health = json.loads(body)
+        assert health["hub"]["state"] == "up"
