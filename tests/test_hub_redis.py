@@ -28,8 +28,8 @@ from wirecat.endpoints import Endpoint, parse_endpoint
 
 pytestmark = [pytest.mark.loops("asyncio"), pytest.mark.async_timeout(30)]
 
-TTL = 1.5  # --hub-presence-ttl: a killed server's members expire after this (seconds)
-HUB_TIMEOUT = 0.5  # --hub-timeout
+TTL = 2.0  # --hub-presence-ttl: a killed server's members expire after this (seconds)
+HUB_TIMEOUT = 1.0  # --hub-timeout (the machine may be busy: not shorter)
 
 
 class RedisServer:
@@ -97,7 +97,7 @@ def redis_server() -> Iterator[RedisServer]:
 class Serve:
     """One ``wirecat serve --hub`` process (chat and web on port 0)."""
 
-    def __init__(self, hub: str, *extra: str) -> None:
+    def __init__(self, hub: str, *extra: str, wait: bool = True) -> None:
         argv = [
             *WIRECAT, "serve", "--no-greeting", "--no-echo", "--json", "--loop", "asyncio",
             "--chat", "tcp://127.0.0.1:0", "--web", "tcp://127.0.0.1:0", "--chat-rate", "0",
@@ -112,9 +112,15 @@ class Serve:
             text=True,
             start_new_session=True,
         )
+        self.endpoints: dict[str, list[str]] = {}
+        self.stderr = ""
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> Serve:
         assert self.proc.stdout is not None
-        ready = read_ready(self.proc.stdout, timeout(15))
-        self.endpoints: dict[str, list[str]] = ready["endpoints"]
+        self.endpoints = read_ready(self.proc.stdout, timeout(15))["endpoints"]
+        return self
 
     def endpoint(self, name: str = "chat") -> Endpoint:
         return parse_endpoint(self.endpoints[name][0])
@@ -129,20 +135,27 @@ class Serve:
                 self.proc.kill()
                 self.proc.wait(timeout(5))
         assert self.proc.stderr is not None
-        err = self.proc.stderr.read()
+        if not self.proc.stderr.closed:
+            self.stderr = self.proc.stderr.read()
         for f in (self.proc.stdout, self.proc.stderr):
             if f is not None:
                 f.close()
-        return err
+        return self.stderr
 
 
 @contextlib.asynccontextmanager
 async def servers(hub: str, n: int = 2, *extra: str) -> AsyncIterator[list[Serve]]:
     started: list[Serve] = []
     try:
-        for _ in range(n):
-            started.append(Serve(hub, *extra))
+        for _ in range(n):  # started together: each takes a second or so to import
+            started.append(Serve(hub, *extra, wait=False))
+        for s in started:
+            s.wait_ready()
         yield started
+    except BaseException as exc:  # show what the servers said
+        for i, s in enumerate(started):
+            exc.add_note(f"--- server {i} stderr:\n{s.close()}")
+        raise
     finally:
         for s in started:
             err = s.close()
@@ -165,6 +178,14 @@ async def text_member(ep: Endpoint, nick: str, stack: contextlib.AsyncExitStack)
     await p.send(nick.encode() + b"\n")
     await p.until(b"*** in #lobby")
     return p
+
+
+async def joined_event(p: Peer, nick: str) -> dict[str, Any]:
+    """Read until the ``join`` event of ``nick`` (it crossed the hub)."""
+    while True:
+        ev = await p.json_until("join")
+        if ev["nick"] == nick:
+            return ev
 
 
 async def messages(p: Peer, n: int) -> list[dict[str, Any]]:
@@ -213,6 +234,7 @@ async def test_two_processes_share_one_room(redis_server: RedisServer) -> None:
         assert "gap" not in again
 
         # who across processes; DMs both ways.
+        await joined_event(bob, "carol")
         await bob.send_json(type="who", ref="w")
         who = await bob.json_until("who")
         assert who["members"] == ["ann", "bob", "carol"]
@@ -237,7 +259,7 @@ async def test_kick_and_close_cross_processes(redis_server: RedisServer, tmp_pat
     async with servers(redis_server.url, 2, *extra) as (a, b), contextlib.AsyncExitStack() as st:
         root, _ = await json_member(a.endpoint(), "root", st, token="root-token")
         bob, _ = await json_member(b.endpoint(), "bob", st)
-        await root.json_until("join")  # bob's join reached A
+        await joined_event(root, "bob")  # bob's join reached A
         await root.send_json(type="kick", nick="BOB", reason="spam", ref="k")
         assert (await root.json_until("done"))["ref"] == "k"
         kick = await bob.json_until("kick")
@@ -327,7 +349,7 @@ async def _burst_through_a_restart(redis: RedisServer) -> None:
     async with servers(redis.url) as (a, b), contextlib.AsyncExitStack() as stack:
         ann, _ = await json_member(a.endpoint(), "ann", stack)
         bob, _ = await json_member(b.endpoint(), "bob", stack)
-        await ann.json_until("join")  # bob's join reached A
+        await joined_event(ann, "bob")  # bob's join reached A
         acked: list[int] = []
         refused = 0
         i = 0
@@ -388,3 +410,175 @@ async def test_healthz_shows_the_hub(redis_server: RedisServer) -> None:
         await p.aclose()
         health = json.loads(body)
         assert health["hub"]["state"] == "up"
+
+
+# -- in one process: recovery and gaps, deterministically --------------------------------------
+class _Sink:
+    """A chat sink that keeps the JSON events it is sent."""
+
+    def __init__(self) -> None:
+        from wirecat.protocols.chat import JSON_CODEC
+
+        self.codec = JSON_CODEC
+        self.events: list[dict[str, Any]] = []
+
+    def send(self, data: bytes) -> None:
+        self.events.extend(json.loads(line) for line in data.splitlines())
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+async def _run(core: Any, member: Any, cmd: Any) -> Any:
+    import asyncio
+
+    reply = core.handle(member, cmd)
+    return await reply if isinstance(reply, asyncio.Future) else reply
+
+
+async def _two_cores(url: str, **kw: Any) -> tuple[Any, Any]:
+    from wirecat.chat.core import ChatCore
+    from wirecat.chat.redis_hub import RedisHub
+
+    cores = []
+    for _ in range(2):
+        hub = RedisHub(url, timeout=HUB_TIMEOUT, presence_ttl=30, **kw)
+        await hub.start()
+        assert hub.state == "up"
+        cores.append(ChatCore(hub=hub, rate=_no_limit()))
+    return cores[0], cores[1]
+
+
+def _no_limit() -> Any:
+    from wirecat.chat.core import RateLimit
+
+    return RateLimit(rate=1e9, burst=10**9, kick_after=0)
+
+
+async def test_a_subscriber_that_misses_events_recovers_them_in_order(
+    redis_server: RedisServer,
+) -> None:
+    """Pub/sub messages dropped on the way to one process (a slow or cut subscriber): the
+    next event shows the hole, the stream fills it: each message once, in order."""
+    from wirecat.protocols.chat import Hello, Join, Say
+
+    c1, c2 = await _two_cores(redis_server.url)
+    try:
+        s1, s2 = _Sink(), _Sink()
+        ann, bob = c1.connect(s1), c2.connect(s2)
+        await _run(c1, ann, Hello("ann"))
+        await _run(c2, bob, Hello("bob"))
+        await _run(c1, ann, Join("#r"))
+        await _run(c2, bob, Join("#r"))
+        hub2 = c2.hub
+        real = hub2._on_message
+        dropped = 0
+
+        def lossy(data: bytes) -> None:  # drop m1..m3 on their way to process 2
+            nonlocal dropped
+            if b'"m1"' in data or b'"m2"' in data or b'"m3"' in data:
+                dropped += 1
+                return
+            real(data)
+
+        hub2._on_message = lossy
+        for i in range(6):
+            await _run(c1, ann, Say(f"m{i}", "#r"))
+        await _wait(lambda: len(s2.of("message")) >= 6)
+        assert dropped == 3
+        assert [m["text"] for m in s2.of("message")] == [f"m{i}" for i in range(6)]
+        assert hub2.counters["recovered"] >= 3 and hub2.counters["gaps"] == 0
+        assert [m["text"] for m in s1.of("message")] == [m["text"] for m in s2.of("message")]
+    finally:
+        await c1.hub.aclose()
+        await c2.hub.aclose()
+
+
+async def test_events_gone_from_the_stream_are_a_gap(redis_server: RedisServer) -> None:
+    """Missed events the stream no longer holds: the room is told (a notice), and a join
+    with ``since`` before them answers ``gap``."""
+    import redis.asyncio as aioredis
+
+    from wirecat.protocols.chat import Hello, Join, Part, RoomJoined, Say
+
+    c1, c2 = await _two_cores(redis_server.url, history_size=3)
+    direct = aioredis.from_url(f"unix://{redis_server.sock}")
+    try:
+        s1, s2 = _Sink(), _Sink()
+        ann, bob = c1.connect(s1), c2.connect(s2)
+        await _run(c1, ann, Hello("ann"))
+        await _run(c2, bob, Hello("bob"))
+        await _run(c1, ann, Join("#r"))
+        await _run(c2, bob, Join("#r"))
+        first = await _run(c1, ann, Say("m0", "#r"))
+        await _wait(lambda: len(s2.of("message")) == 1)
+        hub2 = c2.hub
+        real = hub2._on_message
+        dropped: list[bytes] = []
+        hub2._on_message = dropped.append  # process 2 hears nothing for a while
+        for i in range(1, 4):
+            await _run(c1, ann, Say(f"m{i}", "#r"))
+        await _wait(lambda: len(dropped) == 3)
+        await direct.xtrim("wirecat:#r:log", maxlen=1, approximate=False)  # m3 is left
+        hub2._on_message = real
+        await _run(c1, ann, Say("m4", "#r"))
+        await _wait(lambda: len(s2.of("message")) >= 3)
+        assert [m["text"] for m in s2.of("message")] == ["m0", "m3", "m4"]
+        notices = [n["text"] for n in s2.of("notice")]
+        assert len(notices) == 1 and "lost" in notices[0], notices
+        assert hub2.counters["gaps"] == 1
+        # A member resuming from m0 (its process reloads the room from the stream, which
+        # holds m3 and m4 only) is told that what came between is gone.
+        await _run(c1, ann, Part("#r"))
+        joined = await _run(c1, ann, Join("#r", since=first.message.id))
+        assert isinstance(joined, RoomJoined)
+        assert [m.text for m in joined.history] == ["m3", "m4"] and joined.gap
+        joined = await _run(c2, bob, Join("#r", since=first.message.id))  # already in
+        assert [m.text for m in joined.history] == ["m3", "m4"] and joined.gap
+    finally:
+        await direct.aclose()
+        await c1.hub.aclose()
+        await c2.hub.aclose()
+
+
+async def _wait(predicate: Any, seconds: float = 5.0) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + scaled(seconds)
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+# -- configuration -----------------------------------------------------------------------------
+async def test_password_from_the_environment_never_logged() -> None:
+    with short_unix_dir() as root:
+        redis = RedisServer(root)
+        redis.start()
+        try:
+            secret = "s3cret-hub-pass"
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(redis.sock)
+                s.sendall(f"CONFIG SET requirepass {secret}\r\n".encode())
+                assert s.recv(64).startswith(b"+OK")
+            os.environ["WIRECAT_REDIS_PASSWORD"] = secret
+            try:
+                good = Serve(redis.url, "-v", wait=False)
+            finally:
+                del os.environ["WIRECAT_REDIS_PASSWORD"]
+            bad = Serve(f"unix://:wrong-{secret}@{redis.sock}", "-v", wait=False)
+            try:
+                good.wait_ready()
+                bad.wait_ready()
+                async with contextlib.AsyncExitStack() as stack:
+                    await json_member(good.endpoint(), "bob", stack)
+                    p = await Peer.open(bad.endpoint())
+                    stack.push_async_callback(p.aclose)
+                    await p.send_json(type="hello", nick="ann")  # the nick needs the hub
+                    assert (await p.json())["code"] == "hub_unavailable"
+            finally:
+                errs = good.close() + bad.close()
+            assert secret not in errs, errs
+            assert "***" in errs  # the URL is shown, its password masked
+        finally:
+            redis.kill()

@@ -672,7 +672,8 @@ class RedisHub(Hub):
                 pipe = redis.pipeline(transaction=False)
                 pipe.ping()
                 ttl = int(self.presence_ttl * 1000)
-                for key, value in self._nicks.items():
+                held = list(self._nicks.items())  # the replies come in this order
+                for key, value in held:
                     pipe.evalsha(self._shas["claim"], 1, key, value, ttl)
                 for room, nick in self.members_here():
                     pipe.zadd(self._keys(room)[2], {nick: expiry})
@@ -680,7 +681,7 @@ class RedisHub(Hub):
                 for room in rooms:
                     pipe.zrangebyscore(self._keys(room)[2], "-inf", now)
                 results = await pipe.execute()
-            lost = [k for k, ok in zip(self._nicks, results[1:], strict=False) if ok == 0]
+            lost = [k for (k, _), ok in zip(held, results[1:], strict=False) if ok == 0]
             for key in lost:
                 _log.error("hub: nick %s was taken by another process meanwhile", key)
             expired = results[len(results) - len(rooms) :]
