@@ -582,3 +582,60 @@ async def test_password_from_the_environment_never_logged() -> None:
             assert "***" in errs  # the URL is shown, its password masked
         finally:
             redis.kill()
+
+
+async def test_workers_all_serve_chat_with_a_hub(redis_server: RedisServer) -> None:
+    """``--workers 2 --hub``: chat runs in both workers (they share the port), and members
+    however the kernel spread them are in one room."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))  # never listens: reserves the port for the workers
+    port = holder.getsockname()[1]
+    argv = [
+        *WIRECAT, "serve", "--no-greeting", "--no-echo", "--no-web", "--json", "--loop",
+        "asyncio", "--chat", f"tcp://127.0.0.1:{port}", "--chat-rate", "0", "--workers", "2",
+        "--hub", redis_server.url, "--hub-timeout", str(HUB_TIMEOUT),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert read_ready(proc.stdout, timeout(15))["workers"] == 2
+        deadline = time.monotonic() + timeout(15)
+        while True:  # ready is worker 0's: wait until both workers listen on the chat port
+            listening = subprocess.run(
+                [peer("ss"), "-Htlnp", f"sport = :{port}"], capture_output=True, text=True,
+                check=False,
+            ).stdout  # fmt: skip
+            if listening.count("pid=") >= 2:
+                break
+            assert time.monotonic() < deadline, f"one worker serves chat: {listening}"
+            await _sleep(0.05)
+        ep = parse_endpoint(f"tcp://127.0.0.1:{port}")
+        async with contextlib.AsyncExitStack() as stack:
+            members = []
+            for i in range(8):  # enough for both workers to take some (SO_REUSEPORT hash)
+                p, _ = await json_member(ep, f"m{i}", stack)
+                members.append(p)
+            await members[0].send_json(type="say", text="to all", ref=1)
+            for p in members:
+                msg = await p.json_until("message")
+                assert (msg["nick"], msg["text"]) == ("m0", "to all")
+            await members[-1].send_json(type="who", ref="w")
+            who = await members[-1].json_until("who")
+            assert who["members"] == [f"m{i}" for i in range(8)]
+    finally:
+        holder.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout(10))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout(5))
+        err = proc.stderr.read() if proc.stderr else ""
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+        assert "Traceback" not in err, err
