@@ -639,3 +639,112 @@ async def test_workers_all_serve_chat_with_a_hub(redis_server: RedisServer) -> N
             if f is not None:
                 f.close()
         assert "Traceback" not in err, err
+
+
+# -- a real interface: Redis in its own network namespace ---------------------------------------
+class RedisNetns:
+    """``redis-server`` in a network namespace made for the test, reached over a veth pair
+    (host side ``10.213.N.1``, Redis ``10.213.N.2``); :meth:`cut` and :meth:`mend` the link."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 10000}{int(time.monotonic() * 1000) % 100}"
+        self.ns = f"wch{tag}"
+        self.host_if, self.ns_if = f"wch{tag}a", f"wch{tag}b"
+        n = 1 + (os.getpid() * 7 + int(time.monotonic() * 1000)) % 250
+        self.host_ip, self.redis_ip = f"10.213.{n}.1", f"10.213.{n}.2"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _ip(self, *args: str, ns: bool = False) -> None:
+        cmd = [peer("ip"), *(("netns", "exec", self.ns, "ip") if ns else ()), *args]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=timeout(10))
+
+    def __enter__(self) -> RedisNetns:
+        self._ip("netns", "add", self.ns)
+        try:
+            self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+            self._ip("link", "set", self.ns_if, "netns", self.ns)
+            self._ip("addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+            self._ip("link", "set", self.host_if, "up")
+            self._ip("addr", "add", f"{self.redis_ip}/30", "dev", self.ns_if, ns=True)
+            self._ip("link", "set", self.ns_if, "up", ns=True)
+            self._ip("link", "set", "lo", "up", ns=True)
+            self.proc = subprocess.Popen(
+                [peer("ip"), "netns", "exec", self.ns, peer("redis-server"), "--bind",
+                 self.redis_ip, "--port", "6379", "--save", "", "--appendonly", "no",
+                 "--protected-mode", "no"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            deadline = time.monotonic() + timeout(10)
+            while True:
+                try:
+                    with socket.create_connection((self.redis_ip, 6379), timeout(1)) as s:
+                        s.sendall(b"PING\r\n")
+                        if s.recv(64).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                assert self.proc.poll() is None, "redis-server exited"
+                assert time.monotonic() < deadline, "redis-server in the netns did not answer"
+                time.sleep(0.02)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.redis_ip}:6379/0"
+
+    def cut(self) -> None:
+        self._ip("link", "set", self.host_if, "down")
+
+    def mend(self) -> None:
+        self._ip("link", "set", self.host_if, "up")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout(5))
+        subprocess.run([peer("ip"), "netns", "del", self.ns], capture_output=True, check=False)
+        subprocess.run([peer("ip"), "link", "del", self.host_if], capture_output=True, check=False)
+
+
+@pytest.mark.async_timeout(60)
+async def test_link_to_redis_cut_mid_burst_then_mended() -> None:
+    """Redis behind a real interface whose link goes down mid-burst (no RST: the packets
+    vanish): the hub times out, says ``hub_unavailable``, reconnects once the link is back,
+    and the member on the other process gets every acknowledged message, once, in id order."""
+    with RedisNetns() as net:
+        async with servers(net.url) as (a, b), contextlib.AsyncExitStack() as stack:
+            ann, _ = await json_member(a.endpoint(), "ann", stack)
+            bob, _ = await json_member(b.endpoint(), "bob", stack)
+            await joined_event(ann, "bob")
+            acked: list[int] = []
+            refused = 0
+            i = 0
+            cut_at = mended_at = None
+            deadline = time.monotonic() + scaled(40)
+            while len(acked) < 80:
+                assert time.monotonic() < deadline, f"{len(acked)} acknowledged in time"
+                if i == 30:
+                    net.cut()
+                    cut_at = time.monotonic()
+                if cut_at is not None and mended_at is None and refused >= 3:
+                    net.mend()
+                    mended_at = time.monotonic()
+                await ann.send_json(type="say", text=f"m{i}", ref=i)
+                reply = await ann.json()
+                while reply.get("ref") != i:
+                    reply = await ann.json()
+                if reply["type"] == "sent":
+                    acked.append(reply["id"])
+                else:
+                    assert reply["code"] == "hub_unavailable", reply
+                    refused += 1
+                    await _sleep(0.1)
+                i += 1
+            assert mended_at is not None
+            got: list[int] = []
+            while not set(acked) <= set(got):
+                got.append((await bob.json_until("message"))["id"])
+            assert got == sorted(got) and len(set(got)) == len(got)
