@@ -748,3 +748,29 @@ async def test_link_to_redis_cut_mid_burst_then_mended() -> None:
             while not set(acked) <= set(got):
                 got.append((await bob.json_until("message"))["id"])
             assert got == sorted(got) and len(set(got)) == len(got)
+
+
+async def test_a_member_s_messages_are_pipelined_replies_in_order(
+    redis_server: RedisServer,
+) -> None:
+    """200 says at once (plus a bad line, a who and a last say): the hub takes them without
+    a round trip each, and the replies come back one per line, in the order of the lines."""
+    async with servers(redis_server.url, 1) as (a,), contextlib.AsyncExitStack() as stack:
+        ann, _ = await json_member(a.endpoint(), "ann", stack)
+        burst = b"".join(
+            json.dumps({"type": "say", "text": f"m{i}", "ref": i}).encode() + b"\n"
+            for i in range(200)
+        )
+        burst += b'{"type":"say","text":""}\n{"type":"who","ref":"w"}\n'
+        burst += b'{"type":"say","text":"last","ref":"L"}\n'
+        await ann.send(burst)
+        refs: list[object] = []
+        texts: list[str] = []
+        while "L" not in refs or len(texts) < 201:
+            obj = await ann.json()
+            if obj["type"] in ("sent", "error", "who"):
+                refs.append(obj.get("ref"))
+            elif obj["type"] == "message":
+                texts.append(obj["text"])
+        assert refs == [*range(200), None, "w", "L"]
+        assert texts == [f"m{i}" for i in range(200)] + ["last"]

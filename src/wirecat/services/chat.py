@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections import deque
 from collections.abc import Sequence
 
 from ..auth import AuthFailures, Users, audit_login
@@ -40,13 +41,16 @@ from ..protocols.chat import (
     ChatServerProtocol,
     Codec,
     Command,
+    Dm,
     EndOfStream,
     ErrorEvent,
     Hello,
     Join,
     Mode,
     Notice,
+    Ping,
     Ref,
+    Say,
     ServerEvent,
     Shutdown,
     Welcome,
@@ -55,7 +59,11 @@ from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import Limits
 from ..runtime.server import Service
 
-__all__ = ["DEFAULT_BANNER", "ChatHandler", "ChatService"]
+__all__ = ["DEFAULT_BANNER", "MAX_UNACKNOWLEDGED", "ChatHandler", "ChatService"]
+
+#: Messages one member may have sent that the hub has not acknowledged yet; its next lines
+#: wait beyond that (a remote hub; a local one acknowledges at once).
+MAX_UNACKNOWLEDGED = 64
 
 DEFAULT_BANNER = (
     "Welcome to wirecat chat.\n"
@@ -87,6 +95,10 @@ class ChatHandler(StreamHandler):
         self.member: Member | None = None  # set once accepted (not for refused peers)
         self._auth: asyncio.Task[None] | None = None  # a token being checked: input waits
         self._waiting: asyncio.Future[ServerEvent] | None = None  # a reply from the hub
+        # Messages (say, me, dm) whose acknowledgement the hub owes, and the replies queued
+        # behind them, in command order: a member's messages are pipelined to the hub.
+        self._acks: deque[tuple[Command, ServerEvent | asyncio.Future[ServerEvent]]] = deque()
+        self._held: Command | None = None  # another command, waiting for those acks
         self._eof = False  # the peer half-closed while its token was being checked
         self._banner_timer: asyncio.TimerHandle | None = None  # the banner, not yet sent
 
@@ -142,7 +154,7 @@ class ChatHandler(StreamHandler):
 
     def on_eof(self) -> bool:
         self.proto.receive_eof()
-        if self._auth is not None or self._waiting is not None:  # finish the lines after it
+        if self._busy():  # finish the lines after the token check or the hub's answers
             self._eof = True
             return True
         self._pump(drain=True)
@@ -182,6 +194,8 @@ class ChatHandler(StreamHandler):
             not self.closing
             and self._auth is None
             and self._waiting is None
+            and self._held is None
+            and len(self._acks) < MAX_UNACKNOWLEDGED
             and (drain or not self.writing_paused)
         ):
             ev = proto.next_event()
@@ -199,7 +213,10 @@ class ChatHandler(StreamHandler):
                         extra={"event": "limit", "reason": "line_too_long"},
                     )
                 self.ctx.metrics["chat_bad_input"] += 1
-                self.send(proto.codec.encode(ev))
+                if self._acks:  # after the replies still owed
+                    self._acks.append((Ping(), ev))
+                else:
+                    self.send(proto.codec.encode(ev))
                 continue
             if isinstance(ev, Hello) and member.nick is None and not self._login(ev):
                 continue
@@ -211,12 +228,68 @@ class ChatHandler(StreamHandler):
         A reply that needs the hub (a remote hub: ``sent`` once Redis holds the message)
         comes later: the member's next lines wait for it, so they keep their order.
         """
+        pipelined = isinstance(cmd, Say | Dm)
+        if self._acks and not pipelined:  # its effects may depend on those messages
+            self._held = cmd
+            return
         reply = self.chat.core.handle(member, cmd)
         if isinstance(reply, asyncio.Future):
+            if pipelined:  # the next message goes to the hub at once; replies keep order
+                self._acks.append((cmd, reply))
+                reply.add_done_callback(lambda fut: self._acked(member))
+                return
             self._waiting = reply
             reply.add_done_callback(lambda fut: self._replied(member, cmd, fut))
             return
+        if self._acks:
+            self._acks.append((cmd, reply))
+            return
         self._answer(member, cmd, reply)
+
+    def _busy(self) -> bool:
+        """Commands are in flight: the end of the stream waits for their replies."""
+        return (
+            self._auth is not None
+            or self._waiting is not None
+            or self._held is not None
+            or bool(self._acks)
+        )
+
+    def _acked(self, member: Member) -> None:
+        """A pipelined message was acknowledged: send the replies now due, in order."""
+        acks = self._acks
+        while acks:
+            cmd, reply = acks[0]
+            if isinstance(reply, asyncio.Future):
+                if not reply.done():
+                    return  # an earlier message is still owed: its reply goes first
+                if reply.cancelled() or reply.exception() is not None:
+                    acks.clear()
+                    exc = None if reply.cancelled() else reply.exception()
+                    self.log.error(
+                        "chat command failed: %r", exc, extra={"event": "internal_error"}
+                    )
+                    self.abort("internal error")
+                    return
+                reply = reply.result()
+            acks.popleft()
+            if self.closing:
+                acks.clear()
+                return
+            self._answer(member, cmd, reply)
+        self._resume(member)
+
+    def _resume(self, member: Member) -> None:
+        """Nothing owed any more: run the held command, then the lines that waited."""
+        if self.closing or self._acks or self._waiting is not None:
+            return
+        held, self._held = self._held, None
+        if held is not None:
+            self._run(member, held)
+        if not self._busy() or (self._acks and self._held is None):
+            self._pump(drain=self._eof)
+        if self._eof and not self._busy() and not self.closing:
+            self.close("eof")
 
     def _replied(self, member: Member, cmd: Command, fut: asyncio.Future[ServerEvent]) -> None:
         self._waiting = None
@@ -228,10 +301,7 @@ class ChatHandler(StreamHandler):
             self.abort("internal error")
             return
         self._answer(member, cmd, fut.result())
-        if self._waiting is None:
-            self._pump(drain=self._eof)
-            if self._eof and self._waiting is None and not self.closing:
-                self.close("eof")
+        self._resume(member)
 
     def _answer(self, member: Member, cmd: Command, reply: ServerEvent) -> None:
         core, proto = self.chat.core, self.proto
@@ -315,7 +385,7 @@ class ChatHandler(StreamHandler):
         self._run(member, Hello(hello.nick, hello.ref, None, hello.room))
         self.resume_reading()
         self._pump(drain=self._eof)
-        if self._eof and self._waiting is None:
+        if self._eof and not self._busy():
             self.close("eof")
 
     def _auth_failed(
