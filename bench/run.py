@@ -411,6 +411,12 @@ def measure(
     data = report.to_json()
     if "stop" not in marks:
         raise RuntimeError(f"nothing measured: {data['errors_by_kind']}")
+    if config.mode != "connect" and (data["connects"] < config.conns or data["conns_dropped"]):
+        # as wirecat bench: rates of fewer connections than asked are not this case's rates
+        raise RuntimeError(
+            f"{data['connects']} of {config.conns} connections opened, "
+            f"{data['conns_dropped']} dropped: {data['errors_by_kind']}"
+        )
     (cpu0, wall0, load0), (cpu1, wall1, load1) = marks["start"], marks["stop"]
     ops = data[per] or 0
     wall = wall1 - wall0

@@ -155,6 +155,7 @@ def test_bad_users_files_are_refused_with_a_reason(text: str, complaint: str) ->
 def test_users_file_size_is_checked_before_parsing(tmp_path: Any) -> None:
     path = tmp_path / "big.toml"
     path.write_bytes(b"#" * (auth.MAX_FILE + 1))
+    path.chmod(0o600)
     with pytest.raises(UsersFileError, match="larger than"):
         Users.load(path)
     with pytest.raises(UsersFileError, match="cannot read"):

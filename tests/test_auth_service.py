@@ -272,6 +272,7 @@ def test_users_add_and_check(tmp_path: Path) -> None:
 def test_serve_refuses_a_bad_users_file_and_guests_without_users(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[users.ann]\ntoken = 'plain'\n")
+    bad.chmod(0o600)
     r = run("serve", "--users", str(bad), "--chat", "tcp://127.0.0.1:0")
     assert r.returncode == 78 and "bad.toml" in r.stderr and "Traceback" not in r.stderr
     r = run("serve", "--guests", "--chat", "tcp://127.0.0.1:0")
@@ -285,6 +286,7 @@ _ROW = re.compile(r"(chat|files)\s+\S\s+tcp://127\.0\.0\.1:(\d+)")
 def serve_with_users(tmp_path: Path, *extra: str) -> Iterator[dict[str, str]]:
     users = tmp_path / "users.toml"
     users.write_text(USERS)
+    users.chmod(0o600)  # others may not read it (serve refuses that)
     argv = [*WIRECAT, "serve", "--no-greeting", "--no-echo", "--chat", "tcp://127.0.0.1:0",
             "--files", str(tmp_path / "root"), "--files-create",
             "--files-endpoint", "tcp://127.0.0.1:0",

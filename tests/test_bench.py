@@ -396,7 +396,9 @@ def test_error_rate_threshold() -> None:
     config = BenchConfig(
         endpoint=parse_endpoint("tcp://127.0.0.1:9"), mode="echo", conns=1, size=64
     )
-    ok = BenchReport(config=config, result=WorkerResult(ops=1000, elapsed=1.0), workers=1)
+    ok = BenchReport(
+        config=config, result=WorkerResult(ops=1000, connects=1, elapsed=1.0), workers=1
+    )
     assert _failure(ok, 0.01) is None
     ok.result.errors["reset"] = 10  # 10 / 1010 < 1 %
     assert _failure(ok, 0.01) is None
@@ -405,3 +407,68 @@ def test_error_rate_threshold() -> None:
     assert failure is not None and "1.1% > 1.0%" in str(failure)
     empty = BenchReport(config=config, result=WorkerResult(elapsed=0.0), workers=1)
     assert "measured nothing" in str(_failure(empty, 0.01))
+
+
+def test_connections_that_never_opened_count_against_conns() -> None:
+    from wirecat.cli.bench import _failure
+
+    config = BenchConfig(
+        endpoint=parse_endpoint("tcp://127.0.0.1:9"), mode="echo", conns=100, size=64
+    )
+    result = WorkerResult(ops=100_000, connects=99, elapsed=1.0)
+    result.errors["connect_refused"] = 1  # 1 error in 100001 operations: under 1 %
+    failure = _failure(BenchReport(config=config, result=result, workers=1), 0.01)
+    assert failure is not None and "only 99 of 100 connections opened" in str(failure)
+    assert "fewer connections than --conns" in str(failure)
+    # connect mode: each operation is a connection, the error rate decides
+    each = BenchConfig(endpoint=config.endpoint, mode="connect", conns=100, size=0)
+    result = WorkerResult(ops=100_000, connects=100_000, elapsed=1.0)
+    result.errors["connect_refused"] = 1
+    assert _failure(BenchReport(config=each, result=result, workers=1), 0.01) is None
+
+
+def test_connections_dropped_during_the_run_count_against_conns() -> None:
+    from wirecat.cli.bench import _failure
+
+    config = BenchConfig(
+        endpoint=parse_endpoint("tcp://127.0.0.1:9"), mode="echo", conns=100, size=64
+    )
+    result = WorkerResult(ops=100_000, connects=100, dropped=1, elapsed=1.0)
+    result.errors["closed_by_peer"] = 1
+    assert _failure(BenchReport(config=config, result=result, workers=1), 0.01) is None
+    result.dropped = result.errors["closed_by_peer"] = 2  # 2 % of the connections
+    failure = _failure(BenchReport(config=config, result=result, workers=1), 0.01)
+    assert failure is not None and "2 of 100 connections were closed" in str(failure)
+
+
+def test_a_run_where_some_connections_never_opened_fails() -> None:
+    # Every other connection binds to an address this host does not have: it never opens.
+    # The other half echo fine: before, the run reported their rates as those of -c 4.
+    for endpoint in serve_in_thread(_Echo):
+        result = _bench(endpoint, "-c", "4", "-d", "0.3", "--json",
+                        "--source-addr", "127.0.0.1", "--source-addr", "192.0.2.1")  # fmt: skip
+        assert result.exit_code != 0, result.output
+        assert "only 2 of 4 connections opened" in result.stderr
+        assert result.stdout == ""  # no rates
+
+
+class _CloseEveryOther(asyncio.Protocol):
+    count = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        _CloseEveryOther.count += 1
+        if _CloseEveryOther.count % 2 == 0:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def test_a_run_where_the_server_closed_connections_fails() -> None:
+    _CloseEveryOther.count = 0
+    for endpoint in serve_in_thread(_CloseEveryOther):
+        result = _bench(endpoint, "-c", "4", "-d", "0.3", "--json")
+        assert result.exit_code == 74, result.output
+        assert "2 of 4 connections were closed, reset or refused" in result.stderr
+        assert result.stdout == ""

@@ -336,3 +336,123 @@ def test_a_killed_process_reservation_is_dropped(tmp_path: Path) -> None:
         for f in (proc.stdin, proc.stdout):
             if f is not None:
                 f.close()
+
+
+# -- issue 13 items 7 and 8: long names, names that are not UTF-8, leftovers ---------------
+@pytest.mark.parametrize("length", [247, 248, 250, 255])
+def test_a_name_component_of_up_to_255_bytes_uploads_stats_and_resumes(
+    tmp_path: Path, length: int
+) -> None:
+    """The part file of a 248-255 byte name no longer passes the 255-byte limit (before:
+    ENAMETOOLONG escaped stat as a traceback and put failed with io_error)."""
+    store = FileStore(tmp_path)
+    name = "d/" + "n" * length
+    assert store.stat(name).exists is False
+    up = store.begin_upload(name, size=6, offset=0)
+    up.write(b"abc")
+    up.release()
+    assert store.stat(name).partial == 3
+    assert store.stat("d/" + "m" * length).partial is None  # another long name: no clash
+    up = store.begin_upload(name, size=6, offset=3)
+    up.hash_prefix()
+    up.write(b"def")
+    up.commit(digest_of(b"abcdef"))
+    assert (tmp_path / name).read_bytes() == b"abcdef"
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["n" * length]
+
+
+def test_long_name_parts_count_in_a_shared_quota(tmp_path: Path) -> None:
+    name = "q" * 255
+    a, b = FileStore(tmp_path, quota=100), FileStore(tmp_path, quota=100)
+    up = a.begin_upload(name, size=80, offset=0)
+    with pytest.raises(FileStoreError) as e:
+        b.begin_upload("other", size=30, offset=0)
+    assert e.value.code == "quota"  # the long name's reservation is live in the ledger
+    up.write(b"x" * 80)
+    up.commit(digest_of(b"x" * 80))
+
+
+def test_a_name_that_is_not_utf8_is_left_out_of_list(tmp_path: Path) -> None:
+    """Before: the listing raised UnicodeEncodeError and list failed for every client."""
+    (tmp_path / "ok.txt").write_bytes(b"1")
+    with open(os.path.join(os.fsencode(tmp_path), b"bad\xff\xfe.bin"), "wb") as f:
+        f.write(b"2")
+    store = FileStore(tmp_path)
+    assert [e.name for e in store.listdir()] == ["ok.txt"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "name", "size", "offset", "code"),
+    [
+        ({"quota": 10}, "new/dir/f", 11, 0, "quota"),
+        ({}, "new/dir/f", 10, 5, "conflict"),
+        ({"quota": 10}, "new/dir/f", 10, 5, "conflict"),
+        ({"max_file_size": 5}, "new/dir/f", 6, 0, "too_large"),
+        ({}, "new/.wcpart-x/f", 1, 0, "bad_name"),
+    ],
+)
+def test_a_refused_put_creates_no_directory(
+    tmp_path: Path, kw: dict[str, int], name: str, size: int, offset: int, code: str
+) -> None:
+    store = FileStore(tmp_path, **kw)  # type: ignore[arg-type]
+    with pytest.raises(FileStoreError) as e:
+        store.begin_upload(name, size=size, offset=offset)
+    assert e.value.code == code
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_part_open_removes_the_directories_it_made(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    (tmp_path / "keep").mkdir()
+    orig = store._open_part
+
+    def failing(*a: object) -> int:
+        raise FileStoreError("io_error", "boom")
+
+    store._open_part = failing  # type: ignore[method-assign]
+    with pytest.raises(FileStoreError):
+        store.begin_upload("keep/a/b/f", size=1, offset=0)
+    assert [p.name for p in tmp_path.rglob("*")] == ["keep"]
+    store._open_part = orig  # type: ignore[method-assign]
+    upload(store, "keep/a/b/f", b"z")
+
+
+def test_a_put_that_left_before_its_first_byte_leaves_no_part(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.begin_upload("d/empty", size=10, offset=0).release()
+    assert [p.name for p in (tmp_path / "d").iterdir()] == []
+    assert store.stat("d/empty").partial is None
+
+
+def test_abandoned_parts_expire_held_ones_stay(tmp_path: Path) -> None:
+    store = FileStore(tmp_path, quota=1000)
+    old = store.begin_upload("a/old", size=100, offset=0)
+    old.write(b"x" * 10)
+    old.release()
+    fresh = store.begin_upload("fresh", size=100, offset=0)
+    fresh.write(b"y" * 10)
+    fresh.release()
+    held = store.begin_upload("held", size=100, offset=0)
+    held.write(b"z" * 10)
+    long = store.begin_upload("l" * 255, size=100, offset=0)
+    long.write(b"w" * 10)
+    long.release()
+    for p in tmp_path.rglob(".wcpart-*"):
+        if p.name != ".wcpart-fresh":
+            os.utime(p, (1, 1))  # written long ago (the held one too)
+    assert store.usage == 10 + 10 + 100 + 10  # parts count until they expire
+    assert store.sweep_parts(3600) == 2  # a/old and the long name's part
+    assert store.stat("a/old").partial is None
+    assert store.stat("l" * 255).partial is None
+    assert store.stat("fresh").partial == 10
+    assert store.stat("held").partial == 10  # locked by its uploader: kept
+    assert store.usage == 10 + 100
+    held.write(b"z" * 90)
+    held.commit(digest_of(b"z" * 100))
+
+
+def test_a_multibyte_255_byte_component(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    name = "é" * 127 + "x"  # 255 bytes of UTF-8
+    upload(store, name, b"ok")
+    assert store.stat(name).size == 2

@@ -18,9 +18,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import wirecat
-from helpers import read_ready, scaled
+from helpers import read_ready, scaled, wait_for
 from wirecat import ServeConfig
 from wirecat.auth import add_user
+from wirecat.runtime.limits import Limits
 from wirecat.runtime.tls import fingerprint, self_signed
 
 T = scaled(10)
@@ -54,6 +55,77 @@ async def test_metrics_scrape_parses_and_counts() -> None:
         accepted = families["wirecat_accepted"].samples[0]
         assert accepted.name == "wirecat_accepted_total" and accepted.value >= 2
         assert families["wirecat_up"].samples[0].value == 1
+
+
+async def test_metrics_per_service_connections_and_bytes() -> None:
+    config = ServeConfig(
+        greeting=["tcp://127.0.0.1:0"],
+        chat=[],
+        echo=["tcp://127.0.0.1:0"],
+        metrics=["tcp://127.0.0.1:0"],
+        limits=Limits(max_conns_per_source=2, conn_rate=None),
+    )
+    async with wirecat.Server(config) as server:
+        echo = server.endpoint("echo")
+        async with wirecat.connect(echo) as a, wirecat.connect(echo) as b:
+            await a.send(b"hello\n")
+            assert await a.recv_line(timeout=T) == b"hello\n"
+            await b.send(b"hi\n")
+            assert await b.recv_line(timeout=T) == b"hi\n"
+            async with wirecat.connect(echo) as third:  # refused: per source
+                assert b"too many connections" in await third.recv_line(timeout=T)
+        await wait_for(lambda: not server.ctx.connections, what="the echo peers closed")
+        raw = await _http(server.endpoint("metrics"), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    body = raw.partition(b"\r\n\r\n")[2].decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted({**labels, "worker": "0"}.items())))]
+
+    assert value("wirecat_bytes_received_total", service="echo") == 9  # hello\n + hi\n
+    assert value("wirecat_bytes_sent_total", service="echo") == 9
+    assert value("wirecat_connections_accepted_total", service="echo") == 2
+    assert value("wirecat_connections_refused_total", service="echo", reason="per_source") == 1
+    assert ("wirecat_bytes_received_total", (("service", "greeting"), ("worker", "0"))) not in (
+        samples  # no connection, no sample
+    )
+    assert not any("peer" in dict(labels) for _, labels in samples)  # never per peer
+
+
+def test_metrics_worker_endpoints() -> None:
+    from wirecat.errors import ConfigError
+    from wirecat.services.metrics import worker_endpoint
+
+    ep = wirecat.parse_endpoint("tcp://127.0.0.1:9107")
+    assert worker_endpoint(ep, 0) == ep
+    assert worker_endpoint(ep, 3).port == 9110
+    assert worker_endpoint(wirecat.parse_endpoint("tcp://127.0.0.1:0"), 2).port == 0
+    assert worker_endpoint(wirecat.parse_endpoint("unix:/run/m.sock"), 1).path == "/run/m.sock.1"
+    with pytest.raises(ConfigError, match="65535"):
+        worker_endpoint(wirecat.parse_endpoint("tcp://127.0.0.1:65535"), 1)
+
+
+def test_each_worker_serves_its_own_metrics() -> None:
+    with serve("--echo", "tcp://127.0.0.1:0", "--no-chat", "--workers", "2",
+               "--metrics", "tcp://127.0.0.1:0") as proc:  # fmt: skip
+        assert proc.stdout is not None
+        first = read_ready(proc.stdout, T)["endpoints"]["metrics"][0]
+        line = _wait_stderr(proc, "worker 1: metrics on ")
+        second = line.split("worker 1: metrics on ", 1)[1].split()[0]
+        for endpoint, worker in ((first, "0"), (second, "1")):
+            host, port = _addr(endpoint)
+            with socket.create_connection((host, port), timeout=T) as sock:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                raw = b""
+                while chunk := sock.recv(65536):
+                    raw += chunk
+            body = raw.partition(b"\r\n\r\n")[2].decode()
+            up = {f.name: f for f in text_string_to_metric_families(body)}["wirecat_up"]
+            assert up.samples[0].labels["worker"] == worker
 
 
 @pytest.mark.parametrize(
@@ -236,3 +308,49 @@ def test_socket_activation_and_readiness(tmp_path: Path) -> None:
         proc.stdout.close()  # type: ignore[union-attr]
         notify.close()
         listening.close()
+
+
+def test_socket_activation_warns_about_a_socket_no_listener_claims(tmp_path: Path) -> None:
+    claimed = socket.create_server(("127.0.0.1", 0))
+    stray = socket.create_server(("127.0.0.1", 0))
+    port, stray_port = claimed.getsockname()[1], stray.getsockname()[1]
+    launcher = (
+        "import os, sys\n"
+        "os.dup2(int(sys.argv[1]), 3)\n"
+        "os.dup2(int(sys.argv[2]), 4)\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='2',"
+        " LISTEN_FDNAMES='echo:stray')\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'wirecat', *sys.argv[3:]])\n"
+    )
+    argv = [sys.executable, "-c", launcher, str(claimed.fileno()), str(stray.fileno())]
+    argv += ["serve", "--json", "--no-greeting", "--no-chat", "--echo", f"tcp://127.0.0.1:{port}"]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        pass_fds=(claimed.fileno(), stray.fileno()),
+    )
+    try:
+        assert proc.stdout is not None
+        ready = read_ready(proc.stdout, T)
+        assert ready["endpoints"]["echo"] == [f"tcp://127.0.0.1:{port}"]
+        seen = _wait_stderr(proc, "no listener is configured for it")
+        assert f'tcp://127.0.0.1:{stray_port} (fd 4, name "stray")' in seen
+        assert f":{port} " not in seen  # the claimed one is not named
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=T)
+        claimed.close()
+        stray.close()
+
+
+def test_describe_names_unix_and_datagram_sockets(tmp_path: Path) -> None:
+    from wirecat.runtime.systemd import describe
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+        unix.bind(str(tmp_path / "s"))
+        assert describe(unix).startswith(f"unix:{tmp_path / 's'} (fd ")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        assert describe(udp).startswith(f"udp://127.0.0.1:{udp.getsockname()[1]} (fd ")

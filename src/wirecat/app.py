@@ -71,8 +71,19 @@ def prepare(config: ServeConfig) -> Prepared:
     if config.users:
         from .auth import Users
 
-        users = Users.load(config.users)
+        users = Users.load(config.users, insecure_ok=config.users_insecure_ok)
+        _warn_if_empty(config.users, users)
     return Prepared(tls_ctx, fingerprint, users, AccessList(config.allow, config.deny))
+
+
+def _warn_if_empty(path: str, users: Users) -> None:
+    if not len(users):
+        _log.warning(
+            "users file %s has no users: nobody can log in to chat or files "
+            "(add one with: wirecat users add %s NAME)",
+            path,
+            path,
+        )
 
 
 def tls_context(t: TLSConfig) -> tuple[ssl.SSLContext, str | None]:
@@ -115,6 +126,8 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
     no state in memory: greeting, echo and files (files' locks and quota live in the file
     system, see :mod:`wirecat.files.store`), and chat with its web page when a hub
     (``config.hub``, Redis) holds its rooms. Unix listeners stay in worker 0.
+    Every worker serves its own metrics: worker ``i`` on the metrics port plus ``i`` (see
+    :func:`wirecat.services.metrics.worker_endpoint`), logged when it opens.
 
     Raises:
         ConfigError: a service refuses its settings.
@@ -197,12 +210,19 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
                     quota=config.quota,
                     users=users,
                     auth_failures=failures,
+                    header_timeout=config.files_header_timeout,
+                    min_rate=config.files_min_rate,
+                    rate_window=config.files_rate_window,
+                    transfer_threads=config.files_transfer_threads,
+                    part_expiry=config.files_part_expiry,
                 )
             )
-        if (found := eps("metrics")) and worker == 0:
-            from .services.metrics import MetricsService
+        if found := list(config.services().get("metrics", ())):
+            # Every worker: its own counters on its own listener (port + worker index).
+            from .services.metrics import MetricsService, worker_endpoint
 
-            services.append(MetricsService(found, worker=worker))
+            mine = [worker_endpoint(ep, worker) for ep in found]
+            services.append(MetricsService(mine, worker=worker))
     except ConfigError:
         raise
     except ValueError as exc:
@@ -289,6 +309,19 @@ class Server(_ServiceRunner):
             self.ctx.access = prepared.access
             self.services = build_services(config, prepared, worker=self._worker)
         await super().start()
+        if self._worker == 0:
+            from .runtime.systemd import unclaimed
+
+            for what in unclaimed():  # worker 0 runs every listener: nobody will take it
+                self.ctx.log.warning(
+                    "systemd passed the socket %s but no listener is configured for it: "
+                    "connections to it will wait unanswered (add that endpoint to a "
+                    "service, or remove it from the socket unit)",
+                    what,
+                )
+        if config is not None and self._worker > 0:
+            for ep in self.endpoints.get("metrics", ()):
+                self.ctx.log.warning("worker %d: metrics on %s", self._worker, ep)
 
     async def reload(self) -> None:
         """Re-read the users file and the TLS certificate and key (SIGHUP).
@@ -305,7 +338,9 @@ class Server(_ServiceRunner):
             from .auth import Users
 
             try:
-                users = await asyncio.to_thread(Users.load, config.users)
+                users = await asyncio.to_thread(
+                    Users.load, config.users, insecure_ok=config.users_insecure_ok
+                )
             except WirecatError as exc:
                 log.error("reload: keeping the old users file: %s", exc)
             else:
@@ -315,6 +350,7 @@ class Server(_ServiceRunner):
                             holder.users = users  # type: ignore[union-attr]
                 self._prepared = prepared = dataclasses.replace(prepared, users=users)
                 log.warning("reload: users file %s: %d users", config.users, len(users))
+                _warn_if_empty(config.users, users)
         t = config.tls
         if t.cert and self.tls is not None:
             from .runtime.tls import server_context

@@ -41,12 +41,14 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import hmac
 import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -222,19 +224,27 @@ class Users:
 
     # -- loading -------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Users:
-        """Read a users file.
+    def load(cls, path: str | os.PathLike[str], *, insecure_ok: bool = False) -> Users:
+        """Read a users file, refusing one that others could read or change.
+
+        The file is opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat`` on the
+        open descriptor (no race between check and read): anything but a regular file (a
+        FIFO, which would hang a blocking open, a directory, a device) is refused, and so,
+        like OpenSSH's ``StrictModes``, is a file that is world-readable (its hashes would
+        be open to offline guessing), group- or world-writable, owned by another user than
+        the reader or root, or a symbolic link. ``insecure_ok`` accepts those (a symbolic
+        link is then followed); it never accepts a file that is not regular.
+
+        Args:
+            path: the users file.
+            insecure_ok: skip the mode, owner and symbolic-link checks.
 
         Raises:
-            UsersFileError: unreadable, larger than :data:`MAX_FILE`, or malformed.
+            UsersFileError: unreadable, not a regular file, unsafe permissions (the message
+                names the mode and the fix, ``chmod 600``), larger than :data:`MAX_FILE`, or
+                malformed.
         """
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_FILE + 1)
-        except OSError as exc:
-            raise UsersFileError(f"cannot read users file {path}: {exc.strerror}") from None
-        if len(data) > MAX_FILE:
-            raise UsersFileError(f"users file {path} is larger than {MAX_FILE} bytes")
+        data = _read_private(path, insecure_ok=insecure_ok)
         try:
             return cls.parse(data.decode("utf-8"), source=str(path))
         except UnicodeDecodeError:
@@ -347,6 +357,69 @@ class Users:
             log_n, r, p = max(costs) if costs else (DEFAULT_LOG_N, 8, 1)
             self._dummy = _Hash(log_n, r, p, os.urandom(_SALT_LEN), os.urandom(_KEY_LEN))
         return self._dummy
+
+
+#: Mode bits that make a users file unsafe: group or world write, world read.
+_UNSAFE_MODE: Final = stat.S_IWGRP | stat.S_IWOTH | stat.S_IROTH
+
+_KINDS: Final = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _read_private(path: str | os.PathLike[str], *, insecure_ok: bool) -> bytes:
+    """The bytes of the users file at ``path`` (see :meth:`Users.load` for the checks)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if insecure_ok else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not insecure_ok:
+            raise UsersFileError(
+                f"users file {path} is a symbolic link: give the file it points to "
+                "(or accept it with users_insecure_ok)"
+            ) from None
+        if exc.errno == errno.ENXIO:  # a Unix socket
+            raise UsersFileError(f"users file {path} is a socket, not a regular file") from None
+        raise UsersFileError(f"cannot read users file {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
+            raise UsersFileError(f"users file {path} is {kind}, not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if not insecure_ok and mode & _UNSAFE_MODE:
+            risks = []
+            if mode & (stat.S_IWGRP | stat.S_IWOTH):
+                risks.append("change it")
+            if mode & stat.S_IROTH:
+                risks.append("read its token hashes")
+            raise UsersFileError(
+                f"users file {path} has mode {mode:04o}: others can {' and '.join(risks)}; "
+                f"run 'chmod 600 {path}' (or accept it with users_insecure_ok)"
+            )
+        if not insecure_ok and st.st_uid not in (0, os.geteuid()):
+            raise UsersFileError(
+                f"users file {path} is owned by uid {st.st_uid}, neither this user nor root: "
+                f"run 'chown {os.geteuid()} {path}' (or accept it with users_insecure_ok)"
+            )
+        if st.st_size > MAX_FILE:
+            raise UsersFileError(f"users file {path} is larger than {MAX_FILE} bytes")
+        chunks, left = [], MAX_FILE + 1
+        while left and (chunk := os.read(fd, min(left, 1 << 16))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise UsersFileError(f"cannot read users file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_FILE:  # it grew after fstat
+        raise UsersFileError(f"users file {path} is larger than {MAX_FILE} bytes")
+    return data
 
 
 def _table(doc: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
@@ -474,14 +547,28 @@ def _write_atomic(path: str | os.PathLike[str], text: str) -> None:
         os.close(dir_fd)
 
 
+def _read_for_edit(path: str | os.PathLike[str]) -> tuple[Users, str]:
+    """The users file at ``path``, parsed, and its text, for an edit. Its mode and owner are
+    not checked (the edit writes it back with mode 0600); a file that is not regular is
+    refused, as by :meth:`Users.load`.
+
+    Raises:
+        UsersFileError: unreadable, not a regular file, too large, or malformed.
+    """
+    data = _read_private(path, insecure_ok=True)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsersFileError(f"users file {path} is not UTF-8") from None
+    return Users.parse(text, source=str(path)), text
+
+
 def _edit(path: str | os.PathLike[str], change: Callable[[tomlkit.TOMLDocument], T]) -> T:
     """Apply ``change`` to the users file as a ``tomlkit`` document (comments, order and
     formatting kept), check that the result is a valid users file, write it atomically."""
     existing = ""
-    if os.path.exists(path):
-        Users.load(path)  # refuse to edit a malformed (or oversized) file
-        with open(path, encoding="utf-8") as fh:
-            existing = fh.read()
+    if os.path.lexists(path):
+        existing = _read_for_edit(path)[1]  # refuse to edit a malformed (or oversized) file
     try:
         doc = tomlkit.parse(existing)
     except tomlkit.exceptions.TOMLKitError as exc:
@@ -558,7 +645,7 @@ def reset_user(
         UsersFileError: no such user, or the file is malformed.
         OSError: the file cannot be written.
     """
-    user = Users.load(path).get(name)
+    user = _read_for_edit(path)[0].get(name)
     if user is None:
         raise UsersFileError(f"no user {name!r} in {path}")
     token = token if token is not None else new_token()
@@ -589,7 +676,7 @@ def remove_user(path: str | os.PathLike[str], name: str) -> User:
             a restricted room (edit that room first).
         OSError: the file cannot be written.
     """
-    users = Users.load(path)
+    users, text = _read_for_edit(path)
     user = users.get(name)
     if user is None:
         raise UsersFileError(f"no user {name!r} in {path}")
@@ -599,8 +686,7 @@ def remove_user(path: str | os.PathLike[str], name: str) -> User:
 
     # Line by line rather than through tomlkit: comments that head the next table (which
     # tomlkit attaches to the removed one) must stay.
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().splitlines(keepends=True)
+    lines = text.splitlines(keepends=True)
     kept: list[str] = []
     skipping = False
     pending: list[str] = []  # comments and blanks while skipping: they may head the next table

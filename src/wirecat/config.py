@@ -43,6 +43,13 @@ from .runtime.limits import AccessList, Limits
 from .runtime.loop import LoopKind
 from .runtime.tls import TLSProfile
 from .runtime.websocket import WebSocketSettings
+from .services.files import (
+    HEADER_TIMEOUT,
+    MIN_RATE,
+    PART_EXPIRY,
+    RATE_WINDOW,
+    TRANSFER_THREADS,
+)
 
 __all__ = ["DEFAULT_ENDPOINTS", "MAX_CONFIG_FILE", "SERVE_LIMITS", "ServeConfig", "TLSConfig"]
 
@@ -144,6 +151,18 @@ class ServeConfig:
         files_create: create :attr:`files_root` when it does not exist (else refused).
         max_file_size: largest upload in bytes (``None``: any).
         quota: most bytes the file store may hold (``None``: any); shared by every worker.
+        files_header_timeout: seconds from the first byte of a files request header (or
+            trailer) until its end; then ``timeout`` and the connection closes.
+        files_min_rate: slowest upload body accepted, bytes per second averaged over each
+            :attr:`files_rate_window` (``None`` or 0: any); a slower upload is cut and its
+            quota reservation released (the part is kept for a resume).
+        files_rate_window: seconds of each :attr:`files_min_rate` window (the first is a
+            grace period).
+        files_transfer_threads: file transfers on threads of their own at once (``sendfile``
+            downloads, uploads read straight from the socket); the others run on the event
+            loop (per process).
+        files_part_expiry: seconds after which a part file of an abandoned upload is
+            deleted (``None`` or 0: never); it counts against the quota until then.
         banner: the greeting line (one line).
         history: chat messages kept per room and replayed on join (0-10000).
         chat_rate: chat messages per second per member (``None``: no limit).
@@ -153,6 +172,9 @@ class ServeConfig:
             and that still exist (one source cannot fill the table).
         udp_rate: datagrams answered per second per source address (``None``: no limit).
         users: path of a users file (``wirecat users add``): chat and files then need a token.
+        users_insecure_ok: accept a users file that others may read or write, that another
+            user owns, or that is a symbolic link (refused by default, like OpenSSH's
+            ``StrictModes``); a file that is not regular is refused regardless.
         guests: with :attr:`users`, also admit chat members without a token (other nicks).
         auth_failures: failed logins per source address before it is refused unchecked.
         auth_failure_rate: failed logins per second a source earns back.
@@ -199,6 +221,11 @@ class ServeConfig:
     files_create: bool = False
     max_file_size: int | None = None
     quota: int | None = None
+    files_header_timeout: float = HEADER_TIMEOUT
+    files_min_rate: int | None = MIN_RATE
+    files_rate_window: float = RATE_WINDOW
+    files_transfer_threads: int = TRANSFER_THREADS
+    files_part_expiry: float | None = PART_EXPIRY
     banner: str = "Thank you for connecting"
     history: int = 50
     chat_rate: float | None = 5.0
@@ -207,6 +234,7 @@ class ServeConfig:
     chat_rooms_per_source: int = 8
     udp_rate: float | None = 1000.0
     users: str | None = None
+    users_insecure_ok: bool = False
     guests: bool = False
     auth_failures: int = 5
     auth_failure_rate: float = 0.1
@@ -234,7 +262,8 @@ class ServeConfig:
         for name in ("allow", "deny", "proxy_from"):
             value = getattr(self, name)
             fix(self, name, (value,) if isinstance(value, str) else tuple(value))
-        for name in ("chat_rate", "udp_rate"):  # 0 means no limit, as on the command line
+        # 0 means no limit, as on the command line
+        for name in ("chat_rate", "udp_rate", "files_min_rate", "files_part_expiry"):
             if getattr(self, name) == 0:
                 fix(self, name, None)
         if self.files_root is not None:
@@ -283,6 +312,14 @@ class ServeConfig:
             size = getattr(self, name)
             if size is not None and size < 1:
                 raise bad(name, "must be >= 1 byte (or none)")
+        for name in ("files_header_timeout", "files_rate_window", "files_part_expiry"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise bad(name, "must be > 0 seconds")
+        if self.files_min_rate is not None and self.files_min_rate < 0:
+            raise bad("files_min_rate", "must be >= 0 bytes per second")
+        if self.files_transfer_threads < 0:
+            raise bad("files_transfer_threads", "must be >= 0")
         if self.auth_failures < 1:
             raise bad("auth_failures", "must be >= 1")
         if not self.auth_failure_rate > 0:

@@ -70,6 +70,8 @@ class Run:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.connects = 0
+        #: connections that opened, then ended or were refused by the server, not on purpose
+        self.dropped = 0
         self.deliveries = 0  # chat: messages received by members
         #: operations still allowed (-1: no count limit)
         self.remaining = config.count if config.count is not None else -1
@@ -109,7 +111,15 @@ class Run:
         """A client's connection ended."""
         self.live -= 1
         if not self.closing:
+            self.dropped += 1
             self.errors[classify_error(exc) if exc is not None else "closed_by_peer"] += 1
+        self.check_done()
+
+    def refused(self) -> None:
+        """A client's connection was refused by the server after it opened (its refusal line
+        already counted by :meth:`note_refusal`): it no longer works."""
+        self.live -= 1
+        self.dropped += 1
         self.check_done()
 
 

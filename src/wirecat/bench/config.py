@@ -182,7 +182,10 @@ class WorkerResult:
         deliveries: chat: messages received by members (0 in other modes).
         bytes_sent: payload bytes handed to the transport.
         bytes_received: bytes received.
-        connects: connections opened successfully.
+        connects: connections opened successfully (``echo``, ``stream``, ``chat``: at
+            set-up, to compare with ``conns``; ``connect``: per measured operation).
+        dropped: ``echo``, ``stream``, ``chat``: connections that opened, then were closed,
+            reset or refused by the server before the run ended (0 in ``connect`` mode).
         elapsed: seconds measured (from the end of warm-up to the stop).
         errors: counts by kind (``connect_refused``, ``connect_timeout``, ``connect_error``,
             ``closed_by_peer``, ``reset``, ``unexpected_data``, ``undelivered``, ...).
@@ -194,6 +197,7 @@ class WorkerResult:
     bytes_sent: int = 0
     bytes_received: int = 0
     connects: int = 0
+    dropped: int = 0
     elapsed: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
     latency: Histogram = field(default_factory=Histogram)
@@ -206,6 +210,7 @@ class WorkerResult:
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "connects": self.connects,
+            "dropped": self.dropped,
             "elapsed": self.elapsed,
             "errors": dict(self.errors),
             "latency": self.latency.to_dict(),
@@ -220,6 +225,7 @@ class WorkerResult:
             bytes_sent=int(data["bytes_sent"]),
             bytes_received=int(data["bytes_received"]),
             connects=int(data["connects"]),
+            dropped=int(data.get("dropped", 0)),
             elapsed=float(data["elapsed"]),
             errors=Counter({str(k): int(v) for k, v in data["errors"].items()}),
             latency=Histogram.from_dict(data["latency"]),
@@ -247,6 +253,7 @@ class BenchReport:
             total.bytes_sent += r.bytes_sent
             total.bytes_received += r.bytes_received
             total.connects += r.connects
+            total.dropped += r.dropped
             total.elapsed = max(total.elapsed, r.elapsed)
             total.errors.update(r.errors)
             total.latency.merge(r.latency)
@@ -275,9 +282,10 @@ class BenchReport:
 
         Shape: ``{"mode", "endpoint", "conns", "size", "workers", "duration_s", "ops",
         "ops_per_s", "msgs_per_s", "deliveries", "deliveries_per_s", "bytes_sent",
-        "bytes_received", "bytes_per_s", "connects", "connects_per_s", "errors",
-        "errors_by_kind", "latency_us": {...}, "latency_samples"}``. ``bytes_per_s`` counts
-        both directions.
+        "bytes_received", "bytes_per_s", "connects", "connects_per_s", "conns_dropped",
+        "errors", "errors_by_kind", "latency_us": {...}, "latency_samples"}``.
+        ``bytes_per_s`` counts both directions; ``conns_dropped`` (not in ``connect``
+        mode) counts connections closed, reset or refused by the server during the run.
         """
         c, r = self.config, self.result
         return {
@@ -299,6 +307,7 @@ class BenchReport:
             "bytes_per_s": round(self.rate(r.bytes_sent + r.bytes_received), 3),
             "connects": r.connects,
             "connects_per_s": round(self.rate(r.connects), 3),
+            "conns_dropped": r.dropped,
             "errors": self.error_count,
             "errors_by_kind": dict(sorted(r.errors.items())),
             "latency_us": self.latency_us(),

@@ -69,8 +69,7 @@ class _EchoClient(asyncio.Protocol):
                 self.pending = 0
                 run.inflight -= 1
                 self.alive = False  # counted as refused, not also as closed_by_peer
-                run.live -= 1
-                run.check_done()
+                run.refused()
                 return
             self.pending = pending
             return
@@ -209,8 +208,7 @@ class _StreamClient(asyncio.Protocol):
         if not run.bytes_received and run.note_refusal(data):  # a stream sink says nothing
             if self.alive:
                 self.alive = False  # counted as refused, not also as closed_by_peer
-                run.live -= 1
-                run.check_done()
+                run.refused()
             return
         run.bytes_received += len(data)
 
@@ -417,6 +415,7 @@ async def run_worker(
         bytes_sent=run.bytes_sent,
         bytes_received=run.bytes_received,
         connects=run.connects,
+        dropped=run.dropped if config.mode != "connect" else 0,
         elapsed=elapsed,
         errors=run.errors,
         latency=run.hist,

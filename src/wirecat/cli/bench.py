@@ -83,30 +83,52 @@ def format_report(report: BenchReport) -> str:
             f"  {'latency':<12} p50 {_us(lat['p50'])}  p90 {_us(lat['p90'])}  "
             f"p99 {_us(lat['p99'])}  p99.9 {_us(lat['p99_9'])}  max {_us(lat['max'])}"
         )
+    if c.mode != "connect":
+        dropped = (
+            f", {data['conns_dropped']} dropped by the server" if data["conns_dropped"] else ""
+        )
+        lines.append(f"  {'connections':<12} {data['connects']} of {c.conns} opened{dropped}")
     errs = ", ".join(f"{k} {v}" for k, v in data["errors_by_kind"].items())
     lines.append(f"  {'errors':<12} {data['errors']}" + (f" ({errs})" if errs else ""))
     return "\n".join(lines)
 
 
 def _failure(report: BenchReport, max_error_rate: float) -> WirecatError | None:
-    """Return the error to exit with when the run measured nothing, or when errors passed
-    ``max_error_rate`` (a fraction of operations plus errors); else None. Its message says
-    why in one line."""
-    r = report.result
+    """Return the error to exit with, else None. Its message says why in one line.
+
+    A run fails when it measured nothing; when errors pass ``max_error_rate`` (a fraction
+    of operations plus errors); and, except in ``connect`` mode (where each operation is a
+    connection), when fewer than ``--conns`` connections opened (the rates would be those
+    of fewer connections than asked) or when the connections the server closed, reset or
+    refused during the run pass ``max_error_rate`` of ``--conns``.
+    """
+    r, c = report.result, report.config
     errors = report.error_count
-    done = r.ops or (r.connects if report.config.mode == "connect" else 0)
-    if not errors:
-        return None if done else WirecatError("the run measured nothing: no operation completed")
-    rate = errors / (done + errors)
-    if done and rate <= max_error_rate:
+    done = r.ops or (r.connects if c.mode == "connect" else 0)
+    never = max(0, c.conns - r.connects) if c.mode != "connect" else 0
+    dropped = r.dropped / c.conns if c.mode != "connect" else 0.0
+    rate = errors / (done + errors) if errors else 0.0
+    if not errors and not done:
+        return WirecatError("the run measured nothing: no operation completed")
+    if never:
+        head = f"only {r.connects} of {c.conns} connections opened"
+        if done:
+            head += " (rates would be those of fewer connections than --conns)"
+    elif dropped > max_error_rate:
+        head = (
+            f"{r.dropped} of {c.conns} connections were closed, reset or refused by the "
+            f"server during the run ({dropped:.1%} > {max_error_rate:.1%})"
+        )
+    elif not errors or (done and rate <= max_error_rate):
         return None
-    where = str(report.config.endpoint)
+    elif done:
+        head = f"{errors} errors in {done + errors} operations ({rate:.1%} > {max_error_rate:.1%})"
+    else:
+        head = "no operation completed"
+    if not errors:  # e.g. a chat whose members all joined too late: nothing to classify
+        return WirecatError(head)
+    where = str(c.endpoint)
     refused = {k[8:]: n for k, n in r.errors.items() if k.startswith("refused:")}
-    head = (
-        f"{errors} errors in {done + errors} operations ({rate:.1%} > {max_error_rate:.1%})"
-        if done
-        else "no operation completed"
-    )
     if refused:
         reason, n = max(refused.items(), key=lambda kv: kv[1])
         return ConnectionRefused(
@@ -247,7 +269,8 @@ def _failure(report: BenchReport, max_error_rate: float) -> WirecatError | None:
     default=1.0,
     show_default=True,
     metavar="PERCENT",
-    help="Exit non-zero (and report no rates) when errors pass this share of operations.",
+    help="Exit non-zero (and report no rates) when errors pass this share of operations, "
+    "or connections dropped by the server this share of --conns.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.pass_context
@@ -279,9 +302,11 @@ def bench(
     operation (a round trip, a connection); in chat mode per delivery (send to receipt by
     one member), sampled on one message in 8, while every delivery is counted and checked.
 
-    A run that completed nothing, or whose errors pass --max-error-rate, reports no
-    rates: it exits non-zero with one line that says why (e.g. the server refused the
-    connections). Start wirecat serve with --load-test to bench it.
+    A run that completed nothing, whose errors pass --max-error-rate, where fewer than
+    --conns connections opened, or where the server closed or refused more than
+    --max-error-rate of the --conns connections during the run, reports no rates: it
+    exits non-zero with one line that says why (e.g. the server refused the connections).
+    Start wirecat serve with --load-test to bench it.
 
     \b
     Examples:

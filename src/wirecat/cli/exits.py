@@ -56,6 +56,11 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 #: Flags that help, by the library's wording of a problem.
 _HINTS: tuple[tuple[type[BaseException], str, str], ...] = (
     (
+        UsersFileError,
+        "(or accept it with users_insecure_ok)",
+        "(or accept it with --users-insecure-ok)",
+    ),
+    (
         HandshakeError,
         "(trust its CA, pin its certificate, or turn verification off)",
         "(trust its CA with --cafile, pin it with --pin sha256:..., or --insecure)",

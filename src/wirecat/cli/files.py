@@ -60,6 +60,7 @@ TRANSFER_EXIT_CODES: dict[str, int] = {
     "locked": 75,  # EX_TEMPFAIL
     "conflict": 75,
     "shutting_down": 75,
+    "timeout": 75,
     "io_error": 74,
     "auth_required": 77,
     "auth_failed": 77,

@@ -62,6 +62,11 @@ def _parse(text: str, what: str) -> Endpoint:
     metavar="FILE",
     help="socks5:// FROM: require RFC 1929 login (password = the user's token).",
 )
+@click.option(
+    "--users-insecure-ok",
+    is_flag=True,
+    help="Accept a --users FILE that others may read or write (see serve --help).",
+)
 @PROXY_OPTION
 @click.option(
     "--max-sessions",
@@ -237,9 +242,14 @@ def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: 
         from ..auth import Users
 
         try:
-            users = Users.load(params["users_file"])
+            users = Users.load(params["users_file"], insecure_ok=params["users_insecure_ok"])
         except WirecatError as exc:
             die(message_for(exc), 78)
+        if not len(users):
+            click.echo(
+                f"wirecat: warning: {params['users_file']} has no users: nobody can log in",
+                err=True,
+            )
 
     async def main() -> int:
         server = socks_server(

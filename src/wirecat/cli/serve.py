@@ -125,6 +125,11 @@ _FLAGS: dict[str, tuple[str, str | None, Any]] = {
     "files_create": ("files_create", None, None),
     "max_file_size": ("max_file_size", None, None),
     "quota": ("quota", None, None),
+    "files_header_timeout": ("files_header_timeout", None, None),
+    "files_min_rate": ("files_min_rate", None, none_if_zero),
+    "files_rate_window": ("files_rate_window", None, None),
+    "files_transfer_threads": ("files_transfer_threads", None, None),
+    "files_part_expiry": ("files_part_expiry", None, none_if_zero),
     "banner": ("banner", None, None),
     "history": ("history", None, None),
     "chat_rate": ("chat_rate", None, none_if_zero),
@@ -133,6 +138,7 @@ _FLAGS: dict[str, tuple[str, str | None, Any]] = {
     "chat_rooms_per_source": ("chat_rooms_per_source", None, None),
     "udp_rate": ("udp_rate", None, none_if_zero),
     "users_file": ("users", None, None),
+    "users_insecure_ok": ("users_insecure_ok", None, None),
     "guests": ("guests", None, None),
     "auth_failures": ("auth_failures", None, None),
     "auth_failure_rate": ("auth_failure_rate", None, None),
@@ -244,7 +250,7 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     multiple=True,
     metavar="ENDPOINT",
     help="Serve Prometheus metrics (GET /metrics) here, e.g. tcp://127.0.0.1:9107 (off "
-    "unless given; keep it private).",
+    "unless given; keep it private). With --workers N, worker i serves its own on port+i.",
 )
 @click.option(
     "--proxy-protocol",
@@ -377,6 +383,47 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     metavar="BYTES",
     help="Total size the file store may hold (bytes).",
 )
+@click.option(
+    "--files-header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_D.files_header_timeout,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest time from a files request header's first byte to its end.",
+)
+@click.option(
+    "--files-min-rate",
+    type=click.IntRange(min=0),
+    default=_D.files_min_rate,
+    show_default=True,
+    metavar="BYTES_PER_SECOND",
+    help="Slowest upload accepted, averaged over --files-rate-window; a slower one is cut "
+    "and its quota reservation freed, its part kept (0: no minimum).",
+)
+@click.option(
+    "--files-rate-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_D.files_rate_window,
+    show_default=True,
+    metavar="SECONDS",
+    help="Window over which --files-min-rate is averaged (the first is a grace period).",
+)
+@click.option(
+    "--files-transfer-threads",
+    type=click.IntRange(min=0),
+    default=_D.files_transfer_threads,
+    show_default=True,
+    help="File transfers on threads of their own at once (sendfile); more run on the event loop.",
+)
+@click.option(
+    "--files-part-expiry",
+    type=click.FloatRange(min=0),
+    default=_D.files_part_expiry,
+    show_default=True,
+    metavar="SECONDS",
+    help="Delete part files of abandoned uploads not written for this long (0: never); "
+    "they count against --quota until then.",
+)
 @click.option("--no-greeting", is_flag=True, help="Do not run the greeting service.")
 @click.option("--no-echo", is_flag=True, help="Do not run the echo service.")
 @click.option("--no-chat", is_flag=True, help="Do not run the chat service.")
@@ -425,6 +472,12 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     metavar="FILE",
     help="TOML users file (make one with 'wirecat users add'): chat and files then need a "
     "user's token; user names are reserved nicks, admins may /kick and /close.",
+)
+@click.option(
+    "--users-insecure-ok",
+    is_flag=True,
+    help="Accept a --users FILE that others may read or write, another user owns, or that "
+    "is a symbolic link (refused by default, like OpenSSH's StrictModes; fix: chmod 600 FILE).",
 )
 @click.option(
     "--auth-failures",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import sys
 from collections.abc import Iterator
 
@@ -11,6 +13,7 @@ import click
 from ..auth import ROLES, Users, UsersFileError, add_user, remove_user, reset_user
 from ..protocols import MAX_TOKEN
 from .common import die
+from .exits import message_for
 
 
 @contextlib.contextmanager
@@ -19,9 +22,22 @@ def _users_file(path: str) -> Iterator[None]:
     try:
         yield
     except UsersFileError as exc:
-        die(str(exc), 78)
+        die(message_for(exc).replace("--users-insecure-ok", "--insecure-ok"), 78)
     except OSError as exc:
         die(f"cannot write {path}: {exc.strerror}", 73)
+
+
+def _tightened(path: str, before: int | None) -> None:
+    """Say so when an edit (written back 0600) tightened a file others could read or write."""
+    if before is not None and before & 0o077:
+        click.echo(f"{path} was mode {before:04o}; it is now 0600", err=True)
+
+
+def _mode(path: str) -> int | None:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
 
 
 @click.group("users")
@@ -73,8 +89,10 @@ def add_command(path: str, name: str, roles: tuple[str, ...], token_stdin: bool)
         token = sys.stdin.readline().rstrip("\r\n")
         if not 0 < len(token.encode()) <= MAX_TOKEN:
             die(f"the token must be 1-{MAX_TOKEN} bytes on the first line of stdin", 64)
+    before = _mode(path)
     with _users_file(path):
         made = add_user(path, name, token=token, roles=roles)
+    _tightened(path, before)
     click.echo(
         f"added {name} to {path}" + (f" (roles: {', '.join(roles)})" if roles else ""), err=True
     )
@@ -84,15 +102,25 @@ def add_command(path: str, name: str, roles: tuple[str, ...], token_stdin: bool)
 
 @users_command.command("check")
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
-def check_command(path: str) -> None:
-    """Check FILE and list its users, their roles and the restricted rooms (exit 78 if bad).
+@click.option(
+    "--insecure-ok",
+    is_flag=True,
+    help="Accept a file others may read or write (as serve --users-insecure-ok).",
+)
+def check_command(path: str, insecure_ok: bool) -> None:
+    """Check FILE as serve would and list its users, their roles and the restricted rooms.
+
+    Exit 78 if the file is malformed, not a regular file, or others may read or write it
+    (fix: chmod 600 FILE).
 
     \b
     Example:
       wirecat users check users.toml
     """
     with _users_file(path):
-        users = Users.load(path)
+        users = Users.load(path, insecure_ok=insecure_ok)
+    if not len(users):
+        click.echo(f"warning: {path} has no users: nobody could log in", err=True)
     for user in users.users():
         roles = f" ({', '.join(sorted(user.roles))})" if user.roles else ""
         click.echo(f"user {user.name}{roles}")
@@ -111,8 +139,10 @@ def remove_command(path: str, name: str) -> None:
     Example:
       wirecat users remove users.toml bob
     """
+    before = _mode(path)
     with _users_file(path):
         user = remove_user(path, name)
+    _tightened(path, before)
     click.echo(f"removed {user.name} from {path}", err=True)
 
 
@@ -126,7 +156,9 @@ def reset_command(path: str, name: str) -> None:
     Example:
       wirecat users reset users.toml bob     # the old token stops working
     """
+    before = _mode(path)
     with _users_file(path):
         user, token = reset_user(path, name)
+    _tightened(path, before)
     click.echo(f"new token for {user.name} in {path}", err=True)
     click.echo(token)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import ssl as _ssl
 import stat
@@ -552,7 +553,8 @@ class FilesClient:
     ) -> TransferResult:
         """Download ``name`` to the local path ``dest``, verified and atomically placed.
 
-        Bytes go to ``.<dest name>.wcpart`` next to ``dest``; once the server's whole-file
+        Bytes go to ``.<dest name>.wcpart`` next to ``dest`` (:func:`local_part_name`);
+        once the server's whole-file
         digest matches what arrived, the part is fsynced and renamed to ``dest``. With
         ``resume``, an existing part continues from its size.
 
@@ -570,7 +572,7 @@ class FilesClient:
         if os.path.lexists(dest) and not overwrite:
             raise TransferError("local_exists", f"{dest} exists (use --overwrite to replace it)")
         directory, base = os.path.split(dest)
-        part = os.path.join(directory, f".{base}.wcpart")
+        part = os.path.join(directory, local_part_name(base))
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             return await self._download(
@@ -813,6 +815,18 @@ def _commit_local(fd: int, part: str, dest: str, overwrite: bool) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def local_part_name(base: str) -> str:
+    """The name of a download's part file next to its destination ``base``.
+
+    ``.BASE.wcpart``, or ``.wcpart-SHA256.wcpart`` (the SHA-256 of ``base`` in hex) when
+    that would pass the 255 bytes a file name may have (a ``base`` of 247-255 bytes).
+    """
+    name = f".{base}.wcpart"
+    if len(os.fsencode(name)) <= 255:
+        return name
+    return f".wcpart-{hashlib.sha256(os.fsencode(base)).hexdigest()}.wcpart"
 
 
 def hash_file(path: str | os.PathLike[str], digest: str = "blake3") -> str:

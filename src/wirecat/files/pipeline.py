@@ -23,14 +23,16 @@ import os
 import queue
 import select
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..runtime.limits import MinRate
 from .digest import Hasher, hash_fd
 
-__all__ = ["BodyOutcome", "FileHashJob", "SocketBody", "WriteBehind", "executor"]
+__all__ = ["BodyOutcome", "FileHashJob", "SocketBody", "ThreadSlots", "WriteBehind", "executor"]
 
 _executor: ThreadPoolExecutor | None = None
 _REPORT_EVERY = 4 * 1024 * 1024  # bytes written between progress reports to the loop
@@ -42,6 +44,38 @@ def executor() -> ThreadPoolExecutor:
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="wirecat-files")
     return _executor
+
+
+class ThreadSlots:
+    """A count of transfers allowed on threads of their own at once (loop thread only).
+
+    A transfer that gets no slot runs on the event loop instead (``sendfile`` downloads fall
+    back to copying through the transport, uploads to :class:`WriteBehind`): slower, but no
+    thread and no extra descriptors, so the number of transfer threads stays bounded
+    whatever the number of transfers.
+
+    Args:
+        limit: slots (>= 0; 0 keeps every transfer on the loop).
+    """
+
+    __slots__ = ("in_use", "limit")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        self.limit = limit
+        self.in_use = 0
+
+    def acquire(self) -> bool:
+        """Take a slot; False if all are busy."""
+        if self.in_use >= self.limit:
+            return False
+        self.in_use += 1
+        return True
+
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`acquire`."""
+        self.in_use = max(0, self.in_use - 1)
 
 
 class WriteBehind:
@@ -227,7 +261,8 @@ class BodyOutcome:
         received: body bytes taken from the socket (give them to ``body_received``).
         written: bytes ``write`` accepted (less than ``received`` after a write error).
         end: ``"done"`` (all of it), ``"eof"`` (the peer ended its stream early), ``"idle"``
-            (nothing arrived for ``idle_timeout`` seconds), ``"cancelled"``,
+            (nothing arrived for ``idle_timeout`` seconds), ``"slow"`` (below ``min_rate``),
+            ``"cancelled"``,
             ``"recv_error"`` or ``"write_error"`` (see ``error``).
         error: the exception for ``recv_error`` / ``write_error``.
     """
@@ -260,6 +295,9 @@ class SocketBody:
             thread); ``None`` if ``write`` hashes itself.
         prefix: body bytes that already arrived through the transport, written first.
         idle_timeout: seconds without a byte after which the body ends as ``"idle"``.
+        min_rate: ``(bytes per second, window in seconds)``: the body ends as ``"slow"``
+            when a window of time spent waiting for the peer (not for our own writer)
+            brought fewer bytes (:class:`~wirecat.runtime.limits.MinRate`); ``None``: none.
         progress: called on the loop thread with bytes written since the last call.
     """
 
@@ -271,9 +309,11 @@ class SocketBody:
         digest: Callable[[memoryview], object] | None = None,
         prefix: list[bytes] | None = None,
         idle_timeout: float | None = None,
+        min_rate: tuple[float, float] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self._write = write
+        self._min_rate = min_rate
         self._digest = digest
         self._prefix = [p for p in prefix or () if p]
         self._idle_ms = -1 if idle_timeout is None else max(1, int(idle_timeout * 1000))
@@ -367,9 +407,14 @@ class SocketBody:
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         got = 0
+        rate = None if self._min_rate is None else MinRate(*self._min_rate, time.monotonic())
         try:
             while got < length and not self._stop:
+                if rate is not None:
+                    rate.pause(time.monotonic())  # waiting for our writer: not the peer's time
                 idx = self._free.get()
+                if rate is not None:
+                    rate.resume(time.monotonic())
                 if self._stop:
                     self._free.put(idx)
                     break
@@ -382,10 +427,19 @@ class SocketBody:
                     except BlockingIOError:
                         if pos:
                             break  # hand over what we have; wait with the writer busy
-                        ready = poller.poll(self._idle_ms)
-                        if not ready:
+                        wait = self._idle_ms
+                        if rate is not None:
+                            due = max(1, int(rate.due(time.monotonic()) * 1000) + 1)
+                            wait = due if wait < 0 else min(wait, due)
+                        ready = poller.poll(wait)
+                        if rate is not None and not rate.check(time.monotonic()):
+                            self._end = "slow"
+                            self._stop = True
+                        elif not ready and wait == self._idle_ms:
                             self._end = "idle"
                             self._stop = True
+                        elif not ready:
+                            pass  # the rate window ended in time; go on waiting
                         elif any(fd == self._wake_r for fd, _ in ready):
                             self._end = "cancelled" if self._end == "done" else self._end
                             self._stop = True
@@ -397,6 +451,8 @@ class SocketBody:
                         self._end, self._stop = "eof", True
                         break
                     pos += n
+                    if rate is not None:
+                        rate.add(n)
                 got += pos
                 self._received = got
                 if pos:

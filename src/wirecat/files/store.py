@@ -7,9 +7,17 @@ Guarantees:
   no ``..``, no absolute path, and no symlink is ever followed, so nothing escapes the root
   even if someone plants a symlink inside it.
 - **Part files.** An upload of ``dir/name`` is written to ``dir/.wcpart-name`` (hidden from
-  ``list``, unreachable by clients). An interrupted upload keeps it; ``stat`` reports its size
-  as ``partial`` and a ``put`` at exactly that offset continues it (tus-style resume). A put at
-  any other offset is a conflict and changes nothing.
+  ``list``, unreachable by clients); when that would pass the 255-byte limit of a file name
+  (a ``name`` of 248-255 bytes), to ``dir/.wcpart-.wcpart-h-SHA256`` instead, the SHA-256 of
+  ``name`` in hex (:func:`part_name`). An interrupted upload keeps it; ``stat`` reports its
+  size as ``partial`` and a ``put`` at exactly that offset continues it (tus-style resume). A
+  put at any other offset is a conflict and changes nothing. A part nobody has written to
+  for ``part_expiry`` seconds and that no uploader holds is deleted by
+  :meth:`FileStore.sweep_parts` (the files service runs it at start and periodically); it
+  counts against the quota until then.
+- **Nothing before admission.** A ``put`` into directories that do not exist yet creates
+  them only once every check passed (name, size, exists, offset, quota): a refused ``put``
+  leaves no trace.
 - **Locks.** The part file is held with ``flock(LOCK_EX | LOCK_NB)`` for the whole upload, so
   a second uploader of the same name (in this process or another worker) gets ``locked``.
   The kernel drops the lock if the process dies.
@@ -51,10 +59,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
+import re
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -63,7 +74,16 @@ from ..errors import FileStoreError
 from ..protocols.files import PART_PREFIX, Entry, check_name
 from .digest import DIGESTS, Hasher, hash_fd, new_hasher
 
-__all__ = ["LEDGER", "FileStore", "FileStoreError", "ReadHandle", "StatInfo", "Upload"]
+__all__ = [
+    "LEDGER",
+    "PART_EXPIRY",
+    "FileStore",
+    "FileStoreError",
+    "ReadHandle",
+    "StatInfo",
+    "Upload",
+    "part_name",
+]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -73,6 +93,26 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: unreachable by clients, and it is not counted as usage.
 LEDGER = PART_PREFIX + PART_PREFIX + "quota"
 _LEDGER_TMP = LEDGER + ".tmp"
+#: Part files of names too long for ``PART_PREFIX + name`` are this plus a SHA-256 in hex (the
+#: same reserved namespace as :data:`LEDGER`, so it collides with no other part).
+_LONG_PART = PART_PREFIX + PART_PREFIX + "h-"
+_LONG_PART_RE = re.compile(re.escape(_LONG_PART) + "[0-9a-f]{64}")
+#: Default age (seconds without a write) after which an abandoned part file is deleted.
+PART_EXPIRY = 24 * 3600.0
+
+
+def part_name(base: str) -> str:
+    """The part file's name for the last component ``base`` of an upload's name.
+
+    ``PART_PREFIX + base`` while that fits in 255 bytes (UTF-8), else ``_LONG_PART`` and the
+    SHA-256 of ``base`` in hex (85 bytes), so every name :func:`check_name` accepts (each
+    component up to 255 bytes) can be uploaded.
+    """
+    name = PART_PREFIX + base
+    if len(name.encode("utf-8", "surrogatepass")) <= 255:
+        return name
+    return _LONG_PART + hashlib.sha256(base.encode("utf-8", "surrogatepass")).hexdigest()
+
 
 #: One ledger entry: declared size in bytes, then the part's ``st_dev`` and ``st_ino``.
 _Entry = tuple[int, int, int]
@@ -396,7 +436,7 @@ class FileStore:
                     if stat.S_ISREG(st.st_mode):
                         exists, size, mtime = True, st.st_size, st.st_mtime
                 with contextlib.suppress(FileNotFoundError):
-                    pst = os.stat(PART_PREFIX + base, dir_fd=dfd, follow_symlinks=False)
+                    pst = os.stat(part_name(base), dir_fd=dfd, follow_symlinks=False)
                     if stat.S_ISREG(pst.st_mode):
                         partial = pst.st_size
         except FileStoreError as exc:
@@ -418,8 +458,8 @@ class FileStore:
         entries: list[Entry] = []
         with self._dir(parts) as dfd, os.scandir(dfd) as it:
             for de in it:
-                if de.name.startswith(PART_PREFIX):
-                    continue
+                if de.name.startswith(PART_PREFIX) or not _utf8(de.name):
+                    continue  # a name that is not UTF-8 cannot be sent nor asked for
                 try:
                     st = de.stat(follow_symlinks=False)
                 except OSError:
@@ -430,6 +470,28 @@ class FileStore:
                     entries.append(Entry(de.name, "dir", 0, st.st_mtime))
         entries.sort(key=lambda e: e.name)
         return entries
+
+    def sweep_parts(self, max_age: float, *, now: float | None = None) -> int:
+        """Delete the part files of abandoned uploads; return how many were deleted.
+
+        A part is abandoned when nothing was written to it for ``max_age`` seconds (its
+        ``mtime``) and no uploader holds it (``flock(LOCK_EX | LOCK_NB)`` succeeds). The tree is
+        walked through directory descriptors without following symlinks. Until deleted, a
+        part counts against the quota like any file. Blocking.
+
+        Args:
+            max_age: seconds without a write (> 0).
+            now: the time to compare ``mtime`` with (seconds since the epoch; tests).
+        """
+        now = time.time() if now is None else now
+        removed = 0
+        for _path, _dirs, files, dfd in os.fwalk(self.root):
+            for name in files:
+                if not name.startswith(PART_PREFIX) or name in (LEDGER, _LEDGER_TMP):
+                    continue
+                with contextlib.suppress(OSError):
+                    removed += _remove_if_abandoned(dfd, name, now - max_age)
+        return removed
 
     def open_read(self, name: str) -> ReadHandle:
         """Open the committed file ``name`` for reading.
@@ -489,18 +551,83 @@ class FileStore:
             raise FileStoreError(
                 "too_large", f"{size} bytes is above this server's limit of {self.max_file_size}"
             )
-        with self._dir(dirs, create=True) as dfd:
-            dir_fd = os.dup(dfd)
-        try:
-            with (
-                self._root_locked() if self.quota is not None else contextlib.nullcontext(-1)
-            ) as rfd:
+        with self._root_locked() if self.quota is not None else contextlib.nullcontext(-1) as rfd:
+            dir_fd, made = self._admit_dirs(rfd, dirs, name, size, offset)
+            try:
                 return self._begin_locked(
                     rfd, name, dirs, base, dir_fd, size, offset, digest, overwrite, restart
                 )
+            except BaseException:
+                os.close(dir_fd)
+                self._unmake_dirs(dirs, made)
+                raise
+
+    def _admit_dirs(
+        self, rfd: int, dirs: list[str], name: str, size: int, offset: int
+    ) -> tuple[int, int]:
+        """Open the upload's directory; create missing ones only once the upload is admitted.
+
+        Returns the directory's descriptor and how many directories were created. Missing
+        directories mean a new upload: the offset must be 0 and the quota must hold
+        ``size`` (checked here, before anything is made; :meth:`_reserve` records it).
+        """
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            done = 0
+            for part in dirs:
+                try:
+                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    raise self._jail_error(part, exc) from None
+                os.close(fd)
+                fd, done = nfd, done + 1
+            if done == len(dirs):
+                return fd, 0
+            if offset:
+                raise FileStoreError(
+                    "conflict",
+                    f"offset {offset} does not match the 0 bytes held for {name!r}",
+                    offset=0,
+                )
+            if self.quota is not None:
+                try:
+                    ledger = self._read_ledger(rfd)
+                    used, _ = self._usage_locked(ledger)
+                except OSError as exc:
+                    raise FileStoreError(
+                        "io_error", f"quota bookkeeping failed: {exc.strerror}"
+                    ) from None
+                if used + size > self.quota:
+                    raise self._over_quota(size, offset, used)
+            for part in dirs[done:]:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise self._jail_error(part, exc) from None
+                nfd = self._open_dir_component(part, fd)
+                os.close(fd)
+                fd = nfd
+            return fd, len(dirs) - done
         except BaseException:
-            os.close(dir_fd)
+            os.close(fd)
             raise
+
+    def _unmake_dirs(self, dirs: list[str], made: int) -> None:
+        """Remove the ``made`` last directories of ``dirs`` if still empty (best effort)."""
+        for depth in range(len(dirs), len(dirs) - made, -1):
+            with contextlib.suppress(OSError, FileStoreError), self._dir(dirs[: depth - 1]) as pfd:
+                os.rmdir(dirs[depth - 1], dir_fd=pfd)
+
+    def _over_quota(self, size: int, offset: int, used: int) -> FileStoreError:
+        return FileStoreError(
+            "quota",
+            f"{size - offset} more bytes would exceed the quota of {self.quota} "
+            f"bytes ({used + offset} in use or reserved)",
+        )
 
     def _begin_locked(
         self,
@@ -517,7 +644,8 @@ class FileStore:
     ) -> Upload:
         """The rest of :meth:`begin_upload`, under the root lock (``rfd``) with a quota."""
         self._check_target(dir_fd, base, name, overwrite)
-        fd = self._open_part(dir_fd, PART_PREFIX + base, name)
+        part = part_name(base)
+        fd = self._open_part(dir_fd, part, name)
         reservation: tuple[str, _Entry] | None = None
         try:
             st = os.fstat(fd)
@@ -536,7 +664,7 @@ class FileStore:
         except BaseException:
             if os.fstat(fd).st_size == 0:
                 with contextlib.suppress(OSError):
-                    os.unlink(PART_PREFIX + base, dir_fd=dir_fd)
+                    os.unlink(part, dir_fd=dir_fd)
             os.close(fd)
             raise
         return Upload(
@@ -565,12 +693,8 @@ class FileStore:
                 if pruned:
                     with contextlib.suppress(OSError):
                         self._write_ledger(rfd, ledger)
-                raise FileStoreError(
-                    "quota",
-                    f"{size - offset} more bytes would exceed the quota of {self.quota} "
-                    f"bytes ({used + offset} in use or reserved)",
-                )
-            key, entry = "/".join([*dirs, PART_PREFIX + base]), (size, *own)
+                raise self._over_quota(size, offset, used)
+            key, entry = "/".join([*dirs, part_name(base)]), (size, *own)
             ledger[key] = entry
             self._write_ledger(rfd, ledger)
         except OSError as exc:
@@ -648,7 +772,7 @@ class Upload:
         self.digest_name = digest
         self._store = store
         self._base = base
-        self._part = PART_PREFIX + base
+        self._part = part_name(base)
         self._dir_fd = dir_fd
         self._fd = fd
         self._hasher: Hasher = new_hasher(digest)
@@ -767,9 +891,16 @@ class Upload:
         self._finish()
 
     def release(self) -> None:
-        """Keep the part file for a later resume and release the lock. Idempotent."""
+        """Keep the part file for a later resume and release the lock. Idempotent.
+
+        A part that holds nothing (the client left before its first byte) is deleted: there
+        is nothing to resume.
+        """
         if self._done:
             return
+        if self.received == 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self._part, dir_fd=self._dir_fd)
         self._finish()
 
     def _finish(self) -> None:
@@ -785,13 +916,44 @@ class Upload:
             os.close(self._dir_fd)
 
 
+def _remove_if_abandoned(dfd: int, name: str, before: float) -> int:
+    """Unlink the part ``name`` in ``dfd`` if unlocked and last written before ``before``."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = os.open(name, flags, dir_fd=dfd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_mtime >= before:
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # an uploader holds it
+        # under our lock nobody can take it over; it must still be the same file
+        if os.stat(name, dir_fd=dfd, follow_symlinks=False).st_ino != st.st_ino:
+            return 0
+        os.unlink(name, dir_fd=dfd)
+        return 1
+    finally:
+        os.close(fd)
+
+
+def _utf8(name: str) -> bool:
+    """Is ``name`` (from the file system, surrogate-escaped) valid UTF-8?"""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _valid_part_path(path: str) -> bool:
     """Is ``path`` (from the ledger) a part file's path under the root, jail rules kept?"""
     dirs, _, base = path.rpartition("/")
     if not base.startswith(PART_PREFIX):
         return False
     try:
-        check_name(base.removeprefix(PART_PREFIX))
+        if not _LONG_PART_RE.fullmatch(base):
+            check_name(base.removeprefix(PART_PREFIX))
         if dirs:
             check_name(dirs)
     except ValueError:

@@ -18,6 +18,7 @@ import contextlib
 import os
 import select
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -54,6 +55,7 @@ async def send_file_range(
     *,
     progress: Callable[[int], None] | None = None,
     zero_copy: bool = True,
+    progress_interval: float = 1.0,
 ) -> str:
     """Write bytes ``[offset, offset + count)`` of the open file ``fd`` to ``conn``.
 
@@ -63,8 +65,11 @@ async def send_file_range(
         offset: first byte to send.
         count: how many bytes to send.
         progress: called on the loop thread with the bytes sent since the last call; an
-            exception it raises stops the transfer and is raised here.
-        zero_copy: allow ``sendfile``; False forces the copying path.
+            exception it raises stops the transfer and is raised here. Called at least every
+            ``progress_interval`` seconds while bytes move (every 4 MiB at most), so the
+            caller can tell a slow download from one that does not move at all.
+        zero_copy: allow ``sendfile`` (a thread); False forces the copying path.
+        progress_interval: seconds (> 0); see ``progress``.
 
     Returns:
         The method used: ``"sendfile"`` or ``"copy"``.
@@ -84,7 +89,7 @@ async def send_file_range(
         await conn.wait_empty()
         if transport.is_closing():
             raise ConnectionError("connection closed before sendfile")
-        await _ThreadSendfile(sock.fileno(), fd, report).run(conn, offset, count)
+        await _ThreadSendfile(sock.fileno(), fd, report, progress_interval).run(conn, offset, count)
         return "sendfile"
     await _copy(conn, fd, offset, count, report)
     return "copy"
@@ -97,9 +102,12 @@ class _ThreadSendfile:
     is finished, so the caller may close its own at any time.
     """
 
-    def __init__(self, sock_fd: int, fd: int, report: Callable[[int], None]) -> None:
+    def __init__(
+        self, sock_fd: int, fd: int, report: Callable[[int], None], interval: float = 1.0
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._report = report
+        self._interval = interval
         self._fds: list[int] = []
         self._fds.append(os.dup(sock_fd))
         self._fds.append(os.dup(fd))
@@ -155,15 +163,18 @@ class _ThreadSendfile:
         poller.register(out, select.POLLOUT)
         poller.register(self._wake_r, select.POLLIN)
         since = 0
+        reported = time.monotonic()
         try:
             while count and not self._stop:
                 try:
                     sent = os.sendfile(out, src, offset, min(count, _SLICE))
                 except BlockingIOError:
-                    if since >= _REPORT:
+                    if since and (
+                        since >= _REPORT or time.monotonic() - reported >= self._interval
+                    ):
                         self._loop.call_soon_threadsafe(self._progress, since)
-                        since = 0
-                    poller.poll()
+                        since, reported = 0, time.monotonic()
+                    poller.poll(int(self._interval * 1000) + 1 if since else -1)
                     continue
                 if sent == 0:
                     raise OSError("file shrank while sending")

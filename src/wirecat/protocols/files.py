@@ -113,6 +113,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "shutting_down",  # the server is draining
         "auth_required",  # the server has users: send auth first
         "auth_failed",  # wrong user or token; the connection is closed after it
+        "timeout",  # a header deadline or the minimum body rate was missed; closed after it
     }
 )
 
@@ -817,9 +818,39 @@ class FilesServerProtocol(_FilesProtocol):
         obj: dict[str, Any] = {"ok": False, "error": code, "message": message[:1024]}
         if offset is not None:
             obj["offset"] = offset
-        self._send_header(obj)
+        while True:  # the message is shortened to fit max_header (it cannot be refused)
+            try:
+                self._send_header(obj)
+                break
+            except LocalProtocolError:
+                if not obj["message"]:
+                    raise
+                obj["message"] = obj["message"][: len(obj["message"]) // 2]
         self._put = None
         self._after_local_step()
+
+    def send_fatal(self, code: str, message: str) -> None:
+        """End the conversation from any state with one error response (``code``, e.g.
+        ``timeout`` when the peer missed a deadline); close the connection after flushing.
+
+        The state becomes :attr:`State.CLOSED`. Does nothing once closed.
+
+        Raises:
+            LocalProtocolError: ``code`` is unknown.
+        """
+        if code not in ERROR_CODES:
+            raise LocalProtocolError(f"unknown error code {code!r}")
+        if self._state is State.CLOSED:
+            return
+        if self._state is not State.ERROR:
+            self._step("fatal", local=True)
+        self.send_error(code, message)
+
+    @property
+    def line_pending(self) -> bool:
+        """The peer has sent part of a header or trailer line that we wait for (the
+        caller's deadline for completing it should run)."""
+        return self._state in self._peer_line_states and len(self._buffer) > 0
 
     def send_auth_result(self, user: str, roles: Iterable[str] = ()) -> None:
         """Accept the pending :class:`AuthRequest`: the client is now ``user``."""

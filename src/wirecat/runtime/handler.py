@@ -80,6 +80,11 @@ class ServerContext:
         log: the server's logger.
         access: the ``--allow``/``--deny`` rules, checked before any byte is read.
         per_source: open stream connections by source IP (entries vanish at zero).
+        by_service: counters per (service name, counter): ``accepted``, the ``refused_*``
+            of :attr:`metrics` by the service whose listener refused, and the
+            ``bytes_received``/``bytes_sent`` of connections already closed (read
+            :meth:`service_counters` for totals that include open connections). Bounded:
+            one entry per service and counter, never per peer.
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class ServerContext:
         self.metrics: Counter[str] = Counter()
         #: Gauges read at each scrape, by name (e.g. ``chat_hub_up``): name -> callable.
         self.gauges: dict[str, Callable[[], float]] = {}
+        self.by_service: Counter[tuple[str, str]] = Counter()
         self.connections: set[StreamHandler] = set()
         self.access = access or AccessList()
         self.per_source: dict[str, int] = {}
@@ -128,6 +134,18 @@ class ServerContext:
                 return "connecting too fast"
             self.per_source[source] = self.per_source.get(source, 0) + 1
         return None
+
+    def service_counters(self) -> Counter[tuple[str, str]]:
+        """Counters per (service, name), with the bytes of open connections added: bytes
+        received through ``data_received`` and bytes handed to the transport's ``write``
+        (bytes that the kernel moves by itself, such as ``sendfile`` downloads, are not
+        included: the files service counts them as ``files_bytes_out``/``files_bytes_in``)."""
+        totals = self.by_service.copy()
+        for h in self.connections:
+            name = h.service.name if h.service is not None else "-"
+            totals[(name, "bytes_received")] += h._rx
+            totals[(name, "bytes_sent")] += h._tx
+        return totals
 
     def release(self, source: str | None) -> None:
         """Give back the per-source count taken by :meth:`admit`."""
@@ -288,6 +306,8 @@ class StreamHandler(asyncio.Protocol):
         "_login_handle",
         "_loop",
         "_queued",
+        "_rx",
+        "_tx",
         "closing",
         "ctx",
         "limits",
@@ -315,6 +335,8 @@ class StreamHandler(asyncio.Protocol):
         # Coalesced writes of this loop iteration; the list is made on the first write and
         # kept (empty between iterations), so fan-out allocates no list per member.
         self._queued: list[bytes | SharedWrite] | None = None
+        self._rx = 0  # bytes received, handed to the transport: per-service metrics
+        self._tx = 0
 
     #: Services whose peers must complete a login (first line, hello) set this to True and
     #: call :meth:`login_complete`; until then ``limits.login_timeout`` applies.
@@ -360,7 +382,9 @@ class StreamHandler(asyncio.Protocol):
         self._loop = loop = asyncio.get_running_loop()
         reason = ctx.admit(self.source, loop.time())
         if reason is not None:
-            ctx.metrics[_REFUSAL_METRIC.get(reason, "refused")] += 1
+            metric = _REFUSAL_METRIC.get(reason, "refused")
+            ctx.metrics[metric] += 1
+            ctx.by_service[(self.service.name if self.service else "-", metric)] += 1
             self.log.warning("refused: %s", reason, extra={"event": "refused", "reason": reason})
             self.closing = True
             return reason
@@ -389,6 +413,7 @@ class StreamHandler(asyncio.Protocol):
         assert loop is not None
         ctx = self.ctx
         ctx.metrics["accepted"] += 1
+        ctx.by_service[(self.service.name if self.service else "-", "accepted")] += 1
         # TCP_NODELAY: asyncio and uvloop both set it on every TCP transport already.
         lim = self.limits
         self.transport.set_write_buffer_limits(high=lim.write_high_water, low=lim.write_low_water)
@@ -403,6 +428,7 @@ class StreamHandler(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = self._loop.time()  # type: ignore[union-attr]
+        self._rx += len(data)
         try:
             self.on_data(data)
         except Exception:
@@ -432,9 +458,13 @@ class StreamHandler(asyncio.Protocol):
         if not self._accepted:
             return
         self._accepted = False
-        self.ctx._discard(self)
-        self.ctx.release(self.source)
-        if self.ctx.log.isEnabledFor(logging.DEBUG):
+        ctx = self.ctx
+        ctx._discard(self)
+        ctx.release(self.source)
+        name = self.service.name if self.service is not None else "-"
+        ctx.by_service[(name, "bytes_received")] += self._rx
+        ctx.by_service[(name, "bytes_sent")] += self._tx
+        if ctx.log.isEnabledFor(logging.DEBUG):
             reason = self._close_reason or (str(exc) if exc else None)
             self.log.debug(
                 "closed%s",
@@ -564,6 +594,7 @@ class StreamHandler(asyncio.Protocol):
         if self.coalesce_writes:
             self._enqueue(data)
             return True
+        self._tx += len(data)
         self.transport.write(data)
         if self.writing_paused:
             return self._check_output()
@@ -611,6 +642,7 @@ class StreamHandler(asyncio.Protocol):
         else:
             data = b"".join([i.join() if isinstance(i, SharedWrite) else i for i in queued])
         queued.clear()  # kept: no new (garbage-collected) list per connection per iteration
+        self._tx += len(data)
         self.transport.write(data)
         if self.writing_paused:
             self._check_output()

@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["AccessList", "KeyedRateLimiter", "Limits", "TokenBucket", "read_rules"]
+__all__ = ["AccessList", "KeyedRateLimiter", "Limits", "MinRate", "TokenBucket", "read_rules"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -113,6 +113,74 @@ class TokenBucket:
     def empty_at(self, now: float) -> bool:
         """True when not even one token would be available at ``now`` (nothing is spent)."""
         return self.tokens + max(0.0, now - self.stamp) * self.rate < 1
+
+
+class MinRate:
+    """A minimum transfer rate: at least ``rate`` bytes per second, averaged over each
+    ``window`` seconds (the first window is the grace period).
+
+    The models are Apache ``mod_reqtimeout``'s ``MinRate`` and nginx's
+    ``client_body_timeout``: a peer dribbling a body holds a connection (and an upload's
+    quota reservation) for as long as it likes unless it must keep a minimum pace. Time in
+    which *we* do not read (:meth:`pause`: our disk lags, the buffers are full) is not
+    counted against the peer. Windows are consecutive: when :meth:`check` finds a window
+    complete and met, the next starts.
+
+    Pure arithmetic on a caller-supplied clock (``now`` in seconds, monotonic); not
+    thread-safe (one owner: the loop, or one thread).
+
+    Args:
+        rate: bytes per second (> 0).
+        window: seconds of counted time per window (> 0).
+        now: the start time.
+    """
+
+    __slots__ = ("_bytes", "_counted", "_paused", "_start", "rate", "window")
+
+    def __init__(self, rate: float, window: float, now: float) -> None:
+        if not rate > 0 or not window > 0:
+            raise ValueError("need rate > 0 bytes per second and window > 0 seconds")
+        self.rate = rate
+        self.window = window
+        self._start = now  # when the running stretch of counted time began
+        self._counted = 0.0  # counted seconds of this window before _start
+        self._bytes = 0  # bytes received in this window
+        self._paused = False
+
+    def add(self, n: int) -> None:
+        """Count ``n`` bytes received."""
+        self._bytes += n
+
+    def pause(self, now: float) -> None:
+        """We stop reading: time from ``now`` on is not counted (idempotent)."""
+        if not self._paused:
+            self._counted += now - self._start
+            self._paused = True
+
+    def resume(self, now: float) -> None:
+        """We read again from ``now`` on (idempotent)."""
+        if self._paused:
+            self._start = now
+            self._paused = False
+
+    def elapsed(self, now: float) -> float:
+        """Counted seconds of the current window."""
+        return self._counted + (0.0 if self._paused else max(0.0, now - self._start))
+
+    def due(self, now: float) -> float:
+        """Counted seconds left before the current window completes (>= 0)."""
+        return max(0.0, self.window - self.elapsed(now))
+
+    def check(self, now: float) -> bool:
+        """False if the current window is complete with fewer than ``rate`` bytes per
+        counted second; True otherwise (a complete, met window starts the next)."""
+        elapsed = self.elapsed(now)
+        if elapsed < self.window:
+            return True
+        if self._bytes < self.rate * elapsed:
+            return False
+        self._bytes, self._counted, self._start = 0, 0.0, now
+        return True
 
 
 class KeyedRateLimiter:

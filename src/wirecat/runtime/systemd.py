@@ -7,6 +7,9 @@
   ``$LISTEN_FDS``, from fd 3 on; ``sd_listen_fds(3)``); a listener whose endpoint matches one
   of them uses it instead of binding (:func:`take_inherited`), so a port below 1024 or a
   socket opened before wirecat starts needs no privilege in wirecat.
+- :func:`unclaimed` describes the passed sockets that no listener took (a unit's
+  ``ListenStream=`` without a matching wirecat endpoint): the server logs a warning for
+  each, since connections to it would wait unanswered.
 
 The protocol is small and documented as stable by systemd; it is implemented here rather
 than through the ``sdnotify`` package, unmaintained since 2017. Does nothing outside
@@ -22,13 +25,24 @@ import time
 
 from ..endpoints import Endpoint
 
-__all__ = ["LISTEN_FDS_START", "adopt_listen_fds", "inherited", "notify", "take_inherited"]
+__all__ = [
+    "LISTEN_FDS_START",
+    "adopt_listen_fds",
+    "describe",
+    "inherited",
+    "notify",
+    "take_inherited",
+    "unclaimed",
+]
 
 #: The first file descriptor systemd passes (``SD_LISTEN_FDS_START``).
 LISTEN_FDS_START = 3
 
 #: Sockets passed by systemd and not yet claimed by a listener.
 inherited: list[socket.socket] = []
+
+#: ``$LISTEN_FDNAMES`` (``FileDescriptorName=``) by file descriptor, for messages.
+_names: dict[int, str] = {}
 
 
 def notify(state: str) -> bool:
@@ -66,6 +80,7 @@ def adopt_listen_fds(*, unset: bool = True) -> list[socket.socket]:
         count = int(os.environ.get("LISTEN_FDS", "0"))
     except ValueError:
         count = 0
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
     if unset:
         for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(name, None)
@@ -78,6 +93,9 @@ def adopt_listen_fds(*, unset: bool = True) -> list[socket.socket]:
         os.set_inheritable(fd, False)
         sock.setblocking(False)
         adopted.append(sock)
+        index = fd - LISTEN_FDS_START
+        if index < len(names) and names[index]:
+            _names[fd] = names[index]
     inherited.extend(adopted)
     return adopted
 
@@ -112,3 +130,35 @@ def take_inherited(endpoint: Endpoint, kind: socket.SocketKind) -> socket.socket
                 inherited.remove(sock)
                 return sock
     return None
+
+
+def describe(sock: socket.socket) -> str:
+    """``sock`` as an endpoint a listener would need to claim it, with its descriptor and
+    systemd name: ``tcp://127.0.0.1:7008 (fd 4, name "echo")``. Never raises."""
+    fd = sock.fileno()
+    extra = f"fd {fd}" + (f', name "{_names[fd]}"' if fd in _names else "")
+    try:
+        name = sock.getsockname()
+        kind = sock.type
+        if sock.family == socket.AF_UNIX:
+            path = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+            path = "@" + path[1:] if path.startswith("\0") else path
+            scheme = {socket.SOCK_DGRAM: "unix+dgram", socket.SOCK_SEQPACKET: "unix+seqpacket"}
+            where = f"{scheme.get(kind, 'unix')}:{path or '(unnamed)'}"
+        elif sock.family in (socket.AF_INET, socket.AF_INET6):
+            host, port = name[0], name[1]
+            host = f"[{host}]" if ":" in host else host
+            where = f"{'udp' if kind == socket.SOCK_DGRAM else 'tcp'}://{host}:{port}"
+        else:
+            where = f"a socket of family {sock.family!r}"
+    except OSError as exc:
+        where = f"a socket ({exc.strerror or exc})"
+    return f"{where} ({extra})"
+
+
+def unclaimed() -> list[str]:
+    """Describe (:func:`describe`) each socket passed by systemd that no listener took.
+
+    Call once every listener is open. The sockets stay open (systemd holds them anyway).
+    """
+    return [describe(sock) for sock in inherited]

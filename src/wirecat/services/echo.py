@@ -27,6 +27,7 @@ class _EchoHandler(StreamHandler):
     __slots__ = ()
 
     def on_data(self, data: bytes) -> None:
+        self._tx += len(data)
         self.transport.write(data)
         if self.writing_paused:
             self.pause_reading()  # backpressure: let TCP push back on the sender

@@ -11,6 +11,20 @@ lags). Downloads go out with ``sendfile(2)`` on a thread
 
 An upload is confirmed only after the digest matched and the file was fsynced, renamed and
 its directory fsynced. A connection that drops mid-upload keeps its part file for a resume.
+
+Against peers that hold resources without using them:
+
+- a request header (or trailer) must be complete within ``header_timeout`` seconds of its
+  first byte (an absolute deadline, like chat's login);
+- an upload body must arrive at ``min_rate`` bytes per second or more, averaged over each
+  ``rate_window`` seconds (Apache ``mod_reqtimeout`` MinRate, nginx ``client_body_timeout``);
+  a slower one is cut with ``timeout`` and its quota reservation released (its part is kept
+  for a resume);
+- a download that makes no progress (the client does not read) for ``idle_timeout`` seconds
+  is cut and its thread released; at most ``transfer_threads`` transfers run on threads of
+  their own at once, the others on the event loop (:class:`~wirecat.files.pipeline.ThreadSlots`);
+- part files nobody has written to for ``part_expiry`` seconds are deleted, at start and
+  every ``part_expiry / 4`` seconds (at most hourly).
 """
 
 from __future__ import annotations
@@ -25,8 +39,8 @@ from typing import Any, TypeVar
 from ..auth import AuthFailures, User, Users, audit_login
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import LimitExceeded, LocalProtocolError, ProtocolError
-from ..files.pipeline import SocketBody, WriteBehind, executor
-from ..files.store import FileStore, FileStoreError, ReadHandle, Upload
+from ..files.pipeline import SocketBody, ThreadSlots, WriteBehind, executor
+from ..files.store import PART_EXPIRY, FileStore, FileStoreError, ReadHandle, Upload
 from ..files.zerocopy import send_file_range
 from ..protocols.files import (
     MAX_HEADER,
@@ -44,13 +58,30 @@ from ..protocols.files import (
     Trailer,
 )
 from ..runtime.handler import ServerContext, StreamHandler
-from ..runtime.limits import Limits
+from ..runtime.limits import Limits, MinRate
 from ..runtime.server import Service
 
-__all__ = ["DEFAULT_ENDPOINT", "FilesHandler", "FilesService"]
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "HEADER_TIMEOUT",
+    "MIN_RATE",
+    "PART_EXPIRY",
+    "RATE_WINDOW",
+    "TRANSFER_THREADS",
+    "FilesHandler",
+    "FilesService",
+]
 
 #: Where ``wirecat serve --files DIR`` listens unless told otherwise.
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7071"
+#: Seconds from a request header's first byte to its end (``--files-header-timeout``).
+HEADER_TIMEOUT = 10.0
+#: Slowest upload body accepted, bytes per second (``--files-min-rate``).
+MIN_RATE = 1024
+#: Seconds over which :data:`MIN_RATE` is averaged; the first is a grace period.
+RATE_WINDOW = 30.0
+#: Transfers on threads of their own at once (``--files-transfer-threads``).
+TRANSFER_THREADS = 32
 
 T = TypeVar("T")
 
@@ -72,6 +103,16 @@ class FilesService(Service):
         users: a users file (:class:`~wirecat.auth.Users`): every request but ``auth`` is
             refused with ``auth_required`` until the client authenticated.
         auth_failures: failed logins allowed per source (shared with other services).
+        header_timeout: seconds from the first byte of a request header or trailer until
+            its end (``None``: no deadline); then ``timeout`` and the connection closes.
+        min_rate: slowest upload body accepted, in bytes per second averaged over each
+            ``rate_window`` seconds (``None`` or 0: any); then ``timeout``, the connection
+            closes, the part is kept and its quota reservation released.
+        rate_window: seconds of each ``min_rate`` window (the first is the grace period).
+        transfer_threads: transfers (``sendfile`` downloads, uploads received on threads)
+            allowed on threads of their own at once; the others run on the event loop.
+        part_expiry: seconds after which a part file nobody writes to is deleted (``None``:
+            never). Parts count against the quota until then.
 
     Raises:
         OSError: ``root`` cannot be created or opened.
@@ -92,8 +133,25 @@ class FilesService(Service):
         limits: Limits | None = None,
         users: Users | None = None,
         auth_failures: AuthFailures | None = None,
+        header_timeout: float | None = HEADER_TIMEOUT,
+        min_rate: int | None = MIN_RATE,
+        rate_window: float = RATE_WINDOW,
+        transfer_threads: int = TRANSFER_THREADS,
+        part_expiry: float | None = PART_EXPIRY,
     ) -> None:
         super().__init__(list(endpoints) or [parse_endpoint(DEFAULT_ENDPOINT)], limits=limits)
+        if header_timeout is not None and not header_timeout > 0:
+            raise ValueError("header_timeout must be > 0 seconds (or None)")
+        if (min_rate is not None and min_rate < 0) or not rate_window > 0:
+            raise ValueError("min_rate must be >= 0 bytes/s and rate_window > 0 seconds")
+        if part_expiry is not None and not part_expiry > 0:
+            raise ValueError("part_expiry must be > 0 seconds (or None)")
+        self.header_timeout = header_timeout
+        self.min_rate = min_rate or None
+        self.rate_window = rate_window
+        self.slots = ThreadSlots(transfer_threads)
+        self.part_expiry = part_expiry
+        self._sweeper: asyncio.Task[None] | None = None
         self.users = users
         self.auth_failures = auth_failures if auth_failures is not None else AuthFailures()
         self.store = FileStore(root, readonly=readonly, max_file_size=max_file_size, quota=quota)
@@ -108,8 +166,45 @@ class FilesService(Service):
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
+    async def start(self, ctx: ServerContext) -> None:
+        """Sweep abandoned part files now, then every ``part_expiry / 4`` s (at most 1 h)."""
+        if self.part_expiry is not None:
+            await self._sweep(ctx)
+            self._sweeper = asyncio.ensure_future(self._sweep_forever(ctx))
+
+    async def _sweep(self, ctx: ServerContext) -> None:
+        assert self.part_expiry is not None
+        loop = asyncio.get_running_loop()
+        try:
+            removed = await loop.run_in_executor(
+                executor(), self.store.sweep_parts, self.part_expiry
+            )
+        except OSError as exc:
+            ctx.log.warning("files: cannot sweep part files: %s", exc)
+            return
+        if removed:
+            ctx.metrics["files_parts_expired"] += removed
+            ctx.log.info(
+                "files: deleted %d part file(s) not written for %g s",
+                removed,
+                self.part_expiry,
+                extra={"event": "files_parts_expired"},
+            )
+
+    async def _sweep_forever(self, ctx: ServerContext) -> None:
+        assert self.part_expiry is not None
+        while True:
+            await asyncio.sleep(min(self.part_expiry / 4, 3600.0))
+            await self._sweep(ctx)
+
     async def stop(self) -> None:
-        """Wait for part files of dropped uploads to be flushed and unlocked."""
+        """Stop the part sweeper; wait for part files of dropped uploads to be flushed and
+        unlocked."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         while self._cleanups:
             await asyncio.gather(*list(self._cleanups), return_exceptions=True)
 
@@ -132,6 +227,10 @@ class FilesHandler(StreamHandler):
         self._writable.set()
         self._eof = False
         self._deadline: asyncio.TimerHandle | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._rate: MinRate | None = None  # the upload body's pace (loop path)
+        self._rate_timer: asyncio.TimerHandle | None = None
+        self._sending = False  # a download body is being written (its progress touches)
         self.user: User | None = None  # set by a successful auth request
 
     # -- runtime hooks ------------------------------------------------------------------
@@ -154,8 +253,9 @@ class FilesHandler(StreamHandler):
         self._writable.set()  # wake a download; it sees the closed transport and stops
         if self._body is not None:
             self._body.cancel()
-        if self._deadline is not None:
-            self._deadline.cancel()
+        for timer in (self._deadline, self._header_timer, self._rate_timer):
+            if timer is not None:
+                timer.cancel()
         self._drop_upload(keep=True)
 
     def pause_writing(self) -> None:
@@ -166,8 +266,18 @@ class FilesHandler(StreamHandler):
         self._writable.set()
 
     def on_idle(self) -> None:
+        if self._sending:
+            # the download's progress touches the idle clock: none for idle_timeout seconds
+            self.ctx.metrics["files_download_stalled"] += 1
+            self.log.info(
+                "download made no progress for %s s (the client does not read), cutting",
+                self.limits.idle_timeout,
+                extra={"event": "limit", "reason": "download_stalled"},
+            )
+            self.abort("download stalled")  # nothing to flush to a peer that does not read
+            return
         if self._task is not None and not self._task.done():
-            return  # a download is flowing (the client sends nothing meanwhile)
+            return  # the server is working on the request (hashing, committing)
         super().on_idle()
 
     def on_shutdown(self) -> None:
@@ -210,13 +320,99 @@ class FilesHandler(StreamHandler):
             for event in events:
                 self._dispatch(event)
         self._flush()
+        self._watch_header()
+
+    # -- deadlines ----------------------------------------------------------------------
+    def _watch_header(self) -> None:
+        """Run the header deadline while part of a header or trailer line is waiting."""
+        timeout = self.service.header_timeout
+        if timeout is None:
+            return
+        waiting = self.proto.line_pending and not self.closing
+        if waiting and self._header_timer is None:
+            loop = asyncio.get_running_loop()
+            self._header_timer = loop.call_later(timeout, self._header_expired)
+        elif not waiting and self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_expired(self) -> None:
+        self._header_timer = None
+        if self.closing or not self.proto.line_pending:
+            return
+        timeout = self.service.header_timeout
+        self.ctx.metrics["files_header_timeouts"] += 1
+        self.log.info(
+            "request header not complete within %s s, closing",
+            timeout,
+            extra={"event": "limit", "reason": "header_timeout"},
+        )
+        self._cut(f"request header not complete within {timeout:g} s")
+
+    def _start_rate(self) -> None:
+        """Hold the upload body arriving through the loop to the minimum rate."""
+        if self.service.min_rate is None or self.proto.body_left == 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._rate = MinRate(self.service.min_rate, self.service.rate_window, loop.time())
+        self._rate_timer = loop.call_later(self.service.rate_window, self._rate_tick)
+
+    def _stop_rate(self) -> None:
+        self._rate = None
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
+
+    def _rate_tick(self) -> None:
+        self._rate_timer = None
+        rate = self._rate
+        if rate is None or self.closing or self.proto.state is not State.UPLOAD:
+            return
+        now = asyncio.get_running_loop().time()
+        if rate.check(now):
+            self._rate_timer = asyncio.get_running_loop().call_later(
+                max(rate.due(now), 0.01), self._rate_tick
+            )
+            return
+        self._too_slow()
+
+    def _too_slow(self) -> None:
+        self.ctx.metrics["files_upload_too_slow"] += 1
+        message = (
+            f"upload slower than {self.service.min_rate} bytes/s over "
+            f"{self.service.rate_window:g} s; the part is kept for a resume"
+        )
+        self.log.info(message, extra={"event": "limit", "reason": "min_rate"})
+        self._cut(message)
+
+    def _cut(self, message: str) -> None:
+        """Tell the peer it missed a deadline (``timeout``), drop its upload, close."""
+        self._stop_rate()
+        self._drop_upload(keep=True)  # releases the quota reservation; the part stays
+        with contextlib.suppress(ProtocolError):
+            self.proto.send_fatal("timeout", message)
+        self._flush()
+        self.close("timeout")
+
+    def _pause_body(self) -> None:
+        """WriteBehind is full: stop reading (our disk's time is not the peer's)."""
+        if self._rate is not None:
+            self._rate.pause(asyncio.get_running_loop().time())
+        self.pause_reading()
+
+    def _resume_body(self) -> None:
+        if self._rate is not None:
+            self._rate.resume(asyncio.get_running_loop().time())
+        self.resume_reading()
 
     def _dispatch(self, event: FilesEvent) -> None:
         if isinstance(event, BodyChunk):
+            if self._rate is not None:
+                self._rate.add(len(event.data))
             if self._sink is not None:
                 self._sink.push(event.data)
         elif isinstance(event, BodyEnd):
-            pass
+            self._stop_rate()
         elif isinstance(event, Trailer):
             upload, sink = self._upload, self._sink
             self._upload = self._sink = None  # the commit task owns it now
@@ -258,6 +454,7 @@ class FilesHandler(StreamHandler):
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
+        self._watch_header()  # a partial header may wait behind the finished request
         exc = task.exception()
         deferred = self.proto.take_error()
         if isinstance(exc, ProtocolError) and not isinstance(exc, LocalProtocolError):
@@ -380,9 +577,22 @@ class FilesHandler(StreamHandler):
                 )
                 self._flush()
                 length = handle.size - req.offset
-                method = await send_file_range(
-                    self, handle.fd, req.offset, length, zero_copy=self.service.zero_copy
-                )
+                threaded = self._thread_slot(length)
+                self._sending = True
+                try:
+                    method = await send_file_range(
+                        self,
+                        handle.fd,
+                        req.offset,
+                        length,
+                        zero_copy=threaded,
+                        progress=self._sent_some,
+                        progress_interval=self._progress_interval(),
+                    )
+                finally:
+                    self._sending = False
+                    if threaded:
+                        self.service.slots.release()
                 self.proto.body_sent(length)
                 digest = await digest_job if digest_job is not None else cached or ""
             finally:
@@ -444,14 +654,34 @@ class FilesHandler(StreamHandler):
         else:
             self._sink = WriteBehind(
                 upload.write,
-                on_pause=self.pause_reading,
-                on_resume=self.resume_reading,
+                on_pause=self._pause_body,
+                on_resume=self._resume_body,
                 on_error=self._write_failed,
             )
         self.proto.send_ready()
+        if not takeover:
+            self._start_rate()
         self._pump()
         if takeover:
             await self._receive_body(upload)
+
+    def _thread_slot(self, length: int) -> bool:
+        """May this download use a ``sendfile`` thread? (takes a slot: release it)"""
+        t = self.transport
+        return (
+            self.service.zero_copy
+            and length > 0
+            and t.get_extra_info("socket") is not None
+            and t.get_extra_info("sslcontext") is None
+            and self.service.slots.acquire()
+        )
+
+    def _sent_some(self, n: int) -> None:
+        self.touch()  # a download that progresses is not idle
+
+    def _progress_interval(self) -> float:
+        idle = self.limits.idle_timeout
+        return 1.0 if idle is None else min(1.0, idle / 4)
 
     def _takeover_ok(self, length: int) -> bool:
         """May the body be received on threads straight from the socket? (takes a slot)"""
@@ -462,34 +692,37 @@ class FilesHandler(StreamHandler):
             and not self.proto.buffered  # early body bytes: keep them in order, use the loop
             and t.get_extra_info("socket") is not None
             and t.get_extra_info("sslcontext") is None
-            and SocketBody.acquire()
+            and self.service.slots.acquire()
         )
 
     async def _receive_body(self, upload: Upload) -> None:
         sock = self.transport.get_extra_info("socket")
+        svc = self.service
         try:
             body = SocketBody(
                 sock.fileno(),
                 functools.partial(upload.write, digest=False),
                 digest=upload.digest_update,
                 idle_timeout=self.limits.idle_timeout,
+                min_rate=None if svc.min_rate is None else (svc.min_rate, svc.rate_window),
             )
         except OSError as exc:  # out of descriptors: fall back to the loop
-            SocketBody.release()
+            svc.slots.release()
             self.log.warning("cannot take the socket over: %s", exc)
             self._sink = WriteBehind(
                 upload.write,
-                on_pause=self.pause_reading,
-                on_resume=self.resume_reading,
+                on_pause=self._pause_body,
+                on_resume=self._resume_body,
                 on_error=self._write_failed,
             )
+            self._start_rate()
             self.resume_reading()
             return
         self._body = body
         try:
             outcome = await body.run(self.proto.body_left)
         finally:
-            SocketBody.release()
+            svc.slots.release()
         self._body = None
         if self._upload is not upload or self.closing:
             return  # the connection went away; _drop_upload waited for the threads
@@ -508,6 +741,9 @@ class FilesHandler(StreamHandler):
                 extra={"event": "idle_timeout"},
             )
             self.close("idle timeout")
+            return
+        if outcome.end == "slow":
+            self._too_slow()
             return
         # done: the trailer follows; eof / recv_error: the transport finds out and reports
         self.resume_reading()

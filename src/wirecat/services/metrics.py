@@ -8,6 +8,11 @@ read at scrape time: nothing is counted twice and the hot paths are untouched.
 Exposed, all prefixed ``wirecat_``:
 
 - ``connections_open{service}``: stream connections open now, per service (gauge);
+- ``connections_accepted_total{service}``, ``connections_refused_total{service,reason}``
+  (``reason``: ``acl``, ``closing``, ``max_conns``, ``per_source``, ``rate``);
+- ``bytes_received_total{service}``, ``bytes_sent_total{service}``: bytes through the event
+  loop (one integer addition per chunk; bytes the kernel moves alone, ``sendfile``
+  downloads, are in ``files_bytes_out_total``);
 - ``connections_per_source_max``: the most connections one source address holds (gauge);
 - ``<counter>_total``: every counter of the server (``accepted``, ``refused_acl``,
   ``refused_max_conns``, ``refused_per_source``, ``refused_rate``, ``slow_consumers``,
@@ -15,9 +20,10 @@ Exposed, all prefixed ``wirecat_``:
   services' own such as ``echo_datagrams`` and ``chat_*``, ``files_*``);
 - ``up``: 1.
 
-Labels are bounded: per service, never per peer. With several worker processes each has its
-own counters; the metrics listener runs in the first worker and labels its samples
-``worker="0"``. Bytes in and out are not counted (it would cost work per received chunk).
+Labels are bounded: per service (and refusal reason), never per peer. With several worker
+processes each has its own counters and its own metrics listener (see
+:func:`wirecat.app.build_services`): worker ``i`` serves them on the metrics port plus ``i``
+and labels its samples ``worker="i"``.
 
 HTTP is parsed by ``h11`` (RFC 9112): anything but ``GET``/``HEAD`` gets 405, another path
 404, a malformed or oversized request 400; every response closes the connection.
@@ -25,6 +31,7 @@ HTTP is parsed by ``h11`` (RFC 9112): anything but ``GET``/``HEAD`` gets 405, an
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -35,11 +42,12 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..endpoints import Endpoint
+from ..errors import ConfigError
 from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import Limits
 from ..runtime.server import Service
 
-__all__ = ["MAX_REQUEST", "MetricsService", "exposition"]
+__all__ = ["MAX_REQUEST", "MetricsService", "exposition", "worker_endpoint"]
 
 #: Largest request head accepted, in bytes (h11 refuses larger ones before buffering more).
 MAX_REQUEST = 8192
@@ -80,6 +88,36 @@ class _ContextCollector(Collector):
         )
         top.add_metric([worker], max(ctx.per_source.values(), default=0))
         yield top
+        per_service = ctx.service_counters()
+        families = {
+            "accepted": CounterMetricFamily(
+                "wirecat_connections_accepted",
+                "Stream connections accepted, per service",
+                labels=["service", "worker"],
+            ),
+            "bytes_received": CounterMetricFamily(
+                "wirecat_bytes_received",
+                "Bytes received on stream connections through the event loop, per service",
+                labels=["service", "worker"],
+            ),
+            "bytes_sent": CounterMetricFamily(
+                "wirecat_bytes_sent",
+                "Bytes written to stream connections through the event loop, per service",
+                labels=["service", "worker"],
+            ),
+        }
+        refused = CounterMetricFamily(
+            "wirecat_connections_refused",
+            "Stream connections refused before any byte was read, per service and reason",
+            labels=["service", "reason", "worker"],
+        )
+        for (service, name), value in sorted(per_service.items()):
+            if name in families:
+                families[name].add_metric([service, worker], value)
+            elif name.startswith("refused_"):
+                refused.add_metric([service, name.removeprefix("refused_"), worker], value)
+        yield from families.values()
+        yield refused
         for name, read in sorted(ctx.gauges.items()):
             g = GaugeMetricFamily(
                 f"wirecat_{_NAME.sub('_', name)}", f"wirecat {name}", labels=["worker"]
@@ -162,6 +200,28 @@ class _MetricsHandler(StreamHandler):
             out = f"HTTP/1.1 {status} {reason}\r\nconnection: close\r\n\r\n".encode()
         self.write(out)
         self.close("answered")
+
+
+def worker_endpoint(ep: Endpoint, worker: int) -> Endpoint:
+    """The metrics listener of worker process ``worker`` for the configured ``ep``.
+
+    Worker 0 uses ``ep``; worker ``i`` uses port ``ep.port + i`` (port 0 stays 0: each
+    worker gets its own port from the OS), or for a Unix socket ``PATH.i``. Each worker then
+    exposes its own counters; a scraper lists every worker's address as a target.
+
+    Raises:
+        ConfigError: ``ep.port + worker`` is past 65535.
+    """
+    if worker == 0:
+        return ep
+    if ep.is_inet:
+        port = ep.port or 0
+        if port and port + worker > 65535:
+            raise ConfigError(
+                f"metrics: {ep} plus one port per worker passes 65535", field="metrics"
+            )
+        return dataclasses.replace(ep, port=port + worker if port else 0)
+    return dataclasses.replace(ep, path=f"{ep.path}.{worker}")
 
 
 class MetricsService(Service):
