@@ -693,7 +693,10 @@ class ChatCore:
         self._charge(member)
         msg = Message(self.hub.next_id(), self._clock(), room.name, nick, text, action)
         self.counters["messages"] += 1
-        return self._sent(msg, ref)
+        done = self.hub.publish(msg)
+        if type(done) is int:  # a local hub (the fast path): the id was given before
+            return Sent(msg, ref)
+        return _then(done, lambda msg_id: Sent(replace(msg, id=msg_id), ref))  # type: ignore[arg-type]
 
     def _sent(self, msg: Message | Direct, ref: Ref) -> Sent | asyncio.Future[Sent]:
         done = self.hub.publish(msg)

@@ -245,7 +245,10 @@ class LocalHub(Hub):
                         self._forgotten = max(self._forgotten, old.messages[-1].id)
             else:
                 self._logs.move_to_end(event.room)
-            log.append(event)
+            held = log.messages  # RoomLog.append, inlined: this runs for every message
+            if len(held) == self.history_size:
+                log.floor = held[0].id
+            held.append(event)
         self._deliver(event)
         return event.id
 
