@@ -541,6 +541,40 @@ async def test_events_gone_from_the_stream_are_a_gap(redis_server: RedisServer) 
         await c2.hub.aclose()
 
 
+async def test_a_closed_room_stays_closed_for_a_process_started_later(
+    redis_server: RedisServer,
+) -> None:
+    from wirecat.auth import User
+    from wirecat.chat.core import ChatCore
+    from wirecat.chat.redis_hub import RedisHub
+    from wirecat.protocols.chat import CloseRoom, Done, ErrorEvent, Hello, Join, RoomJoined
+
+    c1, c2 = await _two_cores(redis_server.url)
+    late = None
+    try:
+        root, bob = c1.connect(_Sink()), c2.connect(_Sink())
+        root.user = User("root", frozenset({"admin"}))
+        await _run(c1, root, Hello("root"))
+        await _run(c2, bob, Hello("bob"))
+        await _run(c1, root, Join("#r"))
+        await _run(c2, bob, Join("#r"))
+        assert isinstance(await _run(c1, root, CloseRoom("#r")), Done)
+        hub = RedisHub(redis_server.url, timeout=HUB_TIMEOUT)  # knew nothing of #r
+        await hub.start()
+        late = ChatCore(hub=hub)
+        cid = late.connect(_Sink())
+        await _run(late, cid, Hello("cid"))
+        refused = await _run(late, cid, Join("#r"))
+        assert isinstance(refused, ErrorEvent) and refused.code == "room_closed"
+        assert isinstance(await _run(c1, root, Join("#r")), RoomJoined)  # an admin reopens it
+        await _wait(lambda: "#r" not in c2.closed_rooms)
+        assert isinstance(await _run(c2, bob, Join("#r")), RoomJoined)
+    finally:
+        for core in (c1, c2, late):
+            if core is not None:
+                await core.hub.aclose()
+
+
 async def _wait(predicate: Any, seconds: float = 5.0) -> None:
     import asyncio
 

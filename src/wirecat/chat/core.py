@@ -599,6 +599,9 @@ class ChatCore:
         try:
             if member not in self._members or member.nick is None:
                 raise ChatError("not_registered", "this connection is gone")
+            if self.hub.is_closed(room_name) and not self._is_admin(member):
+                self.closed_rooms.add(room_name)
+                raise ChatError("room_closed", f"{room_name} was closed by an admin")
             if room_name in member.rooms:
                 hist = self.hub.history(room_name, since)
                 room = member.rooms[room_name]

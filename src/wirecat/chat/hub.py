@@ -181,6 +181,12 @@ class Hub(abc.ABC):
     def unwatch(self, room: str) -> None:  # noqa: B027 - optional hook
         """Stop following ``room`` (its last local member left). Idempotent."""
 
+    def is_closed(self, room: str) -> bool:
+        """Whether an admin closed a watched ``room`` (as the hub knows it: a remote hub
+        remembers it for processes that were not watching). A local hub: False (the core
+        keeps its own set)."""
+        return False
+
     def members(self, room: str) -> tuple[str, ...] | None:
         """The nicks in ``room`` across every process, sorted case-insensitively, or
         ``None``: ask the core (a local hub: the core knows every member)."""

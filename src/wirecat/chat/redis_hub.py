@@ -8,7 +8,7 @@ a sorted set scored by expiry. What lives in Redis (``PREFIX`` is ``wirecat:``):
 
     PREFIX{room}:log    stream: the room's events, entry id "<offset>-0", field e=payload
                         (XADD MAXLEN ~ stream_size)
-    PREFIX{room}:meta   hash: seq, the room's last offset
+    PREFIX{room}:meta   hash: seq, the room's last offset; closed=1 while an admin closed it
     PREFIX{room}:who    sorted set: nick -> expiry (ms since the epoch)
     PREFIX!nick:{skel}  string "process member": who holds a nick (SET NX PX, heartbeat,
                         compare-and-delete); keyed by the nick's confusable skeleton (UTS #39)
@@ -95,6 +95,7 @@ local id = string.format('%.0f', off)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'e', ARGV[1])
 if op == '+' then
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+  redis.call('HDEL', KEYS[1], 'closed')
 elseif op == '-' then
   redis.call('ZREM', KEYS[3], ARGV[5])
 elseif op == 'r' then
@@ -103,6 +104,7 @@ elseif op == 'r' then
   end
 elseif op == 'c' then
   redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[1], 'closed', '1')
 end
 redis.call('PUBLISH', ARGV[3], id .. '|' .. ARGV[1])
 return id
@@ -138,12 +140,13 @@ return 0
 """
 
 # The state of a room when a process starts following it (one atomic snapshot).
-# KEYS: meta, log, who. ARGV: entries to read, now (ms). Returns seq, entries, nicks.
+# KEYS: meta, log, who. ARGV: entries to read, now (ms). Returns seq, entries, nicks, closed.
 _LOAD = """
 local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
 local entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[1])
 local who = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf')
-return {seq, entries, who}
+local closed = redis.call('HGET', KEYS[1], 'closed') or '0'
+return {seq, entries, who, closed}
 """
 
 _encode = msgspec.json.Encoder().encode
@@ -235,6 +238,7 @@ class _Room:
     pos: int = 0  # the offset of the last event delivered (0: none yet)
     who: dict[str, str] = field(default_factory=dict)  # casefolded nick -> nick
     ready: asyncio.Future[None] | None = None  # loading (events wait in ``pending``)
+    closed: bool = False  # an admin closed it (until an admin joins it again)
     fetching: bool = False  # a catch-up is reading the stream
     pending: list[tuple[int, HubEvent]] = field(default_factory=list)
 
@@ -365,6 +369,10 @@ class RedisHub(Hub):
         st = self._rooms.get(room)
         if st is not None and st.ready is None:
             del self._rooms[room]
+
+    def is_closed(self, room: str) -> bool:
+        st = self._rooms.get(room)
+        return st is not None and st.closed
 
     def members(self, room: str) -> tuple[str, ...] | None:
         st = self._rooms.get(room)
@@ -729,6 +737,7 @@ class RedisHub(Hub):
                 st.log.append(event)
             case Joined(nick=nick):
                 who[nick.casefold()] = nick
+                st.closed = False
             case Parted(nick=nick) | Kicked(nick=nick):
                 who.pop(nick.casefold(), None)
             case NickChanged(old=old, new=new):
@@ -736,6 +745,7 @@ class RedisHub(Hub):
                     who[new.casefold()] = new
             case RoomClosed():
                 who.clear()
+                st.closed = True
         self.counters["delivered"] += 1
         self._deliver(event)
 
@@ -819,7 +829,7 @@ class RedisHub(Hub):
             count = self.history_size * 4 + 16
             now = int(time.time() * 1000)
             async with asyncio.timeout(self.timeout):
-                seq, raw, who = await redis.evalsha(
+                seq, raw, who, closed = await redis.evalsha(
                     self._shas["load"], 3, *self._keys(room), count, now
                 )
         except asyncio.CancelledError:
@@ -834,6 +844,7 @@ class RedisHub(Hub):
             return
         entries = self._entries(list(reversed(raw)))
         st.pos = int(seq)
+        st.closed = int(closed) == 1
         st.log.floor = entries[0].id - 1 if entries else st.pos
         for ev in entries:
             if type(ev) is Message:
