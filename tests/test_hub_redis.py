@@ -808,3 +808,26 @@ async def test_a_member_s_messages_are_pipelined_replies_in_order(
                 texts.append(obj["text"])
         assert refs == [*range(200), None, "w", "L"]
         assert texts == [f"m{i}" for i in range(200)] + ["last"]
+
+
+async def test_failed_login_limits_are_shared_by_the_processes(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Five wrong tokens from one address, alternating between two processes (each sees
+    three at most, under its own limit of five): the sixth is refused unchecked."""
+    users = tmp_path / "users.toml"
+    users.write_text(f'[users.root]\ntoken = "{hash_token("root-token", log_n=10)}"\n')
+    users.chmod(0o600)
+    async with servers(redis_server.url, 2, "--users", str(users), "--guests") as (a, b):
+        reasons = []
+        for i in range(6):
+            p = await Peer.open((a if i % 2 == 0 else b).endpoint())
+            try:
+                await p.send_json(type="hello", nick="root", token=f"wrong-{i}")
+                err = await p.json_until("error")
+                assert err["code"] == "auth_failed"
+                reasons.append(err["reason"])
+            finally:
+                await p.aclose()
+        assert reasons[:5] == ["wrong user name or token"] * 5
+        assert "too many failed logins" in reasons[5], reasons

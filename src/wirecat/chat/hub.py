@@ -205,6 +205,16 @@ class Hub(abc.ABC):
     def release_nick(self, nick: str, owner: str) -> None:  # noqa: B027 - optional hook
         """Give ``nick`` back, if ``owner`` still holds it. Never blocks."""
 
+    def check_login(self, source: str, account: str) -> bool | asyncio.Future[bool]:
+        """Count a login attempt from ``source`` for ``account`` in the limits shared by
+        every process (before the token is checked): False (or a future of it) when either
+        has no attempts left. A local hub: True (the process's own
+        :class:`~wirecat.auth.AuthFailures` is the whole count)."""
+        return True
+
+    def login_ok(self, source: str, account: str) -> None:  # noqa: B027 - optional hook
+        """Give back the attempt :meth:`check_login` counted (the login succeeded)."""
+
     def stats(self) -> dict[str, object]:
         """Figures for ``/healthz`` and metrics: at least ``state``."""
         return {"state": self.state}

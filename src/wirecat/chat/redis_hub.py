@@ -139,6 +139,40 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Failed-login limits shared by every process: a token bucket per source and per account.
+# KEYS: source key, account key. ARGV: source rate, burst, account rate, burst, ttl (ms).
+# Returns 1 (go on: one token taken from each), 0 (source exhausted), -1 (account exhausted).
+_LOGIN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function level(key, rate, burst)
+  local v = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(v[1]) or burst
+  local ts = tonumber(v[2]) or now
+  return math.min(burst, tokens + (now - ts) * rate)
+end
+local s = level(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if s < 1 then return 0 end
+local a = level(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+if a < 1 then return -1 end
+redis.call('HSET', KEYS[1], 'tokens', s - 1, 'ts', now)
+redis.call('HSET', KEYS[2], 'tokens', a - 1, 'ts', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+# A successful login gives its token back. KEYS: source key, account key. ARGV: bursts.
+_LOGIN_OK = """
+for i = 1, 2 do
+  local tokens = tonumber(redis.call('HGET', KEYS[i], 'tokens'))
+  if tokens then
+    redis.call('HSET', KEYS[i], 'tokens', math.min(tonumber(ARGV[i]), tokens + 1))
+  end
+end
+return 1
+"""
+
 # The state of a room when a process starts following it (one atomic snapshot).
 # KEYS: meta, log, who. ARGV: entries to read, now (ms). Returns seq, entries, nicks, closed.
 _LOAD = """
@@ -310,6 +344,9 @@ class RedisHub(Hub):
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._password = os.environ.get(PASSWORD_ENV) or None
+        #: Failed-login limits shared by every process: (rate, burst, account rate, account
+        #: burst), as :attr:`wirecat.auth.AuthFailures.limits` (the chat service sets them).
+        self.login_limits: tuple[float, float, float, float] = (0.1, 5, 1.0, 20)
 
     # -- Hub -----------------------------------------------------------------------------------
     def bind(self, deliver: Callable[[HubEvent], None]) -> None:
@@ -408,6 +445,28 @@ class RedisHub(Hub):
             del self._nicks[key]
         if self.state == "up":
             self._queue(("release", key, value)).add_done_callback(_quiet)
+
+    def check_login(self, source: str, account: str) -> asyncio.Future[bool]:
+        fut = self._queue(("login", *self._login_keys(source, account)))
+        out: asyncio.Future[bool] = fut.get_loop().create_future()
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                out.set_exception(HubUnavailable())
+            elif (exc := f.exception()) is not None:
+                out.set_exception(exc)
+            else:
+                out.set_result(int(f.result()) == 1)
+
+        fut.add_done_callback(done)
+        return out
+
+    def login_ok(self, source: str, account: str) -> None:
+        if self.state == "up":
+            self._queue(("login_ok", *self._login_keys(source, account))).add_done_callback(_quiet)
+
+    def _login_keys(self, source: str, account: str) -> tuple[str, str]:
+        return f"{self.prefix}!login:src:{source}", f"{self.prefix}!login:acc:{account.casefold()}"
 
     def stats(self) -> dict[str, object]:
         return {"state": self.state, "rooms": len(self._rooms), **self.counters}
@@ -542,13 +601,21 @@ class RedisHub(Hub):
         elif kind == "release":
             _, key, value = call
             pipe.evalsha(shas["release"], 1, key, value)
+        elif kind == "login":
+            _, src, acc = call
+            rate, burst, arate, aburst = self.login_limits
+            ttl = int(max(burst / rate, aburst / arate) * 1000) + 1000  # until full again
+            pipe.evalsha(shas["login"], 2, src, acc, rate, burst, arate, aburst, ttl)
+        elif kind == "login_ok":
+            _, src, acc = call
+            pipe.evalsha(shas["login_ok"], 2, src, acc, self.login_limits[1], self.login_limits[3])
         else:
             raise ValueError(kind)
 
     async def _load_scripts(self, redis: Any) -> None:
         for name, text in (
             ("append", _APPEND), ("dm", _DIRECT), ("claim", _CLAIM), ("release", _RELEASE),
-            ("load", _LOAD),
+            ("load", _LOAD), ("login", _LOGIN), ("login_ok", _LOGIN_OK),
         ):  # fmt: skip
             self._shas[name] = await redis.script_load(text)
 

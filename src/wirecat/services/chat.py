@@ -36,6 +36,7 @@ from ..auth import AuthFailures, Users, audit_login
 from ..chat.core import ChatCore, Member, RateLimit
 from ..chat.hub import Hub, LocalHub
 from ..endpoints import Endpoint
+from ..errors import ChatError
 from ..protocols.chat import (
     MAX_TEXT,
     ChatServerProtocol,
@@ -364,10 +365,13 @@ class ChatHandler(StreamHandler):
     async def _verify(self, hello: Hello, source: str) -> None:
         users, member = self.chat.core.users, self.member
         assert users is not None and member is not None
+        refusal = None
         try:
             user = None
             if hello.nick is not None and hello.token is not None:
-                user = await users.averify(hello.nick, hello.token)
+                refusal = await self._shared_limit(source, hello.nick)
+                if refusal is None:
+                    user = await users.averify(hello.nick, hello.token)
         except Exception as exc:  # e.g. the executor is gone at shutdown: not the peer's fault
             self.log.error("token check failed: %r", exc, extra={"event": "auth_error"})
             self.abort("internal error")
@@ -377,9 +381,13 @@ class ChatHandler(StreamHandler):
             self.chat.auth_failures.end(source, hello.nick or "", ok=user is not None)
         if self.closing:
             return
+        if refusal is not None:
+            self._auth_failed(hello.nick, refusal, hello.ref)
+            return
         if user is None:
             self._auth_failed(hello.nick, ref=hello.ref)
             return
+        self.chat.hub.login_ok(source, user.name)
         member.user = user
         audit_login(self.log, self.ctx.metrics, user.name)
         self._run(member, Hello(hello.nick, hello.ref, None, hello.room))
@@ -387,6 +395,20 @@ class ChatHandler(StreamHandler):
         self._pump(drain=self._eof)
         if self._eof and not self._busy():
             self.close("eof")
+
+    async def _shared_limit(self, source: str, account: str) -> str | None:
+        """The failed-login limits every process shares (a remote hub): ``None`` to go on,
+        else why the login is refused unchecked (the hub down: refused, never unlimited)."""
+        check = self.chat.hub.check_login(source, account)
+        if check is True:
+            return None
+        try:
+            ok = check if isinstance(check, bool) else await check
+        except ChatError:
+            return "the chat hub is unavailable: try again shortly"
+        return (
+            None if ok else "too many failed logins from your address or for this user: try later"
+        )
 
     def _auth_failed(
         self, name: str | None, reason: str = "wrong user name or token", ref: Ref = None
@@ -479,6 +501,8 @@ class ChatService(Service):
             max_rooms_per_source=max_rooms_per_source,
         )
         self.auth_failures = auth_failures if auth_failures is not None else AuthFailures()
+        if hasattr(self.hub, "login_limits"):  # the limits are shared through the hub
+            self.hub.login_limits = self.auth_failures.limits
         if banner_delay < 0:
             raise ValueError("banner_delay must be >= 0 seconds")
         self.banner_delay = banner_delay
