@@ -13,6 +13,8 @@ a sorted set scored by expiry. What lives in Redis (``PREFIX`` is ``wirecat:``):
     PREFIX!nick:{skel}  string "process member": who holds a nick (SET NX PX, heartbeat,
                         compare-and-delete); keyed by the nick's confusable skeleton (UTS #39)
     PREFIX!dm           counter: ids of direct messages
+    PREFIX!login:src:{address}, PREFIX!login:acc:{user}
+                        hashes: failed-login token buckets shared by every process
     PREFIX!events       pub/sub channel: "<id>|<payload>" for every room event and DM
 
 **Ids.** Each room counts on its own: an offset from ``HINCRBY`` in the append script. A
