@@ -22,6 +22,7 @@ PARSERS = (
     socks.parse_userpass_status,
     socks.parse_reply,
     socks.parse_http_connect_response,
+    socks.parse_http_connect_request,
 )
 
 

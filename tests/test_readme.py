@@ -150,6 +150,31 @@ def test_quickstart_and_clients_against_the_default_server() -> None:
             assert out.stdout == "p\n"
             health = sh(ran("curl --socks5-hostname 127.0.0.1:1080 http://127.0.0.1:7080/healthz"))
             assert json.loads(health.stdout)["status"] == "ok"
+        with background(ran("wirecat relay http-proxy://127.0.0.1:3128")):
+            wait_port(3128)
+            health = sh(
+                ran(
+                    "curl --proxytunnel --proxy http://127.0.0.1:3128 http://127.0.0.1:7080/healthz"
+                )
+            )
+            assert json.loads(health.stdout)["status"] == "ok"
+        with background(ran("wirecat relay ws://127.0.0.1:9080/ tcp://127.0.0.1:7007 --ws-text")):
+            wait_port(9080)
+            # --no-shutdown: a WebSocket has no half-close (stdin's EOF would close it
+            # before the echo is back); --wait bounds the wait for the reply.
+            out = sh("wirecat connect ws://127.0.0.1:9080/ --no-shutdown -w 2", input="relayed\n")
+            assert out.stdout == "relayed\n", out
+        with background(
+            ran("wirecat relay tcp://127.0.0.1:9002 ws://127.0.0.1:7080/chat --ws-text")
+        ):
+            wait_port(9002)
+            out = sh("nc -N 127.0.0.1 9002", input='{"type":"ping"}\n')
+            assert '"pong"' in out.stdout, out
+        seq = "wirecat relay unix+seqpacket:/tmp/echo.seq tcp://127.0.0.1:7007"
+        with background(ran(seq)) as proc:
+            assert proc.stderr is not None and "relaying" in proc.stderr.readline()
+            out = sh("socat - UNIX-CONNECT:/tmp/echo.seq,type=5", input="packet\n")
+            assert out.stdout == "packet\n", out
         for relay, port, check in (
             (
                 "wirecat relay tcp://127.0.0.1:9000 tcp://127.0.0.1:7007",

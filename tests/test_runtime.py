@@ -25,6 +25,7 @@ from wirecat.cli.exits import exit_code_for
 from wirecat.endpoints import Endpoint, parse_endpoint
 from wirecat.errors import (
     AddressInUse,
+    ConnectError,
     ConnectionClosedError,
     ConnectionClosedOK,
     ConnectionRefused,
@@ -720,7 +721,9 @@ async def test_connect_name_resolution_error() -> None:
 async def test_connect_invalid_endpoint() -> None:
     with pytest.raises(InvalidEndpoint):
         await wirecat.connect("tcp://::1:80")
-    with pytest.raises(InvalidEndpoint, match="not a stream endpoint"):
+    with pytest.raises(InvalidEndpoint, match="datagram endpoint"):
+        await wirecat.connect("unix+dgram:/tmp/wirecat-none.sock")
+    with pytest.raises(ConnectError):  # seqpacket is supported: no such file
         await wirecat.connect("unix+seqpacket:/tmp/wirecat-none.sock")
 
 

@@ -381,10 +381,13 @@ def test_python_socks_client_through_wirecat(tmp_path: Path) -> None:
 
 
 @contextmanager
-def microsocks() -> Iterator[int]:
+def microsocks(*args: str) -> Iterator[int]:
+    """microsocks on 127.0.0.1 (``args``: e.g. ``-u USER -P PASS``); yields its port."""
     binary = shutil.which("microsocks")
     assert binary, "microsocks is not installed (scripts/test.sh installs it)"
-    proc = subprocess.Popen([binary, "-i", "127.0.0.1", "-p", "0"], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "-i", "127.0.0.1", "-p", "0", *args], stdout=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + T
         port = None

@@ -61,6 +61,8 @@ from ..runtime.stdio import StdinReader, open_stdin
 from .common import (
     ENDPOINT,
     LOOP_OPTION,
+    PROXY_OPTION,
+    die,
     read_token,
     run_command,
     tls_client_options,
@@ -325,6 +327,7 @@ async def _chat_main(
 @click.option("--json", "raw", is_flag=True, help="Print the server's JSON lines as they are.")
 @token_options
 @tls_client_options
+@PROXY_OPTION
 @LOOP_OPTION
 def chat_command(
     endpoint: Endpoint,
@@ -333,6 +336,7 @@ def chat_command(
     timeout: float,
     raw: bool,
     token_file: str | None,
+    proxy: str | None,
     loop_kind: str,
     **tls_flags: Any,
 ) -> None:
@@ -349,10 +353,15 @@ def chat_command(
       wirecat chat [::1]:7070 -n ann -r '#rust'
       WIRECAT_TOKEN=... wirecat chat tls://chat.example:7443 -n ann   # a user (serve --users)
       printf 'hello\\n' | wirecat chat 127.0.0.1:7070 -n bot --json
+      wirecat chat 10.0.0.5:7070 -n ann --proxy socks5://127.0.0.1:1080
     """
     if not room.startswith("#"):
         room = "#" + room
     tls = tls_connect_kwargs(endpoint, **tls_flags)
+    if proxy:
+        if endpoint.scheme not in ("tcp", "tls"):
+            die(f"--proxy tunnels tcp:// and tls:// endpoints, not {endpoint}", 64)
+        tls["proxy"] = proxy
     token = read_token(token_file)
     if token is not None and nick is None:
         raise click.UsageError("a token needs the user name: --nick NAME")

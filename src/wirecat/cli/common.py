@@ -64,7 +64,7 @@ PROXY_OPTION = click.option(
     default=None,
     metavar="URL",
     help="Go through a proxy: socks5://[user:pass@]host:port or http://host:port (HTTP "
-    "CONNECT); tcp:// and tls:// endpoints.",
+    "CONNECT); tcp, tls, ws and wss endpoints. The proxy resolves host names.",
 )
 
 LOOP_OPTION = click.option(

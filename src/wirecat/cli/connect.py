@@ -136,8 +136,9 @@ def connect_command(
     """Connect to ENDPOINT; copy stdin to it and what it sends to stdout.
 
     ENDPOINT is tcp://HOST:PORT, HOST:PORT (tcp), tls://HOST:PORT, udp://HOST:PORT,
-    unix:/PATH, unix+dgram:/PATH, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH; `HOST PORT`
-    works too. Bytes pass through unchanged, except over WebSockets: there each stdin line
+    unix:/PATH, unix+dgram:/PATH, unix+seqpacket:/PATH, ws://HOST:PORT/PATH or
+    wss://HOST:PORT/PATH; `HOST PORT` works too. Bytes pass through unchanged (each stdin
+    chunk one packet over unix+seqpacket), except over WebSockets: there each stdin line
     is one text message and each message received is printed as one line (stdin EOF sends
     a close frame; wss:// takes the TLS options of tls://).
     TLS verifies the server against the system CAs (TLS 1.2+, AEAD ciphers) unless told

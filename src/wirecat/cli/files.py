@@ -30,6 +30,7 @@ from ..runtime.loop import LoopKind
 from .common import (
     ENDPOINT,
     LOOP_OPTION,
+    PROXY_OPTION,
     TOKEN_ENV,
     die,
     read_token,
@@ -82,7 +83,12 @@ def _auth_options(f: Any) -> Any:
 def _connect_kwargs(endpoint: Endpoint, flags: dict[str, Any]) -> dict[str, Any]:
     """FilesClient.connect keywords from the TLS and authentication flags."""
     user, token_file = flags.pop("user", None), flags.pop("token_file", None)
+    proxy = flags.pop("proxy", None)
     kw = tls_connect_kwargs(endpoint, **flags)
+    if proxy:
+        if endpoint.scheme not in ("tcp", "tls"):
+            die(f"--proxy tunnels tcp:// and tls:// endpoints, not {endpoint}", 64)
+        kw["proxy"] = proxy
     if user is not None:
         token = read_token(token_file)
         if token is None:
@@ -285,6 +291,7 @@ def _run_transfer(
 @_RETRIES
 @_auth_options
 @tls_client_options
+@PROXY_OPTION
 @LOOP_OPTION
 def send_command(
     file: str,
@@ -310,6 +317,7 @@ def send_command(
       wirecat send report.pdf 127.0.0.1:7071 --as docs/2024.pdf --digest sha256 --json
       wirecat send big.iso tls://files.example:7443 --pin sha256:3f1c...
       WIRECAT_TOKEN=... wirecat send big.iso tls://files.example:7443 --user ann
+      wirecat send big.iso 10.0.0.5:7071 --proxy socks5://127.0.0.1:1080
     """
     target = name or os.path.basename(file)
     connect_kw = _connect_kwargs(endpoint, tls)
@@ -348,6 +356,7 @@ def send_command(
 @_RETRIES
 @_auth_options
 @tls_client_options
+@PROXY_OPTION
 @LOOP_OPTION
 def get_command(
     name: str,
@@ -370,6 +379,7 @@ def get_command(
       wirecat get big.iso 127.0.0.1:7071
       wirecat get docs/2024.pdf 127.0.0.1:7071 -o /tmp/r.pdf --json
       wirecat get big.iso tls://files.example:7443 --cafile ca.pem
+      wirecat get big.iso 10.0.0.5:7071 --proxy http://127.0.0.1:3128
     """
     dest = output or os.path.basename(name)
     connect_kw = _connect_kwargs(endpoint, tls)
@@ -402,6 +412,7 @@ def get_command(
 @_TIMEOUT
 @_auth_options
 @tls_client_options
+@PROXY_OPTION
 @LOOP_OPTION
 def ls_command(
     endpoint: Endpoint,
@@ -421,6 +432,7 @@ def ls_command(
       wirecat ls 127.0.0.1:7071
       wirecat ls 127.0.0.1:7071 docs --json
       WIRECAT_TOKEN=... wirecat ls tls://127.0.0.1:7443 --user ann --pin sha256:3f1c...
+      wirecat ls 10.0.0.5:7071 --proxy socks5://ann:secret@127.0.0.1:1080
     """
     connect_kw = _connect_kwargs(endpoint, tls)
 

@@ -54,9 +54,10 @@ async def _listen_main(
         return await _listen_datagram(
             ep, keep_open=keep_open, wait=wait, crlf=crlf, verbose=verbose
         )
-    if not ep.is_stream or ep.scheme not in ("tcp", "unix"):
+    if ep.scheme not in ("tcp", "unix", "unix+seqpacket"):
         raise InvalidEndpoint(
-            f"listen supports tcp, unix, udp and unix+dgram endpoints, not {ep.scheme}: {ep}"
+            f"listen supports tcp, unix, unix+seqpacket, udp and unix+dgram endpoints, "
+            f"not {ep.scheme}: {ep}"
         )
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[int] = loop.create_future()
@@ -300,10 +301,11 @@ def listen_command(
 ) -> None:
     """Listen on ENDPOINT; bridge the first peer to stdin/stdout, then exit when it closes.
 
-    ENDPOINT is tcp://HOST:PORT, HOST:PORT, :PORT or PORT (on 127.0.0.1), unix:/PATH, or
-    udp://HOST:PORT / unix+dgram:/PATH for datagrams (as `nc -u -l`: the first sender is
-    the peer, each datagram it sends goes to stdout, each stdin line goes back to it as one
-    datagram; with -k every sender is heard and replies go to the latest; after stdin ends,
+    ENDPOINT is tcp://HOST:PORT, HOST:PORT, :PORT or PORT (on 127.0.0.1), unix:/PATH,
+    unix+seqpacket:/PATH (each stdin chunk one packet), or udp://HOST:PORT /
+    unix+dgram:/PATH for datagrams (as `nc -u -l`: the first sender is the peer, each
+    datagram it sends goes to stdout, each stdin line goes back to it as one datagram;
+    with -k every sender is heard and replies go to the latest; after stdin ends,
     replies are printed for --wait seconds, or until Ctrl-C).
     Port 0 picks a free port. The line `listening on ENDPOINT` (with the real port) is
     printed on stderr once the socket is open.

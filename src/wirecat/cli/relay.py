@@ -51,7 +51,7 @@ def _parse(text: str, what: str) -> Endpoint:
     "--socks-allow",
     multiple=True,
     metavar="CIDR[:PORTS]",
-    help="socks5:// FROM: destinations the SOCKS server may reach (repeatable), e.g. "
+    help="socks5:// or http-proxy:// FROM: destinations the proxy may reach (repeatable), e.g. "
     "10.0.0.0/8:80,443 or [::1/128]:8000-9000. Default: loopback only.",
 )
 @click.option(
@@ -60,7 +60,7 @@ def _parse(text: str, what: str) -> Endpoint:
     type=click.Path(dir_okay=False),
     default=None,
     metavar="FILE",
-    help="socks5:// FROM: require RFC 1929 login (password = the user's token).",
+    help="socks5:// or http-proxy:// FROM: require a login (password = the user's token).",
 )
 @click.option(
     "--users-insecure-ok",
@@ -68,6 +68,20 @@ def _parse(text: str, what: str) -> Endpoint:
     help="Accept a --users FILE that others may read or write (see serve --help).",
 )
 @PROXY_OPTION
+@click.option(
+    "--ws-text",
+    is_flag=True,
+    help="WebSocket sides carry lines as text messages (a \\n ends each; received text "
+    "messages get one). Default: bytes as binary messages, boundaries kept.",
+)
+@click.option(
+    "--allow-origin",
+    multiple=True,
+    metavar="ORIGIN",
+    help="ws:// FROM: let pages of ORIGIN (https://app.example, or '*') open the WebSocket, "
+    "besides the page's own origin and programs sending no Origin (repeatable). Other "
+    "origins get 403: a page elsewhere cannot reach TO through a visitor's browser.",
+)
 @click.option(
     "--max-sessions",
     type=click.IntRange(1),
@@ -96,9 +110,10 @@ def _parse(text: str, what: str) -> Endpoint:
 def relay_command(ctx: click.Context, /, **params: Any) -> None:
     """Relay every peer of FROM to TO, both ways, until both directions end.
 
-    FROM is listened on (tcp, tls, unix, udp, unix+dgram); each peer gets its own
-    connection to TO (tcp, tls, unix, or exec:CMD run per peer; udp/unix+dgram for a
-    datagram FROM, one session per client address). EOF in one direction is passed on
+    FROM is listened on (tcp, tls, unix, unix+seqpacket, ws, wss, udp, unix+dgram); each
+    peer gets its own connection to TO (tcp, tls, unix, unix+seqpacket, ws, wss, or
+    exec:CMD run per peer; udp/unix+dgram for a datagram FROM, one session per client
+    address). EOF in one direction is passed on
     as a half-close to the other; a slow side slows the other (backpressure); every
     limit of `wirecat serve` applies to FROM (--max-conns, --conn-rate, --allow...), and
     --idle-timeout ends a relay quiet in both directions. With --connect-first both
@@ -106,11 +121,23 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
 
     \b
     SOCKS5 (RFC 1928/1929): `wirecat relay socks5://HOST:PORT` is a SOCKS server (no TO);
-    it reaches only --socks-allow destinations (default: loopback), never an open proxy.
+    `wirecat relay http-proxy://HOST:PORT` an HTTP CONNECT proxy (RFC 9110 9.3.6, e.g.
+    for curl --proxytunnel --proxy http://HOST:PORT). Both reach only --socks-allow destinations
+    (default: loopback), never an open proxy; --users asks for a login (SOCKS5
+    username/password, HTTP Proxy-Authorization Basic; the password is the user's token).
 
     \b
-    TLS: a tls:// FROM needs --cert/--key or --self-signed (TLS termination); a tls:// TO
-    is verified like `wirecat connect` (--cafile, --pin, --insecure, --servername).
+    WebSocket: a ws:// FROM publishes TO to browsers (each message's bytes go to TO, bytes
+    from TO come back as binary messages; --ws-text: lines as text messages); a ws:// TO
+    is a WebSocket reached from nc. Pages of other origins are refused (403) unless
+    --allow-origin names them. Messages and unix+seqpacket packets keep their boundaries
+    between two such sides. EOF toward a WebSocket starts its closing handshake (it has
+    no half-close); its close is EOF the other way.
+
+    \b
+    TLS: a tls:// or wss:// FROM needs --cert/--key or --self-signed (TLS termination); a
+    tls:// or wss:// TO is verified like `wirecat connect` (--cafile, --pin, --insecure,
+    --servername).
 
     \b
     Examples:
@@ -120,9 +147,15 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
       wirecat relay unix:/tmp/app.sock tcp://127.0.0.1:8080 -v
       wirecat relay udp://127.0.0.1:5353 udp://127.0.0.1:53 --max-sessions 100
       wirecat relay tcp://127.0.0.1:9000 exec:'cat'                   # ncat -e
+      wirecat relay ws://127.0.0.1:8080/ tcp://127.0.0.1:7007         # TCP to browsers
+      wirecat relay ws://127.0.0.1:8080/ 127.0.0.1:7007 --allow-origin http://localhost:3000
+      wirecat relay tcp://127.0.0.1:9000 wss://example.org:443/ws     # nc to a WebSocket
+      wirecat relay wss://[::]:8443/chat tcp://127.0.0.1:7000 --self-signed --ws-text
+      wirecat relay unix+seqpacket:/tmp/app.sock tcp://127.0.0.1:7007
       wirecat relay --connect-first tcp://127.0.0.1:7007 tcp://127.0.0.1:9001
       wirecat relay socks5://127.0.0.1:1080                       # a SOCKS5 server
       wirecat relay socks5://127.0.0.1:1080 --socks-allow 10.0.0.0/8:80,443 --users u.toml
+      wirecat relay http-proxy://127.0.0.1:3128                   # an HTTP CONNECT proxy
       wirecat relay tcp://127.0.0.1:9000 tcp://10.1.2.3:22 --proxy socks5://127.0.0.1:1080
     """
     given = {
@@ -130,12 +163,12 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
         for n in params
         if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     }
-    socks_from = params["from_"].startswith("socks5://")
+    socks_from = params["from_"].startswith(("socks5://", "http-proxy://"))
     if params["to"] is None and not socks_from:
         die("relay needs FROM and TO, e.g. wirecat relay tcp://127.0.0.1:9000 127.0.0.1:7007", 2)
     if socks_from:
         if params["to"] is not None:
-            die("a SOCKS server has no TO: clients name their destination", 2)
+            die("a proxy server has no TO: clients name their destination", 2)
         params["to"] = "exec:-"  # unused placeholder
     configure_logging(params["log_format"], max(params["verbose"], 1) if params["verbose"] else 0)
     to_text: str = params["to"]
@@ -155,6 +188,9 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
     connect_kwargs: dict[str, Any] = {"timeout": params["timeout"], **tls_kwargs}
     if params["proxy"]:
         connect_kwargs["proxy"] = params["proxy"]
+    ws_binary = not params["ws_text"]
+    if to_ep is not None and to_ep.scheme in ("ws", "wss"):
+        connect_kwargs["ws_binary"] = ws_binary
     settings = server_settings(params, given)
     try:
         limits = dataclasses.replace(SERVE_LIMITS, **settings["limits"])
@@ -175,23 +211,34 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
         if params["connect_first"]:
             if to_ep is None:
                 die("--connect-first needs an endpoint TO, not exec:", 64)
+            a_kwargs: dict[str, Any] = {"timeout": params["timeout"]}
+            if from_ep.scheme in ("ws", "wss"):
+                a_kwargs["ws_binary"] = ws_binary
             stats = await relay_pair(
                 from_ep,
                 to_ep,
                 idle_timeout=limits.idle_timeout,
-                a_kwargs={"timeout": params["timeout"]},
+                a_kwargs=a_kwargs,
                 b_kwargs=connect_kwargs,
             )
             ended(stats)
             return 0
         tls_ctx = None
-        if from_ep.scheme == "tls":
+        if from_ep.scheme in ("tls", "wss"):
             tls_ctx, fingerprint = tls_context(TLSConfig(**settings["tls"]))
             if fingerprint:
                 click.echo(f"wirecat: self-signed certificate {fingerprint}", err=True)
         elif settings["tls"]:
-            die("--cert/--key/--self-signed need a tls:// FROM", 64)
+            die("--cert/--key/--self-signed need a tls:// or wss:// FROM", 64)
         target = Target(endpoint=to_ep, connect_kwargs=connect_kwargs) if to_ep else to_text
+        ws_settings = None
+        if params["allow_origin"]:
+            from ..runtime.websocket import WebSocketSettings
+
+            try:
+                ws_settings = WebSocketSettings(allow_origin=params["allow_origin"])
+            except ValueError as exc:
+                die(f"--allow-origin: {exc}", 64)
         server = relay(
             from_ep,
             target,
@@ -201,6 +248,8 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
             idle_timeout=limits.idle_timeout,
             max_sessions=params["max_sessions"],
             on_end=ended,
+            ws_text=params["ws_text"],
+            websocket=ws_settings,
         )
         await server.start()
         click.echo(f"wirecat: relaying {server.endpoint()} -> {target}", err=True)
@@ -230,9 +279,16 @@ def ended_printer(params: dict[str, Any]) -> Any:
 
 
 def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: Any) -> None:
+    from ..services.httpproxy import http_proxy_server
     from ..services.socks import SocksPolicy, socks_server
 
-    ep = _parse("tcp://" + params["from_"].removeprefix("socks5://"), "FROM")
+    scheme, _, rest = params["from_"].partition("://")
+    ep = _parse("tcp://" + rest, "FROM")
+    make, what = (
+        (http_proxy_server, "HTTP CONNECT proxy")
+        if scheme == "http-proxy"
+        else (socks_server, "SOCKS5 server")
+    )
     try:
         policy = SocksPolicy(params["socks_allow"]) if params["socks_allow"] else SocksPolicy()
     except ValueError as exc:
@@ -252,7 +308,7 @@ def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: 
             )
 
     async def main() -> int:
-        server = socks_server(
+        server = make(
             ep,
             policy=policy,
             users=users,
@@ -264,7 +320,7 @@ def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: 
         )
         await server.start()
         bound = server.endpoint()
-        click.echo(f"wirecat: SOCKS5 server on socks5://{str(bound)[6:]}", err=True)
+        click.echo(f"wirecat: {what} on {scheme}://{str(bound)[6:]}", err=True)
         if not ep.is_loopback and not params["socks_allow"]:
             click.echo("wirecat: destinations: loopback only (widen with --socks-allow)", err=True)
         return await run_until_signal(server)

@@ -256,6 +256,7 @@ class FilesClient:
         handshake_timeout: float = 10.0,
         user: str | None = None,
         token: str | None = None,
+        proxy: Any = None,
     ) -> FilesClient:
         """Connect to a files service at ``endpoint`` (``tcp://``, ``host:port``, ``tls://``,
         ``unix:``).
@@ -271,8 +272,12 @@ class FilesClient:
                 unless it matches (works with self-signed servers).
             handshake_timeout: TLS handshake deadline in seconds.
             user, token: authenticate with :meth:`auth` first (servers with ``--users``).
+            proxy: go through a SOCKS5 (``socks5://[user:pass@]host:port``) or HTTP CONNECT
+                (``http://host:port``) proxy, as :func:`wirecat.connect` takes it (``tcp``
+                and ``tls`` endpoints).
 
         Raises:
+            ProxyError: the proxy refused the tunnel.
             InvalidEndpoint, ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError,
             HandshakeError (verification failed or the pin does not match), HandshakeTimeout,
             TransferError (``auth_failed``).
@@ -288,6 +293,7 @@ class FilesClient:
             server_hostname=server_hostname,
             pin=pin,
             handshake_timeout=handshake_timeout,
+            proxy=proxy,
         )
         client = cls(ep, proto, timeout=timeout)
         if token is not None:

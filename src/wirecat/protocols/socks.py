@@ -7,8 +7,8 @@ to the next message or to the tunnel: never lost). Every length is bounded by th
 itself (one byte: at most 255) and checked before use; anything malformed raises
 :class:`RemoteProtocolError` with the reason. ``build_*`` functions return the bytes to send.
 
-Both sides are here: the server (``wirecat relay socks5://...``) and the clients of
-``--proxy socks5://`` and ``--proxy http://``.
+Both sides are here: the servers (``wirecat relay socks5://...``, ``wirecat relay
+http-proxy://...``) and the clients of ``--proxy socks5://`` and ``--proxy http://``.
 """
 
 from __future__ import annotations
@@ -24,19 +24,23 @@ __all__ = [
     "ATYP_IPV4",
     "ATYP_IPV6",
     "CMD_CONNECT",
+    "MAX_HTTP_REQUEST",
     "MAX_HTTP_RESPONSE",
     "METHOD_NONE",
     "METHOD_NO_ACCEPTABLE",
     "METHOD_USERPASS",
     "REPLIES",
+    "ConnectRequest",
     "Request",
     "build_http_connect",
+    "build_http_connect_reply",
     "build_method",
     "build_methods",
     "build_reply",
     "build_request",
     "build_userpass",
     "build_userpass_status",
+    "parse_http_connect_request",
     "parse_http_connect_response",
     "parse_method",
     "parse_methods",
@@ -310,3 +314,108 @@ def parse_http_connect_response(buf: bytes | bytearray) -> tuple[int, str, int] 
     if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
         raise RemoteProtocolError(f"not an HTTP response to CONNECT: {line[:80]!r}")
     return int(parts[1]), parts[2] if len(parts) > 2 else "", end + 4
+
+
+#: Largest HTTP CONNECT request head accepted (request line and headers), in bytes.
+MAX_HTTP_REQUEST = 8192
+_MAX_HEADERS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """An HTTP ``CONNECT`` request (RFC 9110 9.3.6), as a proxy server reads it.
+
+    Attributes:
+        method: the request method, upper case (a proxy answers anything but ``CONNECT``
+            with 405).
+        host: the target host (IPv6 without brackets), ``""`` when the method is not CONNECT.
+        port: the target port, 0 when the method is not CONNECT.
+        authorization: the ``Proxy-Authorization`` header value, or ``None``.
+    """
+
+    method: str
+    host: str
+    port: int
+    authorization: str | None = None
+
+
+def parse_http_connect_request(buf: bytes | bytearray) -> tuple[ConnectRequest, int] | None:
+    """A client's request head -> ``(request, used)``; the bytes after the blank line are
+    the tunnel's (a client may send them before the proxy's answer).
+
+    Only the request line and ``Proxy-Authorization`` matter to a CONNECT proxy; other
+    headers are skipped but counted (at most 64) and bounded with the head
+    (:data:`MAX_HTTP_REQUEST` bytes).
+
+    Raises:
+        RemoteProtocolError: not an HTTP/1.x request line, a bad ``host:port`` target, a
+            malformed header line, or a body announced on a CONNECT.
+        LimitExceeded: no blank line within the limit, or too many header lines.
+    """
+    end = bytes(buf[: MAX_HTTP_REQUEST + 4]).find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > MAX_HTTP_REQUEST:
+            raise LimitExceeded(
+                f"HTTP request head over {MAX_HTTP_REQUEST} bytes", limit=MAX_HTTP_REQUEST
+            )
+        return None
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    if len(lines) - 1 > _MAX_HEADERS:
+        raise LimitExceeded(f"more than {_MAX_HEADERS} header lines", limit=_MAX_HEADERS)
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[0].isalpha():
+        raise RemoteProtocolError(f"not an HTTP/1.x request line: {lines[0][:80]!r}")
+    method, target = parts[0].upper(), parts[1]
+    authorization = None
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip() or any(c in name for c in " \t"):
+            raise RemoteProtocolError(f"malformed header line {line[:80]!r}")
+        key = name.lower()
+        if key == "proxy-authorization":
+            authorization = value.strip()
+        elif (
+            key in ("content-length", "transfer-encoding")
+            and method == "CONNECT"
+            and value.strip() not in ("0", "")
+        ):
+            raise RemoteProtocolError("a CONNECT request has no body")
+    if method != "CONNECT":
+        return ConnectRequest(method, "", 0, authorization), end + 4
+    host, port = _authority(target)
+    return ConnectRequest(method, host, port, authorization), end + 4
+
+
+def _authority(target: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` (RFC 9110 9.3.6: the authority form)."""
+    if target.startswith("["):
+        host, close, rest = target[1:].partition("]")
+        if not close or not rest.startswith(":"):
+            raise RemoteProtocolError(f"bad CONNECT target {target[:80]!r}")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise RemoteProtocolError(f"bad IPv6 address in {target[:80]!r}") from None
+    else:
+        host, colon, port_text = target.rpartition(":")
+        if not colon or not host or ":" in host:
+            raise RemoteProtocolError(f"CONNECT target {target[:80]!r} is not host:port")
+        if len(host) > 255 or not all(c.isalnum() or c in "-._" for c in host):
+            raise RemoteProtocolError(f"bad host in CONNECT target {target[:80]!r}")
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise RemoteProtocolError(f"bad port in CONNECT target {target[:80]!r}")
+    return host, int(port_text)
+
+
+def build_http_connect_reply(
+    status: int, reason: str, *, headers: tuple[tuple[str, str], ...] = ()
+) -> bytes:
+    """The proxy's answer head: ``200 Connection Established`` opens the tunnel; any other
+    status has an empty body and ends the connection (``Connection: close``)."""
+    head = f"HTTP/1.1 {status} {reason}\r\n"
+    for name, value in headers:
+        head += f"{name}: {value}\r\n"
+    if status != 200:
+        head += "Content-Length: 0\r\nConnection: close\r\n"
+    return (head + "\r\n").encode("latin-1")

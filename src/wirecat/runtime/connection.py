@@ -66,6 +66,10 @@ class StreamState:
     stream (:meth:`feed_eof`), loss (:meth:`lost_with`), and the transport's
     ``pause_writing``/``resume_writing``. Reading pauses above ``read_high_water`` unread
     bytes (TCP then pushes back on the peer) and resumes as the reader catches up.
+
+    Over a transport that keeps message boundaries (``unix+seqpacket``), :meth:`keep_boundaries`
+    makes it remember the size of each chunk fed, so that ``Connection.recv`` returns at
+    most one message.
     """
 
     __slots__ = (
@@ -78,6 +82,7 @@ class StreamState:
         "exc",
         "lost",
         "read_high_water",
+        "sizes",
         "transport",
     )
 
@@ -92,8 +97,32 @@ class StreamState:
         self._drain: asyncio.Future[None] | None = None
         self._paused_writing = False
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: Sizes of the unread messages, oldest first (``None``: a byte stream).
+        self.sizes: collections.deque[int] | None = None
+
+    def keep_boundaries(self, transport: asyncio.BaseTransport | None = None) -> None:
+        """Remember message sizes from now on; with ``transport``, only when its socket is
+        a ``SOCK_SEQPACKET`` one."""
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if getattr(sock, "type", None) != socket.SOCK_SEQPACKET:
+                return
+        if self.sizes is None:
+            self.sizes = collections.deque()
+
+    def consumed(self, n: int) -> None:
+        """``n`` bytes were read from :attr:`buffer` (message-size bookkeeping)."""
+        sizes = self.sizes
+        while n > 0 and sizes:
+            if sizes[0] <= n:
+                n -= sizes.popleft()
+            else:
+                sizes[0] -= n
+                n = 0
 
     def feed(self, data: bytes) -> None:
+        if self.sizes is not None and data:
+            self.sizes.append(len(data))
         self.buffer.feed(data)
         if len(self.buffer) > self.read_high_water and self.transport is not None:
             self.transport.pause_reading()
@@ -156,6 +185,7 @@ class _StreamProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.state.transport = cast(asyncio.Transport, transport)
+        self.state.keep_boundaries(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
@@ -273,9 +303,12 @@ class Connection:
             )
         self._reading = what
         try:
-            return await self._read_locked(take, timeout)
+            out = await self._read_locked(take, timeout)
         finally:
             self._reading = None
+        if out and self._p.sizes is not None:
+            self._p.consumed(len(out))
+        return out
 
     async def _read_locked(
         self, take: Callable[[], bytes | None], timeout: float | None
@@ -307,14 +340,22 @@ class Connection:
     async def recv(self, max_size: int = 65536, *, timeout: float | None = None) -> bytes:
         """Return up to ``max_size`` bytes as soon as any arrive; ``b""`` at end of stream.
 
+        Over a transport that keeps message boundaries (``unix+seqpacket``), at most one
+        message (the rest of it when a read took part of it before).
+
         Raises:
             IdleTimeout: nothing arrived within ``timeout`` seconds.
             ConnectionClosedError: the connection was reset.
         """
         buf = self._p.buffer
-        out = await self._read(
-            lambda: buf.read_some(max_size) if len(buf) else None, timeout, "recv"
-        )
+        sizes = self._p.sizes
+
+        def take() -> bytes | None:
+            if not len(buf):
+                return None
+            return buf.read_some(min(max_size, sizes[0]) if sizes else max_size)
+
+        out = await self._read(take, timeout, "recv")
         return out or b""
 
     async def recv_line(
@@ -520,26 +561,41 @@ async def open_transport(
     server_hostname: str | None = None,
     pin: str | None = None,
     handshake_timeout: float = 10.0,
+    proxy: Any = None,
 ) -> tuple[asyncio.Transport, P]:
-    """Connect a stream endpoint (``tcp``, ``tls``, ``unix``) to a protocol from ``factory``.
+    """Connect a connection-oriented endpoint (``tcp``, ``tls``, ``unix``,
+    ``unix+seqpacket``; ``ws``/``wss`` give their TCP/TLS connection) to a protocol from
+    ``factory``.
 
-    The one place that resolves, connects, runs and checks the TLS handshake (SNI, ``pin``)
-    and translates errors; :func:`connect` and the files client both use it.
+    The one place that resolves, connects, goes through a proxy, runs and checks the TLS
+    handshake (SNI, ``pin``) and translates errors; :func:`connect`, the WebSocket client
+    and the files client all use it.
 
     Args:
         endpoint: where to connect.
         factory: makes the protocol (called once).
-        timeout, ssl, server_hostname, pin, handshake_timeout: as in :func:`connect`.
+        timeout, ssl, server_hostname, pin, handshake_timeout, proxy: as in :func:`connect`.
 
     Returns:
         ``(transport, protocol)``.
 
     Raises:
-        InvalidEndpoint: not a stream endpoint.
+        InvalidEndpoint: not a connection-oriented endpoint, or a proxy for a unix one.
         ConnectionRefused, NameResolutionError, ConnectTimeout, ConnectError,
-        HandshakeError, HandshakeTimeout.
+        HandshakeError, HandshakeTimeout, ProxyError.
     """
     ep = endpoint
+    if proxy is not None:
+        return await _open_via_proxy(
+            ep,
+            factory,
+            proxy,
+            timeout=timeout,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            pin=pin,
+            handshake_timeout=handshake_timeout,
+        )
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
@@ -577,6 +633,19 @@ async def open_transport(
                     usock.close()
                     raise
                 return utransport, uproto
+            if ep.scheme == "unix+seqpacket":
+                assert ep.path is not None
+                from .seqpacket import SeqpacketTransport
+
+                ssock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                try:
+                    ssock.setblocking(False)
+                    await loop.sock_connect(ssock, unix_address(ep.path))
+                    sproto = factory()
+                    return SeqpacketTransport(loop, ssock, sproto), sproto
+                except BaseException:
+                    ssock.close()
+                    raise
     except TimeoutError:
         raise ConnectTimeout(f"timed out after {timeout} s connecting to {ep}") from None
     except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
@@ -588,7 +657,77 @@ async def open_transport(
         raise translate_os_error(exc, what=str(ep), phase="connect") from exc
     except OSError as exc:
         raise translate_os_error(exc, what=str(ep), phase="connect") from exc
-    raise InvalidEndpoint(f"{ep} is not a stream endpoint (tcp, tls or unix)")
+    raise InvalidEndpoint(f"{ep} is not a stream endpoint (tcp, tls, unix, unix+seqpacket)")
+
+
+async def _open_via_proxy(
+    ep: Endpoint,
+    factory: Callable[[], P],
+    proxy: Any,
+    *,
+    timeout: float | None,
+    ssl: SSLContext | None,
+    server_hostname: str | None,
+    pin: str | None,
+    handshake_timeout: float,
+) -> tuple[asyncio.Transport, P]:
+    """:func:`open_transport` through a SOCKS5 or HTTP CONNECT proxy: the tunnel is asked
+    for on a plain connection, then the transport is handed to ``factory()``'s protocol
+    (through the TLS handshake with ``ep`` for ``tls``/``wss``). Bytes ``ep`` sent in the
+    same segment as the proxy's reply are given to that protocol first, never lost."""
+    from .proxy import parse_proxy, tunnel
+
+    spec = parse_proxy(proxy)
+    if ep.scheme not in ("tcp", "tls", "ws", "wss"):
+        raise InvalidEndpoint(f"a proxy tunnels tcp, tls, ws and wss endpoints, not {ep}")
+    transport, at_proxy = await open_transport(
+        spec.endpoint, lambda: _StreamProtocol(_READ_HIGH_WATER), timeout=timeout
+    )
+    try:
+        await tunnel(
+            Connection(spec.endpoint, at_proxy.state),
+            spec,
+            ep.host or "",
+            ep.port or 0,
+            timeout=timeout,
+        )
+        state = at_proxy.state
+        early = state.buffer.read_some() if len(state.buffer) else b""
+        proto = factory()
+        if ep.scheme in ("tls", "wss"):
+            from .tls import check_pin, client_context
+
+            if early:
+                raise HandshakeError(f"{ep} sent {len(early)} bytes before the TLS handshake")
+            try:
+                tls_transport = await asyncio.get_running_loop().start_tls(
+                    transport,
+                    proto,
+                    ssl or client_context(pinned=pin is not None),
+                    server_hostname=server_hostname or ep.host,
+                    ssl_handshake_timeout=handshake_timeout,
+                )
+            except OSError as exc:
+                raise translate_os_error(exc, what=str(ep), phase="connect") from exc
+            assert tls_transport is not None
+            transport = tls_transport
+            proto.connection_made(transport)  # start_tls does not call it
+            if pin is not None and not check_pin(transport.get_extra_info("ssl_object"), pin):
+                raise HandshakeError(f"TLS certificate of {ep} does not match the pinned {pin}")
+            return transport, proto
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        if early:
+            proto.data_received(early)  # type: ignore[attr-defined]
+        if state.lost:
+            lost = state.exc if isinstance(state.exc, Exception) else None
+            proto.connection_lost(lost)
+        elif state.eof and not proto.eof_received():  # type: ignore[attr-defined]
+            transport.close()
+        return transport, proto
+    except BaseException:
+        transport.abort()
+        raise
 
 
 C = TypeVar("C", bound="Connection | DatagramConnection")
@@ -639,12 +778,16 @@ def connect(
     pin: str | None = None,
     handshake_timeout: float = 10.0,
     proxy: Any = None,
+    ws_binary: bool = False,
 ) -> Opening[Connection]:
-    """Open a stream connection to ``endpoint`` (``tcp``, ``tls``, ``unix``, ``ws``, ``wss``).
+    """Open a connection to ``endpoint`` (``tcp``, ``tls``, ``unix``, ``unix+seqpacket``,
+    ``ws``, ``wss``).
 
     ``ws://`` and ``wss://`` give a :class:`~wirecat.runtime.websocket.WebSocketConnection`
     (messages: ``send_text``, ``send_bytes``, ``recv_message``; lines: each text message);
     :func:`~wirecat.runtime.websocket.connect_websocket` takes its WebSocket options.
+    ``unix+seqpacket:`` keeps message boundaries: each :meth:`Connection.send` is one
+    packet and :meth:`Connection.recv` returns at most one.
 
     Await the result, or use it with ``async with`` (see :class:`Opening`).
 
@@ -661,7 +804,10 @@ def connect(
         handshake_timeout: absolute TLS handshake deadline in seconds.
         proxy: tunnel through a proxy: ``"socks5://[user:pass@]host:port"`` or
             ``"http://host:port"`` (HTTP CONNECT), or a
-            :class:`wirecat.runtime.proxy.ProxySpec` (``tcp`` and ``tls`` endpoints).
+            :class:`wirecat.runtime.proxy.ProxySpec` (``tcp``, ``tls``, ``ws``, ``wss``).
+        ws_binary: ``ws``/``wss`` only: the stream view sends and reads binary messages
+            instead of lines as text messages (see
+            :class:`~wirecat.runtime.websocket.WebSocketConnection`).
 
     Returns:
         An :class:`Opening` that gives a :class:`Connection`.
@@ -679,10 +825,6 @@ def connect(
         ep = _parse(endpoint)
         if ep.is_datagram:
             raise InvalidEndpoint(f"{ep} is a datagram endpoint: use connect_datagram()")
-        if proxy is not None:
-            return await _through_proxy(
-                ep, proxy, read_high_water, timeout, ssl, server_hostname, pin, handshake_timeout
-            )
         if ep.scheme in ("ws", "wss"):  # a message-oriented Connection (WebSocketConnection)
             from .websocket import connect_websocket
 
@@ -694,6 +836,8 @@ def connect(
                 pin=pin,
                 handshake_timeout=handshake_timeout,
                 read_high_water=read_high_water,
+                binary=ws_binary,
+                proxy=proxy,
             )
         _, proto = await open_transport(
             ep,
@@ -703,55 +847,11 @@ def connect(
             server_hostname=server_hostname,
             pin=pin,
             handshake_timeout=handshake_timeout,
+            proxy=proxy,
         )
         return Connection(ep, proto.state)
 
     return Opening(opener)
-
-
-async def _through_proxy(
-    ep: Endpoint,
-    proxy: Any,
-    read_high_water: int,
-    timeout: float | None,
-    ssl: SSLContext | None,
-    server_hostname: str | None,
-    pin: str | None,
-    handshake_timeout: float,
-) -> Connection:
-    from .proxy import parse_proxy, tunnel
-
-    spec = parse_proxy(proxy)
-    if ep.scheme not in ("tcp", "tls"):
-        raise InvalidEndpoint(f"a proxy tunnels tcp:// and tls:// endpoints, not {ep}")
-    transport, proto = await open_transport(
-        spec.endpoint, lambda: _StreamProtocol(read_high_water), timeout=timeout
-    )
-    try:
-        at_proxy = Connection(spec.endpoint, proto.state)
-        await tunnel(at_proxy, spec, ep.host or "", ep.port or 0, timeout=timeout)
-        if ep.scheme == "tls":
-            from .tls import check_pin, client_context
-
-            loop = asyncio.get_running_loop()
-            try:
-                tls_transport = await loop.start_tls(
-                    transport,
-                    proto,
-                    ssl or client_context(pinned=pin is not None),
-                    server_hostname=server_hostname or ep.host,
-                    ssl_handshake_timeout=handshake_timeout,
-                )
-            except OSError as exc:
-                raise translate_os_error(exc, what=str(ep), phase="connect") from exc
-            assert tls_transport is not None
-            proto.state.transport = transport = tls_transport
-            if pin is not None and not check_pin(transport.get_extra_info("ssl_object"), pin):
-                raise HandshakeError(f"TLS certificate of {ep} does not match the pinned {pin}")
-    except BaseException:
-        transport.abort()
-        raise
-    return Connection(ep, proto.state)
 
 
 def connect_datagram(

@@ -31,6 +31,7 @@ __all__ = [
     "Listener",
     "bound_endpoint",
     "open_datagram_listener",
+    "open_seqpacket_listener",
     "open_stream_listener",
     "open_tls_listener",
     "unix_address",
@@ -166,7 +167,8 @@ async def open_stream_listener(
     ssl: SSLContext | None = None,
     handshake_timeout: float = 10.0,
 ) -> Listener:
-    """Listen on a stream endpoint (``tcp``, ``tls``, ``unix``); serve each peer with ``factory()``.
+    """Listen on a stream endpoint (``tcp``, ``tls``, ``unix``; ``unix+seqpacket`` through
+    :func:`open_seqpacket_listener`); serve each peer with ``factory()``.
 
     Args:
         endpoint: where to listen. Port 0 picks a free port (read it from the result).
@@ -195,6 +197,8 @@ async def open_stream_listener(
             sock = _inet_socket(endpoint, socket.SOCK_STREAM, reuse_port)
         elif endpoint.scheme == "unix":
             sock, unlink = _unix_socket(endpoint, socket.SOCK_STREAM)
+        elif endpoint.scheme == "unix+seqpacket":
+            return await open_seqpacket_listener(endpoint, factory, backlog=backlog)
         else:
             raise InvalidEndpoint(f"cannot listen on {endpoint} as a stream service here")
         tls = ssl if endpoint.scheme in ("tls", "wss") else None
@@ -212,6 +216,55 @@ async def open_stream_listener(
     except OSError as exc:
         raise translate_os_error(exc, what=str(endpoint), phase="listen") from exc
     return Listener(bound_endpoint(endpoint, sock), server=server, _unlink=unlink)
+
+
+async def open_seqpacket_listener(
+    endpoint: Endpoint, factory: Callable[[], asyncio.Protocol], *, backlog: int = 1024
+) -> Listener:
+    """Listen on a ``unix+seqpacket:`` endpoint; serve each peer with ``factory()`` over a
+    :class:`~wirecat.runtime.seqpacket.SeqpacketTransport` (asyncio's servers take only
+    ``SOCK_STREAM``). The accept loop survives running out of file descriptors.
+
+    Raises:
+        AddressInUse, PermissionDenied, ListenError, InvalidEndpoint.
+    """
+    from .seqpacket import SeqpacketTransport
+
+    if endpoint.scheme != "unix+seqpacket":
+        raise InvalidEndpoint(f"open_seqpacket_listener needs unix+seqpacket:, not {endpoint}")
+    try:
+        sock, unlink = _unix_socket(endpoint, socket.SOCK_SEQPACKET)
+        try:
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise translate_os_error(exc, what=str(endpoint), phase="listen") from exc
+    listener = Listener(endpoint, _sock=sock, _unlink=unlink)
+    loop = asyncio.get_running_loop()
+
+    async def accept_loop() -> None:
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY:
+                    _log.warning("accept on %s failed (%s); retrying", endpoint, exc.strerror)
+                    await asyncio.sleep(0.1)  # back off while descriptors are exhausted
+                    continue
+                if sock.fileno() < 0:
+                    return  # the listener was closed
+                continue  # that peer is gone: serve the next
+            conn.setblocking(False)
+            try:
+                SeqpacketTransport(loop, conn, factory())
+            except Exception:
+                _log.exception("cannot serve a peer of %s", endpoint)
+                conn.close()
+
+    listener._accepting = loop.create_task(accept_loop())
+    return listener
 
 
 async def open_datagram_listener(

@@ -16,6 +16,8 @@ import functools
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from socket import SOCK_SEQPACKET
+from typing import TYPE_CHECKING
 
 from ..endpoints import Endpoint, Scheme, parse_endpoint
 from ..errors import InvalidEndpoint
@@ -30,6 +32,9 @@ from .listeners import (
     open_tls_listener,
 )
 from .proxyheader import ProxyHeaderAdapter, ProxyPolicy
+
+if TYPE_CHECKING:
+    from .websocket import WebSocketSettings
 
 __all__ = [
     "ConnectionHandler",
@@ -356,6 +361,7 @@ class ConnectionHandler(StreamHandler):
     def on_connect(self) -> None:
         state = self.state
         state.transport = self.transport
+        state.keep_boundaries(self.transport)  # unix+seqpacket: recv() gives one packet
         conn = Connection(_local_endpoint(self.transport), state)
         self.handler_service._spawn(self, conn)
 
@@ -384,18 +390,33 @@ def _local_endpoint(transport: asyncio.BaseTransport) -> Endpoint:
         scheme: Scheme = "tls" if transport.get_extra_info("sslcontext") is not None else "tcp"
         return Endpoint(scheme, str(name[0]), int(name[1]))
     path = name.decode(errors="replace") if isinstance(name, bytes) else str(name or "")
-    return Endpoint("unix", path=path.replace("\0", "@", 1) or "@")
+    sock = transport.get_extra_info("socket")
+    kind: Scheme = "unix+seqpacket" if getattr(sock, "type", None) == SOCK_SEQPACKET else "unix"
+    return Endpoint(kind, path=path.replace("\0", "@", 1) or "@")
 
 
 class HandlerService(Service):
     """A service that runs ``handler(conn)`` for every accepted peer (see :func:`listen`).
 
+    On ``ws://``/``wss://`` endpoints the handler gets a
+    :class:`~wirecat.runtime.websocket.WebSocketConnection` for each WebSocket opened (the
+    upgrade, origin check and keepalive done by the runtime); on ``unix+seqpacket:`` a
+    :class:`Connection` whose ``recv`` returns one packet at a time.
+
     Args:
-        endpoints: stream endpoints to listen on (tcp, tls, unix).
+        endpoints: connection endpoints to listen on (tcp, tls, unix, unix+seqpacket), or
+            WebSocket ones (ws, wss), not both kinds in one service.
         handler: ``async def handler(conn: Connection) -> None``.
         name: the service name in logs and :attr:`Server.endpoints`.
         read_high_water: stop reading a peer past this many unread bytes.
         limits: per-service limits (``None``: the server's).
+        websocket: WebSocket hygiene for ws/wss endpoints (default
+            :class:`~wirecat.runtime.websocket.WebSocketSettings`).
+        ws_binary: the stream view of the WebSocket connections: binary messages instead
+            of lines as text messages.
+
+    Raises:
+        InvalidEndpoint: a datagram or stdio endpoint, or ws and non-ws ones mixed.
     """
 
     def __init__(
@@ -406,20 +427,40 @@ class HandlerService(Service):
         name: str = "handler",
         read_high_water: int = 256 * 1024,
         limits: Limits | None = None,
+        websocket: WebSocketSettings | None = None,
+        ws_binary: bool = False,
     ) -> None:
         for ep in endpoints:
-            if not ep.is_stream or ep.scheme == "stdio":
-                raise InvalidEndpoint(f"listen() needs stream endpoints (tcp, tls, unix): {ep}")
+            if ep.is_datagram or ep.scheme == "stdio":
+                raise InvalidEndpoint(
+                    f"listen() needs stream endpoints (tcp, tls, unix, unix+seqpacket, ws, "
+                    f"wss), not {ep}"
+                )
+        kinds = {ep.scheme in ("ws", "wss") for ep in endpoints}
+        if len(kinds) > 1:
+            raise InvalidEndpoint("one service listens on ws:// endpoints or on others, not both")
         super().__init__(endpoints, limits=limits)
         self.name = name
         self.handler = handler
         self.read_high_water = read_high_water
+        self.websocket = websocket
+        self.ws_binary = ws_binary
+        self._ws = kinds == {True}
+        paths = {ep.path or "/" for ep in endpoints}
+        self._ws_path = paths.pop() if len(paths) == 1 else None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def stream_handler(self, ctx: ServerContext) -> StreamHandler:
+        if self._ws:
+            from .websocket import WebSocketConnectionHandler, WebSocketSettings
+
+            settings = self.websocket or WebSocketSettings()
+            return WebSocketConnectionHandler(
+                ctx, self, settings, self._ws_path, binary=self.ws_binary
+            )
         return ConnectionHandler(ctx, self)
 
-    def _spawn(self, owner: ConnectionHandler, conn: Connection) -> None:
+    def _spawn(self, owner: StreamHandler, conn: Connection) -> None:
         async def run() -> None:
             try:
                 await self.handler(conn)
@@ -485,7 +526,7 @@ def listen(
     """
     raw = [endpoint] if isinstance(endpoint, str | Endpoint) else list(endpoint)
     eps = [parse_endpoint(e) if isinstance(e, str) else e for e in raw]
-    if any(ep.scheme == "tls" for ep in eps) and tls is None:
-        raise InvalidEndpoint("tls:// endpoints need a server SSLContext (tls=...)")
+    if any(ep.scheme in ("tls", "wss") for ep in eps) and tls is None:
+        raise InvalidEndpoint("tls:// and wss:// endpoints need a server SSLContext (tls=...)")
     service = HandlerService(eps, handler, read_high_water=read_high_water)
     return Server([service], limits=limits, tls=tls, reuse_port=reuse_port)

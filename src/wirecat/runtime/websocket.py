@@ -30,7 +30,7 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from websockets.protocol import State
 
@@ -62,6 +62,7 @@ from .handler import ServerContext, ServiceInfo, StreamHandler
 
 __all__ = [
     "WebSocketConnection",
+    "WebSocketConnectionHandler",
     "WebSocketHandler",
     "WebSocketSettings",
     "connect_websocket",
@@ -507,6 +508,143 @@ def _http_error(status: int, phrase: str, text: str) -> bytes:
     ).encode() + body
 
 
+class _Driver(Protocol):
+    """What a :class:`WebSocketConnection` drives: the client's :class:`_ClientProtocol`, or
+    a server handler's :class:`_ServerDriver`."""
+
+    state: StreamState
+    messages: collections.deque[str | bytes]
+
+    @property
+    def ws(self) -> WebSocket: ...
+
+    @property
+    def settings(self) -> WebSocketSettings: ...
+
+    @property
+    def closed_ev(self) -> Closed | None: ...
+
+    def _flush(self) -> None: ...
+
+    def _arm_close_timer(self) -> None: ...
+
+
+# -- server side of listen(): a WebSocketConnection per opened WebSocket ----------------------
+class _ServerDriver:
+    """The server handler's side of a :class:`WebSocketConnection` (see :class:`_Driver`):
+    frames go out through the handler, so its output cap and close timer apply."""
+
+    __slots__ = ("handler", "messages", "state")
+
+    def __init__(self, handler: WebSocketConnectionHandler, read_high_water: int) -> None:
+        self.handler = handler
+        self.state = StreamState(read_high_water)
+        self.messages: collections.deque[str | bytes] = collections.deque()
+
+    @property
+    def ws(self) -> WebSocket:
+        ws = self.handler.ws
+        assert ws is not None
+        return ws
+
+    @property
+    def settings(self) -> WebSocketSettings:
+        return self.handler.ws_settings
+
+    @property
+    def closed_ev(self) -> Closed | None:
+        return self.handler.ws_closed
+
+    def _flush(self) -> None:
+        self.handler._ws_flush()
+
+    def _arm_close_timer(self) -> None:
+        self.handler._arm_close_timer()
+
+
+class ConnectionOwner(Protocol):
+    """What :class:`WebSocketConnectionHandler` needs of its service
+    (:class:`wirecat.runtime.server.HandlerService`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def limits(self) -> Any: ...
+
+    read_high_water: int
+
+    def _spawn(self, owner: StreamHandler, conn: Connection) -> None: ...
+
+
+class WebSocketConnectionHandler(WebSocketHandler):
+    """Server side of :func:`wirecat.listen` on ``ws://``/``wss://`` endpoints: each opened
+    WebSocket is handed to the service's handler as a :class:`WebSocketConnection` (the type
+    :func:`wirecat.connect` returns for ``ws://``), under every limit of the listener (the
+    upgrade within the login deadline, origin check, keepalive, close timeout, output cap).
+
+    Messages wait in a queue of at most ``max_queue`` before reading pauses (TCP then
+    pushes back on the peer).
+
+    Args:
+        ctx: the server context.
+        service: the :class:`~wirecat.runtime.server.HandlerService`.
+        settings: WebSocket hygiene.
+        path: the resource path served (``None``: any).
+        binary: the stream view of the connections (see :class:`WebSocketConnection`).
+    """
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        service: ConnectionOwner,
+        settings: WebSocketSettings,
+        path: str | None = None,
+        *,
+        binary: bool = False,
+    ) -> None:
+        super().__init__(ctx, service, settings, path)
+        self.owner = service
+        self.binary = binary
+        self.driver = _ServerDriver(self, service.read_high_water)
+
+    def on_open(self) -> None:
+        state = self.driver.state
+        state.transport = self.transport
+        name = self.transport.get_extra_info("sockname")
+        scheme: Literal["ws", "wss"] = (
+            "wss" if self.transport.get_extra_info("sslcontext") is not None else "ws"
+        )
+        host, port = (str(name[0]), int(name[1])) if isinstance(name, tuple) else (None, None)
+        endpoint = Endpoint(scheme, host, port, self.ws_path or "/")
+        self.owner._spawn(self, WebSocketConnection(endpoint, self.driver, binary=self.binary))
+
+    def on_message(self, message: str | bytes) -> None:
+        driver = self.driver
+        driver.messages.append(message)
+        if len(driver.messages) > self.ws_settings.max_queue:
+            self.pause_reading()  # the handler resumes it as it reads (TCP pushes back)
+        driver.state._wake()
+
+    def on_ws_close(self, code: int, reason: str) -> None:
+        state = self.driver.state
+        state.eof = True  # no more messages; the queued ones are still read
+        state._wake()
+
+    def on_close(self, exc: Exception | None) -> None:
+        super().on_close(exc)
+        state = self.driver.state
+        state.eof = True  # (the byte buffer stays open: queued messages fill it)
+        state.lost_with(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.driver.state.pause_writing()
+
+    def on_writable(self) -> None:
+        self.driver.state.resume_writing()
+
+
 # -- client ----------------------------------------------------------------------------------
 class _ClientProtocol(asyncio.Protocol):
     """Feeds a client :class:`WebSocket`; queues messages for a :class:`WebSocketConnection`."""
@@ -643,12 +781,23 @@ class WebSocketConnection(Connection):
             await ws.send_text('{"type":"hello","nick":"bot"}')
             print(await ws.recv_message())       # '{"type":"welcome",...}'
 
-    The stream view (a :class:`Connection`, as ``wirecat connect`` uses it): each text
-    message received reads as one line (a ``\\n`` is added when it has none), a binary
-    message as its bytes; :meth:`send` sends each complete line as one text message
-    (without its ``\\n``; bytes that are not UTF-8 go as a binary message), :meth:`send_eof`
-    sends the unterminated rest and starts the closing handshake (replies still arrive).
-    Use one view per connection: a message partly read as a stream is returned in pieces.
+    The stream view (a :class:`Connection`, as ``wirecat connect`` and ``wirecat relay``
+    use it) comes in two kinds, as websocat's ``--text`` and ``--binary``:
+
+    - lines (``binary=False``, the default): each text message received reads as one line
+      (a ``\\n`` is added when it has none), a binary message as its bytes; :meth:`send`
+      sends each complete line as one text message (without its ``\\n``; bytes that are not
+      UTF-8 go as a binary message), :meth:`send_eof` sends the unterminated rest first.
+    - binary (``binary=True``): each :meth:`send` is one binary message (split at
+      ``max_message`` bytes), and every message received reads as its bytes, unchanged;
+      :meth:`recv` returns at most one message, so a relay keeps message boundaries.
+
+    In both, :meth:`send_eof` starts the closing handshake (1000; replies still arrive:
+    WebSocket has no half-close, this is the nearest thing). Use one view per
+    connection: a message partly read as a stream is returned in pieces.
+
+    Server side, :func:`wirecat.listen` on a ``ws://`` endpoint gives the handler the same
+    type for each opened WebSocket.
 
     Attributes:
         close_code: the close code received (``None`` while open; 1006: no close frame).
@@ -658,11 +807,12 @@ class WebSocketConnection(Connection):
     otherwise); sends may run concurrently with a read. Cancelling a read loses nothing.
     """
 
-    def __init__(self, endpoint: Endpoint, proto: _ClientProtocol) -> None:
+    def __init__(self, endpoint: Endpoint, proto: _Driver, *, binary: bool = False) -> None:
         super().__init__(endpoint, proto.state)
         self._proto = proto
         self._ws = proto.ws
         self._partial = bytearray()
+        self.binary = binary
 
     # -- messages ------------------------------------------------------------------------
     @property
@@ -758,7 +908,9 @@ class WebSocketConnection(Connection):
         msgs = self._proto.messages
         if msgs:
             msg = msgs.popleft()
-            if isinstance(msg, str):
+            if self.binary:
+                self._p.buffer.feed(msg.encode() if isinstance(msg, str) else msg)
+            elif isinstance(msg, str):
                 data = msg.encode()
                 self._p.buffer.feed(data if data.endswith(b"\n") else data + b"\n")
             else:
@@ -780,7 +932,9 @@ class WebSocketConnection(Connection):
 
     # -- the stream view -------------------------------------------------------------------
     async def send(self, data: bytes) -> None:
-        """Stream view: send each complete line of ``data`` as one text message.
+        """Stream view: send each complete line of ``data`` as one text message (lines
+        view), or ``data`` as one binary message (binary view; split every
+        ``max_message`` bytes).
 
         Raises:
             ConnectionClosed: the WebSocket is closing or closed.
@@ -789,8 +943,15 @@ class WebSocketConnection(Connection):
         if self._eof_sent:
             raise LocalProtocolError(f"send() after send_eof() on {self.endpoint}")
         self._check_send()
-        self._partial += data
         limit = self._proto.settings.max_message
+        if self.binary:
+            view = memoryview(data)
+            for start in range(0, len(view), limit):
+                self._ws.send_bytes(bytes(view[start : start + limit]))
+            self._proto._flush()
+            await self._p.drain()
+            return
+        self._partial += data
         while True:
             cut = self._partial.find(b"\n")
             if cut < 0:
@@ -866,6 +1027,8 @@ def connect_websocket(
     origin: str | None = None,
     settings: WebSocketSettings | None = None,
     read_high_water: int = _READ_HIGH_WATER,
+    binary: bool = False,
+    proxy: Any = None,
 ) -> Opening[WebSocketConnection]:
     """Open a WebSocket to ``endpoint`` (``ws://host:port/path``, ``wss://...``).
 
@@ -882,6 +1045,10 @@ def connect_websocket(
         origin: an ``Origin`` header to send (``None``: none, as a program).
         settings: message size, queue, keepalive, close timeout, compression.
         read_high_water: bytes of a partly read message buffered before reading pauses.
+        binary: the stream view: ``False`` lines (text messages), ``True`` bytes (binary
+            messages); see :class:`WebSocketConnection`.
+        proxy: reach the server through a SOCKS5 or HTTP CONNECT proxy, as
+            :func:`wirecat.connect` takes it.
 
     Raises:
         InvalidEndpoint: not a ws:// or wss:// endpoint.
@@ -910,6 +1077,7 @@ def connect_websocket(
             server_hostname=server_hostname,
             pin=pin,
             handshake_timeout=handshake_timeout,
+            proxy=proxy,
         )
         try:
             async with asyncio.timeout(handshake_timeout):
@@ -927,6 +1095,6 @@ def connect_websocket(
         except BaseException:
             transport.abort()
             raise
-        return WebSocketConnection(ep, proto)
+        return WebSocketConnection(ep, proto, binary=binary)
 
     return Opening(opener)

@@ -6,8 +6,9 @@
     async with server:                       # each peer of FROM gets its own connection to TO
         await server.serve_forever()
 
-Stream relays (FROM ``tcp``, ``tls``, ``unix``; TO ``tcp``, ``tls``, ``unix`` or ``exec:CMD``)
-run on the runtime's :class:`~wirecat.runtime.connection.Connection` type, so every limit of
+Stream relays (FROM and TO ``tcp``, ``tls``, ``unix``, ``unix+seqpacket``, ``ws``, ``wss``;
+TO also ``exec:CMD``) run on the runtime's :class:`~wirecat.runtime.connection.Connection`
+type, so every limit of
 ``wirecat serve`` applies to FROM (connection caps, rates, access lists, the TLS handshake
 deadline, drain), and each direction has its own backpressure: a slow side stops the reading of
 the other (at most ``read_high_water`` bytes buffered plus the transport's high-water mark, per
@@ -15,6 +16,13 @@ direction). Half-close is per direction (RFC 9293 3.6): EOF from one side shuts 
 to the other, and the relay lives until both directions ended; TLS has no half-close (RFC 8446
 6.1), so a TLS side is closed once both directions ended. Peer data is never lost across a
 proxy handshake: it stays in the connection's buffer.
+
+Message endpoints keep their boundaries where the other side has them too: a WebSocket
+message or a seqpacket packet is read as one chunk and sent on as one message or packet;
+toward a byte stream it is just its bytes, and each chunk read from a byte stream becomes
+one message. WebSockets carry binary messages by default (``ws_text=True``: lines as text
+messages, as websocat's ``--text``); EOF toward a WebSocket starts its closing handshake
+(WebSocket has no half-close), and its close is an EOF toward the other side.
 
 Datagram relays (FROM and TO ``udp`` or ``unix+dgram``) keep one session per client address,
 each with its own socket to TO (so replies go back to the right client), an idle timeout
@@ -31,7 +39,7 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import ConnectionClosed, InvalidEndpoint, NetworkError, WirecatError
@@ -40,6 +48,9 @@ from ..runtime.handler import ServerContext
 from ..runtime.limits import AccessList, Limits
 from ..runtime.logs import logger as _log
 from ..runtime.server import HandlerService, Server, Service
+
+if TYPE_CHECKING:
+    from ..runtime.websocket import WebSocketSettings
 
 __all__ = [
     "DatagramRelayService",
@@ -154,10 +165,11 @@ class Target:
     """Where a relay goes: a stream endpoint (with client TLS settings) or a command.
 
     Attributes:
-        endpoint: ``tcp``/``tls``/``unix`` endpoint, or ``None`` for :attr:`command`.
+        endpoint: ``tcp``/``tls``/``unix``/``unix+seqpacket``/``ws``/``wss`` endpoint, or
+            ``None`` for :attr:`command`.
         command: argv of ``exec:CMD`` (run per peer, its stdin/stdout relayed).
         connect_kwargs: keyword arguments for :func:`wirecat.connect` (``ssl``, ``pin``,
-            ``server_hostname``, ``timeout``, ``proxy``).
+            ``server_hostname``, ``timeout``, ``proxy``, ``ws_binary``).
     """
 
     endpoint: Endpoint | None = None
@@ -390,14 +402,17 @@ def relay(
     max_sessions: int = 1024,
     verbose: bool = False,
     on_end: Callable[[RelayStats], None] | None = None,
+    ws_text: bool = False,
+    websocket: WebSocketSettings | None = None,
     **connect_kwargs: Any,
 ) -> Server:
     """A server that relays every peer of ``from_`` to ``to`` (not started: use
     ``async with`` or :meth:`Server.start`).
 
     Args:
-        from_: where to listen: stream endpoints (``tcp``, ``tls``, ``unix``) or datagram
-            ones (``udp``, ``unix+dgram``, then ``to`` must be a datagram endpoint too).
+        from_: where to listen: connection endpoints (``tcp``, ``tls``, ``unix``,
+            ``unix+seqpacket``, ``ws``, ``wss``) or datagram ones (``udp``, ``unix+dgram``,
+            then ``to`` must be a datagram endpoint too).
         to: the target: an endpoint, ``exec:CMD``, or a :class:`Target`.
         limits: limits of the FROM side (caps, rates, handshake deadline, drain). Their
             ``idle_timeout`` is replaced by the relay's own (activity either way counts).
@@ -407,6 +422,9 @@ def relay(
         max_sessions: datagram relays: most client sessions at once.
         verbose: log each relay's bytes each way and duration at INFO when it ends.
         on_end: called with each relay's :class:`RelayStats` when it ends.
+        ws_text: WebSocket sides (FROM or TO) carry lines as text messages instead of
+            bytes as binary messages.
+        websocket: :class:`~wirecat.runtime.websocket.WebSocketSettings` of a ws/wss FROM.
         connect_kwargs: for the TO side, as :func:`wirecat.connect` takes them (``ssl``,
             ``pin``, ``server_hostname``, ``timeout``, ``proxy``).
 
@@ -416,6 +434,9 @@ def relay(
     raw = [from_] if isinstance(from_, str | Endpoint) else list(from_)
     eps = [parse_endpoint(e) if isinstance(e, str) else e for e in raw]
     target = to if isinstance(to, Target) else Target.parse(to, **connect_kwargs)
+    if target.endpoint is not None and target.endpoint.scheme in ("ws", "wss"):
+        kwargs = {"ws_binary": not ws_text, **target.connect_kwargs}
+        target = dataclasses.replace(target, connect_kwargs=kwargs)
     base = limits or Limits()
     lim = dataclasses.replace(base, idle_timeout=None)
     ctx = ServerContext(lim, access=access)
@@ -428,8 +449,11 @@ def relay(
         return Server([service], ctx=ctx)
     if any(ep.is_datagram for ep in eps):
         raise InvalidEndpoint("relay FROM endpoints must all be streams or all datagrams")
-    if target.endpoint is not None and not target.endpoint.is_stream:
-        raise InvalidEndpoint(f"a stream FROM needs a stream TO (tcp, tls, unix, exec:): {to}")
+    if target.endpoint is not None and target.endpoint.is_datagram:
+        raise InvalidEndpoint(
+            f"a stream FROM needs a stream TO (tcp, tls, unix, unix+seqpacket, ws, wss, "
+            f"exec:): {to}"
+        )
 
     def ended(stats: RelayStats) -> None:
         ctx.metrics["relays"] += 1
@@ -445,8 +469,14 @@ def relay(
             ctx.metrics["relay_target_errors"] += 1
             ctx.log.warning("relay %s -> %s: %s", conn.peer_address, target, exc)
 
-    service = HandlerService(eps, handler, name="relay")
-    return Server([service], ctx=ctx, tls=tls)
+    ws_eps = [ep for ep in eps if ep.scheme in ("ws", "wss")]
+    others = [ep for ep in eps if ep.scheme not in ("ws", "wss")]
+    services: list[Service] = [
+        HandlerService(group, handler, name="relay", websocket=websocket, ws_binary=not ws_text)
+        for group in (others, ws_eps)
+        if group
+    ]
+    return Server(services, ctx=ctx, tls=tls)
 
 
 async def relay_pair(

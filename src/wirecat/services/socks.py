@@ -45,7 +45,7 @@ from ..runtime.server import HandlerService, Server
 from .relay import RelayStats, bridge
 
 if TYPE_CHECKING:
-    from ..auth import AuthFailures, Users
+    from ..auth import AuthFailures, User, Users
 
 __all__ = ["SocksPolicy", "socks_server"]
 
@@ -156,27 +156,89 @@ async def _negotiate(
         raise _Refused(-1, "no acceptable authentication method")
     await conn.send(socks.build_method(wanted))
     if users is not None:
-        from ..auth import audit_login
-
         name, password, _ = await need(socks.parse_userpass)
-        source = conn.peer_address.rsplit(":", 1)[0].strip("[]")
-        now = time.monotonic()
-        user = None
-        refusal = failures.begin(source, name, now) if failures is not None else None
-        if refusal is None:
-            try:
-                user = await users.averify(name, password)
-            finally:
-                if failures is not None:
-                    failures.end(source, name, ok=user is not None)
-        if user is None:
-            audit_login(ctx.log, ctx.metrics, name, refused="auth_failed", how="socks")
+        if await proxy_login(conn, users, failures, ctx, name, password, how="socks") is None:
             await conn.send(socks.build_userpass_status(False))
             raise _Refused(-1, f"authentication failed for {name!r}")
-        audit_login(ctx.log, ctx.metrics, name, how="socks")
         await conn.send(socks.build_userpass_status(True))
     request, _ = await need(socks.parse_request)
     return request  # type: ignore[no-any-return]
+
+
+async def proxy_login(
+    conn: Connection,
+    users: Users,
+    failures: AuthFailures | None,
+    ctx: ServerContext,
+    name: str,
+    password: str,
+    *,
+    how: str,
+) -> User | None:
+    """Check a proxy client's login (the password is the user's token) with the same
+    constant-time, rate-limited check as chat and files; audited either way.
+
+    Returns:
+        The user, or ``None`` when refused (wrong login, or too many failures).
+    """
+    from ..auth import audit_login
+
+    source = conn.peer_address.rsplit(":", 1)[0].strip("[]")
+    user = None
+    refusal = failures.begin(source, name, time.monotonic()) if failures is not None else None
+    if refusal is None:
+        try:
+            user = await users.averify(name, password)
+        finally:
+            if failures is not None:
+                failures.end(source, name, ok=user is not None)
+    if user is None:
+        audit_login(ctx.log, ctx.metrics, name, refused="auth_failed", how=how)
+        return None
+    audit_login(ctx.log, ctx.metrics, name, how=how)
+    return user
+
+
+async def reach(
+    host: str, port: int, *, policy: SocksPolicy, connect_timeout: float, resolve: bool = True
+) -> Connection:
+    """Connect to ``host:port`` for a proxy client, after checking the policy on the
+    *resolved* address (a name cannot smuggle a connection to a denied network).
+
+    Args:
+        host: an IP literal, or a name (resolved here when ``resolve``).
+        port: the destination port.
+        policy: where connections may go.
+        connect_timeout: seconds allowed to connect.
+        resolve: resolve ``host`` as a name (SOCKS5 ATYP 3; HTTP CONNECT targets).
+
+    Raises:
+        _Refused: with the SOCKS5 reply code (0x02 not allowed, 0x04 unreachable or
+            unresolvable, 0x05 refused, 0x01 other).
+    """
+    if resolve:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        except OSError:
+            raise _Refused(0x04, f"cannot resolve {host!r}") from None
+        addresses = [info[4][0] for info in infos]
+    else:
+        addresses = [host]
+    allowed = [a for a in addresses if policy.permits(str(a), port)]
+    if not allowed:
+        raise _Refused(0x02, f"destination {host}:{port} not allowed by policy")
+    ip = str(allowed[0])
+    target = f"tcp://[{ip}]:{port}" if ":" in ip else f"tcp://{ip}:{port}"
+    try:
+        return await connect(target, timeout=connect_timeout)
+    except ConnectionRefused:
+        raise _Refused(0x05, f"{target} refused the connection") from None
+    except WirecatTimeout:
+        raise _Refused(0x04, f"{target} did not answer in time") from None
+    except (NetworkError, WirecatError) as exc:
+        raise _Refused(0x04 if "reach" in str(exc) else 0x01, str(exc)) from None
 
 
 def socks_server(
@@ -260,30 +322,13 @@ def socks_server(
     async def _open(request: socks.Request) -> Connection:
         if request.command != socks.CMD_CONNECT:
             raise _Refused(0x07, f"command {request.command} not supported")
-        host = request.host
-        if request.atyp == socks.ATYP_DOMAIN:
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, request.port, type=socket.SOCK_STREAM
-                )
-            except OSError:
-                raise _Refused(0x04, f"cannot resolve {host!r}") from None
-            addresses = [info[4][0] for info in infos]
-        else:
-            addresses = [host]
-        allowed = [a for a in addresses if policy.permits(str(a), request.port)]
-        if not allowed:
-            raise _Refused(0x02, f"destination {host}:{request.port} not allowed by policy")
-        ip = str(allowed[0])
-        target = f"tcp://[{ip}]:{request.port}" if ":" in ip else f"tcp://{ip}:{request.port}"
-        try:
-            return await connect(target, timeout=connect_timeout)
-        except ConnectionRefused:
-            raise _Refused(0x05, f"{target} refused the connection") from None
-        except WirecatTimeout:
-            raise _Refused(0x04, f"{target} did not answer in time") from None
-        except (NetworkError, WirecatError) as exc:
-            raise _Refused(0x04 if "reach" in str(exc) else 0x01, str(exc)) from None
+        return await reach(
+            request.host,
+            request.port,
+            policy=policy,
+            connect_timeout=connect_timeout,
+            resolve=request.atyp == socks.ATYP_DOMAIN,
+        )
 
     service = HandlerService(eps, handler, name="socks")
     return Server([service], ctx=ctx, tls=tls)
