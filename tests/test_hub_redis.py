@@ -831,3 +831,41 @@ async def test_failed_login_limits_are_shared_by_the_processes(
                 await p.aclose()
         assert reasons[:5] == ["wrong user name or token"] * 5
         assert "too many failed logins" in reasons[5], reasons
+
+
+async def test_an_nc_user_and_a_json_client_on_two_processes_chat(
+    redis_server: RedisServer,
+) -> None:
+    """The issue's "done when": real ``nc`` on process A, a JSON-lines client on B."""
+    import asyncio
+
+    async with servers(redis_server.url) as (a, b), contextlib.AsyncExitStack() as stack:
+        ep = a.endpoint()
+        nc = await asyncio.create_subprocess_exec(
+            peer("nc"), ep.host or "127.0.0.1", str(ep.port),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert nc.stdin is not None and nc.stdout is not None
+
+        async def nc_line(prefix: bytes) -> bytes:
+            while True:
+                line = await asyncio.wait_for(nc.stdout.readline(), scaled(5))  # type: ignore[union-attr]
+                assert line, "nc ended"
+                if line.startswith(prefix):
+                    return line
+
+        try:
+            nc.stdin.write(b"ann\n")
+            await nc_line(b"*** in #lobby")
+            bob, joined = await json_member(b.endpoint(), "bob", stack)
+            assert joined["members"] == ["ann", "bob"]
+            await nc_line(b"*** bob joined #lobby")
+            nc.stdin.write(b"hello from nc\n")
+            msg = await bob.json_until("message")
+            assert (msg["nick"], msg["text"]) == ("ann", "hello from nc")
+            await bob.send_json(type="say", text="hi nc user", ref=1)
+            assert await nc_line(b"#lobby <bob>") == b"#lobby <bob> hi nc user\n"
+        finally:
+            if nc.returncode is None:
+                nc.kill()
+            await nc.wait()
