@@ -527,6 +527,8 @@ async def test_events_gone_from_the_stream_are_a_gap(redis_server: RedisServer) 
         notices = [n["text"] for n in s2.of("notice")]
         assert len(notices) == 1 and "lost" in notices[0], notices
         assert hub2.counters["gaps"] == 1
+        for key in ("wirecat:#r:log", "wirecat:#r:meta", "wirecat:#r:who"):  # forgotten later
+            assert 0 < await direct.pttl(key) <= 7 * 24 * 3600 * 1000
         # A member resuming from m0 (its process reloads the room from the stream, which
         # holds m3 and m4 only) is told that what came between is gone.
         await _run(c1, ann, Part("#r"))

@@ -7,7 +7,8 @@ pub/sub for live fan-out, recovery by ``XRANGE`` from the last offset seen, and 
 a sorted set scored by expiry. What lives in Redis (``PREFIX`` is ``wirecat:``)::
 
     PREFIX{room}:log    stream: the room's events, entry id "<offset>-0", field e=payload
-                        (XADD MAXLEN ~ stream_size)
+                        (XADD MAXLEN ~ stream_size); a room's keys expire history_ttl
+                        (7 days) after its last event
     PREFIX{room}:meta   hash: seq, the room's last offset; closed=1 while an admin closed it
     PREFIX{room}:who    sorted set: nick -> expiry (ms since the epoch)
     PREFIX!nick:{skel}  string "process member": who holds a nick (SET NX PX, heartbeat,
@@ -79,7 +80,7 @@ PASSWORD_ENV = "WIRECAT_REDIS_PASSWORD"
 _log = logging.getLogger("wirecat.hub")
 
 # Append one room event and publish it, atomically. KEYS: meta, log, who.
-# ARGV: payload, maxlen, channel, presence op, nick, expiry (ms), new nick.
+# ARGV: payload, maxlen, channel, presence op, nick, expiry (ms), new nick, keys' ttl (ms).
 # Presence ops: "+" add nick, "-" remove nick, "x" remove nick or do nothing at all (expiry
 # of a member: only one process announces it), "r" rename, "c" clear, "" none.
 _APPEND = """
@@ -108,6 +109,9 @@ elseif op == 'c' then
   redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[1], 'closed', '1')
 end
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+if op ~= 'c' then redis.call('PEXPIRE', KEYS[3], ARGV[8]) end
 redis.call('PUBLISH', ARGV[3], id .. '|' .. ARGV[1])
 return id
 """
@@ -290,6 +294,8 @@ class RedisHub(Hub):
         timeout: seconds any Redis call may take before ``hub_unavailable``.
         presence_ttl: seconds after which a dead process's members and nicks expire.
         prefix: key prefix (several chats on one Redis: different prefixes).
+        history_ttl: seconds a room's keys live after its last event (a room nobody uses
+            is forgotten by Redis; its ids still only grow if it comes back).
         backoff: ``(first, most)`` seconds between reconnection attempts (doubling, +-25%
             jitter).
 
@@ -308,6 +314,7 @@ class RedisHub(Hub):
         presence_ttl: float = 30.0,
         prefix: str = "wirecat:",
         backoff: tuple[float, float] = (0.1, 5.0),
+        history_ttl: float = 7 * 24 * 3600.0,
     ) -> None:
         check_url(url)
         import importlib.util
@@ -324,6 +331,9 @@ class RedisHub(Hub):
         self.timeout = timeout
         self.presence_ttl = presence_ttl
         self.prefix = prefix
+        if not history_ttl > 0:
+            raise ValueError("history_ttl must be > 0 seconds")
+        self._keys_ttl = int(history_ttl * 1000)
         self.backoff = backoff
         self.state = "connecting"
         self.process = secrets.token_hex(6)  # this process, in nick ownership values
@@ -592,7 +602,7 @@ class RedisHub(Hub):
             _, room, payload, op, nick, expiry, new = call
             pipe.evalsha(
                 shas["append"], 3, *self._keys(room), payload, maxlen, self._channel, op, nick,
-                expiry, new,
+                expiry, new, self._keys_ttl,
             )  # fmt: skip
         elif kind == "dm":
             _, key, counter, payload = call
