@@ -765,6 +765,9 @@ class RedisHub(Hub):
                 for room, nick in self.members_here():
                     pipe.zadd(self._keys(room)[2], {nick: expiry})
                 rooms = list(self._rooms)
+                for room in rooms:  # rooms with members are kept, however quiet
+                    for key in self._keys(room):
+                        pipe.pexpire(key, self._keys_ttl)
                 for room in rooms:
                     pipe.zrangebyscore(self._keys(room)[2], "-inf", now)
                 results = await pipe.execute()
