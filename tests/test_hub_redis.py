@@ -249,6 +249,14 @@ async def test_two_processes_share_one_room(redis_server: RedisServer) -> None:
         err = await bob.json_until("error")
         assert err["code"] == "no_such_nick"
 
+        # who about a room nobody on B is in: asked of Redis.
+        await ann.send(b"/join #side\n")
+        await ann.until(b"*** in #side")
+        await bob.send_json(type="who", room="#side", ref="s")
+        assert (await bob.json_until("who"))["members"] == ["ann"]
+        await bob.send_json(type="who", room="#empty", ref="e")
+        assert (await bob.json_until("error"))["code"] == "no_such_room"
+
 
 async def test_kick_and_close_cross_processes(redis_server: RedisServer, tmp_path: Path) -> None:
     users = tmp_path / "users.toml"

@@ -727,8 +727,13 @@ class ChatCore:
         self.counters["direct_messages"] += 1
         return self._sent(msg, ref)
 
-    def who(self, member: Member, room_name: str | None, ref: str | int | None = None) -> WhoList:
+    def who(
+        self, member: Member, room_name: str | None, ref: str | int | None = None
+    ) -> WhoList | asyncio.Future[WhoList]:
         """List the members of ``room_name`` (``None``: the current room).
+
+        With a remote hub, a room nobody in this process is in is asked of the hub (the
+        reply is then a future).
 
         Raises:
             ChatError: ``no_such_room`` (nobody is in it), ``not_in_room`` (no current room).
@@ -738,7 +743,17 @@ class ChatCore:
         else:
             found = self.rooms.get(room_name)
             if found is None:
-                raise ChatError("no_such_room", f"nobody is in {room_name}")
+                name = room_name
+                elsewhere = self.hub.present(name) if self.hub.remote else None
+                if elsewhere is None:
+                    raise ChatError("no_such_room", f"nobody is in {room_name}")
+
+                def listed(nicks: tuple[str, ...]) -> WhoList:
+                    if not nicks:
+                        raise ChatError("no_such_room", f"nobody is in {name}")
+                    return WhoList(name, nicks, ref)
+
+                return _then(elsewhere, listed)
             room = found
         return WhoList(room.name, self._nicks_in(room), ref)
 

@@ -192,6 +192,12 @@ class Hub(abc.ABC):
         ``None``: ask the core (a local hub: the core knows every member)."""
         return None
 
+    def present(self, room: str) -> asyncio.Future[tuple[str, ...]] | None:
+        """The nicks in a room this process does not watch, sorted case-insensitively, as
+        the backend knows them (a future), or ``None``: nobody else could know (a local
+        hub)."""
+        return None
+
     def claim_nick(self, nick: str, owner: str) -> bool | asyncio.Future[bool]:
         """Take ``nick`` for ``owner`` (a member of this process) across processes.
 

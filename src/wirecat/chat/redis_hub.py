@@ -423,6 +423,22 @@ class RedisHub(Hub):
         st = self._rooms.get(room)
         return st is not None and st.closed
 
+    def present(self, room: str) -> asyncio.Future[tuple[str, ...]]:
+        fut = self._queue(("present", room))
+        out: asyncio.Future[tuple[str, ...]] = fut.get_loop().create_future()
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                out.set_exception(HubUnavailable())
+            elif (exc := f.exception()) is not None:
+                out.set_exception(exc)
+            else:
+                nicks = (n.decode() if isinstance(n, bytes) else str(n) for n in f.result())
+                out.set_result(tuple(sorted(nicks, key=str.casefold)))
+
+        fut.add_done_callback(done)
+        return out
+
     def members(self, room: str) -> tuple[str, ...] | None:
         st = self._rooms.get(room)
         if st is None:
@@ -613,6 +629,8 @@ class RedisHub(Hub):
         elif kind == "release":
             _, key, value = call
             pipe.evalsha(shas["release"], 1, key, value)
+        elif kind == "present":
+            pipe.zrangebyscore(self._keys(call[1])[2], int(time.time() * 1000), "+inf")
         elif kind == "login":
             _, src, acc = call
             rate, burst, arate, aburst = self.login_limits
