@@ -879,3 +879,57 @@ async def test_an_nc_user_and_a_json_client_on_two_processes_chat(
             if nc.returncode is None:
                 nc.kill()
             await nc.wait()
+
+
+async def test_rediss_with_a_ca_file(tmp_path: Path) -> None:
+    """``--hub rediss://...?ssl_ca_certs=CA``: the hub talks TLS and verifies Redis's
+    certificate; a Redis whose certificate the CA did not sign is not used."""
+    import trustme
+
+    ca, other = trustme.CA(), trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    for name, blob in (
+        ("ca.pem", ca.cert_pem),
+        ("other.pem", other.cert_pem),
+        ("key.pem", cert.private_key_pem),
+        ("cert.pem", cert.cert_chain_pems[0]),
+    ):
+        blob.write_to_path(str(tmp_path / name))  # fmt: skip
+    redis = None
+    for _ in range(3):  # Redis cannot listen for TLS on port 0: pick one, retry if taken
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        redis = subprocess.Popen(
+            [peer("redis-server"), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+             "--tls-cert-file", str(tmp_path / "cert.pem"), "--tls-key-file",
+             str(tmp_path / "key.pem"), "--tls-auth-clients", "no", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        assert redis.stdout is not None
+        deadline = time.monotonic() + timeout(10)
+        line = b""
+        while b"Ready to accept" not in line and redis.poll() is None:
+            assert time.monotonic() < deadline, "redis-server (TLS) did not start"
+            line = redis.stdout.readline()
+        if redis.poll() is None:
+            break
+    assert redis is not None and redis.poll() is None, "redis-server could not listen"
+    try:
+        good = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.pem'}"
+        bad = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'other.pem'}"
+        async with servers(good, 1) as (a,), contextlib.AsyncExitStack() as stack:
+            ann, _ = await json_member(a.endpoint(), "ann", stack)
+            await ann.send_json(type="say", text="over TLS", ref=1)
+            assert (await ann.json_until("sent"))["ref"] == 1
+        async with servers(bad, 1) as (b,), contextlib.AsyncExitStack() as stack:
+            p = await Peer.open(b.endpoint())
+            stack.push_async_callback(p.aclose)
+            await p.send_json(type="hello", nick="eve")
+            assert (await p.json())["code"] == "hub_unavailable"
+    finally:
+        redis.kill()
+        redis.wait(timeout(5))
+        if redis.stdout is not None:
+            redis.stdout.close()
