@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -373,7 +374,9 @@ class ChatCore:
         self._nicks: dict[str, Member] = {}  # casefolded nick -> member
         self._skeletons: dict[str, Member] = {}  # confusable skeleton of a nick -> member
         self._member_ids = itertools.count(1)
-        self._guests = itertools.count(1)
+        # guest-N: with a shared hub each process counts from its own random start, so
+        # that two processes rarely offer the same guest name (the hub refuses the second)
+        self._guests = itertools.count(1 + secrets.randbelow(10**6) if self.hub.remote else 1)
         self._members: set[Member] = set()
 
     # -- membership --------------------------------------------------------------------------
