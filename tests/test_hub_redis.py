@@ -257,6 +257,14 @@ async def test_two_processes_share_one_room(redis_server: RedisServer) -> None:
         await bob.send_json(type="who", room="#empty", ref="e")
         assert (await bob.json_until("error"))["code"] == "no_such_room"
 
+        guests = []
+        for server in (a, b):  # an empty line: a guest name, unique across processes
+            g = await Peer.open(server.endpoint())
+            stack.push_async_callback(g.aclose)
+            await g.send(b"\n")
+            guests.append(await g.until(b"*** you are guest-"))
+        assert guests[0] != guests[1]
+
 
 async def test_kick_and_close_cross_processes(redis_server: RedisServer, tmp_path: Path) -> None:
     users = tmp_path / "users.toml"
