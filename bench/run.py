@@ -12,7 +12,10 @@ server's whole session, reaped children included) over exactly the measured wind
 
 Parts: ``echo`` (round trips, 1/10/100 connections x 64 B/1 KiB), ``chat`` (fan-out to a room
 of 100 and 1000 members), ``multicore`` (echo 100 x 64 B, ``wirecat serve --workers 1/2``),
-``idle`` (server RSS per idle connection), ``files`` (rows from bench/bench_files.py). wirecat
+``idle`` (server RSS per idle connection), ``files`` (rows from bench/bench_files.py), ``ws``
+(WebSocket echo 100 x 64 B against Node's ws and websockets' asyncio server, and WebSocket chat
+fan-out to 1000 members against a Node ws broadcast server), ``relay`` (bulk, short
+connections and SOCKS5 through relays, bench/bench_relay.py). wirecat
 runs through its CLI (``wirecat serve``). Traffic goes to 127.0.0.1 only; every process
 started here is killed on the way out. The report starts with the issue's targets, each
 marked met or not met.
@@ -51,7 +54,7 @@ HOST = "127.0.0.1"
 SERVER_CORE, LOAD_CORE = 0, 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NPROC = len(os.sched_getaffinity(0))  # before the runner pins itself to one core
-PARTS = ("echo", "chat", "multicore", "idle", "files", "ws")
+PARTS = ("echo", "chat", "multicore", "idle", "files", "ws", "relay")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 sys.path.insert(0, str(ROOT / "src"))
@@ -156,10 +159,24 @@ def wait_connectable(port: int, proc: subprocess.Popen[bytes], limit: float = 15
     raise RuntimeError(f"not listening on {port} after {limit} s")
 
 
+def wait_listening(port: int, proc: subprocess.Popen[bytes], limit: float = 15.0) -> None:
+    """Wait until something listens on ``port`` on HOST, read from ``ss`` (no connection)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening")
+        out = subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout
+        if any(line.split()[3] == f"{HOST}:{port}" for line in out.splitlines() if line):
+            return
+        time.sleep(0.05)  # an external program gives no readiness signal but the port
+    raise RuntimeError(f"not listening on {port} after {limit} s")
+
+
 @dataclass
 class Peer:
     """A server program. ``argv`` may hold ``{port}``; ``ready`` is ``stdout`` (the program
-    prints ``LISTENING <port>``) or ``port`` (we pick a port and wait until it accepts)."""
+    prints ``LISTENING <port>``), ``port`` (we pick a port and wait until it accepts) or
+    ``listening`` (we pick a port and wait until ``ss`` shows it listening: no probe)."""
 
     name: str
     argv: list[str]
@@ -171,10 +188,11 @@ class Peer:
     baseline: int = 1  # processes in its session when idle
     idle_socks: dict[int, int] = field(default_factory=dict)  # per process, no client
     log_path: Path | None = None
-    scheme: str = "tcp"  # ws: the endpoint is ws://HOST:PORT/
+    scheme: str = "tcp"  # ws: the endpoint is ws://HOST:PORT{path}
+    path: str = "/"  # the WebSocket resource
 
     def start(self) -> None:
-        port = free_port() if self.ready == "port" else 0
+        port = free_port() if self.ready in ("port", "listening") else 0
         argv = [a.replace("{port}", str(port)) for a in self.argv]
         self.log_path = OUT / f"server-{self.name}.log"
         err = self.log_path.open("wb")
@@ -194,6 +212,8 @@ class Peer:
             if not line.startswith("LISTENING"):
                 raise RuntimeError(f"{self.name}: no LISTENING line (got {line!r})")
             port = int(line.split()[1])
+        elif self.ready == "listening":  # no probe connection (it would reach a relay's
+            wait_listening(port, self.proc)  # target: iperf3 would take it for a test)
         else:
             wait_connectable(port, self.proc)
         self.port = port
@@ -209,7 +229,7 @@ class Peer:
     @property
     def endpoint(self) -> str:
         if self.scheme == "ws":
-            return f"ws://{HOST}:{self.port}/"
+            return f"ws://{HOST}:{self.port}{self.path}"
         return f"tcp://{HOST}:{self.port}"
 
     def stop(self) -> None:
@@ -250,12 +270,13 @@ def running(peers: list[Peer]) -> Iterator[list[Peer]]:
 # -- building and finding peers ----------------------------------------------------------------
 
 
-def build_go() -> Path | None:
+def build_go(name: str = "echo") -> Path | None:
+    """Build bench/peers/NAME.go into bench/peers/bin/NAME-go (once; None without Go)."""
     if shutil.which("go") is None:
         return None
     BIN.mkdir(parents=True, exist_ok=True)
-    out = BIN / "echo-go"
-    src = PEERS / "echo.go"
+    out = BIN / f"{name}-go"
+    src = PEERS / f"{name}.go"
     if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
         return out
     env = dict(os.environ)
@@ -554,6 +575,63 @@ def run_ws(reps: int, duration: float) -> dict[str, Any]:
                     f"server cpu {cpus[len(cpus) // 2]:.1f} us/round trip"
                 )
     return {"samples": samples, "cases": [c[0] for c in cases], "notes": notes}
+
+
+def ws_chat_peers() -> list[Peer]:
+    """WebSocket chat fan-out: wirecat's web chat (/chat, JSON) and Node's ws broadcasting."""
+    peers = [
+        Peer("wirecat", [wirecat_bin(), "serve", "-q", "--no-greeting", "--no-echo",
+                         "--chat", f"tcp://{HOST}:0", "--web", f"tcp://{HOST}:{{port}}",
+                         "--chat-rate", "0", "--max-conns", "20000",
+                         "--max-conns-per-source", "0", "--conn-rate", "0"],
+             ready="port", scheme="ws", path="/chat",
+             note="wirecat serve --web, the chat WebSocket /chat (JSON: hello, join, say; "
+             "events with ids and timestamps), --chat-rate 0"),
+    ]  # fmt: skip
+    if shutil.which("node") and (ROOT / "tests" / "node" / "node_modules" / "ws").is_dir():
+        peers.append(
+            Peer("node-ws", ["node", str(PEERS / "ws_broadcast.js"), HOST, "0"], scheme="ws",
+                 note="npm ws, every message to every other client (the ws README's "
+                 "broadcast), perMessageDeflate off")
+        )  # fmt: skip
+    return peers
+
+
+def run_ws_chat(reps: int, quick: bool) -> dict[str, Any]:
+    """Chat fan-out over WebSocket: 1000 members in one room, one sender, 64 B texts."""
+    peers = ws_chat_peers()
+    proto = {"wirecat": "wirecat", "node-ws": "lines"}
+    count = 30 if quick else 200  # ~200k deliveries: Node's broadcast runs ~30-150k/s here
+    cases = [("1000 members", 1000, count)]
+
+    def make(p: Peer, members: int, n: int) -> BenchConfig:
+        return BenchConfig(
+            parse_endpoint(p.endpoint),
+            mode="chat",
+            conns=members,
+            count=n,
+            size=64,
+            duration=30.0,
+            connect_timeout=60.0,
+            chat_protocol=proto[p.name],  # type: ignore[arg-type]
+        )
+
+    failures: list[str] = []
+    with running(peers) as live:
+        samples = interleaved(
+            live,
+            [(name, lambda p, m=m, n=n: make(p, m, n)) for name, m, n in cases],
+            reps,
+            "deliveries",
+            failures,
+        )
+        notes = {p.name: p.note for p in live}
+    return {
+        "samples": samples,
+        "cases": [c[0] for c in cases],
+        "notes": notes,
+        "failures": failures,
+    }
 
 
 def run_chat(reps: int, duration: float, quick: bool) -> dict[str, Any]:
@@ -910,6 +988,9 @@ PREVIOUS: dict[str, float] = {
 ECHO_RT_GO = 1.0  # echo 100 x 64 B round trips/s >= 1.0x Go
 ECHO_CPU_GO = 1.1  # ... and server CPU per round trip within 1.1x of Go
 CHAT_NCAT = 1.0  # chat fan-out at 1000 members >= 1.0x ncat --broker deliveries/s
+WS_NODE = 1.0  # ws echo 100 x 64 B round trips/s >= 1.0x Node ws
+WS_WEBSOCKETS = 1.5  # ws echo 100 x 64 B round trips/s >= 1.5x websockets' asyncio server
+WS_CHAT_NODE = 1.0  # ws chat fan-out at 1000 members >= 1.0x Node ws broadcast deliveries/s
 CHAT_REDIS = 3.0  # ... and >= 3x Redis pub/sub
 IDLE_BYTES = 1.5 * 1024  # idle RSS per connection at 10k and 100k, one process
 
@@ -972,6 +1053,38 @@ def targets_section(parts: dict[str, Any]) -> list[str]:
             f"| {fmt_rate(wr)}/s | Redis {fmt_rate(rr)}/s | {fmt_x(wr / rr)} "
             f"| {status(None if rr != rr else wr / rr >= CHAT_REDIS)} |",
         ]
+    if "ws" in parts:
+        w, case = parts["ws"], "100 x 64 B"
+        wr = peer_med(w, case, "wirecat", "rate")
+        wc = peer_med(w, case, "wirecat", "cpu_us_per_op")
+        for peer, label, want in (
+            ("node-ws", "Node ws", WS_NODE),
+            ("websockets", "websockets", WS_WEBSOCKETS),
+        ):
+            pr = peer_med(w, case, peer, "rate")
+            pc = peer_med(w, case, peer, "cpu_us_per_op")
+            md += [
+                f"| ws echo 100 x 64 B: round trips/s >= {want:.1f}x {label} | {fmt_rate(wr)}/s "
+                f"| {label} {fmt_rate(pr)}/s | {fmt_x(wr / pr)} "
+                f"| {status(None if pr != pr else wr / pr >= want)} |",
+                f"| ws echo 100 x 64 B: server CPU per round trip (the same target, as CPU: "
+                f"<= {1 / want:.2f}x {label}) | {wc:.2f} µs | {label} {pc:.2f} µs "
+                f"| {fmt_x(wc / pc)} | {status(None if pc != pc else wc / pc <= 1 / want)} |",
+            ]
+    if "ws_chat" in parts:
+        w, case = parts["ws_chat"], "1000 members"
+        wr = peer_med(w, case, "wirecat", "rate")
+        nr = peer_med(w, case, "node-ws", "rate")
+        wc = peer_med(w, case, "wirecat", "cpu_us_per_op")
+        nc = peer_med(w, case, "node-ws", "cpu_us_per_op")
+        md += [
+            f"| ws chat 1000 members: deliveries/s >= {WS_CHAT_NODE:.1f}x Node ws broadcast "
+            f"| {fmt_rate(wr)}/s | Node ws {fmt_rate(nr)}/s | {fmt_x(wr / nr)} "
+            f"| {status(None if nr != nr else wr / nr >= WS_CHAT_NODE)} |",
+            f"| ws chat 1000 members: server CPU per delivery (as CPU: <= "
+            f"{1 / WS_CHAT_NODE:.1f}x) | {wc:.2f} µs | Node ws {nc:.2f} µs | {fmt_x(wc / nc)} "
+            f"| {status(None if nc != nc else wc / nc <= 1 / WS_CHAT_NODE)} |",
+        ]
     if "idle" in parts:
         i, by = parts["idle"], idle_by(parts)
         n, most = i["n"], i["most"]
@@ -1032,6 +1145,23 @@ def summary_section(parts: dict[str, Any]) -> list[str]:
                 f"**{r2(ratio(c, case, 'wirecat', 'ncat-broker', 'cpu_us_per_op'))}**, "
                 f"wirecat/redis **{r2(ratio(c, case, 'wirecat', 'redis', 'cpu_us_per_op'))}**"
             )
+    if "ws" in parts:
+        w, case = parts["ws"], "100 x 64 B"
+        out.append(
+            f"- ws echo {case}: wirecat/Node ws round trips/s "
+            f"**{r2(ratio(w, case, 'wirecat', 'node-ws', 'rate'))}**, wirecat/websockets "
+            f"**{r2(ratio(w, case, 'wirecat', 'websockets', 'rate'))}**; server CPU per round "
+            f"trip wirecat/Node ws **{r2(ratio(w, case, 'wirecat', 'node-ws', 'cpu_us_per_op'))}"
+            f"**, wirecat/websockets "
+            f"**{r2(ratio(w, case, 'wirecat', 'websockets', 'cpu_us_per_op'))}**"
+        )
+    if "ws_chat" in parts:
+        w, case = parts["ws_chat"], "1000 members"
+        out.append(
+            f"- ws chat {case}: wirecat/Node ws broadcast deliveries/s "
+            f"**{r2(ratio(w, case, 'wirecat', 'node-ws', 'rate'))}**; server CPU per delivery "
+            f"wirecat/Node ws **{r2(ratio(w, case, 'wirecat', 'node-ws', 'cpu_us_per_op'))}**"
+        )
     if "multicore" in parts:
         m, base = parts["multicore"], "wirecat-w1-core0"
         out.append(
@@ -1368,6 +1498,11 @@ def write_results(
                     "each side hashes every byte once on one core, beside the transfer.",
                     "",
                 ]
+    md += ws_sections(args, parts)
+    if "relay" in parts:
+        import bench_relay
+
+        md += bench_relay.section(sys.modules[__name__], parts["relay"], now)
     opt = BENCH / "OPTIMISATIONS.md"
     if opt.exists():
         md += ["## What each optimisation bought", "", *opt.read_text().splitlines()[2:], ""]
@@ -1378,6 +1513,62 @@ def write_results(
     path = Path(args.out)
     path.write_text("\n".join(md).rstrip() + "\n")
     return path
+
+
+WS_NOISE = (
+    "Machine noise: this 2-core machine is shared with other jobs (other agents' builds and "
+    "tests run beside the benchmark), so a server or the load generator may get only part "
+    "of its core: rates move by tens of percent between runs and between peers of one run. "
+    "Server CPU per operation is counted in the measured window only and moves much less; "
+    "read it first, and the rate ratios within one run."
+)
+
+
+def ws_sections(args: argparse.Namespace, parts: dict[str, Any]) -> list[str]:
+    """The WebSocket echo and chat fan-out sections."""
+    md: list[str] = []
+    if "ws" in parts:
+        w = parts["ws"]
+        md += [
+            "## WebSocket echo",
+            "",
+            f"100 connections x 64 B messages over ws://, one in flight per connection, "
+            f"{args.duration:g} s per run: each round trip is one masked binary frame from "
+            "the load generator (`wirecat bench ws://...`, the same client for every row) and "
+            "its echo. Ratios over Node's `ws` server; `wirecat ÷ this` is wirecat's rate "
+            "over this server's.",
+            "",
+            *table(w, "node-ws", "rt"),
+            "Peers: " + "; ".join(f"{k}: {n}" for k, n in w["notes"].items()),
+            "",
+            WS_NOISE,
+            "",
+        ]
+    if "ws_chat" in parts:
+        c = parts["ws_chat"]
+        md += [
+            "## WebSocket chat fan-out",
+            "",
+            "One room of 1000 WebSocket members, one sender, 64-byte texts, at most 16 "
+            "messages in flight, counted like the TCP chat rows (`wirecat bench ws://... -m "
+            "chat`: receivers walk the frame headers and count the tokens inside). wirecat: "
+            "the web listener's /chat, JSON commands in, JSON events out (ids, timestamps, "
+            "history), each event encoded once as one text frame for every member and "
+            "written once per member per loop iteration. Node: `ws`, each message sent to "
+            "every other client (no parsing, no ids). Ratios over Node.",
+            "",
+            *table(c, "node-ws", "delivery"),
+        ]
+        if c["failures"]:
+            md += ["Runs that failed (left out of the medians):", ""]
+            md += [f"- {f}" for f in c["failures"]] + [""]
+        md += [
+            "Peers: " + "; ".join(f"{k}: {n}" for k, n in c["notes"].items()),
+            "",
+            WS_NOISE,
+            "",
+        ]
+    return md
 
 
 def render(args: argparse.Namespace) -> int:
@@ -1442,6 +1633,15 @@ def main() -> int:
     if "ws" in only:
         log("== WebSocket echo")
         parts["ws"] = run_ws(args.reps, args.duration)
+        log("== WebSocket chat fan-out")
+        parts["ws_chat"] = run_ws_chat(args.reps, args.quick)
+    if "relay" in only:
+        log("== relay and SOCKS5")
+        import bench_relay
+
+        parts["relay"] = bench_relay.run_part(
+            sys.modules[__name__], args.reps, args.duration, args.quick
+        )
     took = time.monotonic() - started
     raw: dict[str, Any] = {
         k: {**v, "samples": [s.__dict__ for s in v.get("samples", [])]} for k, v in parts.items()
@@ -1454,6 +1654,16 @@ def main() -> int:
         "duration": args.duration,
     }
     raw["_meta"] = meta
+    if only == {"relay"}:  # one section: replace it in the report, keep the rest
+        import bench_relay
+
+        (OUT / "relay.json").write_text(json.dumps(raw, indent=1, default=str))
+        path = Path(args.out)
+        bench_relay.replace_section(
+            path, bench_relay.section(sys.modules[__name__], parts["relay"], meta["date"])
+        )
+        log(f"updated the relay section of {path} in {took / 60:.1f} min")
+        return 0
     (OUT / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     path = write_results(args, parts, took, meta)
     log(f"wrote {path} in {took / 60:.1f} min")

@@ -28,7 +28,7 @@ fi
 
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-    targets=(endpoints lines chat users proxy socks files)
+    targets=(endpoints lines chat users proxy socks files websocket)
 fi
 
 mkdir -p "$here/crashes"
@@ -36,7 +36,7 @@ status=0
 for target in "${targets[@]}"; do
     script="$here/fuzz_${target}.py"
     if [[ ! -f "$script" ]]; then
-        echo "run.sh: unknown target '$target' (have: endpoints lines chat users proxy socks files)" >&2
+        echo "run.sh: unknown target '$target' (have: endpoints lines chat users proxy socks files websocket)" >&2
         exit 64
     fi
     corpus="$here/corpus/$target"

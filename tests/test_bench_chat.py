@@ -125,3 +125,90 @@ def test_chat_counts_and_checks_every_delivery(
         assert errors.get("chat_out_of_order") == 1, errors
         assert errors.get("undelivered", 0) > 0, errors
         assert data["ops"] < count  # type: ignore[operator]
+
+
+def _ws_bench(endpoint: str, protocol: str, members: int, count: int) -> dict[str, object]:
+    config = BenchConfig(
+        parse_endpoint(endpoint),
+        mode="chat",
+        conns=members,
+        count=count,
+        size=64,
+        duration=10,
+        connect_timeout=10,
+        chat_protocol=protocol,  # type: ignore[arg-type]
+    )
+    return run_bench(config).to_json()
+
+
+def test_chat_over_websocket_against_wirecat_web_chat() -> None:
+    import subprocess
+    import sys
+
+    from helpers import read_ready, scaled
+
+    argv = [sys.executable, "-m", "wirecat", "serve", "--json", "--no-greeting", "--no-echo"]
+    argv += ["--chat", "tcp://127.0.0.1:0", "--web", "tcp://127.0.0.1:0", "--load-test"]
+    argv += ["--chat-rate", "0"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        web = read_ready(proc.stdout, scaled(15))["endpoints"]["web"][0]
+        port = parse_endpoint(web).port
+        data = _ws_bench(f"ws://127.0.0.1:{port}/chat", "wirecat", 20, 200)
+    finally:
+        proc.terminate()
+        proc.wait(scaled(10))
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert data["errors"] == 0, data["errors_by_kind"]
+    assert data["ops"] == 200 and data["deliveries"] == 200 * 19
+
+
+def test_chat_over_websocket_against_the_node_ws_broadcast_peer() -> None:
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from helpers import scaled
+
+    node = shutil.which("node")
+    assert node, "node is missing: scripts/test.sh installs it (apt nodejs)"
+    root = Path(__file__).parent.parent
+    assert (root / "tests" / "node" / "node_modules" / "ws").is_dir(), "npm ws is missing"
+    proc = subprocess.Popen(
+        [node, str(root / "bench" / "peers" / "ws_broadcast.js"), "127.0.0.1", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        import select
+
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], scaled(15))
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith("LISTENING "), line
+        data = _ws_bench(f"ws://127.0.0.1:{line.split()[1]}/", "lines", 10, 100)
+    finally:
+        proc.terminate()
+        proc.wait(scaled(10))
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert data["errors"] == 0, data["errors_by_kind"]
+    assert data["ops"] == 100 and data["deliveries"] == 100 * 9
+
+
+def test_ws_client_frame_is_a_valid_masked_frame() -> None:
+    from wirecat.protocols.websocket import TextMessage, WebSocket
+
+    for size in (0, 5, 125, 126, 70000):
+        text = bytes(0x41 + i % 26 for i in range(size))
+        frame = bench_chat.ws_client_frame(text)
+        assert frame[1] & 0x80  # masked, as a client must
+        client = WebSocket.client("ws://127.0.0.1:9/")
+        server = WebSocket.server(max_message=1 << 20)
+        server.receive_data(b"".join(client.data_to_send()))
+        server.accept(server.events_received()[0].request)  # type: ignore[union-attr]
+        server.events_received()
+        server.receive_data(frame)
+        assert server.events_received() == [TextMessage(text.decode())]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -18,6 +19,7 @@ import wirecat
 from _peers import peer
 from helpers import scaled, wait_for
 from wirecat.runtime.limits import Limits
+from wirecat.runtime.splice import Splice
 from wirecat.services.relay import RelayStats, bridge, relay
 
 T = scaled(10)
@@ -40,6 +42,7 @@ async def test_relay_forwards_both_ways_and_reports() -> None:
             assert await conn.recv(timeout=T) == b""  # the target's EOF came through
         await wait_for(lambda: len(ended) == 1, T)
     assert (ended[0].up, ended[0].down, ended[0].reason) == (6, 6, "both closed")
+    assert ended[0].zero_copy  # plain TCP both sides: os.splice, not Python
 
 
 async def test_half_close_each_direction() -> None:
@@ -118,7 +121,9 @@ async def test_backpressure_stops_a_fast_sender() -> None:
         while data := await conn.recv():
             received += len(data)
 
-    size = 32 * 1024 * 1024
+    # More than the kernel may buffer on the way (autotuned: up to tcp_rmem max per
+    # receiving socket, 32 MiB here, twice, plus the send buffers), so the sender must stop.
+    size = 96 * 1024 * 1024
     async with (
         wirecat.listen("tcp://127.0.0.1:0", slow) as target,
         relay("tcp://127.0.0.1:0", target.endpoint()) as server,
@@ -200,6 +205,217 @@ async def test_bridge_reports_a_reset() -> None:
         assert stats.reason in ("reset", "both closed")
         await ca.aclose()
         await cb.aclose()
+
+
+# -- the zero-copy engine (os.splice) -------------------------------------------------------
+def _pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+async def _recv_all(sock: socket.socket, digest: hashlib._Hash) -> int:
+    loop = asyncio.get_running_loop()
+    total = 0
+    while data := await loop.sock_recv(sock, 1 << 20):
+        digest.update(data)
+        total += len(data)
+    return total
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    await asyncio.get_running_loop().sock_sendall(sock, data)
+    sock.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.async_timeout(30)
+async def test_splice_moves_both_ways_byte_exact_with_half_close() -> None:
+    # client <-> [a | Splice | b] <-> server, 24 MiB up and 8 MiB down at the same time.
+    client, a = _pair()
+    b, server = _pair()
+    up, down = os.urandom(24 << 20), os.urandom(8 << 20)
+    ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    engine = Splice(a, b, ended.set_result, idle_timeout=T)
+    engine.start()
+    with client, a, b, server:
+        got_up, got_down = hashlib.sha256(), hashlib.sha256()
+        n_up, n_down, _, _ = await asyncio.gather(
+            _recv_all(server, got_up),  # ends at the EOF the engine passed on
+            _recv_all(client, got_down),
+            _send_all(client, up),
+            _send_all(server, down),
+        )
+        assert await asyncio.wait_for(ended, T) == "both closed"
+    assert (n_up, n_down) == (len(up), len(down)) == (engine.up, engine.down)
+    assert got_up.digest() == hashlib.sha256(up).digest()
+    assert got_down.digest() == hashlib.sha256(down).digest()
+
+
+async def test_splice_half_close_keeps_the_other_direction() -> None:
+    client, a = _pair()
+    b, server = _pair()
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[str] = loop.create_future()
+    engine = Splice(a, b, ended.set_result)
+    engine.start()
+    with client, a, b, server:
+        client.shutdown(socket.SHUT_WR)  # client -> server ends first
+        assert await asyncio.wait_for(loop.sock_recv(server, 10), T) == b""
+        await loop.sock_sendall(server, b"still talking\n")  # server -> client goes on
+        assert await asyncio.wait_for(loop.sock_recv(client, 100), T) == b"still talking\n"
+        assert not ended.done()
+        server.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(loop.sock_recv(client, 10), T) == b""
+        assert await asyncio.wait_for(ended, T) == "both closed"
+
+
+async def test_splice_backpressure_bounds_memory() -> None:
+    # The server does not read: the engine holds at most its pipe and stops reading the
+    # client, whose sends then stall (TCP would push back on the sender).
+    client, a = _pair()
+    b, server = _pair()
+    for s in (client, a, b, server):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    loop = asyncio.get_running_loop()
+    engine = Splice(a, b, lambda reason: None, pipe_size=256 * 1024)
+    engine.start()
+    with client, a, b, server:
+        sending = asyncio.ensure_future(loop.sock_sendall(client, b"z" * (32 << 20)))
+        flow = engine._ab
+        await wait_for(lambda: not flow.reading and flow.writing, T)
+        assert not sending.done()  # held back
+        assert flow.buffered <= 256 * 1024 and flow.size <= 256 * 1024  # the pipe
+        assert flow.pending is None or len(flow.pending) <= 64 * 1024  # at most one read
+        received = 0
+        while received < 32 << 20:  # now read: everything arrives
+            received += len(await asyncio.wait_for(loop.sock_recv(server, 1 << 20), T))
+        await asyncio.wait_for(sending, T)
+        engine.abort("test over")
+
+
+async def test_splice_sends_pending_bytes_first_then_eof() -> None:
+    # Bytes read into memory before the switch (more than one pipe) and an EOF already seen.
+    client, a = _pair()
+    b, server = _pair()
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[str] = loop.create_future()
+    pending = os.urandom(300 * 1024)
+    engine = Splice(a, b, ended.set_result, pending_ab=pending, eof_a=True)
+    with client, a, b, server:
+        await loop.sock_sendall(client, b"never read: the EOF was seen before")
+        engine.start()
+        got = hashlib.sha256()
+        assert await asyncio.wait_for(_recv_all(server, got), T) == len(pending)
+        assert got.digest() == hashlib.sha256(pending).digest()
+        server.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(ended, T) == "both closed"
+
+
+async def test_splice_idle_timeout_and_reset() -> None:
+    client, a = _pair()
+    b, server = _pair()
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[str] = loop.create_future()
+    Splice(a, b, ended.set_result, idle_timeout=scaled(0.1)).start()
+    with client, a, b, server:
+        assert await asyncio.wait_for(ended, T) == "idle timeout"
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        c2 = socket.create_connection(lsock.getsockname())
+        a2, _ = lsock.accept()
+    a2.setblocking(False)
+    b2, s2 = _pair()
+    ended2: asyncio.Future[str] = loop.create_future()
+    engine = Splice(a2, b2, ended2.set_result)
+    engine.start()
+    with c2, a2, b2, s2:
+        c2.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        c2.close()  # RST
+        assert await asyncio.wait_for(ended2, T) in ("reset", "both closed")
+
+
+async def test_bridge_flushes_buffered_bytes_before_splicing() -> None:
+    # The relay's FROM side has read a header line and more (and the EOF) into its buffer
+    # before bridge() switches to splice: nothing is lost, the EOF comes through.
+    got = hashlib.sha256()
+    count = 0
+    done = asyncio.Event()
+
+    async def sink(conn: wirecat.Connection) -> None:
+        nonlocal count
+        while data := await conn.recv():
+            got.update(data)
+            count += len(data)
+        done.set()
+
+    payload = os.urandom(200 * 1024)
+    stats: list[RelayStats] = []
+
+    async def front(conn: wirecat.Connection) -> None:
+        assert await conn.recv_line(timeout=T) == b"HEADER\n"
+        await wait_for(lambda: conn._p.eof, T)  # all of it buffered, EOF included
+        async with wirecat.connect(target.endpoint(), timeout=T) as out:
+            stats.append(await bridge(conn, out, idle_timeout=T))
+
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", sink) as target,
+        wirecat.listen("tcp://127.0.0.1:0", front, read_high_water=1 << 20) as server,
+        wirecat.connect(server.endpoint(), timeout=T) as conn,
+    ):
+        await conn.send(b"HEADER\n" + payload)
+        await conn.send_eof()
+        await asyncio.wait_for(done.wait(), T)
+        assert await conn.recv(timeout=T) == b""
+    assert count == len(payload) and got.digest() == hashlib.sha256(payload).digest()
+    assert stats[0].zero_copy and stats[0].up == len(payload)
+
+
+async def test_unix_to_tcp_is_spliced() -> None:
+    from helpers import short_unix_dir
+
+    ended: list[RelayStats] = []
+    with short_unix_dir() as d:
+        async with (
+            wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+            relay(f"unix:{d}/r.sock", target.endpoint(), on_end=ended.append) as server,
+            wirecat.connect(server.endpoint(), timeout=T) as conn,
+        ):
+            data = os.urandom(3 << 20)
+            sending = asyncio.ensure_future(conn.send(data))
+            got = b""
+            while len(got) < len(data):
+                got += await conn.recv(1 << 20, timeout=T)
+            await sending
+            await conn.send_eof()
+            assert await conn.recv(timeout=T) == b"" and got == data
+        await wait_for(lambda: ended, T)
+    assert ended[0].zero_copy and ended[0].up == ended[0].down == len(data)
+
+
+async def test_an_unreachable_target_closes_the_peer_and_is_counted() -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        async with (
+            relay("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}") as server,
+            wirecat.connect(server.endpoint(), timeout=T) as conn,
+        ):
+            await conn.send(b"anyone?\n")
+            # closed (a reset when our bytes were still unread: RFC 9293 3.6.1)
+            with contextlib.suppress(wirecat.ConnectionClosedError):
+                assert await conn.recv(timeout=T) == b""
+            await wait_for(lambda: server.ctx.metrics["relay_target_errors"] == 1, T)
+
+
+async def test_shutdown_ends_spliced_relays() -> None:
+    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+        server = relay("tcp://127.0.0.1:0", target.endpoint())
+        async with server, wirecat.connect(server.endpoint(), timeout=T) as conn:
+            await conn.send(b"hi\n")
+            assert await conn.recv_line(timeout=T) == b"hi\n"
+            await asyncio.wait_for(server.shutdown(grace=scaled(1)), T)
+            assert await conn.recv(timeout=T) == b""  # the relay's socket really closed
 
 
 # -- datagrams --------------------------------------------------------------------------------
@@ -335,6 +551,42 @@ def test_connect_first_dials_both() -> None:
         assert proc.returncode == 0 and "7 bytes up, 7 bytes down" in err
 
 
+class _EchoProtocol(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def test_relay_workers_share_the_port() -> None:
+    from helpers import serve_in_thread
+
+    holder = socket.socket()  # SO_REUSEPORT, bound, never listening: the port stays ours
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    with holder:
+        for target in serve_in_thread(_EchoProtocol):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "wirecat", "relay", "--workers", "2",
+                 f"tcp://127.0.0.1:{port}", target],
+                stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                assert proc.stderr is not None
+                for _ in range(2):  # one line per worker, once it listens
+                    assert "relaying" in proc.stderr.readline()
+                for i in range(8):  # the kernel spreads them; each comes back whole
+                    with socket.create_connection(("127.0.0.1", port), timeout=T) as c:
+                        c.sendall(b"ping %d\n" % i)
+                        assert c.recv(100) == b"ping %d\n" % i
+            finally:
+                proc.terminate()
+                proc.communicate(timeout=T)
+            assert proc.returncode == 0
+
+
 def test_relay_usage_errors() -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -347,4 +599,6 @@ def test_relay_usage_errors() -> None:
     assert r.returncode == 64 and "write tcp://127.0.0.1:9" in r.stderr
     r = run("tls://127.0.0.1:0", "tcp://127.0.0.1:9")
     assert r.returncode == 78 and "certificate" in r.stderr
+    r = run("--workers", "2", "tcp://127.0.0.1:0", "tcp://127.0.0.1:9")
+    assert r.returncode == 64 and "fixed port" in r.stderr
     assert "Traceback" not in r.stderr

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import http.server
+import os
 import re
 import shutil
 import socket
@@ -28,6 +29,7 @@ from wirecat import LimitExceeded, ProxyError, RemoteProtocolError
 from wirecat.auth import add_user
 from wirecat.protocols import socks
 from wirecat.runtime.limits import Limits
+from wirecat.services.relay import RelayStats
 from wirecat.services.socks import SocksPolicy, socks_server
 
 T = scaled(10)
@@ -142,6 +144,45 @@ async def test_connect_pipelined_data_goes_first() -> None:
         assert reply[1] == 0
         assert await asyncio.wait_for(r.readline(), T) == b"early\n"
         w.close()
+
+
+async def test_tunnels_are_spliced_and_counted() -> None:
+    # No users file, plain TCP: the tunnel is the zero-copy engine; by IP and by name,
+    # with a half-close passed on and bytes counted.
+    ended: list[RelayStats] = []
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        socks_server("tcp://127.0.0.1:0", on_end=ended.append) as server,
+    ):
+        port = target.endpoint().port or 0
+        for host in ("127.0.0.1", "localhost"):
+            r, w = await _raw(server.endpoint())
+            w.write(b"\x05\x01\x00")
+            assert await r.readexactly(2) == b"\x05\x00"
+            w.write(socks.build_request(host, port))
+            reply = await asyncio.wait_for(r.readexactly(10), T)
+            assert reply[:2] == b"\x05\x00"
+            data = os.urandom(200_000)
+            w.write(data)
+            w.write_eof()
+            assert await asyncio.wait_for(r.readexactly(len(data)), T) == data
+            w.close()
+        await wait_for(lambda: len(ended) == 2, T)
+    assert all(s.zero_copy and s.up == s.down == 200_000 for s in ended)
+    assert server.ctx.metrics["socks_tunnels"] == 2
+
+
+async def test_a_refused_destination_gets_reply_5() -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        async with socks_server("tcp://127.0.0.1:0") as server:
+            r, w = await _raw(server.endpoint())
+            w.write(b"\x05\x01\x00" + socks.build_request("127.0.0.1", port))
+            got = await asyncio.wait_for(r.read(), T)
+            assert got[:2] == b"\x05\x00" and got[2:4] == b"\x05\x05"
+            w.close()
+            assert server.ctx.metrics["socks_refused"] == 1
 
 
 @pytest.mark.parametrize(

@@ -4,15 +4,18 @@ closes both ways, size and UTF-8 limits, and a deflate bomb."""
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 import zlib
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
 from wirecat.protocols.websocket import (
+    FAST_FRAME_MAX,
     BinaryMessage,
     Closed,
     HandshakeFailed,
@@ -56,6 +59,11 @@ def _feed(ws: WebSocket, data: bytes, how: str) -> list[object]:
 
 
 HOW = ["whole", "bytewise"]
+FUZZ_WS = settings(
+    max_examples=int(os.environ.get("WIRECAT_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @pytest.mark.parametrize("how", HOW)
@@ -304,3 +312,283 @@ def test_settings_are_validated() -> None:
     assert WebSocketSettings(allow_origin="https://a.example").allow_origin == (
         "https://a.example",
     )
+
+
+# -- the server's fast path (small, complete, unfragmented, masked frames) ------------------
+
+
+def _split_feed(ws: WebSocket, data: bytes, how: str) -> list[object]:
+    """Feed ``data`` whole, byte by byte, or in 3-byte pieces; return the events."""
+    step = {"whole": len(data) or 1, "bytewise": 1, "threes": 3}[how]
+    got: list[object] = []
+    for i in range(0, len(data), step):
+        ws.receive_data(data[i : i + step])
+        got.extend(ws.events_received())
+    return got
+
+
+HOW3 = ["whole", "bytewise", "threes"]
+
+
+@pytest.mark.parametrize("how", HOW3)
+def test_fast_path_messages_of_every_header_size(how: str) -> None:
+    _, server = _pair()
+    sizes = [0, 1, 125, 126, 127, 1000, FAST_FRAME_MAX, FAST_FRAME_MAX + 1, 65535, 65536]
+    messages = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    data = b"".join(
+        _masked(Opcode.BINARY if i % 2 else Opcode.TEXT, m) for i, m in enumerate(messages)
+    )
+    got = _split_feed(server, data, how)
+    want = [BinaryMessage(m) if i % 2 else TextMessage(m.decode()) for i, m in enumerate(messages)]
+    assert got == want
+    assert server.is_open and server.data_to_send() == []
+    assert server._fast  # the small frames did not go through websockets' parser
+
+
+@pytest.mark.parametrize("how", HOW3)
+def test_fast_path_keeps_a_partial_frame_for_the_next_bytes(how: str) -> None:
+    _, server = _pair()
+    one, two = _masked(Opcode.TEXT, b"one"), _masked(Opcode.TEXT, "twö".encode())
+    assert _split_feed(server, one + two[:5], how) == [TextMessage("one")]  # trailing data
+    assert _split_feed(server, two[5:], how) == [TextMessage("twö")]
+
+
+@pytest.mark.parametrize("how", HOW3)
+def test_fast_path_hands_fragments_and_control_frames_to_websockets(how: str) -> None:
+    _, server = _pair()
+    data = (
+        _masked(Opcode.TEXT, b"before")
+        + _masked(Opcode.TEXT, b"frag", fin=False)
+        + _masked(Opcode.PING, b"p1")  # inside the fragmented message
+        + _masked(Opcode.CONT, "mént".encode(), fin=True)
+        + _masked(Opcode.BINARY, b"\x00after")
+        + _masked(Opcode.PONG, b"p2")
+        + _masked(Opcode.TEXT, b"last")
+    )
+    assert _split_feed(server, data, how) == [
+        TextMessage("before"),
+        TextMessage("fragmént"),
+        BinaryMessage(b"\x00after"),
+        PongReceived(b"p2"),
+        TextMessage("last"),
+    ]
+    assert b"".join(server.data_to_send()) == b"\x8a\x02p1"  # the pong, once
+
+
+@pytest.mark.parametrize("how", HOW3)
+def test_fast_path_frame_while_a_fragmented_message_is_open_closes_1002(how: str) -> None:
+    _, server = _pair()
+    data = _masked(Opcode.TEXT, b"start", fin=False) + _masked(Opcode.TEXT, b"whole")
+    events = _split_feed(server, data, how)
+    assert [type(e) for e in events] == [Closed] and events[0].code == 1002  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("how", HOW3)
+def test_fast_path_bad_utf8_closes_1007_and_ignores_what_follows(how: str) -> None:
+    _, server = _pair()
+    data = (
+        _masked(Opcode.TEXT, b"fine")
+        + _masked(Opcode.TEXT, b"bad \xc3\x28")
+        + _masked(Opcode.TEXT, b"after")
+    )
+    events = _split_feed(server, data, how)
+    assert events[0] == TextMessage("fine")
+    assert [type(e) for e in events[1:]] == [Closed] and events[1].code == 1007  # type: ignore[attr-defined]
+    out = server.data_to_send()
+    assert out[0][:4] == b"\x88" + bytes((len(out[0]) - 2,)) + (1007).to_bytes(2, "big")
+    assert out[-1] == b""  # the server then closes the TCP connection
+
+
+@pytest.mark.parametrize("how", HOW3)
+@pytest.mark.parametrize("size", [101, 126, 70000, 1 << 40])
+def test_fast_path_oversize_closes_1009_from_the_header(how: str, size: int) -> None:
+    _, server = _pair(max_message=100)
+    if size < 126:
+        head = bytes((0x81, 0x80 | size))
+    elif size < 65536:
+        head = bytes((0x81, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0x80 | 127)) + size.to_bytes(8, "big")
+    tracemalloc.start()
+    try:
+        events = _split_feed(server, _masked(Opcode.TEXT, b"ok") + head + b"mask", how)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert events[0] == TextMessage("ok")
+    assert [type(e) for e in events[1:]] == [Closed] and events[1].code == 1009  # type: ignore[attr-defined]
+    assert peak < 64 * 1024  # refused from the length field: no payload buffer
+    assert server.data_to_send()[0][2:4] == (1009).to_bytes(2, "big")
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "code"),
+    [
+        (0xC1, 0x80, 1002),  # RSV1 without an extension
+        (0xA2, 0x80, 1002),  # RSV2
+        (0x91, 0x80, 1002),  # RSV3
+        (0x83, 0x80, 1002),  # reserved opcode 3
+        (0x8B, 0x80, 1002),  # reserved control opcode 11
+        (0x81, 0x00, 1002),  # unmasked text from a client
+        (0x89, 0xFE, 1002),  # a ping longer than 125 bytes
+    ],
+)
+def test_fast_path_keeps_the_rfc_checks(first: int, second: int, code: int) -> None:
+    _, server = _pair()
+    size = 200 if second & 0x7F == 0x7E else 3
+    length = (size.to_bytes(2, "big") if size > 125 else b"") if second & 0x7F == 0x7E else b""
+    head = bytes((first, second | (0 if second & 0x7F else 3))) + length
+    frame = head + (b"\x00\x00\x00\x00" if second & 0x80 else b"") + b"x" * size
+    events = _split_feed(server, _masked(Opcode.TEXT, b"ok") + frame, "whole")
+    assert events[0] == TextMessage("ok")
+    assert [type(e) for e in events[1:]] == [Closed] and events[1].code == code  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("how", HOW3)
+def test_close_after_fast_frames_in_the_same_bytes(how: str) -> None:
+    _, server = _pair()
+    data = (
+        _masked(Opcode.TEXT, b"a")
+        + _masked(Opcode.TEXT, b"b")
+        + _masked(Opcode.CLOSE, (1000).to_bytes(2, "big") + b"bye")
+        + _masked(Opcode.TEXT, b"ignored: after the close")
+    )
+    events = _split_feed(server, data, how)
+    assert events == [TextMessage("a"), TextMessage("b"), Closed(1000, "bye", True)]
+    assert server.data_to_send() == [b"\x88\x05\x03\xe8bye", b""]
+
+
+@pytest.mark.parametrize("how", HOW3)
+def test_message_handler_gets_messages_in_order_without_events(how: str) -> None:
+    _, server = _pair()
+    got: list[str | bytes] = []
+    server.message_handler = got.append
+    data = (
+        _masked(Opcode.TEXT, b"1")
+        + _masked(Opcode.BINARY, b"2", fin=False)
+        + _masked(Opcode.CONT, b"3", fin=True)
+        + _masked(Opcode.PONG, b"")
+        + _masked(Opcode.TEXT, b"4" * 300)
+        + _masked(Opcode.BINARY, b"5" * (FAST_FRAME_MAX + 10))
+    )
+    events = _split_feed(server, data, how)
+    assert got == ["1", b"23", "4" * 300, b"5" * (FAST_FRAME_MAX + 10)]
+    assert events == [PongReceived(b"")]
+
+
+@pytest.mark.parametrize("how", HOW3)
+def test_frames_behind_the_request_are_parsed_once_open(how: str) -> None:
+    client = WebSocket.client("ws://127.0.0.1:9/x")
+    server = WebSocket.server()
+    early = _masked(Opcode.TEXT, b"early") + _masked(Opcode.BINARY, b"too")
+    events = _split_feed(server, b"".join(client.data_to_send()) + early, how)
+    assert [type(e) for e in events] == [HandshakeRequest]
+    server.accept(events[0].request)  # type: ignore[attr-defined]
+    assert server.events_received() == [Opened(()), TextMessage("early"), BinaryMessage(b"too")]
+
+
+def test_eof_inside_a_fast_frame_is_1006() -> None:
+    _, server = _pair()
+    server.receive_data(_masked(Opcode.TEXT, b"cut short")[:7])
+    server.receive_eof()
+    events = server.events_received()
+    assert [type(e) for e in events] == [Closed] and events[0].code == 1006  # type: ignore[attr-defined]
+
+
+_FRAMES = st.one_of(
+    st.tuples(st.just(Opcode.TEXT), st.text(max_size=200).map(str.encode), st.just(True)),
+    st.tuples(st.just(Opcode.BINARY), st.binary(max_size=300), st.just(True)),
+    st.tuples(st.just(Opcode.PING), st.binary(max_size=20), st.just(True)),
+    st.tuples(st.just(Opcode.BINARY), st.sampled_from([b"z" * 20000, b"y" * 65536]), st.just(True)),
+    st.lists(st.binary(max_size=40), min_size=2, max_size=4).map(
+        lambda parts: ("fragments", parts)
+    ),
+)
+
+
+@given(st.lists(_FRAMES, min_size=1, max_size=6), st.data())
+def test_fast_path_agrees_with_websockets_parser_at_any_split(
+    frames: list[Any], data: st.DataObject
+) -> None:
+    wire = b""
+    for f in frames:
+        if f[0] == "fragments":
+            parts = f[1]
+            wire += _masked(Opcode.BINARY, parts[0], fin=False)
+            wire += b"".join(_masked(Opcode.CONT, p, fin=False) for p in parts[1:-1])
+            wire += _masked(Opcode.CONT, parts[-1], fin=True)
+        else:
+            wire += _masked(f[0], f[1], fin=f[2])
+    reference = _pair()[1]
+    reference._fast = False  # websockets' parser only
+    reference.receive_data(wire)
+    want = reference.events_received()
+    _, server = _pair()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    got: list[object] = []
+    for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        server.receive_data(wire[a:b])
+        got.extend(server.events_received())
+    assert got == want
+    assert server.data_to_send() == reference.data_to_send()
+
+
+def _raw_frame(first: int, payload: bytes, key: bytes) -> bytes:
+    """A masked frame with any first byte (FIN, RSV bits, opcode): also invalid ones."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((first, 0x80 | size))
+    else:
+        head = bytes((first, 0xFE)) + size.to_bytes(2, "big")
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + key + masked
+
+
+_PIECES = st.one_of(
+    st.binary(max_size=40),  # garbage
+    st.builds(
+        _raw_frame,
+        st.sampled_from([0x81, 0x82, 0x80, 0x01, 0x02, 0x00, 0x88, 0x89, 0x8A, 0xC1, 0x83]),
+        st.one_of(st.binary(max_size=140), st.text(max_size=60).map(str.encode)),
+        st.binary(min_size=4, max_size=4),
+    ),
+    st.sampled_from([b"\x81\xfe\xff\xff", b"\x82\xff" + b"\x7f" * 8, b"\x81\x05", b"\x81\x85"]),
+)
+
+
+@FUZZ_WS
+@given(st.lists(_PIECES, max_size=8), st.data(), st.booleans())
+def test_fast_path_agrees_with_websockets_on_hostile_bytes(
+    pieces: list[bytes], data: st.DataObject, eof: bool
+) -> None:
+    """Any bytes at any split: the same events and the same bytes out as websockets' own
+    parser, no exception, and the fast path's buffer stays bounded.
+
+    The reference is fed byte by byte: each frame is then handled as soon as it is whole,
+    so the first fault in the stream decides the close code (fed at once, websockets may
+    parse past a text frame with bad UTF-8 and fail on a later frame first)."""
+    wire = b"".join(pieces)
+    reference = _pair(max_message=1000)[1]
+    reference._fast = False
+    for i in range(len(wire)):
+        reference.receive_data(wire[i : i + 1])
+    if eof:
+        reference.receive_eof()
+    want = (reference.events_received(), reference.data_to_send())
+    server = _pair(max_message=1000)[1]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    events: list[object] = []
+    for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        server.receive_data(wire[a:b])
+        assert len(server._pending) <= FAST_FRAME_MAX + 14
+        events += server.events_received()
+    if eof:
+        server.receive_eof()
+        events += server.events_received()
+    got = (events, server.data_to_send())
+    assert _norm(got) == _norm(want)
+
+
+def _norm(result: tuple[list[object], list[bytes]]) -> tuple[list[object], bytes]:
+    # websockets writes the same bytes whether it got them in one piece or several
+    return result[0], b"".join(result[1])

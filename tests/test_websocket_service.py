@@ -494,3 +494,144 @@ async def test_frames_sent_with_the_upgrade_request_are_answered_after_the_101()
         assert await asyncio.wait_for(reader.readexactly(4), T) == b"\x81\x02hi"
         writer.close()
         await writer.wait_closed()
+
+
+class _CountingTransport:
+    """A transport that records each write (no socket): to count syscalls per chunk."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, **_: int) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_echo_answers_pipelined_messages_in_one_write_in_order() -> None:
+    from websockets.frames import Frame, Opcode
+
+    from wirecat.endpoints import parse_endpoint
+    from wirecat.runtime.handler import ServerContext
+    from wirecat.services.web import WebSocketEchoService
+
+    service = WebSocketEchoService(
+        [parse_endpoint("ws://127.0.0.1:1/")], settings=WebSocketSettings(ping_interval=None)
+    )
+    handler = service.stream_handler(ServerContext(Limits()))
+    transport = _CountingTransport()
+    handler.connection_made(transport)  # type: ignore[arg-type]
+    client = WebSocket.client("ws://127.0.0.1:1/")
+    handler.data_received(b"".join(client.data_to_send()))
+    assert transport.writes[0].startswith(b"HTTP/1.1 101")
+    messages = [f"m{i}".encode() for i in range(20)]
+    wire = b"".join(
+        Frame(Opcode.TEXT, m).serialize(mask=True, extensions=[]) for m in messages
+    ) + Frame(Opcode.PING, b"p").serialize(mask=True, extensions=[])
+    handler.data_received(wire)
+    # the 20 echoes in one write, then the pong websockets queued
+    assert transport.writes[1:] == [
+        b"".join(b"\x81" + bytes((len(m),)) + m for m in messages),
+        b"\x8a\x01p",
+    ]
+    # A peer that does not read its echoes: the transport's buffer passes its high-water
+    # mark, and the echo stops reading its messages until it drains.
+    handler.pause_writing()
+    assert not transport.reading
+    handler.resume_writing()
+    assert transport.reading
+    handler.close("test")
+
+
+async def test_websocket_fan_out_encodes_each_event_once_for_all_members(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wirecat.services import web
+
+    calls: list[str] = []
+    real = web.WebSocketJsonCodec.encode
+
+    def counting(self: web.WebSocketJsonCodec, event: Any) -> bytes:
+        calls.append(type(event).__name__)
+        return real(self, event)
+
+    monkeypatch.setattr(web.WebSocketJsonCodec, "encode", counting)
+    async with _server() as server:
+        members = []
+        for i in range(12):
+            ws = await ws_connect(_ws_url(server))
+            await ws.send(json.dumps({"type": "hello", "nick": f"m{i}"}))
+            await ws.send(json.dumps({"type": "join", "room": "#fan"}))
+            while True:
+                ev = json.loads(await asyncio.wait_for(ws.recv(), T))
+                if ev["type"] == "joined":  # the answer to our join
+                    break
+            members.append(ws)
+        calls.clear()
+        await members[0].send(json.dumps({"type": "say", "text": "to all"}))
+        frames = set()
+        for ws in members[1:]:
+            while True:
+                raw = await asyncio.wait_for(ws.recv(), T)
+                if json.loads(raw)["type"] == "message":  # after the joins of later members
+                    frames.add(raw)
+                    break
+        assert len(frames) == 1  # the same bytes for everyone
+        assert calls.count("Message") == 1, calls  # encoded once, not once per member
+        for ws in members:
+            await ws.close()
+
+
+async def test_chat_client_over_the_web_chat_websocket_joins_and_talks() -> None:
+    from wirecat.protocols.chat import Message, RoomJoined
+
+    async with _server() as server:
+        url = _ws_url(server)
+        async with (
+            wirecat.ChatClient.connect(url, nick="wsbot", timeout=T) as bot,
+            wirecat.ChatClient.connect(url, nick="other", room="#side", timeout=T) as other,
+        ):
+            for client, room in ((bot, "#lobby"), (other, "#side")):
+                async with asyncio.timeout(T):
+                    async for event in client:  # our join notice, then the join's reply
+                        if isinstance(event, RoomJoined):
+                            assert event.room == room
+                            break
+            jl = await Peer.open(server.endpoint("chat"))
+            await jl.send_json(type="hello", nick="tcp")
+            await jl.send_json(type="join", room="#lobby")
+            await jl.until(lambda line: b'"joined"' in line)
+            sent = await bot.say("over a websocket")
+            ev = await jl.until(lambda line: b'"message"' in line)
+            assert json.loads(ev)["id"] == sent.message.id
+            async for event in bot:  # our own message comes back, as to every member
+                if isinstance(event, Message):
+                    assert event.text == "over a websocket" and event.id == sent.message.id
+                    break
+            jl.writer.close()

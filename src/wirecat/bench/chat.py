@@ -14,11 +14,18 @@ writes the messages its window allows in one ``write``.
 Set-up is bounded by ``connect_timeout``: connect every member, register and join (wirecat:
 ``hello`` + ``join``; redis: ``SUBSCRIBE``), then repeat a barrier message (seq 0) until every
 receiver has seen one, so that measuring starts with a complete room.
+
+Over ``ws://`` and ``wss://`` (``wirecat`` and ``lines`` protocols) each member opens a
+WebSocket first (the HTTP upgrade, then the 101), and every message or command is one
+masked text frame (a fixed mask key: the load generator is not a browser). Receivers count
+whole frames instead of whole lines: per chunk they walk the frame headers to the end of
+the last complete frame (and answer pings); the tokens are counted inside as above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import os
 import re
@@ -26,7 +33,9 @@ import ssl
 from collections.abc import Callable
 from time import perf_counter, perf_counter_ns
 
-from ..protocols.chat import Hello, encode_json_command
+from websockets.frames import Frame, Opcode
+
+from ..protocols.chat import Hello, Join, encode_json_command
 from ._run import Run, classify_error, measure, open_connection
 
 __all__ = ["TOKEN_RE", "encode_message", "make_token", "run_chat"]
@@ -60,6 +69,32 @@ def encode_message(protocol: str, room: str, text: bytes) -> bytes:
             len(chan), chan, len(text), text,
         )  # fmt: skip
     return text + b"\n"
+
+
+_WS_MASK = bytes((0x5A, 0x17, 0xC3, 0x81))
+
+
+def ws_client_frame(payload: bytes) -> bytes:
+    """Return ``payload`` as one final, masked text frame (a client's frame, RFC 6455 5.3),
+    with a fixed mask key."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x81, 0x80 | size))
+    elif size < 65536:
+        head = bytes((0x81, 0xFE)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0xFF)) + size.to_bytes(8, "big")
+    n = int.from_bytes(payload, "big") ^ int.from_bytes((_WS_MASK * (size // 4 + 1))[:size], "big")
+    return head + _WS_MASK + n.to_bytes(size, "big")
+
+
+def _upgrade_request(host: str, path: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
 
 
 def _handshake(protocol: str, room: str, nick: str, subscribe: bool) -> bytes:
@@ -129,11 +164,13 @@ class _Chat:
         self.barrier_seen = 0
         self.measuring = False
         self.barrier_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ws = c.endpoint.scheme in ("ws", "wss")
 
     def encode(self, sender: int, seq: int) -> bytes:
-        return encode_message(
+        data = encode_message(
             self.protocol, self.room, make_token(sender, seq, self.run.config.size)
         )
+        return ws_client_frame(data[:-1]) if self.ws else data
 
     def barrier(self, member: _Member) -> None:
         if not member.barrier:
@@ -259,8 +296,7 @@ class _Member(asyncio.Protocol):
             self.transport.write(data)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
-        chat = self.chat
-        chat.run.bytes_received += len(data)
+        self.chat.run.bytes_received += len(data)
         if self.partial:
             data = self.partial + data
         end = data.rfind(b"\n") + 1
@@ -268,6 +304,11 @@ class _Member(asyncio.Protocol):
             self.partial = data if len(data) <= _MAX_PARTIAL else b""
             return
         self.partial = data[end:]
+        self._chunk(data, end)
+
+    def _chunk(self, data: bytes, end: int) -> None:
+        """``data[:end]`` holds whole messages (lines or frames): count the tokens."""
+        chat = self.chat
         if chat.measuring:
             if not self.broken:
                 self._count(data, end)
@@ -369,6 +410,83 @@ class _Member(asyncio.Protocol):
             self.chat.run.lost(exc)
 
 
+class _WsMember(_Member):
+    """A member over a WebSocket: the upgrade first, then whole frames instead of lines."""
+
+    __slots__ = ("head", "opened")
+
+    def __init__(self, chat: _Chat, sender_index: int) -> None:
+        super().__init__(chat, sender_index)
+        self.head: bytes | None = b""  # the 101 response read so far; None once open
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        ep = self.chat.run.config.endpoint
+        host = f"[{ep.host}]" if ":" in str(ep.host) else str(ep.host)
+        transport.write(_upgrade_request(f"{host}:{ep.port}", ep.path or "/"))  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        head = self.head
+        if head is not None:  # the handshake response
+            buf = head + data
+            cut = buf.find(b"\r\n\r\n")
+            if cut < 0:
+                self.head = buf if len(buf) <= 16384 else b""
+                return
+            self.head = None
+            if not buf.startswith(b"HTTP/1.1 101"):
+                if not self.opened.done():
+                    self.opened.set_exception(ConnectionError("handshake refused"))
+                return
+            if not self.opened.done():
+                self.opened.set_result(None)
+            data = buf[cut + 4 :]
+            if not data:
+                return
+        self.chat.run.bytes_received += len(data)
+        if self.partial:
+            data = self.partial + data
+        end = self._frames_end(data)
+        if end == 0:
+            self.partial = data if len(data) <= _MAX_PARTIAL else b""
+            return
+        self.partial = data[end:]
+        self._chunk(data, end)
+
+    def _frames_end(self, data: bytes) -> int:
+        """Return the end of the last whole frame in ``data``; answer pings on the way."""
+        n = len(data)
+        i = 0
+        while n - i >= 2:
+            size = data[i + 1] & 0x7F
+            if size < 126:
+                start = i + 2
+            elif size == 126:
+                if n - i < 4:
+                    break
+                size = (data[i + 2] << 8) | data[i + 3]
+                start = i + 4
+            else:
+                if n - i < 10:
+                    break
+                size = int.from_bytes(data[i + 2 : i + 10], "big")
+                start = i + 10
+            end = start + size
+            if end > n:
+                break
+            if data[i] == 0x89:  # a ping: pong with its payload
+                self.write(Frame(Opcode.PONG, data[start:end]).serialize(mask=True))
+            i = end
+        return i
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("closed during the handshake"))
+            self.opened.exception()  # retrieved: no "never retrieved" warning
+        super().connection_lost(exc)
+
+
 async def run_chat(run: Run, start: Callable[[], None] | None) -> float:
     """Run chat fan-out on the running loop; return the seconds measured.
 
@@ -393,19 +511,31 @@ async def run_chat(run: Run, start: Callable[[], None] | None) -> float:
 
     async def join(index: int, sender_index: int) -> None:
         async with sem:
-            member = _Member(chat, sender_index)
+            member = _WsMember(chat, sender_index) if chat.ws else _Member(chat, sender_index)
             try:
                 await open_connection(config, lambda: member, next(sources))
             except (OSError, ssl.SSLError) as exc:
                 run.errors[classify_error(exc)] += 1
                 return
+            if isinstance(member, _WsMember):
+                try:
+                    async with asyncio.timeout(config.connect_timeout):
+                        await member.opened
+                except (ConnectionError, TimeoutError):
+                    run.errors["refused_handshake"] += 1
+                    if member.transport is not None:
+                        member.transport.abort()
+                    return
             run.connects += 1
             run.live += 1
             chat.members.append(member)
             subscribe = not (redis and sender_index >= 0)
-            member.write(
-                _handshake(chat.protocol, chat.room, f"{chat.nick_prefix}{index}", subscribe)
-            )
+            hello = _handshake(chat.protocol, chat.room, f"{chat.nick_prefix}{index}", subscribe)
+            if hello and chat.ws:
+                hello = ws_client_frame(hello.rstrip(b"\n"))
+                if chat.protocol == "wirecat":  # the web chat joins no room on hello
+                    hello += ws_client_frame(encode_json_command(Join(chat.room)).rstrip(b"\n"))
+            member.write(hello)
             if sender_index >= 0:
                 share = -1
                 if config.count is not None:

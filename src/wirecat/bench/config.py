@@ -57,7 +57,8 @@ class BenchConfig:
     """One load-generator run.
 
     Attributes:
-        endpoint: where to connect: ``tcp``, ``tls`` or ``unix``.
+        endpoint: where to connect: ``tcp``, ``tls``, ``unix``, or ``ws``/``wss`` (echo and
+            chat modes: a WebSocket to the endpoint's path).
         mode: ``echo`` (ping-pong round trips of ``size`` bytes, one in flight per
             connection), ``stream`` (write ``size``-byte chunks as fast as the peer takes
             them, read and count whatever comes back), ``connect`` (open, exchange ``size``
@@ -113,8 +114,11 @@ class BenchConfig:
         """
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        if self.endpoint.scheme in ("ws", "wss") and self.mode != "echo":
-            raise ValueError("bench speaks ws:// and wss:// in echo mode (one message per round)")
+        if self.endpoint.scheme in ("ws", "wss"):
+            if self.mode not in ("echo", "chat"):
+                raise ValueError("bench speaks ws:// and wss:// in echo and chat modes")
+            if self.mode == "chat" and self.chat_protocol == "redis":
+                raise ValueError("--chat-protocol redis does not run over ws:// or wss://")
         if self.endpoint.scheme not in ("tcp", "tls", "unix", "ws", "wss"):
             raise ValueError(
                 f"bench speaks tcp://, tls:// and unix: endpoints, not {self.endpoint.scheme}"

@@ -138,7 +138,11 @@ class ChatClient:
         Await the result or use it with ``async with`` (the session is closed on exit).
 
         Args:
-            endpoint: a stream endpoint (``host:port``, ``tcp://``, ``tls://``, ``unix:``).
+            endpoint: a stream endpoint (``host:port``, ``tcp://``, ``tls://``, ``unix:``), or
+                the chat WebSocket of a web listener (``ws://host:port/chat``, ``wss://``):
+                the same JSON schema, one object per text message. Its members join no
+                room on ``hello`` (the page joins its own), so the client sends the ``join``
+                for ``room`` (or the server's default room) itself.
             nick: the nick to log in as (``None``: the server picks ``guest-N``).
             token: the user's token on servers with a users file (needs ``nick``).
             room: the room to land in once logged in (``None``: the server's default room,
@@ -178,7 +182,9 @@ class ChatClient:
             client = cls(conn, max_line=max_line, max_queue=max_queue, on_line=on_line)
             try:
                 async with asyncio.timeout(timeout):
-                    await client.login(nick, token, room)
+                    welcome = await client.login(nick, token, room)
+                    if ep.scheme in ("ws", "wss"):  # its RoomJoined comes as the first event
+                        await client.send_command(Join(room or welcome.default_room))
             except TimeoutError:
                 await client.aclose()
                 raise WirecatTimeout(

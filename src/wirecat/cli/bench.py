@@ -261,7 +261,8 @@ def _failure(report: BenchReport, max_error_rate: float) -> WirecatError | None:
     type=click.Choice(CHAT_PROTOCOLS),
     default="wirecat",
     show_default=True,
-    help="chat: wirecat JSON lines, plain lines (ncat --broker) or redis pub/sub.",
+    help="chat: wirecat JSON lines, plain lines (ncat --broker) or redis pub/sub; over "
+    "ws:// and wss:// one text frame per message or command (wirecat or lines).",
 )
 @click.option(
     "--max-error-rate",
@@ -315,6 +316,7 @@ def bench(
       wirecat bench 127.0.0.1:7007 -m stream -s 1MiB        # bulk throughput
       wirecat bench 127.0.0.1:7007 -m connect -c 50         # connections per second
       wirecat bench 127.0.0.1:7070 -m chat -c 100 --json    # chat fan-out to 100 members
+      wirecat bench ws://127.0.0.1:7080/chat -m chat -c 100 # the same, WebSocket members
     """
     try:
         config = BenchConfig(

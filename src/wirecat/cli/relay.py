@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 import click
 from click.core import ParameterSource
@@ -98,6 +99,14 @@ def _parse(text: str, what: str) -> Endpoint:
     metavar="SECONDS",
     help="Give up connecting to TO after this long.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Processes sharing a tcp/tls/socks5/http-proxy FROM port (SO_REUSEPORT; the port must be "
+    "given), each relaying the peers the kernel hands it.",
+)
 @click.option("-v", "--verbose", count=True, help="Print each relay's bytes and duration.")
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
@@ -118,6 +127,8 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
     limit of `wirecat serve` applies to FROM (--max-conns, --conn-rate, --allow...), and
     --idle-timeout ends a relay quiet in both directions. With --connect-first both
     sides are dialled and the one pair is relayed. FROM `-` relays stdin/stdout.
+    Plain tcp/unix pairs are relayed by the kernel (os.splice, no copy through Python);
+    --workers N runs N processes on one tcp port.
 
     \b
     SOCKS5 (RFC 1928/1929): `wirecat relay socks5://HOST:PORT` is a SOCKS server (no TO);
@@ -152,6 +163,7 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
       wirecat relay tcp://127.0.0.1:9000 wss://example.org:443/ws     # nc to a WebSocket
       wirecat relay wss://[::]:8443/chat tcp://127.0.0.1:7000 --self-signed --ws-text
       wirecat relay unix+seqpacket:/tmp/app.sock tcp://127.0.0.1:7007
+      wirecat relay --workers 2 tcp://127.0.0.1:9000 tcp://127.0.0.1:7007  # 2 processes
       wirecat relay --connect-first tcp://127.0.0.1:7007 tcp://127.0.0.1:9001
       wirecat relay socks5://127.0.0.1:1080                       # a SOCKS5 server
       wirecat relay socks5://127.0.0.1:1080 --socks-allow 10.0.0.0/8:80,443 --users u.toml
@@ -248,6 +260,7 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
             idle_timeout=limits.idle_timeout,
             max_sessions=params["max_sessions"],
             on_end=ended,
+            reuse_port=params["workers"] > 1,
             ws_text=params["ws_text"],
             websocket=ws_settings,
         )
@@ -255,10 +268,27 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
         click.echo(f"wirecat: relaying {server.endpoint()} -> {target}", err=True)
         return await run_until_signal(server)
 
-    _run(main(), params)
+    if params["connect_first"] and params["workers"] > 1:
+        die("--workers is for a listening FROM, not --connect-first", 64)
+    _run_workers(main, params, from_ep)
 
 
-def _run(main: Any, params: dict[str, Any]) -> None:
+def _run_workers(main: Any, params: dict[str, Any], from_ep: Endpoint) -> None:
+    """Run ``main()`` here, or in ``--workers`` processes sharing FROM's port."""
+    count = params["workers"]
+    if count == 1:
+        _run(main(), params)
+    if from_ep.scheme not in ("tcp", "tls") or not from_ep.port:
+        die("--workers needs a tcp, tls, socks5 or http-proxy FROM with a fixed port (not 0)", 64)
+    from ..runtime.workers import run_workers
+
+    def worker(index: int) -> int:
+        _run(main(), params)  # exits with the worker's code
+
+    sys.exit(run_workers(count, worker, grace=SERVE_LIMITS.shutdown_grace))
+
+
+def _run(main: Any, params: dict[str, Any]) -> NoReturn:
     """Run ``main`` (errors become one line and an exit code; Ctrl-C exits 130)."""
     verbosity = max(params["verbose"], 1) if params["verbose"] else 0
     run_command(
@@ -317,6 +347,7 @@ def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: 
             idle_timeout=limits.idle_timeout,
             connect_timeout=params["timeout"],
             on_end=ended,
+            reuse_port=params["workers"] > 1,
         )
         await server.start()
         bound = server.endpoint()
@@ -325,7 +356,7 @@ def _socks_main(params: dict[str, Any], limits: Any, access: AccessList, ended: 
             click.echo("wirecat: destinations: loopback only (widen with --socks-allow)", err=True)
         return await run_until_signal(server)
 
-    _run(main(), params)
+    _run_workers(main, params, ep)
 
 
 def _stdio_relay(

@@ -126,6 +126,7 @@ _FLAGS: dict[str, tuple[str, str | None, Any]] = {
     "max_file_size": ("max_file_size", None, None),
     "quota": ("quota", None, None),
     "files_header_timeout": ("files_header_timeout", None, None),
+    "line_timeout": ("line_timeout", "limits", none_if_zero),
     "files_min_rate": ("files_min_rate", None, none_if_zero),
     "files_rate_window": ("files_rate_window", None, None),
     "files_transfer_threads": ("files_transfer_threads", None, None),
@@ -545,6 +546,15 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     show_default=True,
     metavar="SECONDS",
     help="Members and nicks of a server that died expire from the hub after this long.",
+)
+@click.option(
+    "--line-timeout",
+    type=click.FloatRange(min=0),
+    default=_L.line_timeout,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest time from a line's first byte to its newline in chat and echo, against "
+    "peers that dribble a byte at a time (0: none).",
 )
 @limit_options
 @tls_server_options

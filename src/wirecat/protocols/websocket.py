@@ -14,7 +14,16 @@ top of them and what our runtime drives:
   (:meth:`WebSocket.events_received`);
 - the close handshake as data (:attr:`WebSocket.close_sent`, :attr:`WebSocket.close_rcvd`);
 - :func:`server_frame`, the bytes of one unmasked server frame, so one encoding can be
-  written to many connections (fan-out), when no extension is negotiated.
+  written to many connections (fan-out), when no extension is negotiated;
+- a **fast path** on the server side for the hot case: a complete, small (at most
+  :data:`FAST_FRAME_MAX` bytes), unfragmented, masked text or binary frame with no
+  extension negotiated is unmasked and checked here (RSV bits zero, opcode, masking, size
+  from the header before the payload is buffered, UTF-8 for text) without building a
+  websockets ``Frame``; every other frame (control frames, fragments, unmasked or oversized
+  frames, anything while a fragmented message is open, anything once the connection is not
+  OPEN) is handed whole to websockets' parser, which sees the stream at frame boundaries
+  only. Optionally, :attr:`WebSocket.message_handler` takes each message as it is parsed
+  instead of a :class:`TextMessage`/:class:`BinaryMessage` event.
 
 ::
 
@@ -38,7 +47,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from websockets.client import ClientProtocol
@@ -53,8 +62,14 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
+try:  # websockets' C helper; the pure-Python one otherwise (same function)
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
+    "FAST_FRAME_MAX",
     "BinaryMessage",
     "CloseCode",
     "Closed",
@@ -72,6 +87,12 @@ __all__ = [
 
 #: Default largest message accepted, in bytes (after decompression).
 DEFAULT_MAX_MESSAGE = 64 * 1024
+#: Largest payload, in bytes, of a frame the server's fast path parses itself (bigger
+#: frames go to websockets' parser, which reads them as they come).
+FAST_FRAME_MAX = 16 * 1024
+#: Most bytes buffered after the handshake request while it waits for its answer; past it
+#: the frames behind the request go to websockets' parser (and its limits) directly.
+_MAX_EARLY = DEFAULT_MAX_MESSAGE + 14
 
 _TEXT = Opcode.TEXT
 _BINARY = Opcode.BINARY
@@ -163,6 +184,26 @@ def _header(opcode: int, size: int) -> bytes:
     return bytes((0x80 | opcode, 127)) + size.to_bytes(8, "big")
 
 
+# Headers of small final frames, made once: one concatenation per frame built.
+_TEXT_HEADS = tuple(_header(1, n) for n in range(126))
+_BINARY_HEADS = tuple(_header(2, n) for n in range(126))
+
+
+def _frame_length(head: bytes | bytearray) -> int | None:
+    """The whole length (header, mask key, payload) of the frame starting ``head``, or
+    ``None`` while the bytes that give it are not all there (RFC 6455 5.2)."""
+    if len(head) < 2:
+        return None
+    b1 = head[1]
+    size = b1 & 0x7F
+    mask = 4 if b1 & 0x80 else 0
+    if size < 126:
+        return 2 + mask + size
+    if size == 126:
+        return None if len(head) < 4 else 4 + mask + ((head[2] << 8) | head[3])
+    return None if len(head) < 10 else 10 + mask + int.from_bytes(head[2:10], "big")
+
+
 def server_frame(payload: bytes, *, text: bool = True) -> bytes:
     """Return one final, unmasked frame (the server -> client form, RFC 6455 5.2).
 
@@ -173,7 +214,10 @@ def server_frame(payload: bytes, *, text: bool = True) -> bytes:
         payload: the message (UTF-8 for text).
         text: a text frame (opcode 1), else binary (opcode 2).
     """
-    return _header(1 if text else 2, len(payload)) + payload
+    size = len(payload)
+    if size < 126:
+        return (_TEXT_HEADS if text else _BINARY_HEADS)[size] + payload
+    return _header(1 if text else 2, size) + payload
 
 
 class WebSocket:
@@ -186,6 +230,13 @@ class WebSocket:
     Attributes:
         protocol: the wrapped websockets object (for its handshake details).
         max_message: the largest message accepted, in bytes (after decompression).
+        message_handler: ``None`` (default): messages are :class:`TextMessage` and
+            :class:`BinaryMessage` events. Else a callable given each message (``str`` for
+            text, ``bytes`` for binary) as soon as it is parsed, in order with the other
+            messages; the other events stay in :meth:`events_received` (so a pong or a
+            close read in the same bytes is seen after the messages before it). It may
+            send and close; an exception it raises propagates out of
+            :meth:`receive_data` (the connection should then be dropped).
 
     Not thread-safe; every method returns at once.
     """
@@ -194,22 +245,45 @@ class WebSocket:
         "_decoder",
         "_events",
         "_failed",
+        "_fast",
+        "_fast_max",
         "_fragments",
+        "_head",
+        "_head_done",
+        "_head_tail",
         "_opened",
+        "_owed",
+        "_pending",
         "_text",
         "max_message",
+        "message_handler",
         "protocol",
     )
 
     def __init__(self, protocol: ServerProtocol | ClientProtocol, max_message: int) -> None:
         self.protocol = protocol
         self.max_message = max_message
+        self.message_handler: Callable[[str | bytes], object] | None = None
         self._events: list[WebSocketEvent] = []
         self._fragments: list[bytes] = []
         self._text = False
         self._decoder: codecs.IncrementalDecoder | None = None
         self._opened = protocol.state is State.OPEN
         self._failed = False
+        # Server fast path (see the module docstring). ``_fast``: on (server, OPEN, no
+        # extension). ``_pending``: the start of a frame we parse ourselves (at most
+        # FAST_FRAME_MAX + 14 bytes), or, before the handshake is answered, the bytes that
+        # came behind the request. ``_owed``: bytes websockets still needs to finish the
+        # frame it was handed (it is at a frame boundary when this is 0).
+        self._fast = False
+        self._fast_max = min(max_message, FAST_FRAME_MAX)
+        self._pending = bytearray()
+        self._owed = 0  # -1: websockets has part of a header, kept in ``_head``
+        self._head = b""
+        # Server handshake: websockets gets the request head only (up to the blank line),
+        # so that it is at a frame boundary when the connection opens.
+        self._head_done = not isinstance(protocol, ServerProtocol)
+        self._head_tail: bytes | None = b""  # None: the head is complete
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -301,19 +375,218 @@ class WebSocket:
         """True once the transport should be (half-)closed."""
         return self.protocol.eof_sent
 
+    @property
+    def has_events(self) -> bool:
+        """True when :meth:`events_received` has something (cheap: no list is made)."""
+        return bool(self._events)
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """True when :meth:`data_to_send` has something (cheap: no list is made)."""
+        return bool(self.protocol.writes)
+
     # -- input ---------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer (any split of the stream); no-op once closed."""
+        if self._fast:
+            self._receive_fast(data)
+            return
         proto = self.protocol
         if proto.reader.eof or proto.state is State.CLOSED:
             return
+        if not self._head_done:
+            self._receive_head(data)
+            return
         proto.receive_data(data)
         self._collect()
+
+    def _receive_head(self, data: bytes) -> None:
+        """Server, before the handshake is answered: the request head goes to websockets,
+        what follows it waits (bounded) until the connection opens."""
+        proto = self.protocol
+        tail = self._head_tail
+        if tail is None:  # the head is complete: bytes behind it wait for the answer
+            pending = self._pending
+            pending += data
+            if len(pending) > _MAX_EARLY:  # no answer yet: websockets' parser takes them
+                self._head_done = True
+                rest = bytes(pending)
+                pending.clear()
+                proto.receive_data(rest)
+                self._collect()
+            return
+        probe = tail + data if tail else data
+        end = probe.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_tail = probe[-3:]
+            proto.receive_data(data)
+        else:
+            cut = end + 4 - len(tail)
+            self._head_tail = None
+            self._pending += data[cut:]
+            proto.receive_data(data[:cut])
+        self._collect()
+
+    def _receive_fast(self, data: bytes) -> None:
+        """Server, OPEN, no extension: parse hot frames here, hand the others to websockets
+        at frame boundaries (see the module docstring)."""
+        pending = self._pending
+        n = len(data)
+        if not pending and not self._owed and 6 <= n <= 131:
+            # The commonest case on its own: exactly one small frame (< 126 bytes) arrived.
+            b0 = data[0]
+            b1 = data[1]
+            if (
+                (b0 == 0x81 or b0 == 0x82)
+                and b1 - 0x80 == n - 6  # masked, and its length is what came
+                and n - 6 <= self._fast_max
+                and not self._fragments
+                and not self._failed
+                and self.protocol.state is State.OPEN
+            ):
+                payload = apply_mask(data[6:], data[2:6])
+                handler = self.message_handler
+                if b0 == 0x82:
+                    if handler is not None:
+                        handler(payload)
+                    else:
+                        self._events.append(BinaryMessage(payload))
+                    return
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError as exc:
+                    self._bad_utf8(exc)
+                    return
+                if handler is not None:
+                    handler(text)
+                else:
+                    self._events.append(TextMessage(text))
+                return
+        buf: bytes | bytearray
+        if pending:
+            pending += data
+            buf = pending
+        else:
+            buf = data
+        proto = self.protocol
+        n = len(buf)
+        i = 0
+        fast_max = self._fast_max
+        open_ = State.OPEN
+        while i < n:
+            if proto.state is not open_ or self._failed:
+                # Closing or failed: websockets takes the rest of the stream (it has every
+                # byte before ``i``) and the fast path is over.
+                self._fast = False
+                rest = bytes(buf[i:])
+                pending.clear()
+                if not proto.reader.eof and proto.state is not State.CLOSED:
+                    proto.receive_data(rest)
+                    self._collect()
+                return
+            owed = self._owed
+            if owed > 0:  # websockets is inside a frame: give it the rest of that frame
+                end = i + owed if owed < n - i else n
+                self._owed = owed - (end - i)
+                proto.receive_data(buf[i:end])
+                i = end
+                self._collect()
+                continue
+            if owed < 0:  # websockets has the start of a header: we learn the length
+                start_of = self._head + bytes(buf[i : i + 10])
+                total = _frame_length(start_of)
+                if total is None:
+                    self._head = start_of
+                    proto.receive_data(buf[i:n])
+                    i = n
+                    self._collect()
+                    continue
+                self._owed = total - (len(self._head))
+                self._head = b""
+                continue
+            if n - i < 2:
+                break
+            b0 = buf[i]
+            b1 = buf[i + 1]
+            size = b1 & 0x7F
+            # Hot: FIN set, RSV1-3 clear, text or binary; masked; <= fast_max; no
+            # fragmented message open (its continuation frames are websockets').
+            if (b0 == 0x81 or b0 == 0x82) and b1 & 0x80 and size < 127 and not self._fragments:
+                if size == 126:
+                    if n - i < 4:
+                        break
+                    size = (buf[i + 2] << 8) | buf[i + 3]
+                    head = 8
+                else:
+                    head = 6
+                if size > fast_max:  # too big for the fast path: websockets reads it
+                    self._owed = head + size
+                    continue
+                start = i + head
+                end = start + size
+                if end > n:
+                    break  # wait for the rest (bounded by fast_max)
+                payload = apply_mask(buf[start:end], buf[start - 4 : start])
+                i = end
+                handler = self.message_handler
+                if b0 == 0x81:
+                    try:
+                        text = payload.decode()
+                    except UnicodeDecodeError as exc:
+                        self._bad_utf8(exc)  # closing: the next turn hands over the rest
+                        continue
+                    if handler is not None:
+                        handler(text)
+                    else:
+                        self._events.append(TextMessage(text))
+                elif handler is not None:
+                    handler(payload)
+                else:
+                    self._events.append(BinaryMessage(payload))
+                continue
+            # Any other frame goes to websockets at once (it may refuse it from its first
+            # bytes), which parses it and enforces the RFC on it: masking, RSV bits, opcode,
+            # control frame rules, size. We only follow its length, to know where the next
+            # frame starts; until the length is here, ``_head`` keeps what websockets got.
+            total = _frame_length(buf[i : i + 10])
+            if total is None:
+                self._head = bytes(buf[i:n])
+                self._owed = -1
+                proto.receive_data(buf[i:n])
+                i = n
+                self._collect()
+                continue
+            self._owed = total
+        if buf is pending:
+            del pending[:i]
+        elif i < n:
+            pending += buf[i:]
+
+    def _take_fast(self) -> None:
+        """The server is open: turn the fast path on (no extension) and parse the frames
+        that came behind the request; else hand them to websockets."""
+        self._head_done = True
+        rest = bytes(self._pending)
+        self._pending.clear()
+        if not self.protocol.extensions:
+            self._fast = True
+            if rest:
+                self._receive_fast(rest)
+        elif rest:
+            self.protocol.receive_data(rest)
+            self._collect()
 
     def receive_eof(self) -> None:
         """Feed the end of the stream. Idempotent."""
         proto = self.protocol
         was = proto.state
+        if self._pending and not proto.reader.eof and proto.state is not State.CLOSED:
+            # the start of a frame we were reading: websockets reports it cut short
+            rest = bytes(self._pending)
+            self._pending.clear()
+            proto.receive_data(rest)
+            self._collect()
+        self._fast = False
         proto.receive_eof()
         self._collect()
         if was is State.OPEN and not self._failed:
@@ -374,9 +647,11 @@ class WebSocket:
             if self._text:
                 if frame.fin and not self._fragments:
                     try:
-                        self._events.append(TextMessage(data.decode()))
+                        text = data.decode()
                     except UnicodeDecodeError as exc:
                         self._bad_utf8(exc)
+                        return
+                    self._message(text)
                     return
                 decoder = self._decoder
                 if decoder is None:
@@ -391,10 +666,7 @@ class WebSocket:
                 whole = b"".join(self._fragments)
                 self._fragments = []
                 self._decoder = None
-                if self._text:
-                    self._events.append(TextMessage(whole.decode()))
-                else:
-                    self._events.append(BinaryMessage(whole))
+                self._message(whole.decode() if self._text else whole)
         elif op is Opcode.PONG:
             self._events.append(PongReceived(bytes(frame.data)))
         elif op is Opcode.CLOSE:
@@ -406,6 +678,15 @@ class WebSocket:
                 by_peer = self.protocol.close_rcvd_then_sent is not False
                 self._events.append(Closed(code, reason, by_peer))
         # PING: websockets queued the pong already.
+
+    def _message(self, message: str | bytes) -> None:
+        handler = self.message_handler
+        if handler is not None:
+            handler(message)
+        elif isinstance(message, str):
+            self._events.append(TextMessage(message))
+        else:
+            self._events.append(BinaryMessage(message))
 
     def _bad_utf8(self, exc: UnicodeDecodeError) -> None:
         self._fragments = []
@@ -446,6 +727,10 @@ class WebSocket:
         if response.status_code == 101:
             self._opened = True
             self._events.append(Opened(self.extensions))
+            self._take_fast()
+        else:
+            self._pending.clear()
+            self._head_done = True
 
     # -- output ----------------------------------------------------------------------------
     def send_text(self, text: str | bytes) -> None:

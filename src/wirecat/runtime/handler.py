@@ -10,6 +10,9 @@ adds what every server needs and the guides leave out:
   ``max_output`` cap past which the peer is cut as a *slow consumer* instead of growing
   memory or stalling anyone else;
 - an idle timer (no timer churn per chunk: one timestamp per ``data_received``);
+- for line-framed handlers, a partial-line deadline (``limits.line_timeout``): the time the
+  unfinished line began is noted per chunk and checked by the same sweep, so dribbling one
+  byte at a time, which keeps the idle timer happy, cannot hold a connection for ever;
 - half-close: ``on_eof()`` decides whether our write side stays open (RFC 9293 3.6).
 
 Model: websockets ``asyncio/connection.py``; uvicorn ``protocols/http/flow_control.py``.
@@ -73,7 +76,8 @@ class ServerContext:
         limits: the server-wide :class:`Limits`.
         metrics: counters by name: ``accepted``, ``refused_acl``, ``refused_closing``,
             ``refused_max_conns``, ``refused_per_source``, ``refused_rate``,
-            ``slow_consumers``, ``idle_timeouts``, ``login_timeouts``, ``handler_errors``,
+            ``slow_consumers``, ``idle_timeouts``, ``login_timeouts``, ``line_timeouts``,
+            ``handler_errors``,
             and services' own. A plain ``Counter``; read it any time.
         connections: the live stream handlers (the connection registry).
         closing: True once the server started draining; new peers are refused.
@@ -157,9 +161,10 @@ class ServerContext:
         else:
             self.per_source.pop(source, None)
 
-    def _watch_idle(self, idle_timeout: float) -> None:
-        """Make sure the idle sweep runs often enough for ``idle_timeout`` seconds."""
-        tick = min(max(idle_timeout / 4, 0.01), 10.0)
+    def _watch_idle(self, timeout: float) -> None:
+        """Make sure the sweep runs often enough for a ``timeout`` (idle or partial line) of
+        this many seconds: every quarter of it, between 0.01 and 10 s."""
+        tick = min(max(timeout / 4, 0.01), 10.0)
         if self._idle_timer is not None and tick >= self._idle_tick:
             return
         if self._idle_timer is not None:
@@ -173,14 +178,21 @@ class ServerContext:
         loop = asyncio.get_running_loop()
         now = loop.time()
         for handler in list(self.connections):
-            timeout = handler.limits.idle_timeout
-            if (
-                timeout is not None
-                and not handler.closing
-                and handler.transport is not None  # not while a TLS handshake runs
-                and now - handler._last_rx >= timeout
-            ):
+            if handler.closing or handler.transport is None:  # None: a TLS handshake runs
+                continue
+            limits = handler.limits
+            timeout = limits.idle_timeout
+            if timeout is not None and now - handler._last_rx >= timeout:
                 handler._idle_expired(now)
+                continue
+            since = handler._partial_since
+            if since is not None and limits.line_timeout is not None:
+                if not handler.transport.is_reading():
+                    # We stopped reading (the peer does not read its output, a login is
+                    # being checked): that time is ours, not the peer's: restart its clock.
+                    handler._partial_since = now
+                elif now - since >= limits.line_timeout:
+                    handler._line_expired()
         if self.connections:
             self._idle_timer = loop.call_later(self._idle_tick, self._sweep_idle)
         else:
@@ -305,6 +317,8 @@ class StreamHandler(asyncio.Protocol):
         "_log",
         "_login_handle",
         "_loop",
+        "_partial_len",
+        "_partial_since",
         "_queued",
         "_rx",
         "_tx",
@@ -337,6 +351,9 @@ class StreamHandler(asyncio.Protocol):
         self._queued: list[bytes | SharedWrite] | None = None
         self._rx = 0  # bytes received, handed to the transport: per-service metrics
         self._tx = 0
+        # line_framed only: when the line not yet ended by a newline began, and its length
+        self._partial_since: float | None = None
+        self._partial_len = 0
 
     #: Services whose peers must complete a login (first line, hello) set this to True and
     #: call :meth:`login_complete`; until then ``limits.login_timeout`` applies.
@@ -346,6 +363,13 @@ class StreamHandler(asyncio.Protocol):
     #: :meth:`write`). Leave it False where bytes must reach the transport at once, e.g.
     #: before ``loop.sendfile`` or ``transport.write_eof``.
     coalesce_writes = False
+
+    #: Services whose input is newline-terminated lines (chat's text and JSON-lines modes)
+    #: set this to True: a line must then be complete within ``limits.line_timeout`` seconds
+    #: of its first byte, else :meth:`on_line_timeout` runs (a run of ``max_line`` bytes
+    #: without a newline counts as a line). The runtime looks at the raw bytes (the last
+    #: ``\n`` of each chunk), so it needs nothing from the service's framer.
+    line_framed = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -420,6 +444,8 @@ class StreamHandler(asyncio.Protocol):
         self._last_rx = loop.time()
         if lim.idle_timeout is not None:
             ctx._watch_idle(lim.idle_timeout)
+        if self.line_framed and lim.line_timeout is not None:
+            ctx._watch_idle(lim.line_timeout)
         if self.needs_login and lim.login_timeout is not None:
             self._login_handle = loop.call_later(lim.login_timeout, self._login_expired)
         if ctx.log.isEnabledFor(logging.DEBUG):  # don't build the per-connection logger
@@ -427,8 +453,15 @@ class StreamHandler(asyncio.Protocol):
         self._guard(self.on_connect)
 
     def data_received(self, data: bytes) -> None:
-        self._last_rx = self._loop.time()  # type: ignore[union-attr]
+        self._last_rx = now = self._loop.time()  # type: ignore[union-attr]
         self._rx += len(data)
+        if self.line_framed:
+            if data[-1:] == b"\n":  # the common case: whole lines, nothing left partial
+                if self._partial_since is not None:
+                    self._partial_since = None
+                    self._partial_len = 0
+            else:
+                self._note_partial_line(data, now)
         try:
             self.on_data(data)
         except Exception:
@@ -503,6 +536,14 @@ class StreamHandler(asyncio.Protocol):
     def on_shutdown(self) -> None:
         """The server is draining. Default: flush and close. Override to say goodbye first."""
         self.close("server shutdown")
+
+    def on_line_timeout(self) -> None:
+        """A line was not complete ``limits.line_timeout`` seconds after its first byte
+        (counted and logged already). Default: tell the peer in one text line and close;
+        chat answers in its codec (a JSON ``error`` event with code ``timeout``), echo
+        closes without a word (it sends nothing but echoes)."""
+        self.write(b"error: line timeout\n")
+        self.close("line timeout")
 
     def on_idle(self) -> None:
         """Nothing was received for ``idle_timeout`` seconds. Default: count, log, close.
@@ -712,6 +753,41 @@ class StreamHandler(asyncio.Protocol):
         in one text line and close; a framed protocol (WebSocket) overrides it."""
         self.write(b"error: login timeout\n")
         self.close("login timeout")
+
+    def _note_partial_line(self, data: bytes, now: float) -> None:
+        """Track the line this chunk leaves unfinished: its length, and since when it runs
+        (the time of the chunk holding its first byte). One ``rfind`` per chunk, no timer."""
+        max_line = self.limits.max_line
+        size = len(data)
+        # Only the last max_line bytes matter (a bulk chunk is not scanned whole).
+        end = data.rfind(b"\n", size - max_line if size > max_line else 0)
+        done = True  # a line ended in this chunk: any rest starts a new one now
+        if end >= 0:
+            n = size - end - 1
+        elif size >= max_line:  # the chunk alone holds a run of max_line bytes
+            n = size % max_line
+        else:
+            n = self._partial_len + size
+            done = False
+        if n >= max_line:  # a run of max_line bytes without a newline counts as a line
+            n %= max_line
+            done = True
+        self._partial_len = n
+        if n == 0:
+            self._partial_since = None
+        elif done or self._partial_since is None:
+            self._partial_since = now
+
+    def _line_expired(self) -> None:
+        """Called by the sweep once a partial line outlived ``limits.line_timeout``."""
+        self._partial_since = None
+        self.ctx.metrics["line_timeouts"] += 1
+        self.log.info(
+            "line not completed within %.1f s, closing",
+            self.limits.line_timeout or 0.0,
+            extra={"event": "limit", "reason": "line_timeout"},
+        )
+        self._guard(self.on_line_timeout)
 
     def _idle_expired(self, now: float) -> None:
         """Called by the server's idle sweep once ``idle_timeout`` passed without input."""

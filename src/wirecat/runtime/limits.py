@@ -30,6 +30,12 @@ class Limits:
             slowloris. ``None`` disables it.
         idle_timeout: close a connection that received nothing for this long (seconds);
             ``None`` disables it.
+        line_timeout: for line-framed handlers (chat in text and JSON-lines mode, echo): a
+            line must be complete within this many seconds of its first byte, else the
+            peer is told why and closed. Against dribbling, which the idle timeout cannot
+            see (it restarts on every byte). A run of ``max_line`` bytes without a newline
+            counts as a line (echo passes binary through; chat drops it). ``None``
+            disables it.
         write_high_water: the transport pauses writing above this many unsent bytes.
         write_low_water: ... and resumes below this many.
         max_output: hard cap on a connection's unsent output (bytes); past it the peer is
@@ -49,6 +55,7 @@ class Limits:
     conn_burst: int = 40
     login_timeout: float | None = 10.0
     idle_timeout: float | None = 300.0
+    line_timeout: float | None = 30.0
     write_high_water: int = 64 * 1024
     write_low_water: int = 16 * 1024
     max_output: int = 1024 * 1024
@@ -68,6 +75,8 @@ class Limits:
             raise ValueError("login_timeout must be > 0 seconds (or None)")
         if self.idle_timeout is not None and self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be > 0 seconds (or None)")
+        if self.line_timeout is not None and self.line_timeout <= 0:
+            raise ValueError("line_timeout must be > 0 seconds (or None)")
         if not 0 <= self.write_low_water <= self.write_high_water:
             raise ValueError("need 0 <= write_low_water <= write_high_water")
         if self.max_output < self.write_high_water:
@@ -249,7 +258,7 @@ class AccessList:
 
     def permits(self, host: str | None) -> bool:
         """True if a peer at ``host`` (an IP string, or ``None`` for unix) may connect."""
-        if host is None:
+        if host is None or not (self.deny or self.allow):
             return True
         try:
             addr: IPAddress = ipaddress.ip_address(host.partition("%")[0])

@@ -180,6 +180,9 @@ class WebSocketHandler(StreamHandler):
     #: Lift the login deadline once the WebSocket is open (False: the application calls
     #: :meth:`login_complete` itself, e.g. after its own hello).
     login_on_open = True
+    #: Frames, not lines: the partial-line deadline never applies, whatever a subclass
+    #: mixes in (the web chat is also a line-framed ``ChatHandler``).
+    line_framed = False
 
     def __init__(
         self,
@@ -203,9 +206,16 @@ class WebSocketHandler(StreamHandler):
         # True while delivering the messages of one chunk whose close frame came after them:
         # their answers may still go out, before our close reply (RFC 6455 5.5.1).
         self._delivering = False
+        # Frames written while one chunk is handled (handlers without coalesce_writes):
+        # they go out in one transport write at its end. ``_out`` is None otherwise.
+        self._out: list[bytes] | None = None
+        self._out_buf: list[bytes] = []
 
     def _may_send(self, ws: WebSocket) -> bool:
-        return ws.is_open or (self._delivering and ws.protocol.close_rcvd_then_sent is True)
+        proto = ws.protocol
+        return proto.state is State.OPEN or (
+            self._delivering and proto.close_rcvd_then_sent is True
+        )
 
     # -- hooks -----------------------------------------------------------------------------
     def on_http_data(self, data: bytes) -> None:
@@ -264,11 +274,26 @@ class WebSocketHandler(StreamHandler):
 
     def write(self, data: bytes) -> bool:
         """Queue already framed bytes (e.g. :func:`~wirecat.protocols.websocket.server_frame`
-        output shared by many connections); dropped unless the WebSocket is open."""
+        output shared by many connections); dropped unless the WebSocket is open.
+
+        Frames written while the bytes of one ``data_received`` are handled go out in one
+        transport write when they are done (pipelined messages: one syscall)."""
         ws = self.ws
         if ws is None or not self._may_send(ws):
             return False
+        out = self._out
+        if out is not None and not self.closing:
+            out.append(data)
+            return True
         return super().write(data)
+
+    def _flush_out(self) -> None:
+        """Write the frames batched while handling one chunk (see :meth:`write`)."""
+        out = self._out_buf
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            StreamHandler.write(self, data)
 
     def write_shared(self, shared: Any) -> bool:
         ws = self.ws
@@ -304,6 +329,7 @@ class WebSocketHandler(StreamHandler):
             if ws.eof_sent:
                 super().close(reason)
             return  # a closing handshake is under way (bounded by its timer)
+        self._flush_out()
         if code is None:
             code = _CLOSE_CODES.get(reason, CloseCode.NORMAL_CLOSURE)
         if not self._close_reason:
@@ -321,9 +347,30 @@ class WebSocketHandler(StreamHandler):
         if ws is None:
             self.on_http_data(data)
             return
-        was_open = ws.is_open
-        ws.receive_data(data)
-        self._ws_pump(was_open)
+        was_open = ws.protocol.state is State.OPEN
+        self._delivering = was_open  # messages reach on_message during receive_data
+        if self.coalesce_writes:
+            ws.receive_data(data)
+        else:
+            self._out = self._out_buf
+            try:
+                ws.receive_data(data)
+            finally:
+                self._out = None
+                self._flush_out()
+        if ws.has_events or ws.has_data_to_send:
+            self._ws_pump(was_open)
+        else:
+            self._delivering = False
+
+    def _deliver(self, message: str | bytes) -> None:
+        """The WebSocket's message handler once open: straight to :meth:`on_message`."""
+        if self.closing:
+            return
+        ws = self.ws
+        assert ws is not None
+        if ws.protocol.state is State.OPEN or self._may_send(ws):
+            self.on_message(message)
 
     def on_eof(self) -> bool:
         ws = self.ws
@@ -396,6 +443,7 @@ class WebSocketHandler(StreamHandler):
         ws = self.ws
         if ws is None:
             return False
+        self._flush_out()  # frames written before come first
         ok = True
         for data in ws.data_to_send():
             if data:
@@ -430,6 +478,9 @@ class WebSocketHandler(StreamHandler):
             self.login_complete()
         self._schedule_ping()
         self._guard(self.on_open)
+        ws = self.ws
+        if ws is not None:  # later messages skip the event list
+            ws.message_handler = self._deliver
 
     def _schedule_ping(self) -> None:
         interval = self.ws_settings.ping_interval

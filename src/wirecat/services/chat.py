@@ -89,6 +89,9 @@ class ChatHandler(StreamHandler):
     #: page) turn it off.
     join_on_hello = True
 
+    #: Text and JSON lines: a line must end within ``limits.line_timeout`` of its first byte.
+    line_framed = True
+
     def __init__(self, ctx: ServerContext, service: ChatService) -> None:
         super().__init__(ctx, service)
         self.chat = service
@@ -180,6 +183,11 @@ class ChatHandler(StreamHandler):
     def on_shutdown(self) -> None:
         self.send(self.codec.encode(Shutdown()))
         self.close("server shutdown")
+
+    def on_line_timeout(self) -> None:
+        reason = f"line not completed within {self.limits.line_timeout:g} s"
+        self.send(self.codec.encode(ErrorEvent("timeout", reason)))
+        self.close("line timeout")
 
     # -- internals -----------------------------------------------------------------------------
     def _pump(self, *, drain: bool = False) -> None:

@@ -2,8 +2,12 @@
 
 Stream: every byte received is sent back until the peer closes. A half-close from the peer
 is honoured: everything it sent is echoed, then we close our side (RFC 862 over TCP; RFC
-9293 3.6). While the peer does not read its echoes, we stop reading from it: echo never
-buffers more than the write high-water mark per connection.
+9293 3.6). Against dribbling, echo counts progress in lines: a newline, or ``max_line``
+bytes without one, must arrive within ``limits.line_timeout`` seconds of the first byte
+after the last one (nc and telnet send whole lines; binary streams pass ``max_line`` bytes
+far faster), else the connection is closed without a word. While the peer does not read
+its echoes, we stop reading from it: echo never buffers more than the write high-water mark
+per connection.
 
 Datagram: each datagram is answered with the same bytes, to its sender; a reply is never
 larger than the request (no amplification).
@@ -26,6 +30,14 @@ __all__ = ["EchoService"]
 class _EchoHandler(StreamHandler):
     __slots__ = ()
 
+    # Echo's idle clock restarts on every byte, so one byte every few seconds would hold a
+    # connection for ever. A rate floor cannot tell that dribbler from a person typing a line
+    # every ten seconds into nc (both ~3 B/s). What tells them apart is that a person's
+    # terminal sends whole lines: so echo counts progress in lines (a newline, or max_line
+    # bytes of binary) and a line must be complete within limits.line_timeout of its first
+    # byte. Complete lines are real exchanges, bounded by the connection caps and idle timeout.
+    line_framed = True
+
     def on_data(self, data: bytes) -> None:
         self._tx += len(data)
         self.transport.write(data)
@@ -37,6 +49,9 @@ class _EchoHandler(StreamHandler):
 
     def on_eof(self) -> bool:
         return False  # the transport flushes our echoes, then closes
+
+    def on_line_timeout(self) -> None:
+        self.close("line timeout")  # no error line: echo sends nothing but echoes
 
 
 class _EchoDatagram(asyncio.DatagramProtocol):

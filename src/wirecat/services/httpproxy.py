@@ -85,6 +85,7 @@ def http_proxy_server(
     idle_timeout: float | None = 300.0,
     connect_timeout: float = 10.0,
     on_end: Callable[[RelayStats], None] | None = None,
+    reuse_port: bool = False,
 ) -> Server:
     """An HTTP CONNECT proxy on ``endpoints`` (not started: use ``async with``).
 
@@ -100,6 +101,7 @@ def http_proxy_server(
         idle_timeout: end a tunnel after this many seconds with no byte either way.
         connect_timeout: seconds allowed to reach a destination.
         on_end: called with each tunnel's :class:`RelayStats`.
+        reuse_port: bind with ``SO_REUSEPORT`` (several processes share the port).
     """
     raw = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
     eps = [parse_endpoint(e) if isinstance(e, str) else e for e in raw]
@@ -194,4 +196,4 @@ def http_proxy_server(
             on_end(stats)
 
     service = HandlerService(eps, handler, name="http-proxy")
-    return Server([service], ctx=ctx, tls=tls)
+    return Server([service], ctx=ctx, tls=tls, reuse_port=reuse_port)

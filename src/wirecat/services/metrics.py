@@ -16,8 +16,9 @@ Exposed, all prefixed ``wirecat_``:
 - ``connections_per_source_max``: the most connections one source address holds (gauge);
 - ``<counter>_total``: every counter of the server (``accepted``, ``refused_acl``,
   ``refused_max_conns``, ``refused_per_source``, ``refused_rate``, ``slow_consumers``,
-  ``idle_timeouts``, ``login_timeouts``, ``handler_errors``, ``tls_handshake_failures``, the
-  services' own such as ``echo_datagrams`` and ``chat_*``, ``files_*``);
+  ``idle_timeouts``, ``login_timeouts``, ``line_timeouts``, ``handler_errors``,
+  ``tls_handshake_failures``, the services' own such as ``echo_datagrams`` and ``chat_*``,
+  ``files_*``);
 - ``up``: 1.
 
 Labels are bounded: per service (and refusal reason), never per peer. With several worker

@@ -35,7 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
+import ipaddress
+import os
 import shlex
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,11 +47,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import ConnectionClosed, InvalidEndpoint, NetworkError, WirecatError
+from ..runtime import splice as _splice
 from ..runtime.connection import Connection, connect
-from ..runtime.handler import ServerContext
+from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import AccessList, Limits
+from ..runtime.listeners import unix_address
 from ..runtime.logs import logger as _log
-from ..runtime.server import HandlerService, Server, Service
+from ..runtime.server import ConnectionHandler, HandlerService, Server, Service
 
 if TYPE_CHECKING:
     from ..runtime.websocket import WebSocketSettings
@@ -77,6 +83,8 @@ class RelayStats:
         started: ``time.monotonic()`` at the start.
         duration: seconds from start to end.
         reason: how it ended (``"both closed"``, ``"idle timeout"``, ``"reset"``...).
+        zero_copy: the bytes moved by ``os.splice`` (plain TCP/Unix on both sides), not
+            through Python.
     """
 
     peer: str = ""
@@ -86,6 +94,7 @@ class RelayStats:
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
     reason: str = ""
+    zero_copy: bool = False
 
 
 async def bridge(
@@ -100,6 +109,12 @@ async def bridge(
     EOF from one side is passed on as a half-close to the other where it can be (not TLS);
     a reset of either side ends both directions. Neither connection is closed here.
 
+    Two plain TCP/Unix connections (not TLS, not WebSocket or seqpacket) are relayed by the
+    kernel (:class:`~wirecat.runtime.splice.Splice`: ``os.splice`` through a bounded pipe
+    per direction, on Linux): their transports stop reading, bytes already in their buffers
+    (and an EOF already seen) go first, and ``stats.zero_copy`` is set. Other pairs are
+    copied through the connections, at most 256 KiB per read.
+
     Args:
         a, b: stream connections.
         idle_timeout: end after this many seconds with no byte either way (``None``: never).
@@ -111,6 +126,13 @@ async def bridge(
     Cancelling is safe: both directions stop before the cancellation propagates.
     """
     stats = stats if stats is not None else RelayStats()
+    if (
+        _splice.available()
+        and _spliceable(a)
+        and _spliceable(b)
+        and await _bridge_spliced(a, b, idle_timeout, stats)
+    ):
+        return stats
     last = [time.monotonic()]
 
     async def copy(src: Connection, dst: Connection, up: bool) -> None:
@@ -158,6 +180,107 @@ async def bridge(
         await asyncio.gather(*tasks, *((idle,) if idle is not None else ()), return_exceptions=True)
         stats.duration = time.monotonic() - stats.started
     return stats
+
+
+def _spliceable(conn: Connection) -> bool:
+    """A plain TCP/Unix stream connection whose bytes ``os.splice`` can move: not TLS, not
+    a framed subclass (WebSocket), not closing, nobody reading it, nothing half-closed."""
+    t = conn.transport
+    return (
+        type(conn) is Connection
+        and conn._reading is None
+        and not conn._eof_sent
+        and not conn._p.lost
+        and not t.is_closing()
+        and t.get_extra_info("sslcontext") is None
+        and _splice.spliceable_socket(t.get_extra_info("socket"))
+    )
+
+
+async def _write_buffer_empty(conn: Connection) -> None:
+    """Wait until the transport handed every written byte to the kernel (what we splice
+    must come after it)."""
+    t = conn.transport
+    if not t.get_write_buffer_size():
+        return
+    high, low = t.get_write_buffer_limits()
+    t.set_write_buffer_limits(high=0, low=0)  # pause_writing now, resume at empty
+    try:
+        await conn.drain()
+    finally:
+        if not t.is_closing():
+            t.set_write_buffer_limits(high=high, low=low)
+
+
+async def _bridge_spliced(
+    a: Connection, b: Connection, idle_timeout: float | None, stats: RelayStats
+) -> bool:
+    """:func:`bridge` for two plain stream sockets: the kernel moves the bytes
+    (:class:`wirecat.runtime.splice.Splice`). The transports stop reading; bytes already
+    in a connection's buffer (and its EOF) go first; the transports' own write buffers are
+    flushed before. The sockets are duplicated so the transports keep owning theirs.
+
+    Returns False (reading resumed, nothing moved) when a side was lost while its write
+    buffer drained: the buffered path then reports it as it does any loss."""
+    for conn in (a, b):
+        if conn.transport.is_reading():
+            conn.transport.pause_reading()
+    await _write_buffer_empty(a)
+    await _write_buffer_empty(b)
+    if not (_spliceable(a) and _spliceable(b)):
+        for conn in (a, b):
+            t = conn.transport
+            if not t.is_closing() and not t.is_reading():
+                t.resume_reading()
+        return False
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[str] = loop.create_future()
+    dups: list[socket.socket] = []
+    engine: _splice.Splice | None = None
+
+    def finished(reason: str) -> None:
+        if not done.done():
+            done.set_result(reason)
+
+    def lost(_: object) -> None:  # a transport was closed under us (shutdown, abort)
+        if engine is not None:
+            engine.abort("closed")
+        finished("closed")
+
+    try:
+        for conn in (a, b):
+            sock = conn.transport.get_extra_info("socket")
+            dups.append(socket.fromfd(sock.fileno(), sock.family, sock.type))
+            dups[-1].setblocking(False)
+        pa, pb = a._p, b._p
+        engine = _splice.Splice(
+            dups[0],
+            dups[1],
+            finished,
+            idle_timeout=idle_timeout,
+            pending_ab=pa.buffer.read_some() if len(pa.buffer) else b"",
+            pending_ba=pb.buffer.read_some() if len(pb.buffer) else b"",
+            eof_a=pa.eof,
+            eof_b=pb.eof,
+        )
+        for st in (pa, pb):
+            st._closed.add_done_callback(lost)
+        engine.start()
+        stats.reason = await done
+        if stats.reason == "closed":
+            stats.reason = "reset"
+        stats.zero_copy = True
+    finally:
+        for st in (a._p, b._p):
+            st._closed.remove_done_callback(lost)
+        if engine is not None:
+            engine.abort("cancelled")
+            stats.up += engine.up
+            stats.down += engine.down
+        for dup in dups:
+            dup.close()
+        stats.duration = time.monotonic() - stats.started
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +525,7 @@ def relay(
     max_sessions: int = 1024,
     verbose: bool = False,
     on_end: Callable[[RelayStats], None] | None = None,
+    reuse_port: bool = False,
     ws_text: bool = False,
     websocket: WebSocketSettings | None = None,
     **connect_kwargs: Any,
@@ -422,6 +546,7 @@ def relay(
         max_sessions: datagram relays: most client sessions at once.
         verbose: log each relay's bytes each way and duration at INFO when it ends.
         on_end: called with each relay's :class:`RelayStats` when it ends.
+        reuse_port: bind with ``SO_REUSEPORT`` (several processes share FROM's port).
         ws_text: WebSocket sides (FROM or TO) carry lines as text messages instead of
             bytes as binary messages.
         websocket: :class:`~wirecat.runtime.websocket.WebSocketSettings` of a ws/wss FROM.
@@ -446,7 +571,7 @@ def relay(
         service: Service = DatagramRelayService(
             eps, target.endpoint, idle_timeout=idle_timeout or 60.0, max_sessions=max_sessions
         )
-        return Server([service], ctx=ctx)
+        return Server([service], ctx=ctx, reuse_port=reuse_port)
     if any(ep.is_datagram for ep in eps):
         raise InvalidEndpoint("relay FROM endpoints must all be streams or all datagrams")
     if target.endpoint is not None and target.endpoint.is_datagram:
@@ -471,12 +596,320 @@ def relay(
 
     ws_eps = [ep for ep in eps if ep.scheme in ("ws", "wss")]
     others = [ep for ep in eps if ep.scheme not in ("ws", "wss")]
-    services: list[Service] = [
-        HandlerService(group, handler, name="relay", websocket=websocket, ws_binary=not ws_text)
-        for group in (others, ws_eps)
-        if group
-    ]
-    return Server(services, ctx=ctx, tls=tls)
+    services: list[Service] = []
+    dial = _direct_address(target) if _splice.available() else None
+    if others and dial is not None:  # plain TCP/Unix peers: callbacks and the splice engine
+        timeout = target.connect_kwargs.get("timeout", 10.0)
+        services.append(
+            _SpliceRelayService(others, handler, target, dial, timeout, idle_timeout, ended)
+        )
+    elif others:
+        services.append(HandlerService(others, handler, name="relay"))
+    if ws_eps:
+        services.append(
+            HandlerService(
+                ws_eps, handler, name="relay", websocket=websocket, ws_binary=not ws_text
+            )
+        )
+    return Server(services, ctx=ctx, tls=tls, reuse_port=reuse_port)
+
+
+def _direct_address(target: Target) -> tuple[int, Any] | None:
+    """``(family, sockaddr)`` when ``target`` can be dialled without a resolver, TLS or a
+    proxy (plain ``tcp`` to an IP literal, or ``unix``), else ``None``."""
+    ep = target.endpoint
+    if ep is None or set(target.connect_kwargs) - {"timeout"}:
+        return None
+    if ep.scheme == "unix" and ep.path:
+        return socket.AF_UNIX, unix_address(ep.path)
+    if ep.scheme != "tcp":
+        return None
+    try:
+        ip = ipaddress.ip_address(ep.host or "")
+    except ValueError:
+        return None
+    if ip.version == 6:
+        return socket.AF_INET6, (str(ip), ep.port or 0, 0, 0)
+    return socket.AF_INET, (str(ip), ep.port or 0)
+
+
+class _SpliceRelayService(HandlerService):
+    """The stream relay when TO is dialled directly: each plain TCP/Unix peer is relayed by
+    a :class:`_SpliceRelayHandler` (no task, no :class:`Connection`); TLS peers take the
+    general path (``handler``)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        handler: Callable[[Connection], Any],
+        target: Target,
+        dial: tuple[int, Any],
+        timeout: float | None,
+        idle_timeout: float | None,
+        ended: Callable[[RelayStats], None],
+    ) -> None:
+        super().__init__(endpoints, handler, name="relay")
+        self.target = target
+        self.family, self.address = dial
+        self.connect_timeout = timeout
+        self.idle_timeout = idle_timeout
+        self.ended = ended
+
+    def stream_handler(self, ctx: ServerContext) -> StreamHandler:
+        return _SpliceRelayHandler(ctx, self)
+
+
+class SpliceHandler(ConnectionHandler):
+    """A server-side peer whose bytes end up relayed by the splice engine, with callbacks
+    only (no task, no :class:`Connection`): :meth:`dial` a non-blocking connect, then
+    :meth:`on_dialled` (default: :meth:`splice`), then :meth:`on_spliced` with the
+    :class:`RelayStats` when the relay ended. Subclasses decide when to dial (at once for the
+    relay, after a handshake for SOCKS) in :meth:`on_connect` / :meth:`on_data`, and call
+    ``super().on_connect()`` for peers :attr:`direct` cannot serve (TLS): those get a
+    :class:`Connection` and the service's coroutine handler, the general path.
+
+    Bytes the peer sends before :meth:`splice` (through asyncio: uvloop starts reading after
+    ``connection_made``, a PROXY header adapter passes the rest of its segment) are kept in
+    :attr:`pending` and sent first.
+    """
+
+    def __init__(self, ctx: ServerContext, service: HandlerService) -> None:
+        super().__init__(ctx, service)
+        self.out: socket.socket | None = None
+        self.dup: socket.socket | None = None
+        self.engine: _splice.Splice | None = None
+        self.pending = b""
+        self.eof = False
+        self.direct = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.stats = RelayStats()
+        self.idle_timeout: float | None = None
+        self._after_flush: bytes | None = None
+        self._handshake_bytes = 0
+        self.early = False
+
+    def can_splice(self) -> bool:
+        """Whether this peer's transport is a plain TCP/Unix socket (not TLS)."""
+        t = self.transport
+        return t.get_extra_info("sslcontext") is None and _splice.spliceable_socket(
+            t.get_extra_info("socket")
+        )
+
+    def dial(
+        self, family: int, address: Any, timeout: float | None, *, early: bool = False
+    ) -> None:
+        """Connect to ``address`` without blocking; :meth:`on_dialled` or
+        :meth:`on_dial_failed` follows (never synchronously).
+
+        ``early``: call :meth:`on_dialled` while the connect is still in flight (no wait
+        for it: bytes for the target wait in memory until it is writable); a refusal then
+        ends the relay with a connect error, reported by :meth:`on_dial_failed` all the same.
+        For a relay, not for a handshake that must tell the peer whether the target answered.
+        """
+        loop = asyncio.get_running_loop()
+        out = self.out = socket.socket(family, socket.SOCK_STREAM)
+        out.setblocking(False)
+        if family != socket.AF_UNIX:
+            out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = out.connect_ex(address)
+        if err == 0:
+            loop.call_soon(self._connected_now)
+        elif err == errno.EINPROGRESS:  # (a unix socket's EAGAIN is a full backlog: failed)
+            if early:
+                self.early = True
+                loop.call_soon(self.on_dialled)  # after uvloop started reading the peer
+            else:
+                try:  # over loopback the handshake is usually done when connect() returns
+                    out.getpeername()
+                except OSError:
+                    loop.add_writer(out.fileno(), self._connected)
+                else:
+                    loop.call_soon(self._connected_now)
+                    return
+            if timeout:
+                self.timer = loop.call_later(timeout, self._connect_deadline)
+        else:
+            loop.call_soon(self._dial_failed, err)
+
+    def _connect_deadline(self) -> None:
+        self.timer = None
+        out = self.out
+        if out is None or self.closing:
+            return
+        try:
+            out.getpeername()
+        except OSError:  # still not connected
+            if self.engine is not None:
+                self.engine.error = TimeoutError(errno.ETIMEDOUT, "timed out")
+                self.engine.abort("reset")
+            else:
+                self._dial_failed(None)
+
+    def on_data(self, data: bytes) -> None:
+        if not self.direct:
+            super().on_data(data)
+        elif self.engine is None:
+            self.pending += data
+            if len(self.pending) > self.handler_service.read_high_water:
+                self.pause_reading()
+
+    def on_eof(self) -> bool:
+        if not self.direct:
+            return super().on_eof()
+        self.eof = True
+        return True
+
+    def on_dialled(self) -> None:
+        """Connected (or, with ``dial(early=True)``, connecting): start relaying (override
+        to answer a handshake first)."""
+        if not self.closing and self.out is not None:
+            self.splice()
+
+    def on_dial_failed(self, why: str, err: int | None) -> None:
+        """The dial failed (``err``: the errno, ``None`` for a timeout). Default: close."""
+        self.close("target unreachable")
+
+    def on_spliced(self, stats: RelayStats) -> None:
+        """The relay ended (both directions closed, idle, reset, shutdown)."""
+
+    def splice(self, to_peer: bytes = b"") -> None:
+        """Hand both sockets to the engine: :attr:`pending` goes to the target first,
+        ``to_peer`` (a handshake's reply) to the peer first."""
+        out = self.out
+        assert out is not None
+        t = self.transport
+        if t.is_reading():
+            t.pause_reading()  # from here the kernel keeps the bytes until the engine
+        if t.get_write_buffer_size():  # what we wrote through asyncio must go first
+            self._after_flush = to_peer
+            t.set_write_buffer_limits(high=0, low=0)  # resume_writing once it is empty
+            return
+        sock = t.get_extra_info("socket")
+        try:
+            self.dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        except OSError as exc:
+            self._dial_failed(exc.errno)
+            return
+        self._handshake_bytes = len(to_peer)
+        self.engine = _splice.Splice(
+            self.dup,
+            out,
+            self._ended,
+            idle_timeout=self.idle_timeout,
+            pending_ab=self.pending,
+            pending_ba=to_peer,
+            eof_a=self.eof,
+        )
+        self.pending = b""
+        self.engine.start()
+
+    def on_writable(self) -> None:
+        to_peer = self._after_flush
+        if to_peer is None:
+            super().on_writable()
+            return
+        self._after_flush = None
+        lim = self.limits
+        self.transport.set_write_buffer_limits(high=lim.write_high_water, low=lim.write_low_water)
+        if not self.closing and self.out is not None:
+            self.splice(to_peer)
+
+    def _connected_now(self) -> None:
+        if self.out is not None and not self.closing:
+            self.on_dialled()
+
+    def _connected(self) -> None:
+        out = self.out
+        if out is None or self.closing:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        asyncio.get_running_loop().remove_writer(out.fileno())
+        err = out.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._dial_failed(err)
+            return
+        self.on_dialled()
+
+    def _dial_failed(self, err: int | None) -> None:
+        if self.closing or self.out is None:
+            return
+        self._release()
+        self.on_dial_failed(os.strerror(err) if err else "timed out", err)
+
+    def _ended(self, reason: str) -> None:
+        stats = self.stats
+        engine = self.engine
+        assert engine is not None
+        error = engine.error
+        if self.early and error is not None and error.errno in _CONNECT_ERRORS:
+            self._release()  # the early dial failed: no relay took place
+            self.on_dial_failed(os.strerror(error.errno or 0), error.errno)
+            return
+        stats.reason = reason
+        stats.up += engine.up
+        stats.down += max(engine.down - self._handshake_bytes, 0)  # not the peer's bytes
+        stats.zero_copy = True
+        stats.duration = time.monotonic() - stats.started
+        self._release()
+        if not self.closing:
+            self.close(reason)
+        self.on_spliced(stats)
+
+    def _release(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        out, self.out = self.out, None
+        if out is not None:
+            if self.engine is None:
+                asyncio.get_running_loop().remove_writer(out.fileno())
+            out.close()
+        dup, self.dup = self.dup, None
+        if dup is not None:
+            dup.close()
+
+    def on_close(self, exc: Exception | None) -> None:
+        if not self.direct:
+            super().on_close(exc)
+        elif self.engine is not None and not self.engine.ended:
+            self.engine.abort("closed")  # shutdown or abort: _ended() reports it
+        else:
+            self._release()
+
+
+#: Errors that only a connect gives: an early-started relay ending with one never reached TO.
+_CONNECT_ERRORS = frozenset(
+    (errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOENT)
+)
+
+
+class _SpliceRelayHandler(SpliceHandler):
+    """One relayed peer: accept -> dial TO -> splice -> close."""
+
+    def __init__(self, ctx: ServerContext, service: _SpliceRelayService) -> None:
+        super().__init__(ctx, service)
+        self.relay = service
+        self.idle_timeout = service.idle_timeout
+
+    def on_connect(self) -> None:
+        if not self.can_splice():
+            super().on_connect()  # TLS: the general path
+            return
+        self.direct = True
+        svc = self.relay
+        self.stats.peer = self.peer
+        self.stats.target = str(svc.target)
+        self.dial(svc.family, svc.address, svc.connect_timeout, early=True)
+
+    def on_dial_failed(self, why: str, err: int | None) -> None:
+        self.ctx.metrics["relay_target_errors"] += 1
+        self.log.warning("relay %s -> %s: %s", self.peer, self.relay.target, why)
+        self.close("target unreachable")
+
+    def on_spliced(self, stats: RelayStats) -> None:
+        self.relay.ended(stats)
 
 
 async def relay_pair(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import ipaddress
 import socket
 import time
@@ -39,10 +40,10 @@ from ..errors import (
 )
 from ..protocols import socks
 from ..runtime.connection import Connection, connect
-from ..runtime.handler import ServerContext
+from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import AccessList, Limits
 from ..runtime.server import HandlerService, Server
-from .relay import RelayStats, bridge
+from .relay import RelayStats, SpliceHandler, bridge
 
 if TYPE_CHECKING:
     from ..auth import AuthFailures, User, Users
@@ -199,6 +200,29 @@ async def proxy_login(
     return user
 
 
+async def destination(host: str, port: int, *, policy: SocksPolicy, resolve: bool) -> str:
+    """The IP a proxy client's ``host:port`` goes to: ``host`` resolved (when ``resolve``),
+    then the first address the policy allows (checked on the resolved address).
+
+    Raises:
+        _Refused: 0x04 a name that does not resolve, 0x02 no allowed address.
+    """
+    if resolve:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        except OSError:
+            raise _Refused(0x04, f"cannot resolve {host!r}") from None
+        addresses = [str(info[4][0]) for info in infos]
+    else:
+        addresses = [host]
+    allowed = [a for a in addresses if policy.permits(a, port)]
+    if not allowed:
+        raise _Refused(0x02, f"destination {host}:{port} not allowed by policy")
+    return allowed[0]
+
+
 async def reach(
     host: str, port: int, *, policy: SocksPolicy, connect_timeout: float, resolve: bool = True
 ) -> Connection:
@@ -216,20 +240,7 @@ async def reach(
         _Refused: with the SOCKS5 reply code (0x02 not allowed, 0x04 unreachable or
             unresolvable, 0x05 refused, 0x01 other).
     """
-    if resolve:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-        except OSError:
-            raise _Refused(0x04, f"cannot resolve {host!r}") from None
-        addresses = [info[4][0] for info in infos]
-    else:
-        addresses = [host]
-    allowed = [a for a in addresses if policy.permits(str(a), port)]
-    if not allowed:
-        raise _Refused(0x02, f"destination {host}:{port} not allowed by policy")
-    ip = str(allowed[0])
+    ip = await destination(host, port, policy=policy, resolve=resolve)
     target = f"tcp://[{ip}]:{port}" if ":" in ip else f"tcp://{ip}:{port}"
     try:
         return await connect(target, timeout=connect_timeout)
@@ -253,6 +264,7 @@ def socks_server(
     idle_timeout: float | None = 300.0,
     connect_timeout: float = 10.0,
     on_end: Callable[[RelayStats], None] | None = None,
+    reuse_port: bool = False,
 ) -> Server:
     """A SOCKS5 server on ``endpoints`` (not started: use ``async with``).
 
@@ -267,6 +279,7 @@ def socks_server(
         idle_timeout: end a tunnel after this many seconds with no byte either way.
         connect_timeout: seconds allowed to reach a destination.
         on_end: called with each tunnel's :class:`RelayStats`.
+        reuse_port: bind with ``SO_REUSEPORT`` (several processes share the port).
     """
     raw = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
     eps = [parse_endpoint(e) if isinstance(e, str) else e for e in raw]
@@ -315,9 +328,7 @@ def socks_server(
                 stats.up += len(buf)
             stats.target = f"{request.host}:{request.port}"
             await bridge(conn, out, idle_timeout=idle_timeout, stats=stats)
-        ctx.metrics["socks_tunnels"] += 1
-        if on_end is not None:
-            on_end(stats)
+        ended(stats)
 
     async def _open(request: socks.Request) -> Connection:
         if request.command != socks.CMD_CONNECT:
@@ -330,5 +341,172 @@ def socks_server(
             resolve=request.atyp == socks.ATYP_DOMAIN,
         )
 
-    service = HandlerService(eps, handler, name="socks")
-    return Server([service], ctx=ctx, tls=tls)
+    def ended(stats: RelayStats) -> None:
+        ctx.metrics["socks_tunnels"] += 1
+        if on_end is not None:
+            on_end(stats)
+
+    service = _SocksService(eps, handler, policy, users, idle_timeout, connect_timeout, ended)
+    return Server([service], ctx=ctx, tls=tls, reuse_port=reuse_port)
+
+
+class _SocksService(HandlerService):
+    """SOCKS5 on plain TCP/Unix listeners without authentication runs as callbacks
+    (:class:`_SocksHandler`); TLS listeners and RFC 1929 logins take ``handler``."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        handler: Callable[[Connection], Any],
+        policy: SocksPolicy,
+        users: Users | None,
+        idle_timeout: float | None,
+        connect_timeout: float,
+        ended: Callable[[RelayStats], None],
+    ) -> None:
+        super().__init__(endpoints, handler, name="socks")
+        self.policy = policy
+        self.users = users
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.ended = ended
+
+    def stream_handler(self, ctx: ServerContext) -> StreamHandler:
+        return _SocksHandler(ctx, self)
+
+
+class _SocksHandler(SpliceHandler):
+    """One SOCKS5 client, callbacks only: the greeting and the request are parsed as they
+    arrive (sans-I/O :mod:`wirecat.protocols.socks`), the destination is dialled without
+    blocking, and the tunnel is the splice engine, whose first bytes to the client are the
+    reply (and first bytes to the destination whatever the client sent after its
+    request). Everything up to the reply must happen within ``handshake_timeout``."""
+
+    def __init__(self, ctx: ServerContext, service: _SocksService) -> None:
+        super().__init__(ctx, service)
+        self.socks = service
+        self.idle_timeout = service.idle_timeout
+        self.buf = bytearray()
+        self.greeted = False
+        self.request: socks.Request | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.resolving: asyncio.Task[None] | None = None
+
+    def on_connect(self) -> None:
+        if self.socks.users is not None or not self.can_splice():
+            super().on_connect()  # logins (scrypt off the loop) and TLS: the general path
+            return
+        self.direct = True
+        self.stats.peer = self.peer
+        self.deadline = asyncio.get_running_loop().call_later(
+            self.limits.handshake_timeout, self._too_slow
+        )
+
+    def on_data(self, data: bytes) -> None:
+        if not self.direct or self.request is not None:
+            super().on_data(data)  # after the request: kept for the destination
+            return
+        buf = self.buf
+        buf += data
+        try:
+            if not self.greeted:
+                parsed = socks.parse_methods(buf)
+                if parsed is None:
+                    return self._check_size()
+                methods, used = parsed
+                del buf[:used]
+                if socks.METHOD_NONE not in methods:
+                    self.write(socks.build_method(socks.METHOD_NO_ACCEPTABLE))
+                    return self._refuse(_Refused(-1, "no acceptable authentication method"))
+                self.greeted = True
+                self.write(socks.build_method(socks.METHOD_NONE))
+            req = socks.parse_request(buf)
+            if req is None:
+                return self._check_size()
+            self.request, used = req
+            self.pending = bytes(buf[used:])
+            buf.clear()
+        except ProtocolError as exc:
+            self.ctx.metrics["socks_bad_requests"] += 1
+            self.log.info("socks: bad request from %s: %s", self.peer, exc)
+            if self.greeted:
+                self.write(socks.build_reply(0x08 if "address type" in str(exc) else 0x01))
+            self.close("bad request")
+            return
+        self.stats.target = f"{self.request.host}:{self.request.port}"
+        if self.request.command != socks.CMD_CONNECT:
+            self._refuse(_Refused(0x07, f"command {self.request.command} not supported"))
+            return
+        if self.request.atyp == socks.ATYP_DOMAIN:
+            self.resolving = asyncio.ensure_future(self._resolve(self.request))
+            return
+        ip = self.request.host
+        if not self.socks.policy.permits(ip, self.request.port):
+            self._refuse(_Refused(0x02, f"destination {self.stats.target} not allowed by policy"))
+            return
+        self._dial(ip)
+
+    def _check_size(self) -> None:
+        if len(self.buf) >= _MAX_NEGOTIATION:
+            self.ctx.metrics["socks_incomplete"] += 1
+            self.close("SOCKS negotiation too long")
+
+    async def _resolve(self, request: socks.Request) -> None:
+        try:
+            ip = await destination(
+                request.host, request.port, policy=self.socks.policy, resolve=True
+            )
+        except _Refused as refusal:
+            self._refuse(refusal)
+            return
+        if not self.closing:
+            self._dial(ip)
+
+    def _dial(self, ip: str) -> None:
+        assert self.request is not None
+        if ":" in ip:
+            self.dial(socket.AF_INET6, (ip, self.request.port, 0, 0), self.socks.connect_timeout)
+        else:
+            self.dial(socket.AF_INET, (ip, self.request.port), self.socks.connect_timeout)
+
+    def _refuse(self, refusal: _Refused) -> None:
+        self.ctx.metrics["socks_refused"] += 1
+        self.log.warning(
+            "socks: refused %s: %s",
+            self.peer,
+            refusal,
+            extra={"event": "refused", "reason": "socks"},
+        )
+        if refusal.code >= 0:
+            self.write(socks.build_reply(refusal.code))
+        self.close("refused")
+
+    def _too_slow(self) -> None:
+        self.deadline = None
+        if not self.closing and self.engine is None:
+            self.ctx.metrics["socks_incomplete"] += 1
+            self.close("SOCKS handshake timeout")
+
+    def on_dialled(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        out = self.out
+        assert out is not None
+        host, port = out.getsockname()[:2]
+        self.splice(socks.build_reply(0, host, port))
+
+    def on_dial_failed(self, why: str, err: int | None) -> None:
+        code = 0x05 if err == errno.ECONNREFUSED else 0x04
+        self._refuse(_Refused(code, f"{self.stats.target}: {why}"))
+
+    def on_spliced(self, stats: RelayStats) -> None:
+        self.socks.ended(stats)
+
+    def on_close(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        if self.resolving is not None:
+            self.resolving.cancel()
+        super().on_close(exc)

@@ -423,10 +423,14 @@ class _WebSocketEchoHandler(WebSocketHandler):
     """Echo every message back, same kind (text or binary); pause reading while the peer
     does not read its echoes."""
 
-    def on_message(self, message: str | bytes) -> None:
+    _plain = False  # no extension: the echo frame is built here
+
+    def on_open(self) -> None:
         ws = self.ws
-        assert ws is not None
-        if not ws.extensions:  # one frame, built here (no extension to run)
+        self._plain = ws is not None and not ws.extensions
+
+    def on_message(self, message: str | bytes) -> None:
+        if self._plain:
             if isinstance(message, str):
                 self.write(server_frame(message.encode()))
             else:
@@ -435,8 +439,10 @@ class _WebSocketEchoHandler(WebSocketHandler):
             self.send_text(message)
         else:
             self.send_bytes(message)
-        if self.writing_paused:
-            self.pause_reading()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.pause_reading()  # the peer does not read its echoes: stop reading its messages
 
     def on_writable(self) -> None:
         self.resume_reading()

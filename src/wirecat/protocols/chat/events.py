@@ -38,6 +38,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "forbidden",
         "room_closed",
         "hub_unavailable",
+        "timeout",
     ]
 )
 
@@ -388,9 +389,10 @@ class ErrorEvent:
             ``text_too_long``, ``empty_text``, ``not_registered``, ``already_registered``,
             ``not_in_room``, ``no_such_room``, ``no_such_nick``, ``too_many_rooms``,
             ``rate_limited``, ``flooding``, ``auth_required``, ``auth_failed``,
-            ``nick_reserved``, ``forbidden``, ``room_closed``, ``hub_unavailable`` (the
-            server's hub, e.g. Redis, cannot be reached: nothing was done, try again later)
-            (see :data:`ERROR_CODES`).
+            ``nick_reserved``, ``forbidden``, ``room_closed``, ``timeout`` (a line not
+            completed in time; the connection is closed), ``hub_unavailable`` (the server's
+            hub, e.g. Redis, cannot be reached: nothing was done, try again later) (see
+            :data:`ERROR_CODES`).
         reason: one human-readable sentence.
         ref: the ``ref`` of the command that failed, if it had one.
     """
