@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from .limits import AccessList, KeyedRateLimiter, Limits
@@ -98,6 +99,8 @@ class ServerContext:
     ) -> None:
         self.limits = limits or Limits()
         self.metrics: Counter[str] = Counter()
+        #: Gauges read at each scrape, by name (e.g. ``chat_hub_up``): name -> callable.
+        self.gauges: dict[str, Callable[[], float]] = {}
         self.by_service: Counter[tuple[str, str]] = Counter()
         self.connections: set[StreamHandler] = set()
         self.access = access or AccessList()
