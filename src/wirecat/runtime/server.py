@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -331,6 +332,7 @@ async def run_until_signal(
     try:
         if not server.started:
             await server.start()
+        _tune_gc()
         if on_started is not None:
             on_started(server)
         systemd.notify("READY=1")
@@ -341,6 +343,21 @@ async def run_until_signal(
         if reloading is not None and not reloading.done():
             reloading.cancel()
     return 0
+
+
+#: Young-generation threshold of the cyclic GC while a server runs (Python's default: 700).
+GC_GEN0_THRESHOLD = 20_000
+
+
+def _tune_gc() -> None:
+    """A long-running server's objects (modules, classes, the server itself) exist from its
+    start: :func:`gc.freeze` takes them out of every later collection, and a higher
+    young-generation threshold runs the collector less often per connection (nearly all
+    per-connection objects are freed by reference counting, not by the collector)."""
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, GC_GEN0_THRESHOLD), gen1, gen2)
 
 
 class ConnectionHandler(StreamHandler):

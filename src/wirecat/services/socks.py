@@ -398,7 +398,7 @@ class _SocksHandler(SpliceHandler):
             return
         self.direct = True
         self.stats.peer = self.peer
-        self.deadline = asyncio.get_running_loop().call_later(
+        self.deadline = self._loop.call_later(  # type: ignore[union-attr]
             self.limits.handshake_timeout, self._too_slow
         )
 
