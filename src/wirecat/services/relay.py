@@ -689,6 +689,7 @@ class SpliceHandler(ConnectionHandler):
         self.idle_timeout: float | None = None
         self._after_flush: bytes | None = None
         self._handshake_bytes = 0
+        self._family = 0  # the peer socket's address family, known once can_splice()
         self.early = False
 
     def on_connect(self) -> None:
@@ -706,9 +707,13 @@ class SpliceHandler(ConnectionHandler):
     def can_splice(self) -> bool:
         """Whether this peer's transport is a plain TCP/Unix socket (not TLS)."""
         t = self.transport
-        return t.get_extra_info("sslcontext") is None and _splice.spliceable_socket(
-            t.get_extra_info("socket")
-        )
+        if t.get_extra_info("sslcontext") is not None:
+            return False
+        sock = t.get_extra_info("socket")
+        if not _splice.spliceable_socket(sock):
+            return False
+        self._family = int(sock.family)  # read once: each read is an enum conversion
+        return True
 
     def dial(
         self, family: int, address: Any, timeout: float | None, *, early: bool = False
@@ -723,8 +728,8 @@ class SpliceHandler(ConnectionHandler):
         """
         loop = self._loop
         assert loop is not None
-        out = self.out = socket.socket(family, socket.SOCK_STREAM)
-        out.setblocking(False)
+        # SOCK_NONBLOCK: non-blocking from the start (no ioctl for setblocking()).
+        out = self.out = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         if family != socket.AF_UNIX:
             out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = out.connect_ex(address)
@@ -800,10 +805,15 @@ class SpliceHandler(ConnectionHandler):
             self._after_flush = to_peer
             t.set_write_buffer_limits(high=0, low=0)  # resume_writing once it is empty
             return
-        sock = t.get_extra_info("socket")
+        try:  # a socket of our own on the transport's connection (it keeps its fd)
+            fd = os.dup(t.get_extra_info("socket").fileno())
+        except OSError as exc:  # out of file descriptors
+            self._dial_failed(exc.errno)
+            return
         try:
-            self.dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
+            self.dup = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
         except OSError as exc:
+            os.close(fd)
             self._dial_failed(exc.errno)
             return
         self._handshake_bytes = len(to_peer)
