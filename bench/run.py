@@ -374,6 +374,26 @@ def chat_peers() -> list[Peer]:
                            "--appendonly", "no", "--maxclients", "5000", "--protected-mode", "no"],
                  ready="port", note="PUBLISH/SUBSCRIBE, RESP")
         )  # fmt: skip
+        # The Redis hub (#11): redis-server and wirecat in one session, so that the server
+        # CPU per delivery counts both; one process, then --workers 2 (members spread over
+        # two processes by SO_REUSEPORT), all pinned to the server core.
+        for name, workers in (("wirecat-hub", "1"), ("wirecat-hub-w2", "2")):
+            sock = OUT / f"{name}-redis.sock"
+            serve = " ".join(
+                [wirecat_bin(), "serve", "-q", "--no-greeting", "--no-echo", "--no-web",
+                 "--chat", f"tcp://{HOST}:{{port}}", "--chat-rate", "0", "--max-conns", "20000",
+                 "--max-conns-per-source", "0", "--conn-rate", "0", "--workers", workers,
+                 "--hub", f"unix:{sock}"]
+            )  # fmt: skip
+            script = (
+                f"redis-server --port 0 --unixsocket {sock} --save '' --appendonly no "
+                f"--maxclients 5000 >/dev/null & exec {serve}"
+            )
+            peers.append(
+                Peer(name, ["sh", "-c", script], ready="port",
+                     note=f"wirecat serve --hub (Redis on a Unix socket), --workers {workers}; "
+                     "CPU: wirecat + redis-server")
+            )  # fmt: skip
     return peers
 
 
@@ -616,7 +636,8 @@ def run_ws_chat(reps: int, quick: bool) -> dict[str, Any]:
 
 def run_chat(reps: int, duration: float, quick: bool) -> dict[str, Any]:
     peers = chat_peers()
-    proto = {"wirecat": "wirecat", "ncat-broker": "lines", "redis": "redis"}
+    proto = {"wirecat": "wirecat", "ncat-broker": "lines", "redis": "redis",
+             "wirecat-hub": "wirecat", "wirecat-hub-w2": "wirecat"}  # fmt: skip
     # ~1M deliveries per run: with the load generator counting per chunk (3x cheaper per
     # delivery), 300 messages to 1000 members were over in ~0.3 s, too short on a shared box
     sizes = [(100, 300 if quick else 10000), (1000, 30 if quick else 1000)]

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -122,3 +123,17 @@ def unix_dir() -> Iterator[str]:
     """A short, fresh directory for Unix socket paths."""
     with short_unix_dir() as path:
         yield path
+
+
+@pytest.fixture
+def wirecat_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Capture the ``wirecat`` logger (DEBUG and up) even if something set
+    ``propagate = False`` on it."""
+    log = logging.getLogger("wirecat")
+    old_propagate = log.propagate
+    log.propagate = True
+    caplog.set_level(logging.DEBUG, logger="wirecat")
+    try:
+        yield caplog
+    finally:
+        log.propagate = old_propagate

@@ -11,6 +11,7 @@ is on ``sys.path`` because it has no ``__init__.py``).
   bounded; the only place where the suite polls.
 - :func:`serving`: ``async with serving(EchoService([...])) as server:`` starts a
   :class:`~wirecat.runtime.server.Server` and always shuts it down (bounded).
+- :func:`echo`: a ``wirecat.listen`` handler that echoes bytes and passes the half-close on.
 - :func:`serve_in_thread`: a plain asyncio server (a reference peer) on a thread of its own.
 - :func:`short_unix_dir`: a short directory for Unix socket paths (``sun_path`` is 108 bytes;
   pytest's ``tmp_path`` can be longer).
@@ -29,6 +30,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+from wirecat.runtime.connection import Connection
 from wirecat.runtime.limits import Limits
 from wirecat.runtime.loop import run as run_on_loop
 from wirecat.runtime.server import Server, Service
@@ -38,6 +40,7 @@ __all__ = [
     "LOOP_KINDS",
     "SCALE",
     "LoopErrors",
+    "echo",
     "run_async",
     "scaled",
     "serve_in_thread",
@@ -241,3 +244,10 @@ def read_ready(stream: Any, timeout: float) -> dict[str, Any]:
     assert line.startswith("{"), f"no ready line from wirecat serve: {line!r}"
     data: dict[str, Any] = json.loads(line)
     return data
+
+
+async def echo(conn: Connection) -> None:
+    """A stream handler: send back every byte received, then half-close after the peer's EOF."""
+    while data := await conn.recv():
+        await conn.send(data)
+    await conn.send_eof()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import re
 import selectors
@@ -50,17 +49,6 @@ def users_toml() -> str:
 USERS = users_toml()
 
 
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    log = logging.getLogger("wirecat")
-    old, log.propagate = log.propagate, True
-    caplog.set_level(logging.DEBUG, logger="wirecat")
-    try:
-        yield caplog
-    finally:
-        log.propagate = old
-
-
 def assert_no_token_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert caplog.records, "nothing was logged at all"
     for rec in caplog.records:
@@ -90,7 +78,7 @@ async def peer(ep: Endpoint, stack: contextlib.AsyncExitStack, source: str = "12
 
 # -- chat ----------------------------------------------------------------------------------
 async def test_text_mode_prompts_for_the_token_and_admins_kick(
-    logs: pytest.LogCaptureFixture,
+    wirecat_logs: pytest.LogCaptureFixture,
 ) -> None:
     async with chat() as (server, ep, stack):
         carol = await peer(ep, stack)
@@ -112,11 +100,11 @@ async def test_text_mode_prompts_for_the_token_and_admins_kick(
         await carol.send(b"/kick ann\n")
         assert (await carol.until(b"!!!")).startswith(b"!!! forbidden")
         assert server.ctx.metrics["auth_ok"] == 1
-    assert_no_token_logged(logs)
+    assert_no_token_logged(wirecat_logs)
 
 
 async def test_a_wrong_token_is_refused_counted_logged_and_closed(
-    logs: pytest.LogCaptureFixture,
+    wirecat_logs: pytest.LogCaptureFixture,
 ) -> None:
     async with chat() as (server, ep, stack):
         p = await peer(ep, stack)
@@ -132,9 +120,9 @@ async def test_a_wrong_token_is_refused_counted_logged_and_closed(
         }  # fmt: skip
         await wait_for(lambda: server.ctx.metrics["auth_failures"] == 2, what="2nd failure")
         await wait_for(lambda: not server.ctx.connections, what="both closed")
-    failed = [r for r in logs.records if getattr(r, "event", None) == "auth_failed"]
+    failed = [r for r in wirecat_logs.records if getattr(r, "event", None) == "auth_failed"]
     assert [getattr(r, "user", None) for r in failed] == ["ann", "bob"]
-    assert_no_token_logged(logs)
+    assert_no_token_logged(wirecat_logs)
 
 
 async def test_json_hello_with_token_then_pipelined_commands_run_in_order() -> None:
@@ -209,7 +197,9 @@ async def test_failed_logins_are_limited_per_source(monkeypatch: pytest.MonkeyPa
 
 
 # -- files ---------------------------------------------------------------------------------
-async def test_files_need_auth_first(tmp_path: Path, logs: pytest.LogCaptureFixture) -> None:
+async def test_files_need_auth_first(
+    tmp_path: Path, wirecat_logs: pytest.LogCaptureFixture
+) -> None:
     svc = FilesService([Endpoint("tcp", "127.0.0.1", 0)], tmp_path, users=Users.parse(USERS))
     async with serving(svc) as server:
         ep = server.endpoint("files")
@@ -227,7 +217,7 @@ async def test_files_need_auth_first(tmp_path: Path, logs: pytest.LogCaptureFixt
         ) as client:
             assert (await client.stat("x")).exists is False
         assert server.ctx.metrics["auth_failures"] == 1 and server.ctx.metrics["auth_ok"] == 2
-    assert_no_token_logged(logs)
+    assert_no_token_logged(wirecat_logs)
 
 
 # -- the commands --------------------------------------------------------------------------

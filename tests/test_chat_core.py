@@ -152,13 +152,40 @@ def test_history_survives_empty_room_and_is_lru_bounded() -> None:
     for room in ("#a", "#b", "#c"):
         core.handle(a, Join(room))
         core.handle(a, Say("x", room))
-    assert hub.history("#a") == ()  # evicted, least recently used
-    assert len(hub.history("#c")) == 1
+    assert hub.history("#a").messages == ()  # evicted, least recently used
+    assert hub.history("#a", since=1).gap  # and a resume from before it is told so
+    assert len(hub.history("#c").messages) == 1
     core.handle(a, Part("#c"))
     assert "#c" not in core.rooms
-    assert len(hub.history("#c")) == 1
+    assert len(hub.history("#c").messages) == 1
     with pytest.raises(ValueError):
         LocalHub(history_size=-1)
+
+
+def test_join_since_replays_only_what_was_missed_and_flags_a_gap() -> None:
+    core = ChatCore(hub=LocalHub(history_size=3))
+    a, _ = register(core, "ann")
+    core.handle(a, Join("#r"))
+    ids = []
+    for i in range(5):
+        sent = core.handle(a, Say(f"m{i}", "#r"))
+        assert isinstance(sent, Sent)
+        ids.append(sent.message.id)
+    b, _ = register(core, "bob")
+    # Saw up to m3: gets m4 only, no gap (m4 is held).
+    joined = core.handle(b, Join("#r", since=ids[3]))
+    assert isinstance(joined, RoomJoined)
+    assert [m.text for m in joined.history] == ["m4"] and not joined.gap
+    core.handle(b, Part("#r"))
+    # Saw up to m0: m1 was trimmed (3 kept: m2-m4): the gap is said, nothing twice.
+    joined = core.handle(b, Join("#r", since=ids[0]))
+    assert isinstance(joined, RoomJoined)
+    assert [m.text for m in joined.history] == ["m2", "m3", "m4"] and joined.gap
+    core.handle(b, Part("#r"))
+    # Saw everything: nothing replayed.
+    joined = core.handle(b, Join("#r", since=ids[4]))
+    assert isinstance(joined, RoomJoined)
+    assert joined.history == () and not joined.gap
 
 
 def test_current_room_part_and_who(core: ChatCore) -> None:

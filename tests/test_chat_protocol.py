@@ -571,3 +571,19 @@ def test_international_nicks_follow_precis() -> None:
     for bad in ["a\u202eb", "\uff41nn", "1abc", "ann bob", "x" * 25, "E\u0301lodie", "#room"]:
         err = check_nick(bad)
         assert err is not None and err.code == "invalid_nick", bad
+
+
+def test_json_join_since_and_joined_gap() -> None:
+    from wirecat.protocols.chat import JSON_CODEC, Join, RoomJoined, decode_json_event
+
+    assert parse_json_line(b'{"type":"join","room":"#r","since":41}') == Join("#r", None, 41)
+    assert parse_json_line(b'{"type":"join","room":"#r"}') == Join("#r")
+    bad = parse_json_line(b'{"type":"join","room":"#r","since":-1}')
+    assert isinstance(bad, ErrorEvent) and bad.code == "bad_shape"
+    bad = parse_json_line(b'{"type":"join","room":"#r","since":"41"}')
+    assert isinstance(bad, ErrorEvent) and bad.code == "bad_shape"
+    line = JSON_CODEC.encode(RoomJoined("#r", ("ann",), (), None, True))
+    assert b'"gap":true' in line
+    assert decode_json_event(line) == RoomJoined("#r", ("ann",), (), None, True)
+    assert b"gap" not in JSON_CODEC.encode(RoomJoined("#r", ("ann",)))
+    assert encode_json_command(Join("#r", None, 7)) == b'{"type":"join","room":"#r","since":7}\n'

@@ -5,7 +5,6 @@ pipelined bytes), wirecat's own ``--proxy http://`` clients and curl as real cli
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import wirecat
-from _peers import peer
-from helpers import scaled
+from _peers import Running, peer
+from helpers import echo, scaled, wait_for
 from test_files_cli import FilesServer
 from test_socks import http_server
 from wirecat import LimitExceeded, ProxyError, RemoteProtocolError
@@ -89,12 +88,6 @@ def test_the_request_parser_raises_only_documented_errors(data: bytes) -> None:
 
 
 # -- the server -------------------------------------------------------------------------------
-async def _echo(conn: wirecat.Connection) -> None:
-    while data := await conn.recv():
-        await conn.send(data)
-    await conn.send_eof()
-
-
 async def _ask(port: int, request: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -108,7 +101,7 @@ async def _ask(port: int, request: bytes) -> bytes:
 async def test_tunnels_pipelined_bytes_and_refusals(tmp_path: Path) -> None:
     ended: list[RelayStats] = []
     async with (
-        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        wirecat.listen("tcp://127.0.0.1:0", echo) as target,
         http_proxy_server("tcp://127.0.0.1:0", on_end=ended.append) as proxy,
     ):
         tport, pport = target.endpoint().port, proxy.endpoint().port or 0
@@ -133,8 +126,13 @@ async def test_tunnels_pipelined_bytes_and_refusals(tmp_path: Path) -> None:
         get = await _ask(pport, b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: x\r\n\r\n")
         assert get.startswith(b"HTTP/1.1 405 ") and b"Allow: CONNECT" in get
         assert (await _ask(pport, b"CONNECT nope HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        huge = b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nX: " + b"a" * socks.MAX_HTTP_REQUEST
+        assert (await _ask(pport, huge)).startswith(b"HTTP/1.1 431 ")  # RFC 6585 5
         with pytest.raises(ProxyError, match="502"):
             await wirecat.connect("tcp://127.0.0.1:1", proxy=url, timeout=T)
+        metrics = proxy.ctx.metrics
+        await wait_for(lambda: metrics["http_proxy_tunnels"] == 2, T)
+        assert (metrics["http_proxy_refused"], metrics["http_proxy_bad_requests"]) == (3, 2)
     assert len(ended) == 2 and ended[0].up == ended[0].down == 6
 
 
@@ -142,7 +140,7 @@ async def test_login_with_proxy_authorization(tmp_path: Path) -> None:
     path = tmp_path / "users.toml"
     token = add_user(path, "ann", log_n=10)
     async with (
-        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        wirecat.listen("tcp://127.0.0.1:0", echo) as target,
         http_proxy_server("tcp://127.0.0.1:0", users=Users.load(path)) as proxy,
     ):
         pport = proxy.endpoint().port
@@ -175,21 +173,9 @@ async def test_the_files_client_through_the_http_proxy(tmp_path: Path) -> None:
 # -- the command, with curl -------------------------------------------------------------------
 @contextmanager
 def wirecat_http_proxy(*args: str) -> Iterator[int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wirecat", "relay", "http-proxy://127.0.0.1:0", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        m = re.search(r"HTTP CONNECT proxy on http-proxy://127\.0\.0\.1:(\d+)", line)
-        assert m, line
-        yield int(m.group(1))
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=T)
+    argv = [sys.executable, "-m", "wirecat", "relay", "http-proxy://127.0.0.1:0", *args]
+    with Running(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) as proc:
+        yield int(proc.wait_line(r"HTTP CONNECT proxy on http-proxy://127\.0\.0\.1:(\d+)").group(1))
 
 
 @pytest.mark.interop
@@ -207,3 +193,30 @@ def test_curl_through_the_http_proxy_command(tmp_path: Path) -> None:
         assert ok.stdout == b"hello through wirecat\n"
         refused = subprocess.run([*curl, *via, url], capture_output=True, timeout=T)
         assert refused.returncode == 56 and b"407" in refused.stderr  # curl: CONNECT refused
+
+
+async def test_clients_that_reset_right_after_their_request_are_no_handler_errors() -> None:
+    import socket
+    import struct
+
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", echo) as target,
+        http_proxy_server("tcp://127.0.0.1:0") as proxy,
+    ):
+        pport, tport = proxy.endpoint().port or 0, target.endpoint().port
+        requests = [
+            b"CONNECT 192.0.2.1:22 HTTP/1.1\r\n\r\n",  # refused by the policy
+            b"GARBAGE\r\n\r\n",  # a bad request
+            b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % tport,  # allowed
+        ] * 5
+        for request in requests:
+            _, writer = await asyncio.open_connection("127.0.0.1", pport)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.write(request)
+            await writer.drain()
+            writer.transport.abort()  # RST, before (or while) the proxy answers
+        m = proxy.ctx.metrics
+        kinds = ("refused", "bad_requests", "incomplete", "tunnels")
+        await wait_for(lambda: sum(m[f"http_proxy_{k}"] for k in kinds) == len(requests), T)
+        assert m["handler_errors"] == 0

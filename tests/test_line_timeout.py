@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -38,19 +38,6 @@ STEP = scaled(0.05)  # a dribbler's pace: one byte per step
 LIMITS = Limits(line_timeout=LINE, idle_timeout=IDLE)
 T = scaled(5.0)  # the bound on any single read
 SELF_SIGNED = self_signed()  # for localhost and 127.0.0.1, in memory
-
-
-@pytest.fixture
-def wirecat_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Capture the ``wirecat`` logger even if something set ``propagate = False`` on it."""
-    log = logging.getLogger("wirecat")
-    old_propagate = log.propagate
-    log.propagate = True
-    caplog.set_level(logging.INFO, logger="wirecat")
-    try:
-        yield caplog
-    finally:
-        log.propagate = old_propagate
 
 
 @contextlib.asynccontextmanager

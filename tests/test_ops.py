@@ -107,6 +107,11 @@ def test_metrics_worker_endpoints() -> None:
     assert worker_endpoint(wirecat.parse_endpoint("unix:/run/m.sock"), 1).path == "/run/m.sock.1"
     with pytest.raises(ConfigError, match="65535"):
         worker_endpoint(wirecat.parse_endpoint("tcp://127.0.0.1:65535"), 1)
+    # Refused with the config, before any worker starts (not by worker 1 alone).
+    with pytest.raises(ConfigError, match="65535") as caught:
+        wirecat.ServeConfig(metrics=("tcp://127.0.0.1:65534",), workers=3)
+    assert caught.value.field == "metrics"
+    wirecat.ServeConfig(metrics=("tcp://127.0.0.1:65533",), workers=3)
 
 
 def test_each_worker_serves_its_own_metrics() -> None:

@@ -117,3 +117,46 @@ async def test_ws_and_wss_through_a_socks_proxy() -> None:
                 await ws.send_text("through the tunnel")
                 assert await ws.recv_message(timeout=T) == "through the tunnel"
     assert len(tunnels) == 2
+
+
+async def test_an_unreachable_proxy_is_named_as_the_proxy() -> None:
+    for proxy in ("socks5://127.0.0.1:1", "http://127.0.0.1:1"):
+        with pytest.raises(wirecat.ConnectionRefused, match="cannot reach the proxy: "):
+            await wirecat.connect("tcp://127.0.0.1:9", proxy=proxy, timeout=T)
+    code = _wirecat("ls", "127.0.0.1:9", "--proxy", "http://127.0.0.1:1")
+    assert code.returncode == 69 and code.stderr.startswith("wirecat: cannot reach the proxy: ")
+
+
+@pytest.mark.parametrize(
+    ("verb", "args", "words"),
+    [
+        ("connect", ["udp://127.0.0.1:9"], "tcp://, tls://, ws:// and wss:// endpoints, not udp"),
+        ("connect", ["127.0.0.1:9", "--proxy", "ftp://127.0.0.1:1"], "use socks5://"),
+        ("ls", ["unix:/tmp/x.sock"], "tcp:// and tls:// endpoints, not unix:"),
+        ("ls", ["127.0.0.1:9", "--proxy", "socks5://127.0.0.1"], "needs a host and a port"),
+    ],
+)
+def test_a_proxy_that_cannot_serve_is_a_usage_error(
+    verb: str, args: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wirecat.cli.main import main
+
+    if "--proxy" not in args:
+        args = [*args, "--proxy", "socks5://127.0.0.1:1"]
+    assert main([verb, *args]) == 64
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+async def test_chat_over_the_web_chat_websocket_through_a_socks_proxy() -> None:
+    from test_websocket_service import _server, _ws_url
+
+    tunnels: list[RelayStats] = []
+    async with (
+        _server() as server,
+        socks_server("tcp://127.0.0.1:0", on_end=tunnels.append) as proxy,
+    ):
+        via = f"socks5://127.0.0.1:{proxy.endpoint().port}"
+        code, _, err = await _run_cli(_ws_url(server), "-n", "wsbot", "--proxy", via, stdin=b"hi\n")
+        assert code == 0, err
+    assert tunnels  # it went through the proxy

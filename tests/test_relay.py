@@ -16,8 +16,8 @@ from contextlib import contextmanager
 import pytest
 
 import wirecat
-from _peers import peer
-from helpers import scaled, wait_for
+from _peers import Running, peer
+from helpers import echo, scaled, wait_for
 from wirecat.runtime.limits import Limits
 from wirecat.runtime.splice import Splice
 from wirecat.services.relay import RelayStats, bridge, relay
@@ -25,15 +25,9 @@ from wirecat.services.relay import RelayStats, bridge, relay
 T = scaled(10)
 
 
-async def _echo(conn: wirecat.Connection) -> None:
-    while data := await conn.recv():
-        await conn.send(data)
-    await conn.send_eof()
-
-
 async def test_relay_forwards_both_ways_and_reports() -> None:
     ended: list[RelayStats] = []
-    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+    async with wirecat.listen("tcp://127.0.0.1:0", echo) as target:
         server = relay("tcp://127.0.0.1:0", target.endpoint(), on_end=ended.append)
         async with server, wirecat.connect(server.endpoint(), timeout=T) as conn:
             await conn.send(b"hello\n")
@@ -141,7 +135,7 @@ async def test_backpressure_stops_a_fast_sender() -> None:
 
 
 async def test_relay_applies_the_server_limits() -> None:
-    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+    async with wirecat.listen("tcp://127.0.0.1:0", echo) as target:
         limits = Limits(max_conns_per_source=1)
         async with (
             relay("tcp://127.0.0.1:0", target.endpoint(), limits=limits) as server,
@@ -155,7 +149,7 @@ async def test_relay_applies_the_server_limits() -> None:
 
 async def test_idle_relays_end() -> None:
     ended: list[RelayStats] = []
-    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+    async with wirecat.listen("tcp://127.0.0.1:0", echo) as target:
         server = relay(
             "tcp://127.0.0.1:0", target.endpoint(), idle_timeout=scaled(0.2), on_end=ended.append
         )
@@ -182,7 +176,7 @@ async def test_tls_termination() -> None:
     made = self_signed()
     tls = server_context(made.cert_pem, made.key_pem)
     async with (
-        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        wirecat.listen("tcp://127.0.0.1:0", echo) as target,
         relay("tls://127.0.0.1:0", target.endpoint(), tls=tls) as server,
     ):
         ep = server.endpoint()
@@ -197,7 +191,7 @@ async def test_bridge_reports_a_reset() -> None:
 
     async with (
         wirecat.listen("tcp://127.0.0.1:0", reset) as a,
-        wirecat.listen("tcp://127.0.0.1:0", _echo) as b,
+        wirecat.listen("tcp://127.0.0.1:0", echo) as b,
     ):
         ca = await wirecat.connect(a.endpoint(), timeout=T)
         cb = await wirecat.connect(b.endpoint(), timeout=T)
@@ -377,7 +371,7 @@ async def test_unix_to_tcp_is_spliced() -> None:
     ended: list[RelayStats] = []
     with short_unix_dir() as d:
         async with (
-            wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+            wirecat.listen("tcp://127.0.0.1:0", echo) as target,
             relay(f"unix:{d}/r.sock", target.endpoint(), on_end=ended.append) as server,
             wirecat.connect(server.endpoint(), timeout=T) as conn,
         ):
@@ -409,7 +403,7 @@ async def test_an_unreachable_target_closes_the_peer_and_is_counted() -> None:
 
 
 async def test_shutdown_ends_spliced_relays() -> None:
-    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+    async with wirecat.listen("tcp://127.0.0.1:0", echo) as target:
         server = relay("tcp://127.0.0.1:0", target.endpoint())
         async with server, wirecat.connect(server.endpoint(), timeout=T) as conn:
             await conn.send(b"hi\n")
@@ -457,22 +451,10 @@ async def test_udp_relay_keeps_sessions_apart_and_caps_them() -> None:
 # -- the command, with real peers -------------------------------------------------------------
 @contextmanager
 def wirecat_relay(*args: str) -> Iterator[tuple[str, int]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wirecat", "relay", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        m = re.search(r"relaying \S+://(\S+):(\d+) ->", line)
-        assert m, line
+    argv = [sys.executable, "-m", "wirecat", "relay", *args]
+    with Running(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) as proc:
+        m = proc.wait_line(r"relaying \S+://(\S+):(\d+) ->")
         yield m.group(1).strip("[]"), int(m.group(2))
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=T)
 
 
 @pytest.mark.interop
@@ -602,3 +584,26 @@ def test_relay_usage_errors() -> None:
     r = run("--workers", "2", "tcp://127.0.0.1:0", "tcp://127.0.0.1:9")
     assert r.returncode == 64 and "fixed port" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--allow-origin", "http://a.example"), "ws://"),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--ws-text"), "ws://"),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--socks-allow", "10.0.0.0/8"), "socks5://"),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--users", "u.toml"), "http-proxy://"),
+        (("tcp://127.0.0.1:0", "unix:/tmp/x.sock", "--proxy", "socks5://127.0.0.1:1"), "not unix:"),
+        (("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", "--proxy", "ftp://127.0.0.1:1"), "socks5://"),
+        (("socks5://127.0.0.1:0", "--proxy", "socks5://127.0.0.1:1"), "no TO"),
+        (("http-proxy://127.0.0.1:0", "--connect-first"), "listens"),
+    ],
+)
+def test_relay_refuses_flags_that_would_do_nothing(args: tuple[str, ...], words: str) -> None:
+    from click.testing import CliRunner
+
+    from wirecat.cli.relay import relay_command
+
+    result = CliRunner().invoke(relay_command, list(args))
+    assert result.exit_code == 64, result.output
+    assert words in result.output and "Traceback" not in result.output

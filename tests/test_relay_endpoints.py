@@ -7,6 +7,7 @@ socat (``type=5`` is SOCK_SEQPACKET).
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import socket
@@ -26,19 +27,13 @@ from websockets.sync.server import serve as ws_serve_sync
 
 import wirecat
 from _peers import Running, peer
-from helpers import scaled, wait_for
+from helpers import echo, scaled, wait_for
 from wirecat.errors import ConnectionClosedError, LimitExceeded
 from wirecat.runtime.seqpacket import MAX_PACKET
 from wirecat.runtime.websocket import WebSocketConnection
 from wirecat.services.relay import RelayStats, relay
 
 T = scaled(10)
-
-
-async def _echo(conn: wirecat.Connection) -> None:
-    while data := await conn.recv():
-        await conn.send(data)
-    await conn.send_eof()
 
 
 def _url(ep: wirecat.Endpoint) -> str:
@@ -49,7 +44,7 @@ def _url(ep: wirecat.Endpoint) -> str:
 async def test_websockets_client_through_a_ws_relay_gets_echoes() -> None:
     ended: list[RelayStats] = []
     async with (
-        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        wirecat.listen("tcp://127.0.0.1:0", echo) as target,
         relay("ws://127.0.0.1:0/echo", target.endpoint(), on_end=ended.append) as server,
     ):
         async with ws_connect(_url(server.endpoint()), open_timeout=T) as ws:
@@ -91,7 +86,7 @@ async def test_pages_of_other_origins_are_refused_unless_allowed() -> None:
 
     from wirecat.runtime.websocket import WebSocketSettings
 
-    async with wirecat.listen("tcp://127.0.0.1:0", _echo) as target:
+    async with wirecat.listen("tcp://127.0.0.1:0", echo) as target:
         async with relay("ws://127.0.0.1:0/", target.endpoint()) as server:
             with pytest.raises(InvalidStatus, match="403"):
                 await ws_connect(
@@ -282,6 +277,31 @@ async def test_a_packet_over_the_limit_is_refused(unix_dir: str) -> None:
             c.sendall(b"b" * (MAX_PACKET + 1))
             await wait_for(lambda: errors, T)
     assert isinstance(errors[0].__cause__, LimitExceeded)
+
+
+@pytest.mark.loops("asyncio")  # uvloop's loop methods cannot be replaced on the instance
+async def test_the_accept_loop_survives_running_out_of_descriptors(unix_dir: str) -> None:
+    loop = asyncio.get_running_loop()
+    real = loop.sock_accept
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+
+    async def flaky(sock: socket.socket) -> tuple[socket.socket, object]:
+        if failures:
+            raise failures.pop()
+        return await real(sock)
+
+    loop.sock_accept = flaky  # type: ignore[method-assign]
+    try:
+        path = os.path.join(unix_dir, "emfile.sock")
+        async with (
+            wirecat.listen(f"unix+seqpacket:{path}", echo),
+            wirecat.connect(f"unix+seqpacket:{path}", timeout=T) as conn,
+        ):
+            await conn.send(b"after EMFILE")
+            assert await conn.recv(timeout=T) == b"after EMFILE"
+    finally:
+        del loop.sock_accept
+    assert not failures
 
 
 # -- the command, with real peers -------------------------------------------------------------

@@ -78,19 +78,6 @@ def payload(n: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-@pytest.fixture
-def wirecat_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Capture the ``wirecat`` logger even if something set ``propagate = False`` on it."""
-    log = logging.getLogger("wirecat")
-    old_propagate = log.propagate
-    log.propagate = True
-    caplog.set_level(logging.DEBUG, logger="wirecat")
-    try:
-        yield caplog
-    finally:
-        log.propagate = old_propagate
-
-
 # -- raw clients (asyncio streams: independent of wirecat's own client) ---------------------
 
 

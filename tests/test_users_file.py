@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,17 +27,6 @@ def _users(tmp_path: Path, mode: int = 0o600, name: str = "users.toml") -> Path:
     path.write_text(f'[users.ann]\ntoken = "{hash_token("ann-token", log_n=10)}"\n')
     path.chmod(mode)
     return path
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    log = logging.getLogger("wirecat")
-    old, log.propagate = log.propagate, True
-    caplog.set_level(logging.INFO, logger="wirecat")
-    try:
-        yield caplog
-    finally:
-        log.propagate = old
 
 
 # -- modes -----------------------------------------------------------------------------------
@@ -129,7 +117,7 @@ def test_users_add_creates_0600_and_tightens_an_open_file(tmp_path: Path) -> Non
 
 # -- empty file --------------------------------------------------------------------------------
 def test_an_empty_users_file_starts_with_a_warning(
-    tmp_path: Path, logs: pytest.LogCaptureFixture
+    tmp_path: Path, wirecat_logs: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "users.toml"
     path.write_text("# nobody yet\n")
@@ -137,13 +125,13 @@ def test_an_empty_users_file_starts_with_a_warning(
     config = ServeConfig(greeting=[], echo=[], chat=["tcp://127.0.0.1:0"], users=str(path))
     prepared = prepare(config)
     assert prepared.users is not None and len(prepared.users) == 0
-    warned = [r.getMessage() for r in logs.records if r.levelno == logging.WARNING]
+    warned = [r.getMessage() for r in wirecat_logs.records if r.levelno == logging.WARNING]
     assert any("has no users: nobody can log in" in m and str(path) in m for m in warned)
 
 
 # -- reload ----------------------------------------------------------------------------------
 async def test_reload_refuses_a_file_with_bad_modes_and_keeps_the_old_one(
-    tmp_path: Path, logs: pytest.LogCaptureFixture
+    tmp_path: Path, wirecat_logs: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "users.toml"
     add_user(path, "ann", log_n=10)
@@ -155,7 +143,7 @@ async def test_reload_refuses_a_file_with_bad_modes_and_keeps_the_old_one(
         path.chmod(0o666)
         await server.reload()
         assert server.users is first  # the old file stays in force
-        errors = [r.getMessage() for r in logs.records if r.levelno == logging.ERROR]
+        errors = [r.getMessage() for r in wirecat_logs.records if r.levelno == logging.ERROR]
         assert any("keeping the old users file" in m and "mode 0666" in m for m in errors)
         path.unlink()
         os.mkfifo(path, 0o600)  # a FIFO is refused, not waited on
@@ -166,7 +154,7 @@ async def test_reload_refuses_a_file_with_bad_modes_and_keeps_the_old_one(
         path.chmod(0o600)
         await server.reload()  # an empty file is accepted, with a warning
         assert server.users is not None and len(server.users) == 0
-        warned = [r.getMessage() for r in logs.records if r.levelno == logging.WARNING]
+        warned = [r.getMessage() for r in wirecat_logs.records if r.levelno == logging.WARNING]
         assert any("has no users" in m for m in warned)
 
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -296,9 +297,13 @@ async def test_http_page_health_and_refusals() -> None:
             b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"  # keep-alive: two requests, one conn
             b"HEAD /app.js HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         )
-        first, _, rest = raw.partition(b"}")
-        status, headers, body = _head(first + b"}")
-        assert status == 200 and json.loads(body)["status"] == "ok"
+        end = raw.index(b"\r\n\r\n") + 4
+        length = int(re.search(rb"content-length: (\d+)", raw[:end], re.I).group(1))  # type: ignore[union-attr]
+        first, rest = raw[: end + length], raw[end + length :]
+        status, headers, body = _head(first)
+        health = json.loads(body)
+        assert status == 200 and health["status"] == "ok"
+        assert health["hub"] == {"state": "local"}
         status, headers, body = _head(rest)
         assert status == 200 and headers["content-type"].startswith("text/javascript")
         assert body == b""  # HEAD: headers only

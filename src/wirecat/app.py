@@ -124,7 +124,8 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
 
     Worker 0 runs everything; the others only the inet listeners of the services that keep
     no state in memory: greeting, echo and files (files' locks and quota live in the file
-    system, see :mod:`wirecat.files.store`). Chat and Unix listeners stay in worker 0.
+    system, see :mod:`wirecat.files.store`), and chat with its web page when a hub
+    (``config.hub``, Redis) holds its rooms. Unix listeners stay in worker 0.
     Every worker serves its own metrics: worker ``i`` on the metrics port plus ``i`` (see
     :func:`wirecat.services.metrics.worker_endpoint`), logged when it opens.
 
@@ -157,9 +158,19 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
                 from .services.web import WebSocketEchoService
 
                 services.append(WebSocketEchoService(ws_eps, settings=config.websocket))
-        if (found := eps("chat")) and worker == 0:
+        if (found := eps("chat")) and (worker == 0 or config.hub is not None):
             from .services.chat import ChatService
 
+            hub = None
+            if config.hub is not None:
+                from .chat.redis_hub import RedisHub
+
+                hub = RedisHub(
+                    config.hub,
+                    history_size=config.history,
+                    timeout=config.hub_timeout,
+                    presence_ttl=config.hub_presence_ttl,
+                )
             unlimited = config.chat_rate is None  # trusted programs, benchmarks
             services.append(
                 chat := ChatService(
@@ -173,6 +184,7 @@ def build_services(config: ServeConfig, prepared: Prepared, *, worker: int = 0) 
                     max_rooms=config.chat_rooms,
                     max_rooms_per_source=config.chat_rooms_per_source,
                     auth_failures=failures,
+                    hub=hub,
                 )
             )
             if web := eps("web"):  # the chat page and the chat over a WebSocket

@@ -491,6 +491,13 @@ class AuthFailures:
         self._inflight: set[str] = set()
         self.max_pending = max_pending
 
+    @property
+    def limits(self) -> tuple[float, float, float, float]:
+        """``(rate, burst, account_rate, account_burst)``: what a shared counter (the chat's
+        Redis hub, across processes) applies too."""
+        a, b = self._limiter, self._accounts
+        return a.rate, a.burst, b.rate, b.burst
+
     def begin(self, source: str, account: str, now: float) -> str | None:
         """Take a verification slot for ``account`` from ``source``; return ``None`` to go
         on with the check, else the reason to refuse it unchecked."""

@@ -190,8 +190,17 @@ class ServeConfig:
         websocket: WebSocket hygiene of ``web`` and ``ws://`` listeners: message size,
             keepalive, close timeout, compression, allowed origins
             (:class:`~wirecat.runtime.websocket.WebSocketSettings`).
-        workers: processes sharing the inet listeners (``SO_REUSEPORT``); chat and Unix
-            listeners run in the first. ``workers > 1`` needs :func:`wirecat.run`.
+        workers: processes sharing the inet listeners (``SO_REUSEPORT``); Unix listeners run
+            in the first, and so does chat unless a :attr:`hub` shares its rooms (then
+            every worker serves chat). ``workers > 1`` needs :func:`wirecat.run`.
+        hub: where chat rooms live: ``None`` in this process (the default), or a Redis URL
+            (``redis://host:6379/0``, ``rediss://...``, ``unix:/path/redis.sock``) shared
+            by every worker and every ``wirecat serve`` on that Redis. The password comes
+            from ``$WIRECAT_REDIS_PASSWORD`` or the URL (never logged).
+        hub_timeout: seconds a hub call may take before chat commands get
+            ``hub_unavailable``.
+        hub_presence_ttl: seconds after which the members and nicks of a process that
+            died (SIGKILL, a lost host) expire from the hub.
         log_format: ``text`` or ``json`` (one object per line).
         verbosity: 0 warnings, 1 info, 2 debug.
         loop: ``auto`` (uvloop when installed), ``asyncio`` or ``uvloop``.
@@ -237,6 +246,9 @@ class ServeConfig:
     limits: Limits = SERVE_LIMITS
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
     workers: int = 1
+    hub: str | None = None
+    hub_timeout: float = 2.0
+    hub_presence_ttl: float = 30.0
     log_format: LogFormat = "text"
     verbosity: int = 0
     loop: LoopKind = "auto"
@@ -280,6 +292,19 @@ class ServeConfig:
             raise bad("history", "must be 0-10000 messages")
         if not 1 <= self.workers <= 256:
             raise bad("workers", "must be 1-256 processes")
+        if self.workers > 1 and self.metrics:  # each worker's metrics on port + its index
+            from .services.metrics import worker_endpoint
+
+            for ep in self.metrics:
+                worker_endpoint(ep, self.workers - 1)  # ConfigError past port 65535
+        if self.hub is not None:
+            scheme = self.hub.split(":", 1)[0].lower()
+            if scheme not in ("redis", "rediss", "unix") or ":" not in self.hub:
+                raise bad("hub", "use redis://host:port/db, rediss://host:port/db or unix:/path")
+        for name in ("hub_timeout", "hub_presence_ttl"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise bad(name, "must be > 0 seconds")
         if self.chat_burst < 1:
             raise bad("chat_burst", "must be >= 1")
         if self.chat_rooms < 1 or self.chat_rooms_per_source < 1:

@@ -14,22 +14,25 @@ member's output is bounded by the runtime (slow consumers are cut), so one stuck
 never stalls a broadcast.
 
 Events that other processes would need to see (room messages, joins, parts, nick changes,
-direct messages) go through a :class:`Hub`. :class:`LocalHub` delivers them in-process and
-keeps each room's last ``history_size`` messages in a bounded ``deque``; a Redis hub can
-implement the same interface later.
+direct messages) go through a :class:`~wirecat.chat.hub.Hub` (:mod:`wirecat.chat.hub`).
+:class:`LocalHub` delivers them in-process and keeps each room's last ``history_size``
+messages; :class:`~wirecat.chat.redis_hub.RedisHub` shares rooms between processes.
 
-Everything here is synchronous and runs on the event loop thread; nothing blocks.
+Everything here runs on the event loop thread and nothing blocks. With a local hub every
+command completes synchronously; with a remote hub a command that needs the hub's answer
+(an id, a nick claim, a room's history) returns an :class:`asyncio.Future` of its reply.
 """
 
 from __future__ import annotations
 
-import abc
+import asyncio
 import itertools
+import secrets
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
 
 from ..auth import User, Users
 from ..errors import ChatError
@@ -52,11 +55,13 @@ from ..protocols.chat import (
     Nick,
     NickChanged,
     NickSet,
+    Notice,
     Part,
     Parted,
     Ping,
     Pong,
     Quit,
+    Ref,
     RoomClosed,
     RoomJoined,
     RoomList,
@@ -74,13 +79,16 @@ from ..protocols.chat import (
 from ..protocols.chat.unicode import skeleton
 from ..runtime.handler import SharedWrite
 from ..runtime.limits import TokenBucket
+from .hub import History, Hub, HubEvent, HubUnavailable, LocalHub, raise_if_failed
 
 __all__ = [
     "ChatCore",
     "ChatError",
     "Encoder",
+    "History",
     "Hub",
     "HubEvent",
+    "HubUnavailable",
     "LocalHub",
     "Member",
     "RateLimit",
@@ -89,8 +97,37 @@ __all__ = [
     "TokenBucket",
 ]
 
-HubEvent: TypeAlias = Message | Direct | Joined | Parted | NickChanged | Kicked | RoomClosed
-"""Events that travel through the hub (what another server process would need)."""
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _then(fut: asyncio.Future[_T], fn: Callable[[_T], _R]) -> asyncio.Future[_R]:
+    """A future of ``fn(fut's result)``; an exception of ``fut`` or ``fn`` fails it."""
+    out: asyncio.Future[_R] = fut.get_loop().create_future()
+
+    def done(f: asyncio.Future[_T]) -> None:
+        if out.done():
+            return
+        if f.cancelled():
+            out.set_exception(HubUnavailable("the hub request was cancelled"))
+            return
+        failed = f.exception()
+        if failed is not None:
+            out.set_exception(failed)
+            return
+        try:
+            out.set_result(fn(f.result()))
+        except Exception as exc:  # ChatError: a refusal; anything else reaches the handler
+            out.set_exception(exc)
+
+    fut.add_done_callback(done)
+    return out
+
+
+def _background(result: object) -> None:
+    """A publish whose outcome nobody waits for (a part, a join notice)."""
+    if isinstance(result, asyncio.Future):
+        result.add_done_callback(raise_if_failed)
 
 
 class Encoder(Protocol):
@@ -268,78 +305,6 @@ class Room:
                         send_shared(shared)
 
 
-class Hub(abc.ABC):
-    """Carries room events between members, possibly across processes, and keeps history.
-
-    The core calls :meth:`publish` for every :data:`HubEvent`; the hub must eventually call
-    the delivery callback given to :meth:`bind` with it (in every process that has members
-    in that room; for a :class:`LocalHub`, at once). :meth:`history` and :meth:`next_id`
-    answer synchronously: a remote hub keeps a local mirror.
-    """
-
-    @abc.abstractmethod
-    def bind(self, deliver: Callable[[HubEvent], None]) -> None:
-        """Set the callback that delivers events to this process's members."""
-
-    @abc.abstractmethod
-    def next_id(self) -> int:
-        """Return a new message id, greater than every id returned before."""
-
-    @abc.abstractmethod
-    def publish(self, event: HubEvent) -> None:
-        """Record ``event`` (a :class:`Message` goes to its room's history) and fan it out."""
-
-    @abc.abstractmethod
-    def history(self, room: str) -> tuple[Message, ...]:
-        """Return the last messages of ``room``, oldest first (may be empty)."""
-
-    async def start(self) -> None:  # noqa: B027 - optional hook
-        """Connect to the backend, if any. Called once before serving."""
-
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Disconnect from the backend, if any. Idempotent."""
-
-
-class LocalHub(Hub):
-    """An in-process hub: immediate delivery, history in bounded deques.
-
-    Args:
-        history_size: messages kept per room (``0``: no history).
-        max_rooms: rooms whose history is kept; the least recently used is forgotten first.
-    """
-
-    def __init__(self, *, history_size: int = 50, max_rooms: int = 1024) -> None:
-        if history_size < 0 or max_rooms < 1:
-            raise ValueError("need history_size >= 0 and max_rooms >= 1")
-        self.history_size = history_size
-        self.max_rooms = max_rooms
-        self._ids = itertools.count(1)
-        self._history: OrderedDict[str, deque[Message]] = OrderedDict()
-        self._deliver: Callable[[HubEvent], None] = lambda event: None
-
-    def bind(self, deliver: Callable[[HubEvent], None]) -> None:
-        self._deliver = deliver
-
-    def next_id(self) -> int:
-        return next(self._ids)
-
-    def publish(self, event: HubEvent) -> None:
-        if type(event) is Message and self.history_size:
-            hist = self._history.get(event.room)
-            if hist is None:
-                hist = self._history[event.room] = deque(maxlen=self.history_size)
-                if len(self._history) > self.max_rooms:
-                    self._history.popitem(last=False)
-            else:
-                self._history.move_to_end(event.room)
-            hist.append(event)
-        self._deliver(event)
-
-    def history(self, room: str) -> tuple[Message, ...]:
-        hist = self._history.get(room)
-        return tuple(hist) if hist else ()
-
-
 class ChatCore:
     """Rooms, members and messages, independent of any wire format.
 
@@ -387,6 +352,8 @@ class ChatCore:
             raise ValueError(f"invalid default room {default_room!r}")
         self.hub = hub if hub is not None else LocalHub(history_size=history_size)
         self.hub.bind(self._on_hub_event)
+        self.hub.on_gap = self._on_gap
+        self.hub.members_here = self._members_here
         self.users = users
         self.guests = guests or users is None
         self.closed_rooms: set[str] = set()
@@ -407,7 +374,9 @@ class ChatCore:
         self._nicks: dict[str, Member] = {}  # casefolded nick -> member
         self._skeletons: dict[str, Member] = {}  # confusable skeleton of a nick -> member
         self._member_ids = itertools.count(1)
-        self._guests = itertools.count(1)
+        # guest-N: with a shared hub each process counts from its own random start, so
+        # that two processes rarely offer the same guest name (the hub refuses the second)
+        self._guests = itertools.count(1 + secrets.randbelow(10**6) if self.hub.remote else 1)
         self._members: set[Member] = set()
 
     # -- membership --------------------------------------------------------------------------
@@ -434,18 +403,24 @@ class ChatCore:
         for room in rooms:
             room.remove(member)
             if member.nick is not None:
-                self.hub.publish(
-                    Parted(self.hub.next_id(), self._clock(), room.name, member.nick, reason)
+                _background(
+                    self.hub.publish(
+                        Parted(self.hub.next_id(), self._clock(), room.name, member.nick, reason)
+                    )
                 )
             if not room.members:
                 self._forget_room(room.name)
         if member.nick is not None:
-            self._nicks.pop(member.nick.casefold(), None)
+            if self._nicks.get(member.nick.casefold()) is member:
+                del self._nicks[member.nick.casefold()]
+                self.hub.release_nick(member.nick, str(member.id))
             self._forget_skeleton(member)
 
     def _forget_room(self, name: str) -> None:
         """Drop an empty room from the table (and from its creator's count)."""
         room = self.rooms.pop(name, None)
+        if room is not None:
+            self.hub.unwatch(name)
         if room is not None and room.source is not None:
             left = self._rooms_by_source[room.source] - 1
             if left > 0:
@@ -462,23 +437,59 @@ class ChatCore:
         return len(self._members)
 
     # -- commands ----------------------------------------------------------------------------
-    def handle(self, member: Member, cmd: Command) -> ServerEvent:
+    def handle(self, member: Member, cmd: Command) -> ServerEvent | asyncio.Future[ServerEvent]:
         """Run ``cmd`` for ``member`` and return the reply to send it (only to it).
 
         Events for others (and for ``member``, as a room member) are delivered through the
         hub before this returns (with a :class:`LocalHub`). Never raises for a refused
         command: the reply is then an :class:`~wirecat.protocols.chat.ErrorEvent` carrying
         the command's ``ref``. Check :attr:`Member.must_close` after sending the reply.
+
+        Returns:
+            The reply; with a remote hub, for a command that needs the hub's answer, a
+            future of the reply (an ``error`` reply with ``hub_unavailable`` when the hub
+            did not answer in time). Run the member's next command once it is done, so that
+            its commands keep their order. It is never cancelled by the core.
         """
         try:
             if member.nick is None and not isinstance(cmd, Hello | Help | Ping | Quit):
                 raise ChatError("not_registered", "say hello (choose a nick) first")
-            return self._dispatch(member, cmd)
+            reply = self._dispatch(member, cmd)
         except ChatError as exc:
-            self.counters[f"error_{exc.code}"] += 1
-            return ErrorEvent(exc.code, exc.reason, cmd.ref)
+            return self._refused(exc, cmd.ref)
+        if isinstance(reply, asyncio.Future):
+            return self._settle(reply, cmd.ref)
+        return reply
 
-    def hello(self, member: Member, nick: str | None, ref: str | int | None = None) -> Welcome:
+    def _refused(self, exc: ChatError, ref: Ref) -> ErrorEvent:
+        self.counters[f"error_{exc.code}"] += 1
+        return ErrorEvent(exc.code, exc.reason, ref)
+
+    def _settle(self, fut: asyncio.Future[ServerEvent], ref: Ref) -> asyncio.Future[ServerEvent]:
+        """The reply future: a refusal (ChatError) becomes an ``error`` reply."""
+        out: asyncio.Future[ServerEvent] = fut.get_loop().create_future()
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if out.done():
+                return
+            exc: BaseException | None = None
+            if f.cancelled():
+                exc = HubUnavailable("the hub request was cancelled")
+            else:
+                exc = f.exception()
+            if isinstance(exc, ChatError):
+                out.set_result(self._refused(exc, ref))
+            elif exc is not None:
+                out.set_exception(exc)
+            else:
+                out.set_result(f.result())
+
+        fut.add_done_callback(done)
+        return out
+
+    def hello(
+        self, member: Member, nick: str | None, ref: str | int | None = None
+    ) -> Welcome | asyncio.Future[Welcome]:
         """Register ``member`` as ``nick`` (``None``: the next free ``guest-N``).
 
         An authenticated member (:attr:`Member.user` set) gets its user name as nick (a
@@ -508,21 +519,52 @@ class ChatCore:
             if self.users is not None and nick in self.users:
                 raise ChatError("auth_required", f"{nick} is a registered user: send its token")
             self._check_free(nick)
+        claim = self.hub.claim_nick(nick, str(member.id))
+        if claim is True:
+            return self._register(member, nick, ref)
+        if claim is False:
+            raise self._taken_elsewhere(nick)
+        return _then(claim, lambda ok: self._register(member, nick, ref, claimed=ok))
+
+    @staticmethod
+    def _taken_elsewhere(nick: str) -> ChatError:
+        return ChatError("nick_taken", f"nick {nick!r} is already taken: pick another")
+
+    def _register(self, member: Member, nick: str, ref: Ref, *, claimed: bool = True) -> Welcome:
+        """The hello's second half, once the hub gave ``nick`` to ``member``."""
+        if not claimed:
+            raise self._taken_elsewhere(nick)
+        if member not in self._members or member.nick is not None:  # gone meanwhile
+            self.hub.release_nick(nick, str(member.id))
+            raise ChatError("already_registered", "this connection is gone or registered")
+        if nick.casefold() in self._nicks:  # taken here while the hub answered
+            self.hub.release_nick(nick, str(member.id))
+            raise self._taken_elsewhere(nick)
         member.nick = nick
         self._nicks[nick.casefold()] = member
         self._skeletons.setdefault(skeleton(nick), member)
+        user = member.user
         roles = tuple(sorted(user.roles)) if user is not None else ()
         return Welcome(
             nick, self.motd, self.default_room, self.server_name, ref,
             user.name if user is not None else None, roles,
         )  # fmt: skip
 
-    def join(self, member: Member, room_name: str, ref: str | int | None = None) -> RoomJoined:
+    def join(
+        self,
+        member: Member,
+        room_name: str,
+        ref: str | int | None = None,
+        since: int | None = None,
+    ) -> RoomJoined | asyncio.Future[RoomJoined]:
         """Add ``member`` to ``room_name`` (created if needed); it becomes the current room.
 
         Joining a room already joined only makes it current. The room hears a join event
-        (the member too), and the reply holds the members and the room's history. An admin
-        joining a closed room reopens it.
+        (the member too), and the reply holds the members and the room's history: its
+        recent messages, or with ``since`` (the last id the member saw) only the later ones,
+        with ``gap`` set when they are no longer all held. An admin joining a closed room
+        reopens it. With a remote hub, the first member of a room in this process waits
+        for the hub to load the room (the reply is then a future).
 
         Raises:
             ChatError: ``invalid_room``, ``too_many_rooms``, ``forbidden`` (a restricted
@@ -530,7 +572,7 @@ class ChatCore:
         """
         if (err := check_room(room_name)) is not None:
             raise ChatError(err.code, err.reason)
-        nick = self._nick(member)
+        self._nick(member)
         if self.users is not None and not self.users.may_join(member.user, room_name):
             raise ChatError("forbidden", f"{room_name} is restricted to its listed users")
         if room_name in self.closed_rooms:
@@ -540,11 +582,49 @@ class ChatCore:
         room = member.rooms.pop(room_name, None)
         if room is not None:  # already in: just make it current
             member.rooms[room_name] = room
-            return RoomJoined(room_name, room.nicks(), self.hub.history(room_name), ref)
+            hist = self.hub.history(room_name, since)
+            return RoomJoined(room_name, self._nicks_in(room), hist.messages, ref, hist.gap)
+        self._check_room_slots(member)
+        if room_name not in self.rooms:
+            pending = self.hub.watch(room_name)
+            if pending is not None:
+                return _then(pending, lambda _: self._join_now(member, room_name, ref, since))
+        return self._join_now(member, room_name, ref, since)
+
+    def _check_room_slots(self, member: Member) -> None:
         if len(member.rooms) >= self.max_rooms_per_member:
             raise ChatError(
                 "too_many_rooms", f"you are in {len(member.rooms)} rooms already: /part one"
             )
+
+    def _join_now(self, member: Member, room_name: str, ref: Ref, since: int | None) -> RoomJoined:
+        """The join's second half: the room's history and live events are at hand."""
+        try:
+            if member not in self._members or member.nick is None:
+                raise ChatError("not_registered", "this connection is gone")
+            if self.hub.is_closed(room_name) and not self._is_admin(member):
+                self.closed_rooms.add(room_name)
+                raise ChatError("room_closed", f"{room_name} was closed by an admin")
+            if room_name in member.rooms:
+                hist = self.hub.history(room_name, since)
+                room = member.rooms[room_name]
+                return RoomJoined(room_name, self._nicks_in(room), hist.messages, ref, hist.gap)
+            self._check_room_slots(member)
+            room = self._open_room(member, room_name)
+        except ChatError:
+            if room_name not in self.rooms:
+                self.hub.unwatch(room_name)
+            raise
+        room.add(member)
+        member.rooms[room_name] = room
+        _background(
+            self.hub.publish(Joined(self.hub.next_id(), self._clock(), room_name, member.nick))
+        )
+        hist = self.hub.history(room_name, since)
+        return RoomJoined(room_name, self._nicks_in(room), hist.messages, ref, hist.gap)
+
+    def _open_room(self, member: Member, room_name: str) -> Room:
+        """The local room ``room_name``, created (and counted) if needed."""
         room = self.rooms.get(room_name)
         if room is None:
             if len(self.rooms) >= self.max_rooms:
@@ -561,10 +641,16 @@ class ChatCore:
             else:
                 source = None
             room = self.rooms[room_name] = Room(room_name, source)
-        room.add(member)
-        member.rooms[room_name] = room
-        self.hub.publish(Joined(self.hub.next_id(), self._clock(), room_name, nick))
-        return RoomJoined(room_name, room.nicks(), self.hub.history(room_name), ref)
+        return room
+
+    def _nicks_in(self, room: Room) -> tuple[str, ...]:
+        """The nicks in ``room``: here, and with a remote hub in every process."""
+        everywhere = self.hub.members(room.name)
+        if everywhere is None:
+            return room.nicks()
+        found = {n.casefold(): n for n in everywhere}
+        found.update((m.nick.casefold(), m.nick) for m in room.members if m.nick)
+        return tuple(sorted(found.values(), key=str.casefold))
 
     def part(
         self,
@@ -580,7 +666,9 @@ class ChatCore:
         """
         nick = self._nick(member)
         room = self._my_room(member, room_name)
-        self.hub.publish(Parted(self.hub.next_id(), self._clock(), room.name, nick, reason))
+        _background(
+            self.hub.publish(Parted(self.hub.next_id(), self._clock(), room.name, nick, reason))
+        )
         room.remove(member)
         member.rooms.pop(room.name, None)
         if not room.members:
@@ -595,10 +683,12 @@ class ChatCore:
         *,
         action: bool = False,
         ref: str | int | None = None,
-    ) -> Sent:
+    ) -> Sent | asyncio.Future[Sent]:
         """Send ``text`` to ``room_name`` (``None``: the current room).
 
         ``text`` must already be valid (see :func:`~wirecat.protocols.chat.check_text`).
+        The reply (:class:`Sent`, with the message's id) comes once the hub holds the
+        message: with a remote hub, a future of it.
 
         Raises:
             ChatError: ``not_in_room``, ``rate_limited``, ``flooding`` (then
@@ -609,27 +699,44 @@ class ChatCore:
         self._charge(member)
         msg = Message(self.hub.next_id(), self._clock(), room.name, nick, text, action)
         self.counters["messages"] += 1
-        self.hub.publish(msg)
-        return Sent(msg, ref)
+        done = self.hub.publish(msg)
+        if type(done) is int:  # a local hub (the fast path): the id was given before
+            return Sent(msg, ref)
+        return _then(done, lambda msg_id: Sent(replace(msg, id=msg_id), ref))  # type: ignore[arg-type]
 
-    def dm(self, member: Member, to: str, text: str, ref: str | int | None = None) -> Sent:
-        """Send ``text`` privately to the member named ``to``.
+    def _sent(self, msg: Message | Direct, ref: Ref) -> Sent | asyncio.Future[Sent]:
+        done = self.hub.publish(msg)
+        if isinstance(done, int):  # a local hub: the id was given before publishing
+            return Sent(msg, ref)
+        return _then(done, lambda msg_id: Sent(replace(msg, id=msg_id), ref))
+
+    def dm(
+        self, member: Member, to: str, text: str, ref: str | int | None = None
+    ) -> Sent | asyncio.Future[Sent]:
+        """Send ``text`` privately to the member named ``to`` (with a remote hub, in any
+        process).
 
         Raises:
             ChatError: ``no_such_nick``, ``rate_limited``, ``flooding``.
         """
         nick = self._nick(member)
         target = self._nicks.get(to.casefold())
-        if target is None or target.nick is None:
+        if target is not None and target.nick is not None:
+            to = target.nick
+        elif not self.hub.remote:  # a remote hub knows the nicks of the other processes
             raise ChatError("no_such_nick", f"nobody is called {to!r} here")
         self._charge(member)
-        msg = Direct(self.hub.next_id(), self._clock(), nick, target.nick, text)
+        msg = Direct(self.hub.next_id(), self._clock(), nick, to, text)
         self.counters["direct_messages"] += 1
-        self.hub.publish(msg)
-        return Sent(msg, ref)
+        return self._sent(msg, ref)
 
-    def who(self, member: Member, room_name: str | None, ref: str | int | None = None) -> WhoList:
+    def who(
+        self, member: Member, room_name: str | None, ref: str | int | None = None
+    ) -> WhoList | asyncio.Future[WhoList]:
         """List the members of ``room_name`` (``None``: the current room).
+
+        With a remote hub, a room nobody in this process is in is asked of the hub (the
+        reply is then a future).
 
         Raises:
             ChatError: ``no_such_room`` (nobody is in it), ``not_in_room`` (no current room).
@@ -639,15 +746,27 @@ class ChatCore:
         else:
             found = self.rooms.get(room_name)
             if found is None:
-                raise ChatError("no_such_room", f"nobody is in {room_name}")
+                name = room_name
+                elsewhere = self.hub.present(name) if self.hub.remote else None
+                if elsewhere is None:
+                    raise ChatError("no_such_room", f"nobody is in {room_name}")
+
+                def listed(nicks: tuple[str, ...]) -> WhoList:
+                    if not nicks:
+                        raise ChatError("no_such_room", f"nobody is in {name}")
+                    return WhoList(name, nicks, ref)
+
+                return _then(elsewhere, listed)
             room = found
-        return WhoList(room.name, room.nicks(), ref)
+        return WhoList(room.name, self._nicks_in(room), ref)
 
     def list_rooms(self, ref: str | int | None = None) -> RoomList:
         """List the rooms with members, sorted by name, with their member counts."""
         return RoomList(tuple(sorted((n, len(r)) for n, r in self.rooms.items())), ref)
 
-    def rename(self, member: Member, new: str, ref: str | int | None = None) -> NickSet:
+    def rename(
+        self, member: Member, new: str, ref: str | int | None = None
+    ) -> NickSet | asyncio.Future[NickSet]:
         """Change ``member``'s nick to ``new``; everyone sharing a room with it is told.
 
         Raises:
@@ -662,15 +781,40 @@ class ChatCore:
             if self.users is not None and new in self.users and not own:
                 raise ChatError("nick_reserved", f"{new} is a registered user's name")
             self._check_free(new, member)
+        claim = self.hub.claim_nick(new, str(member.id))
+        if claim is True:
+            return self._renamed(member, old, new, ref)
+        if claim is False:
+            raise self._taken_elsewhere(new)
+        return _then(claim, lambda ok: self._renamed(member, old, new, ref, claimed=ok))
+
+    def _renamed(
+        self, member: Member, old: str, new: str, ref: Ref, *, claimed: bool = True
+    ) -> NickSet:
+        """The rename's second half, once the hub gave ``new`` to ``member``."""
+        if not claimed:
+            raise self._taken_elsewhere(new)
+        owner = str(member.id)
+        if member not in self._members or member.nick != old:
+            self.hub.release_nick(new, owner)
+            raise ChatError("not_registered", "this connection is gone")
+        other = self._nicks.get(new.casefold())
+        if other is not None and other is not member:  # taken here while the hub answered
+            self.hub.release_nick(new, owner)
+            raise self._taken_elsewhere(new)
         del self._nicks[old.casefold()]
         self._forget_skeleton(member)
+        if old.casefold() != new.casefold():
+            self.hub.release_nick(old, owner)
         member.nick = new
         self._nicks[new.casefold()] = member
         self._skeletons.setdefault(skeleton(new), member)
         announced = bool(member.rooms)
         if announced:
-            self.hub.publish(
-                NickChanged(self.hub.next_id(), self._clock(), old, new, tuple(member.rooms))
+            _background(
+                self.hub.publish(
+                    NickChanged(self.hub.next_id(), self._clock(), old, new, tuple(member.rooms))
+                )
             )
         return NickSet(new, old, announced, ref)
 
@@ -687,7 +831,7 @@ class ChatCore:
         room_name: str | None = None,
         reason: str | None = None,
         ref: str | int | None = None,
-    ) -> Done:
+    ) -> Done | asyncio.Future[Done]:
         """Admins: remove ``nick`` from ``room_name`` (``None``: the admin's current room).
 
         The room (the kicked member included) hears a :class:`Kicked` event; the member stays
@@ -700,19 +844,30 @@ class ChatCore:
         if room_name is None:
             room_name = self._my_room(member, None).name
         target = self._nicks.get(nick.casefold())
-        if target is None or target.nick is None:
-            raise ChatError("no_such_nick", f"nobody is called {nick!r} here")
-        if room_name not in target.rooms:
-            raise ChatError("not_in_room", f"{target.nick} is not in {room_name}")
+        if target is not None and target.nick is not None:
+            if room_name not in target.rooms:
+                raise ChatError("not_in_room", f"{target.nick} is not in {room_name}")
+            nick = target.nick
+        else:
+            present = self.hub.members(room_name) if room_name in self.rooms else None
+            cased = [n for n in present or () if n.casefold() == nick.casefold()]
+            if not cased:  # nobody here (a local hub), or not in the room (a remote one)
+                if present is None:
+                    raise ChatError("no_such_nick", f"nobody is called {nick!r} here")
+                raise ChatError("not_in_room", f"{nick} is not in {room_name}")
+            nick = cased[0]
         self.counters["kicks"] += 1
-        self.hub.publish(
-            Kicked(self.hub.next_id(), self._clock(), room_name, target.nick, by, reason)
+        text = f"kicked {nick} from {room_name}"
+        done = self.hub.publish(
+            Kicked(self.hub.next_id(), self._clock(), room_name, nick, by, reason)
         )
-        return Done(f"kicked {target.nick} from {room_name}", ref)
+        if isinstance(done, int):
+            return Done(text, ref)
+        return _then(done, lambda _: Done(text, ref))
 
     def close_room(
         self, member: Member, room_name: str | None = None, ref: str | int | None = None
-    ) -> Done:
+    ) -> Done | asyncio.Future[Done]:
         """Admins: remove every member from ``room_name`` (``None``: the current room).
 
         The room hears a :class:`RoomClosed` event; joins are then refused with
@@ -725,8 +880,11 @@ class ChatCore:
         if room_name is None:
             room_name = self._my_room(member, None).name
         self.counters["rooms_closed"] += 1
-        self.hub.publish(RoomClosed(self.hub.next_id(), self._clock(), room_name, by))
-        return Done(f"closed {room_name}", ref)
+        text = f"closed {room_name}"
+        done = self.hub.publish(RoomClosed(self.hub.next_id(), self._clock(), room_name, by))
+        if isinstance(done, int):
+            return Done(text, ref)
+        return _then(done, lambda _: Done(text, ref))
 
     # -- internals ---------------------------------------------------------------------------
     def _is_admin(self, member: Member) -> bool:
@@ -745,11 +903,22 @@ class ChatCore:
             target = self._nicks.get(event.nick.casefold())
             if target is not None:
                 self._leave(target, event.room)
+        elif type(event) is Joined:  # only an admin joins a closed room: it is open again
+            self.closed_rooms.discard(event.room)
         elif type(event) is RoomClosed:
             self.closed_rooms.add(event.room)
             room = self.rooms.get(event.room)
             for m in list(room.members) if room is not None else ():
                 self._leave(m, event.room)
+
+    def _on_gap(self, room_name: str, text: str) -> None:
+        """Hub callback: events of ``room_name`` were lost; its members are told."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            room.broadcast(Notice(text))
+
+    def _members_here(self) -> Iterable[tuple[str, str]]:
+        return ((r.name, m.nick) for r in self.rooms.values() for m in r.members if m.nick)
 
     def _leave(self, member: Member, room_name: str) -> None:
         """Take ``member`` out of ``room_name`` locally, without announcing it."""
@@ -759,14 +928,14 @@ class ChatCore:
             if not room.members:
                 self._forget_room(room_name)
 
-    def _dispatch(self, member: Member, cmd: Command) -> ServerEvent:
+    def _dispatch(self, member: Member, cmd: Command) -> ServerEvent | asyncio.Future[Any]:
         match cmd:
             case Say(text, room, action, ref):
                 return self.say(member, room, text, action=action, ref=ref)
             case Dm(to, text, ref):
                 return self.dm(member, to, text, ref)
-            case Join(room, ref):
-                return self.join(member, room, ref)
+            case Join(room, ref, since):
+                return self.join(member, room, ref, since)
             case Part(room, ref):
                 return self.part(member, room, None, ref)
             case Who(room, ref):

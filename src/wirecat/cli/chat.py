@@ -62,7 +62,7 @@ from .common import (
     ENDPOINT,
     LOOP_OPTION,
     PROXY_OPTION,
-    die,
+    check_proxy,
     read_token,
     run_command,
     tls_client_options,
@@ -359,8 +359,7 @@ def chat_command(
         room = "#" + room
     tls = tls_connect_kwargs(endpoint, **tls_flags)
     if proxy:
-        if endpoint.scheme not in ("tcp", "tls"):
-            die(f"--proxy tunnels tcp:// and tls:// endpoints, not {endpoint}", 64)
+        check_proxy(endpoint, proxy, schemes=("tcp", "tls", "ws", "wss"))
         tls["proxy"] = proxy
     token = read_token(token_file)
     if token is not None and nick is None:

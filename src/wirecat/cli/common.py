@@ -22,6 +22,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "LOOP_OPTION",
     "PROXY_OPTION",
+    "check_proxy",
     "die",
     "limit_options",
     "read_token",
@@ -66,6 +67,25 @@ PROXY_OPTION = click.option(
     help="Go through a proxy: socks5://[user:pass@]host:port or http://host:port (HTTP "
     "CONNECT); tcp, tls, ws and wss endpoints. The proxy resolves host names.",
 )
+
+
+def check_proxy(
+    endpoint: Endpoint | None, proxy: str, *, schemes: tuple[str, ...] = ("tcp", "tls")
+) -> None:
+    """Exit 64 (one line) unless ``--proxy proxy`` parses and can tunnel ``endpoint``
+    (``None``: an ``exec:`` target) for this verb, whose endpoints of ``schemes`` it may
+    tunnel."""
+    from ..runtime.proxy import parse_proxy
+
+    if endpoint is None or endpoint.scheme not in schemes:
+        kinds = [f"{s}://" for s in schemes]
+        listed = ", ".join(kinds[:-1]) + " and " + kinds[-1] if len(kinds) > 1 else kinds[0]
+        die(f"--proxy tunnels {listed} endpoints, not {endpoint or 'exec:'}", 64)
+    try:
+        parse_proxy(proxy)
+    except InvalidEndpoint as exc:
+        die(f"--proxy: {exc}", 64)
+
 
 LOOP_OPTION = click.option(
     "--loop",
@@ -364,7 +384,8 @@ _LIMIT_OPTIONS: list[Any] = [
         default=_L.handshake_timeout,
         show_default=True,
         metavar="SECONDS",
-        help="Absolute TLS handshake deadline.",
+        help="Absolute TLS handshake deadline (for relay's socks5:// and http-proxy:// "
+        "servers, also the deadline of the client's request).",
     ),
 ]
 

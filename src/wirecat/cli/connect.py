@@ -14,6 +14,7 @@ from ..runtime.stdio import BridgeResult, bridge_datagram, bridge_stream, open_s
 from .common import (
     LOOP_OPTION,
     PROXY_OPTION,
+    check_proxy,
     die,
     run_command,
     tls_client_options,
@@ -57,8 +58,6 @@ async def _connect_main(
     tls: dict[str, Any],
 ) -> int:
     conn: Connection | DatagramConnection
-    if ep.is_datagram and tls.get("proxy"):
-        die("--proxy tunnels tcp:// and tls:// endpoints, not datagrams", EXIT_BAD_ENDPOINT)
     if ep.is_datagram:
         conn = await connect_datagram(ep, timeout=timeout)
     else:
@@ -179,6 +178,8 @@ def connect_command(
         client_cert=client_cert,
         client_key=client_key,
     )
+    if proxy:
+        check_proxy(ep, proxy, schemes=("tcp", "tls", "ws", "wss"))
     run_command(
         _connect_main(
             ep,

@@ -32,6 +32,7 @@ from .common import (
     LOOP_OPTION,
     PROXY_OPTION,
     TOKEN_ENV,
+    check_proxy,
     die,
     read_token,
     run_command,
@@ -86,8 +87,7 @@ def _connect_kwargs(endpoint: Endpoint, flags: dict[str, Any]) -> dict[str, Any]
     proxy = flags.pop("proxy", None)
     kw = tls_connect_kwargs(endpoint, **flags)
     if proxy:
-        if endpoint.scheme not in ("tcp", "tls"):
-            die(f"--proxy tunnels tcp:// and tls:// endpoints, not {endpoint}", 64)
+        check_proxy(endpoint, proxy)
         kw["proxy"] = proxy
     if user is not None:
         token = read_token(token_file)

@@ -20,6 +20,7 @@ from ..services.relay import RelayStats, Target, relay, relay_pair
 from .common import (
     LOOP_OPTION,
     PROXY_OPTION,
+    check_proxy,
     die,
     limit_options,
     run_command,
@@ -209,6 +210,7 @@ def relay_command(ctx: click.Context, /, **params: Any) -> None:
         access = AccessList(settings.get("allow", ()), settings.get("deny", ()))
     except (ConfigError, ValueError) as exc:
         die(str(exc), 64)
+    _check_flags(params, to_ep, proxy_from=socks_from)
     if params["from_"] == "-":
         _stdio_relay(to_ep, to_text, connect_kwargs, params)
         return
@@ -296,11 +298,42 @@ def _run(main: Any, params: dict[str, Any]) -> NoReturn:
     )
 
 
+def _check_flags(params: dict[str, Any], to_ep: Endpoint | None, *, proxy_from: bool) -> None:
+    """Refuse (exit 64) a flag that would do nothing with this FROM and TO, and a --proxy
+    that does not parse, rather than ignore it or fail on every peer later."""
+    from_text: str = params["from_"]
+    ws_from = from_text.startswith(("ws://", "wss://"))
+    ws_to = to_ep is not None and to_ep.scheme in ("ws", "wss")
+
+    def refuse(flag: str, needs: str) -> None:
+        die(f"{flag} needs {needs}", 64)
+
+    if not proxy_from:
+        for flag, name in (
+            ("--socks-allow", "socks_allow"),
+            ("--users", "users_file"),
+            ("--users-insecure-ok", "users_insecure_ok"),
+        ):
+            if params[name]:
+                refuse(flag, "a socks5:// or http-proxy:// FROM (a proxy server)")
+    if params["allow_origin"] and not ws_from:
+        refuse("--allow-origin", "a ws:// or wss:// FROM")
+    if params["ws_text"] and not (ws_from or ws_to):
+        refuse("--ws-text", "a ws:// or wss:// FROM or TO")
+    if proxy_from and params["connect_first"]:
+        die("--connect-first dials FROM; a proxy server listens", 64)
+    if params["proxy"]:
+        if proxy_from:
+            die("--proxy is for the connections to TO; a proxy server has no TO", 64)
+        check_proxy(to_ep, params["proxy"], schemes=("tcp", "tls", "ws", "wss"))
+
+
 def ended_printer(params: dict[str, Any]) -> Any:
     def ended(stats: RelayStats) -> None:
         if params["verbose"]:
+            why = f" ({stats.reason})" if stats.reason else ""
             click.echo(
-                f"wirecat: relay {stats.peer} -> {stats.target} ({stats.reason}): "
+                f"wirecat: relay {stats.peer} -> {stats.target}{why}: "
                 f"{stats.up} bytes up, {stats.down} bytes down, {stats.duration:.3f} s",
                 err=True,
             )

@@ -42,6 +42,7 @@ _FLAG_HINTS: dict[str, str] = {
     "tls": "--cert/--key or --self-signed go with a tls:// endpoint",
     "guests": "--guests needs --users FILE",
     "workers": "--workers",
+    "hub": "--hub redis://host:port/db",
     "files_root": "--files-create creates it",
 }
 
@@ -143,6 +144,9 @@ _FLAGS: dict[str, tuple[str, str | None, Any]] = {
     "auth_failures": ("auth_failures", None, None),
     "auth_failure_rate": ("auth_failure_rate", None, None),
     "workers": ("workers", None, None),
+    "hub": ("hub", None, None),
+    "hub_timeout": ("hub_timeout", None, None),
+    "hub_presence_ttl": ("hub_presence_ttl", None, None),
     "proxy_protocol": ("proxy_protocol", None, None),
     "log_format": ("log_format", None, None),
     "verbose": ("verbosity", None, None),
@@ -410,6 +414,7 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     type=click.IntRange(min=0),
     default=_D.files_transfer_threads,
     show_default=True,
+    metavar="COUNT",
     help="File transfers on threads of their own at once (sendfile); more run on the event loop.",
 )
 @click.option(
@@ -516,8 +521,32 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     type=click.IntRange(1, 256),
     default=1,
     show_default=True,
-    help="Processes sharing the tcp/udp ports (SO_REUSEPORT); chat and unix "
-    "listeners stay in the first.",
+    help="Processes sharing the tcp/udp ports (SO_REUSEPORT); unix listeners stay in the "
+    "first, and chat too unless --hub shares its rooms.",
+)
+@click.option(
+    "--hub",
+    metavar="URL",
+    default=None,
+    help="Keep chat rooms in Redis (redis://host:6379/0, rediss://..., unix:/path): every "
+    "worker and every wirecat serve on it share rooms. Password: $WIRECAT_REDIS_PASSWORD "
+    "or the URL.",
+)
+@click.option(
+    "--hub-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_D.hub_timeout,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a chat command waits for the hub before 'hub_unavailable'.",
+)
+@click.option(
+    "--hub-presence-ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_D.hub_presence_ttl,
+    show_default=True,
+    metavar="SECONDS",
+    help="Members and nicks of a server that died expire from the hub after this long.",
 )
 @click.option(
     "--line-timeout",
@@ -553,6 +582,7 @@ def serve_command(ctx: click.Context, /, **params: Any) -> None:
       wirecat serve --echo ws://127.0.0.1:7009   # WebSocket echo
       wirecat serve --chat tls://[::]:7443 --cert site.pem --key site.key --users users.toml
       wirecat serve --config wirecat.toml --workers 2
+      wirecat serve --hub redis://127.0.0.1:6379/0 --workers 2   # chat in every worker
       wirecat serve --load-test            # then: wirecat bench 127.0.0.1:7007 -c 100
       wirecat serve --log-format json -v
 

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar, cast
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import (
     ConcurrencyError,
+    ConnectError,
     ConnectionClosedError,
     ConnectionClosedOK,
     ConnectTimeout,
@@ -621,30 +622,25 @@ async def open_transport(
                             f"TLS certificate of {ep} does not match the pinned {pin}"
                         )
                 return transport, proto
-            if ep.scheme == "unix":
+            if ep.scheme in ("unix", "unix+seqpacket"):
                 assert ep.path is not None
-                # Connect the socket ourselves: uvloop rejects abstract ("\0name") paths.
-                usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                # Connect the socket ourselves: uvloop rejects abstract ("\0name") paths, and
+                # asyncio has no SOCK_SEQPACKET transport.
+                seqpacket = ep.scheme == "unix+seqpacket"
+                usock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_SEQPACKET if seqpacket else socket.SOCK_STREAM
+                )
                 try:
                     usock.setblocking(False)
                     await loop.sock_connect(usock, unix_address(ep.path))
-                    utransport, uproto = await loop.create_unix_connection(factory, sock=usock)
+                    if seqpacket:
+                        from .seqpacket import SeqpacketTransport
+
+                        sproto = factory()
+                        return SeqpacketTransport(loop, usock, sproto), sproto
+                    return await loop.create_unix_connection(factory, sock=usock)
                 except BaseException:
                     usock.close()
-                    raise
-                return utransport, uproto
-            if ep.scheme == "unix+seqpacket":
-                assert ep.path is not None
-                from .seqpacket import SeqpacketTransport
-
-                ssock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                try:
-                    ssock.setblocking(False)
-                    await loop.sock_connect(ssock, unix_address(ep.path))
-                    sproto = factory()
-                    return SeqpacketTransport(loop, ssock, sproto), sproto
-                except BaseException:
-                    ssock.close()
                     raise
     except TimeoutError:
         raise ConnectTimeout(f"timed out after {timeout} s connecting to {ep}") from None
@@ -680,9 +676,12 @@ async def _open_via_proxy(
     spec = parse_proxy(proxy)
     if ep.scheme not in ("tcp", "tls", "ws", "wss"):
         raise InvalidEndpoint(f"a proxy tunnels tcp, tls, ws and wss endpoints, not {ep}")
-    transport, at_proxy = await open_transport(
-        spec.endpoint, lambda: _StreamProtocol(_READ_HIGH_WATER), timeout=timeout
-    )
+    try:
+        transport, at_proxy = await open_transport(
+            spec.endpoint, lambda: _StreamProtocol(_READ_HIGH_WATER), timeout=timeout
+        )
+    except (ConnectError, ConnectTimeout) as exc:  # say it is the proxy that is unreachable
+        raise type(exc)(f"cannot reach the proxy: {exc}", endpoint=exc.endpoint) from exc
     try:
         await tunnel(
             Connection(spec.endpoint, at_proxy.state),

@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from .limits import AccessList, KeyedRateLimiter, Limits
@@ -98,6 +99,8 @@ class ServerContext:
     ) -> None:
         self.limits = limits or Limits()
         self.metrics: Counter[str] = Counter()
+        #: Gauges read at each scrape, by name (e.g. ``chat_hub_up``): name -> callable.
+        self.gauges: dict[str, Callable[[], float]] = {}
         self.by_service: Counter[tuple[str, str]] = Counter()
         self.connections: set[StreamHandler] = set()
         self.access = access or AccessList()
@@ -571,7 +574,12 @@ class StreamHandler(asyncio.Protocol):
         Read from the transport when asked (nothing is stored per idle connection); after
         the transport is gone, the source address without its port.
         """
-        addr = self.transport.get_extra_info("peername") if self.transport is not None else None
+        addr = None
+        if self.transport is not None:
+            try:
+                addr = self.transport.get_extra_info("peername")
+            except (OSError, ValueError):  # uvloop, once closed: "negative file descriptor"
+                addr = None
         if addr:
             return format_address(addr)
         return self.source if self.source is not None else "unix"

@@ -244,27 +244,38 @@ async def open_seqpacket_listener(
     listener = Listener(endpoint, _sock=sock, _unlink=unlink)
     loop = asyncio.get_running_loop()
 
-    async def accept_loop() -> None:
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(sock)
-            except OSError as exc:
-                if exc.errno in _ACCEPT_RETRY:
-                    _log.warning("accept on %s failed (%s); retrying", endpoint, exc.strerror)
-                    await asyncio.sleep(0.1)  # back off while descriptors are exhausted
-                    continue
-                if sock.fileno() < 0:
-                    return  # the listener was closed
-                continue  # that peer is gone: serve the next
-            conn.setblocking(False)
-            try:
-                SeqpacketTransport(loop, conn, factory())
-            except Exception:
-                _log.exception("cannot serve a peer of %s", endpoint)
-                conn.close()
+    def serve(conn: socket.socket, _addr: Any) -> None:
+        try:
+            SeqpacketTransport(loop, conn, factory())
+        except Exception:
+            _log.exception("cannot serve a peer of %s", endpoint)
+            conn.close()
 
-    listener._accepting = loop.create_task(accept_loop())
+    listener._accepting = loop.create_task(_accept_loop(sock, endpoint, serve))
     return listener
+
+
+async def _accept_loop(
+    sock: socket.socket, endpoint: Endpoint, serve: Callable[[socket.socket, Any], None]
+) -> None:
+    """Accept on the listening ``sock`` until it is closed, passing each peer's non-blocking
+    socket and address to ``serve``. Survives running out of file descriptors (EMFILE and
+    friends: logged, retried after 0.1 s) and peers gone before their accept
+    (ECONNABORTED...: skipped)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            conn, addr = await loop.sock_accept(sock)
+        except OSError as exc:
+            if exc.errno in _ACCEPT_RETRY:
+                _log.warning("accept on %s failed (%s); retrying", endpoint, exc.strerror)
+                await asyncio.sleep(0.1)  # back off while descriptors are exhausted
+                continue
+            if sock.fileno() < 0:
+                return  # the listener was closed
+            continue  # ECONNABORTED and friends: that peer is gone, serve the next
+        conn.setblocking(False)
+        serve(conn, addr)
 
 
 async def open_datagram_listener(
@@ -335,7 +346,9 @@ async def open_tls_listener(
         AddressInUse, PermissionDenied, ListenError, InvalidEndpoint.
     """
     if endpoint.scheme not in ("tls", "wss"):
-        raise InvalidEndpoint(f"open_tls_listener needs a tls:// endpoint, not {endpoint}")
+        raise InvalidEndpoint(
+            f"open_tls_listener needs a tls:// or wss:// endpoint, not {endpoint}"
+        )
     try:
         sock = _inet_socket(endpoint, socket.SOCK_STREAM, reuse_port)
         sock.listen(backlog)
@@ -360,29 +373,17 @@ async def open_tls_listener(
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
-    async def accept_loop() -> None:
-        while True:
-            try:
-                conn, addr = await loop.sock_accept(sock)
-            except OSError as exc:
-                if exc.errno in _ACCEPT_RETRY:
-                    _log.warning("accept on %s failed (%s); retrying", endpoint, exc.strerror)
-                    await asyncio.sleep(0.1)  # back off while descriptors are exhausted
-                    continue
-                if sock.fileno() < 0:
-                    return  # the listener was closed
-                continue  # ECONNABORTED and friends: that peer is gone, serve the next
-            conn.setblocking(False)
-            if proxy is not None:
-                task = loop.create_task(proxied(conn))
-            else:
-                proto = factory()
-                if proto.admit(addr) is not None:
-                    reset(conn)
-                    continue
-                task = loop.create_task(handshake(conn, proto))
-            listener._handshakes.add(task)
-            task.add_done_callback(listener._handshakes.discard)
+    def serve(conn: socket.socket, addr: Any) -> None:
+        if proxy is not None:
+            task = loop.create_task(proxied(conn))
+        else:
+            proto = factory()
+            if proto.admit(addr) is not None:
+                reset(conn)
+                return
+            task = loop.create_task(handshake(conn, proto))
+        listener._handshakes.add(task)
+        task.add_done_callback(listener._handshakes.discard)
 
     def reset(conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -403,5 +404,5 @@ async def open_tls_listener(
             return
         await handshake(conn, proto, PassThrough(cast(asyncio.Protocol, proto), addr, header))
 
-    listener._accepting = loop.create_task(accept_loop())
+    listener._accepting = loop.create_task(_accept_loop(sock, listener.endpoint, serve))
     return listener

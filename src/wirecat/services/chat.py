@@ -28,23 +28,31 @@ rate in a row) disconnects.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections import deque
 from collections.abc import Sequence
 
 from ..auth import AuthFailures, Users, audit_login
-from ..chat.core import ChatCore, Hub, LocalHub, Member, RateLimit
+from ..chat.core import ChatCore, Member, RateLimit
+from ..chat.hub import Hub, LocalHub
 from ..endpoints import Endpoint
+from ..errors import ChatError
 from ..protocols.chat import (
     MAX_TEXT,
     ChatServerProtocol,
     Codec,
     Command,
+    Dm,
     EndOfStream,
     ErrorEvent,
     Hello,
     Join,
     Mode,
     Notice,
+    Ping,
     Ref,
+    Say,
+    ServerEvent,
     Shutdown,
     Welcome,
 )
@@ -52,7 +60,11 @@ from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import Limits
 from ..runtime.server import Service
 
-__all__ = ["DEFAULT_BANNER", "ChatHandler", "ChatService"]
+__all__ = ["DEFAULT_BANNER", "MAX_UNACKNOWLEDGED", "ChatHandler", "ChatService"]
+
+#: Messages one member may have sent that the hub has not acknowledged yet; its next lines
+#: wait beyond that (a remote hub; a local one acknowledges at once).
+MAX_UNACKNOWLEDGED = 64
 
 DEFAULT_BANNER = (
     "Welcome to wirecat chat.\n"
@@ -86,6 +98,11 @@ class ChatHandler(StreamHandler):
         self.proto = ChatServerProtocol(max_line=self.limits.max_line, max_text=service.max_text)
         self.member: Member | None = None  # set once accepted (not for refused peers)
         self._auth: asyncio.Task[None] | None = None  # a token being checked: input waits
+        self._waiting: asyncio.Future[ServerEvent] | None = None  # a reply from the hub
+        # Messages (say, me, dm) whose acknowledgement the hub owes, and the replies queued
+        # behind them, in command order: a member's messages are pipelined to the hub.
+        self._acks: deque[tuple[Command, ServerEvent | asyncio.Future[ServerEvent]]] = deque()
+        self._held: Command | None = None  # another command, waiting for those acks
         self._eof = False  # the peer half-closed while its token was being checked
         self._banner_timer: asyncio.TimerHandle | None = None  # the banner, not yet sent
 
@@ -141,7 +158,7 @@ class ChatHandler(StreamHandler):
 
     def on_eof(self) -> bool:
         self.proto.receive_eof()
-        if self._auth is not None:  # finish the lines after the token check
+        if self._busy():  # finish the lines after the token check or the hub's answers
             self._eof = True
             return True
         self._pump(drain=True)
@@ -182,7 +199,14 @@ class ChatHandler(StreamHandler):
         proto, member = self.proto, self.member
         if member is None:
             return
-        while not self.closing and self._auth is None and (drain or not self.writing_paused):
+        while (
+            not self.closing
+            and self._auth is None
+            and self._waiting is None
+            and self._held is None
+            and len(self._acks) < MAX_UNACKNOWLEDGED
+            and (drain or not self.writing_paused)
+        ):
             ev = proto.next_event()
             if ev is None or isinstance(ev, EndOfStream):
                 return
@@ -198,16 +222,98 @@ class ChatHandler(StreamHandler):
                         extra={"event": "limit", "reason": "line_too_long"},
                     )
                 self.ctx.metrics["chat_bad_input"] += 1
-                self.send(proto.codec.encode(ev))
+                if self._acks:  # after the replies still owed
+                    self._acks.append((Ping(), ev))
+                else:
+                    self.send(proto.codec.encode(ev))
                 continue
             if isinstance(ev, Hello) and member.nick is None and not self._login(ev):
                 continue
             self._run(member, ev)
 
     def _run(self, member: Member, cmd: Command) -> None:
-        """Run one command on the core and send the reply (and what follows from it)."""
+        """Run one command on the core and send the reply (and what follows from it).
+
+        A reply that needs the hub (a remote hub: ``sent`` once Redis holds the message)
+        comes later: the member's next lines wait for it, so they keep their order.
+        """
+        pipelined = isinstance(cmd, Say | Dm)
+        if self._acks and not pipelined:  # its effects may depend on those messages
+            self._held = cmd
+            return
+        reply = self.chat.core.handle(member, cmd)
+        if isinstance(reply, asyncio.Future):
+            if pipelined:  # the next message goes to the hub at once; replies keep order
+                self._acks.append((cmd, reply))
+                reply.add_done_callback(lambda fut: self._acked(member))
+                return
+            self._waiting = reply
+            reply.add_done_callback(lambda fut: self._replied(member, cmd, fut))
+            return
+        if self._acks:
+            self._acks.append((cmd, reply))
+            return
+        self._answer(member, cmd, reply)
+
+    def _busy(self) -> bool:
+        """Commands are in flight: the end of the stream waits for their replies."""
+        return (
+            self._auth is not None
+            or self._waiting is not None
+            or self._held is not None
+            or bool(self._acks)
+        )
+
+    def _acked(self, member: Member) -> None:
+        """A pipelined message was acknowledged: send the replies now due, in order."""
+        acks = self._acks
+        while acks:
+            cmd, reply = acks[0]
+            if isinstance(reply, asyncio.Future):
+                if not reply.done():
+                    return  # an earlier message is still owed: its reply goes first
+                if reply.cancelled() or reply.exception() is not None:
+                    acks.clear()
+                    exc = None if reply.cancelled() else reply.exception()
+                    self.log.error(
+                        "chat command failed: %r", exc, extra={"event": "internal_error"}
+                    )
+                    self.abort("internal error")
+                    return
+                reply = reply.result()
+            acks.popleft()
+            if self.closing:
+                acks.clear()
+                return
+            self._answer(member, cmd, reply)
+        self._resume(member)
+
+    def _resume(self, member: Member) -> None:
+        """Nothing owed any more: run the held command, then the lines that waited."""
+        if self.closing or self._acks or self._waiting is not None:
+            return
+        held, self._held = self._held, None
+        if held is not None:
+            self._run(member, held)
+        if not self._busy() or (self._acks and self._held is None):
+            self._pump(drain=self._eof)
+        if self._eof and not self._busy() and not self.closing:
+            self.close("eof")
+
+    def _replied(self, member: Member, cmd: Command, fut: asyncio.Future[ServerEvent]) -> None:
+        self._waiting = None
+        if self.closing or fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:  # a bug, not the peer's doing: logged, the connection dropped
+            self.log.error("chat command failed: %r", exc, extra={"event": "internal_error"})
+            self.abort("internal error")
+            return
+        self._answer(member, cmd, fut.result())
+        self._resume(member)
+
+    def _answer(self, member: Member, cmd: Command, reply: ServerEvent) -> None:
         core, proto = self.chat.core, self.proto
-        reply = core.handle(member, cmd)
         codec = proto.codec
         self.send(codec.encode(reply))
         if isinstance(reply, Welcome):
@@ -215,7 +321,7 @@ class ChatHandler(StreamHandler):
             self.login_complete()
             if self.join_on_hello:  # the hello's room, else the default (a reply without ref)
                 room = cmd.room if isinstance(cmd, Hello) and cmd.room else core.default_room
-                self.send(codec.encode(core.handle(member, Join(room))))
+                self._run(member, Join(room))
         if member.must_close:
             if isinstance(reply, ErrorEvent):
                 self.ctx.metrics["chat_kicked"] += 1
@@ -267,10 +373,13 @@ class ChatHandler(StreamHandler):
     async def _verify(self, hello: Hello, source: str) -> None:
         users, member = self.chat.core.users, self.member
         assert users is not None and member is not None
+        refusal = None
         try:
             user = None
             if hello.nick is not None and hello.token is not None:
-                user = await users.averify(hello.nick, hello.token)
+                refusal = await self._shared_limit(source, hello.nick)
+                if refusal is None:
+                    user = await users.averify(hello.nick, hello.token)
         except Exception as exc:  # e.g. the executor is gone at shutdown: not the peer's fault
             self.log.error("token check failed: %r", exc, extra={"event": "auth_error"})
             self.abort("internal error")
@@ -280,16 +389,34 @@ class ChatHandler(StreamHandler):
             self.chat.auth_failures.end(source, hello.nick or "", ok=user is not None)
         if self.closing:
             return
+        if refusal is not None:
+            self._auth_failed(hello.nick, refusal, hello.ref)
+            return
         if user is None:
             self._auth_failed(hello.nick, ref=hello.ref)
             return
+        self.chat.hub.login_ok(source, user.name)
         member.user = user
         audit_login(self.log, self.ctx.metrics, user.name)
         self._run(member, Hello(hello.nick, hello.ref, None, hello.room))
         self.resume_reading()
         self._pump(drain=self._eof)
-        if self._eof:
+        if self._eof and not self._busy():
             self.close("eof")
+
+    async def _shared_limit(self, source: str, account: str) -> str | None:
+        """The failed-login limits every process shares (a remote hub): ``None`` to go on,
+        else why the login is refused unchecked (the hub down: refused, never unlimited)."""
+        check = self.chat.hub.check_login(source, account)
+        if check is True:
+            return None
+        try:
+            ok = check if isinstance(check, bool) else await check
+        except ChatError:
+            return "the chat hub is unavailable: try again shortly"
+        return (
+            None if ok else "too many failed logins from your address or for this user: try later"
+        )
 
     def _auth_failed(
         self, name: str | None, reason: str = "wrong user name or token", ref: Ref = None
@@ -298,6 +425,11 @@ class ChatHandler(StreamHandler):
         audit_login(self.log, self.ctx.metrics, name or "", refused=reason)
         self.send(self.proto.codec.encode(ErrorEvent("auth_failed", reason, ref)))
         self.close("auth_failed")
+
+
+def _hub_figure(hub: Hub, name: str) -> float:
+    value = hub.stats().get(name, 0)
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 class ChatService(Service):
@@ -377,6 +509,8 @@ class ChatService(Service):
             max_rooms_per_source=max_rooms_per_source,
         )
         self.auth_failures = auth_failures if auth_failures is not None else AuthFailures()
+        if hasattr(self.hub, "login_limits"):  # the limits are shared through the hub
+            self.hub.login_limits = self.auth_failures.limits
         if banner_delay < 0:
             raise ValueError("banner_delay must be >= 0 seconds")
         self.banner_delay = banner_delay
@@ -388,6 +522,11 @@ class ChatService(Service):
         return ChatHandler(ctx, self)
 
     async def start(self, ctx: ServerContext) -> None:
+        hub = self.hub
+        ctx.gauges["chat_hub_up"] = lambda: 1.0 if hub.state in ("up", "local") else 0.0
+        for name in ("published", "delivered", "recovered", "gaps", "reconnects", "failures"):
+            if name in hub.stats():
+                ctx.gauges[f"chat_hub_{name}"] = functools.partial(_hub_figure, hub, name)
         await self.hub.start()
 
     async def stop(self) -> None:

@@ -116,6 +116,7 @@ class FilesService(Service):
 
     Raises:
         OSError: ``root`` cannot be created or opened.
+        ValueError: a timeout, window or expiry is not > 0, or ``min_rate`` is negative.
     """
 
     name = "files"

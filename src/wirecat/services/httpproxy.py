@@ -12,27 +12,26 @@ first).
 Only ``CONNECT`` is served: other methods (a plain ``GET http://...``) get ``405`` with
 ``Allow: CONNECT``. Refusals carry the matching status and are logged: ``403`` denied by
 the policy, ``407`` login needed or refused, ``502`` the destination refused or is
-unreachable, ``504`` it did not answer in time, ``400`` a malformed request. The request
+unreachable, ``504`` it did not answer in time, ``400`` a malformed request, ``431``
+a request head over 8 KiB or 64 header lines (RFC 6585 5). The request
 head must arrive within ``limits.handshake_timeout`` seconds, in at most 8 KiB.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..endpoints import Endpoint, parse_endpoint
-from ..errors import ConnectionClosed, ProtocolError
+from ..endpoints import Endpoint
+from ..errors import ConnectionClosed, LimitExceeded, ProtocolError
 from ..protocols import socks
 from ..runtime.connection import Connection
-from ..runtime.handler import ServerContext
 from ..runtime.limits import AccessList, Limits
-from ..runtime.server import HandlerService, Server
-from .relay import RelayStats, bridge
+from ..runtime.server import Server
+from ._proxyserver import ProxyRefusal, ProxySettings, Tunnel, proxy_server
+from .relay import RelayStats
 from .socks import SocksPolicy, _Refused, proxy_login, reach
 
 if TYPE_CHECKING:
@@ -48,14 +47,11 @@ _STATUS = {
 }
 
 
-class _HttpRefusal(Exception):
-    def __init__(
-        self, status: int, reason: str, why: str, headers: tuple[tuple[str, str], ...] = ()
-    ) -> None:
-        super().__init__(why)
-        self.status = status
-        self.reason = reason
-        self.headers = headers
+def _refusal(
+    status: int, reason: str, why: str, headers: tuple[tuple[str, str], ...] = ()
+) -> ProxyRefusal:
+    reply = socks.build_http_connect_reply(status, reason, headers=headers)
+    return ProxyRefusal(f"{status} {reason}: {why}", reply)
 
 
 def _basic(value: str | None) -> tuple[str, str] | None:
@@ -71,6 +67,62 @@ def _basic(value: str | None) -> tuple[str, str] | None:
         return None
     user, colon, password = decoded.partition(":")
     return (user, password) if colon else None
+
+
+async def _read_request(conn: Connection, buf: bytearray) -> socks.ConnectRequest:
+    while (parsed := socks.parse_http_connect_request(buf)) is None:
+        data = await conn.recv(socks.MAX_HTTP_REQUEST)
+        if not data:
+            raise ConnectionClosed("client left before its request was complete")
+        buf.extend(data)
+    request, used = parsed
+    del buf[:used]
+    return request
+
+
+async def _negotiate(conn: Connection, buf: bytearray, proxy: ProxySettings) -> Tunnel:
+    request = await _read_request(conn, buf)
+    if request.method != "CONNECT":
+        raise _refusal(
+            405,
+            "Method Not Allowed",
+            f"method {request.method} (only CONNECT)",
+            (("Allow", "CONNECT"),),
+        )
+    if proxy.users is not None:
+        login = _basic(request.authorization)
+        user = None
+        if login is not None:
+            user = await proxy_login(
+                conn, proxy.users, proxy.auth_failures, proxy.ctx, *login, how="http-proxy"
+            )
+        if user is None:
+            raise _refusal(
+                407,
+                "Proxy Authentication Required",
+                "login missing or refused",
+                (("Proxy-Authenticate", 'Basic realm="wirecat"'),),
+            )
+    try:
+        out = await reach(
+            request.host,
+            request.port,
+            policy=proxy.policy,
+            connect_timeout=proxy.connect_timeout,
+        )
+    except _Refused as refused:
+        status, reason = _STATUS.get(refused.code, (502, "Bad Gateway"))
+        if "in time" in str(refused):
+            status, reason = 504, "Gateway Timeout"
+        raise _refusal(status, reason, str(refused)) from None
+    reply = socks.build_http_connect_reply(200, "Connection Established")
+    return Tunnel(out, reply, f"{request.host}:{request.port}")
+
+
+def _bad_request(exc: ProtocolError) -> bytes:
+    if isinstance(exc, LimitExceeded):  # RFC 6585 5
+        return socks.build_http_connect_reply(431, "Request Header Fields Too Large")
+    return socks.build_http_connect_reply(400, "Bad Request")
 
 
 def http_proxy_server(
@@ -89,111 +141,41 @@ def http_proxy_server(
 ) -> Server:
     """An HTTP CONNECT proxy on ``endpoints`` (not started: use ``async with``).
 
+    Metrics (on ``server.ctx.metrics``): ``http_proxy_tunnels``, ``http_proxy_refused``,
+    ``http_proxy_bad_requests``, ``http_proxy_incomplete``.
+
     Args:
         endpoints: where to listen (stream endpoints; keep them private).
         policy: allowed destinations (default: loopback only).
         users: require ``Proxy-Authorization: Basic`` (user name and token) from this
             users file.
         auth_failures: the failed-login limiter (shared with other services).
-        limits: limits of the listening side; ``handshake_timeout`` bounds the request.
+        limits: limits of the listening side; ``handshake_timeout`` (seconds) bounds the
+            request.
         access: allow/deny rules for clients.
         tls: a server ``SSLContext`` for ``tls://`` endpoints (an HTTPS proxy).
-        idle_timeout: end a tunnel after this many seconds with no byte either way.
+        idle_timeout: end a tunnel after this many seconds with no byte either way
+            (``None``: never).
         connect_timeout: seconds allowed to reach a destination.
         on_end: called with each tunnel's :class:`RelayStats`.
         reuse_port: bind with ``SO_REUSEPORT`` (several processes share the port).
+
+    Raises:
+        InvalidEndpoint: an endpoint does not parse.
     """
-    raw = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
-    eps = [parse_endpoint(e) if isinstance(e, str) else e for e in raw]
-    policy = policy or SocksPolicy()
-    base = limits or Limits()
-    lim = dataclasses.replace(base, idle_timeout=None)
-    ctx = ServerContext(lim, access=access)
-    if users is not None and auth_failures is None:
-        from ..auth import AuthFailures
-
-        auth_failures = AuthFailures()
-
-    async def read_request(conn: Connection, buf: bytearray) -> socks.ConnectRequest:
-        while (parsed := socks.parse_http_connect_request(buf)) is None:
-            data = await conn.recv(socks.MAX_HTTP_REQUEST)
-            if not data:
-                raise ConnectionClosed("client left before its request was complete")
-            buf.extend(data)
-        request, used = parsed
-        del buf[:used]
-        return request
-
-    async def open_tunnel(conn: Connection, request: socks.ConnectRequest) -> Connection:
-        if request.method != "CONNECT":
-            raise _HttpRefusal(
-                405,
-                "Method Not Allowed",
-                f"method {request.method} (only CONNECT)",
-                (("Allow", "CONNECT"),),
-            )
-        if users is not None:
-            login = _basic(request.authorization)
-            user = None
-            if login is not None:
-                user = await proxy_login(conn, users, auth_failures, ctx, *login, how="http-proxy")
-            if user is None:
-                raise _HttpRefusal(
-                    407,
-                    "Proxy Authentication Required",
-                    "login missing or refused",
-                    (("Proxy-Authenticate", 'Basic realm="wirecat"'),),
-                )
-        try:
-            return await reach(
-                request.host, request.port, policy=policy, connect_timeout=connect_timeout
-            )
-        except _Refused as refusal:
-            status, reason = _STATUS.get(refusal.code, (502, "Bad Gateway"))
-            if "in time" in str(refusal):
-                status, reason = 504, "Gateway Timeout"
-            raise _HttpRefusal(status, reason, str(refusal)) from None
-
-    async def handler(conn: Connection) -> None:
-        buf = bytearray()
-        stats = RelayStats(peer=conn.peer_address)
-        try:
-            async with asyncio.timeout(lim.handshake_timeout):
-                request = await read_request(conn, buf)
-                out = await open_tunnel(conn, request)
-        except _HttpRefusal as refusal:
-            ctx.metrics["http_proxy_refused"] += 1
-            ctx.log.warning(
-                "http-proxy: refused %s: %d %s",
-                conn.peer_address,
-                refusal.status,
-                refusal,
-                extra={"event": "refused", "reason": "http-proxy"},
-            )
-            await conn.send(
-                socks.build_http_connect_reply(
-                    refusal.status, refusal.reason, headers=refusal.headers
-                )
-            )
-            return
-        except ProtocolError as exc:
-            ctx.metrics["http_proxy_bad_requests"] += 1
-            ctx.log.info("http-proxy: bad request from %s: %s", conn.peer_address, exc)
-            await conn.send(socks.build_http_connect_reply(400, "Bad Request"))
-            return
-        except (TimeoutError, ConnectionClosed):
-            ctx.metrics["http_proxy_incomplete"] += 1
-            return
-        async with out:
-            await conn.send(socks.build_http_connect_reply(200, "Connection Established"))
-            if buf:  # sent right after the request: forwarded first
-                await out.send(bytes(buf))
-                stats.up += len(buf)
-            stats.target = f"{request.host}:{request.port}"
-            await bridge(conn, out, idle_timeout=idle_timeout, stats=stats)
-        ctx.metrics["http_proxy_tunnels"] += 1
-        if on_end is not None:
-            on_end(stats)
-
-    service = HandlerService(eps, handler, name="http-proxy")
-    return Server([service], ctx=ctx, tls=tls, reuse_port=reuse_port)
+    return proxy_server(
+        endpoints,
+        name="http-proxy",
+        negotiate=_negotiate,
+        bad_request=_bad_request,
+        policy=policy,
+        users=users,
+        auth_failures=auth_failures,
+        limits=limits,
+        access=access,
+        tls=tls,
+        idle_timeout=idle_timeout,
+        connect_timeout=connect_timeout,
+        on_end=on_end,
+        reuse_port=reuse_port,
+    )

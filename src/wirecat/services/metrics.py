@@ -119,6 +119,12 @@ class _ContextCollector(Collector):
                 refused.add_metric([service, name.removeprefix("refused_"), worker], value)
         yield from families.values()
         yield refused
+        for name, read in sorted(ctx.gauges.items()):
+            g = GaugeMetricFamily(
+                f"wirecat_{_NAME.sub('_', name)}", f"wirecat {name}", labels=["worker"]
+            )
+            g.add_metric([worker], read())
+            yield g
         for name, value in sorted(ctx.metrics.items()):
             family = CounterMetricFamily(
                 f"wirecat_{_NAME.sub('_', name)}", f"wirecat counter {name}", labels=["worker"]

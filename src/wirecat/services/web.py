@@ -290,6 +290,7 @@ class WebHandler(WebSocketHandler, ChatHandler):
                 "members": len(core),
                 "rooms": len(core.rooms),
                 "connections": len(self.ctx.connections),
+                "hub": core.hub.stats(),
             }
         ).encode()
 

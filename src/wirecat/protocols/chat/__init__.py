@@ -22,6 +22,7 @@ JSON-lines protocol (client -> server; every command may carry ``"ref"``, a stri
     {"type":"hello","nick":"ann","token":"..."}   on servers with a users file (see below)
     {"type":"hello","nick":"ann","room":"#dev"}   land in #dev instead of the default room
     {"type":"join","room":"#lobby"}
+    {"type":"join","room":"#lobby","since":41}   resume: only what came after id 41
     {"type":"part","room":"#lobby"}          room optional: the most recently joined room
     {"type":"say","room":"#lobby","text":"hi"}   room optional, as for part
     {"type":"me","room":"#lobby","text":"waves"}
@@ -36,11 +37,13 @@ Server -> client. Replies answer one command each (and carry its ``ref``)::
 
     welcome {nick, server, default_room, motd, user?, roles?}   hello (user: authenticated)
     done    {text}                           kick, close
-    joined  {room, members:[nick], history:[message]}   join
+    joined  {room, members:[nick], history:[message], gap?:true}   join (gap: the
+                                             history no longer reaches back to since)
     parted  {room}       sent {id, ts}       who {room, members:[nick]}
     rooms   {rooms:[{room, members:int}]}    renamed {nick, old}
     bye {reason}   pong {}   help {commands:[str]}
-    error   {code, reason}                   any command, or bad input
+    error   {code, reason}                   any command, or bad input (hub_unavailable:
+                                             the hub (Redis) is down: retry later)
 
 Events (fan-out; ``id`` is a server-assigned increasing integer, ``ts`` ISO 8601 UTC)::
 

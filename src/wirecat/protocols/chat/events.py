@@ -37,6 +37,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "nick_reserved",
         "forbidden",
         "room_closed",
+        "hub_unavailable",
         "timeout",
     ]
 )
@@ -75,10 +76,17 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Join:
-    """Join ``room`` (created on first join); it becomes the current room."""
+    """Join ``room`` (created on first join); it becomes the current room.
+
+    ``since``: the id of the last event of ``room`` the client saw (a client resuming
+    after a reconnect): the reply's history then holds only the messages after it, and
+    says ``gap`` when the history no longer reaches back that far. ``None``: the room's
+    recent history.
+    """
 
     room: str
     ref: Ref = None
+    since: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,12 +292,17 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class RoomJoined:
-    """Reply to :class:`Join`: the members now in ``room`` and its recent messages."""
+    """Reply to :class:`Join`: the members now in ``room`` and its recent messages.
+
+    ``gap``: the join asked for the messages ``since`` an id, and some of them are no
+    longer held (history trimmed, or lost by the hub): ``history`` starts later than asked.
+    """
 
     room: str
     members: tuple[str, ...]
     history: tuple[Message, ...] = ()
     ref: Ref = None
+    gap: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +390,9 @@ class ErrorEvent:
             ``not_in_room``, ``no_such_room``, ``no_such_nick``, ``too_many_rooms``,
             ``rate_limited``, ``flooding``, ``auth_required``, ``auth_failed``,
             ``nick_reserved``, ``forbidden``, ``room_closed``, ``timeout`` (a line not
-            completed in time; the connection is closed) (see :data:`ERROR_CODES`).
+            completed in time; the connection is closed), ``hub_unavailable`` (the server's
+            hub, e.g. Redis, cannot be reached: nothing was done, try again later) (see
+            :data:`ERROR_CODES`).
         reason: one human-readable sentence.
         ref: the ``ref`` of the command that failed, if it had one.
     """

@@ -12,7 +12,7 @@ import msgspec
 
 from ...errors import FieldError, InvalidMessage, LocalProtocolError
 from .. import MAX_TOKEN
-from .._fields import byte_length_over, get_int, get_opt_str, get_str, get_str_list
+from .._fields import byte_length_over, get_int, get_opt_int, get_opt_str, get_str, get_str_list
 from .events import (
     _BAD_CHARS,
     _MAX_INT_REF,
@@ -178,6 +178,7 @@ _JSON_ENCODERS: Final[dict[type, Callable[[Any], dict[str, Any]]]] = {
             "room": ev.room,
             "members": list(ev.members),
             "history": [_j_message(m) for m in ev.history],
+            **({"gap": True} if ev.gap else {}),
         },
         ev.ref,
     ),
@@ -290,7 +291,9 @@ def _j_hello(obj: dict[str, Any], ref: Ref) -> Hello:
 
 _JSON_COMMANDS: Final[dict[str, Callable[[dict[str, Any], Ref, int], Command]]] = {
     "hello": lambda o, r, m: _j_hello(o, r),
-    "join": lambda o, r, m: Join(_j_room(o, r) or "", r),
+    "join": lambda o, r, m: Join(
+        _j_room(o, r) or "", r, get_opt_int(o, "since", low=0, high=_MAX_INT_REF)
+    ),
     "part": lambda o, r, m: Part(_j_room(o, r, optional=True), r),
     "say": lambda o, r, m: Say(_j_text(o, r, m), _j_room(o, r, optional=True), False, r),
     "me": lambda o, r, m: Say(_j_text(o, r, m), _j_room(o, r, optional=True), True, r),
@@ -397,8 +400,10 @@ def encode_json_command(cmd: Command) -> bytes:
                 obj["token"] = token
             if room is not None:
                 obj["room"] = room
-        case Join(room):
+        case Join(room, _, since):
             obj = {"type": "join", "room": room}
+            if since is not None:
+                obj["since"] = since
         case Part(room) | Who(room):
             obj = {"type": "part" if isinstance(cmd, Part) else "who"}
             if room is not None:
@@ -510,7 +515,9 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any], Ref], ServerEvent]]] = {
         _opt_s(o, "user"),
         _strs(o, "roles") if "roles" in o else (),
     ),
-    "joined": lambda o, r: RoomJoined(_s(o, "room"), _strs(o, "members"), _d_history(o), r),
+    "joined": lambda o, r: RoomJoined(
+        _s(o, "room"), _strs(o, "members"), _d_history(o), r, o.get("gap") is True
+    ),
     "parted": lambda o, r: RoomParted(_s(o, "room"), r),
     "sent": _d_sent,
     "who": lambda o, r: WhoList(_s(o, "room"), _strs(o, "members"), r),

@@ -215,6 +215,8 @@ def _lines(*lines: str) -> bytes:
 
 def _t_room_joined(ev: RoomJoined) -> bytes:
     out: list[str] = []
+    if ev.gap:
+        out.append(f"*** some messages in {ev.room} are no longer held: the history has a gap")
     if ev.history:
         n = len(ev.history)
         out.append(f"*** last {n} message{'s' if n != 1 else ''} in {ev.room}:")

@@ -127,9 +127,10 @@ client.addEventListener("welcome", (e) => {
 });
 
 client.addEventListener("joined", (e) => {
-  const { room: name, members, history } = e.detail;
+  const { room: name, members, history, gap } = e.detail;
   const r = room(name);
   r.members = new Set(members);
+  if (gap) notice(name, "some messages sent while you were away are no longer available");
   for (const m of history) message(m);
   if (!current || current === name || !rooms.get(current)) show(name);
   else renderRooms();

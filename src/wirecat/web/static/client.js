@@ -5,7 +5,9 @@
 // the client says hello again (token included, kept in memory only: never in a URL or a
 // log) and rejoins its rooms with "since": the last message id it saw in each, so that
 // whatever was said meanwhile is shown once (the history a join returns is filtered by id
-// here too, for servers that ignore "since").
+// here too, for servers that ignore "since"). Ids increase per room (with a Redis hub each
+// room counts on its own), so what was seen is keyed by room and id. A "joined" reply with
+// "gap": true says the server no longer holds everything since that id.
 
 const MIN_BACKOFF = 500;
 const MAX_BACKOFF = 15000;
@@ -19,7 +21,7 @@ export class ChatClient extends EventTarget {
     this.token = null;
     this.wanted = new Set();  // rooms to be in (rejoined after a reconnect)
     this.lastId = new Map();  // room -> highest message id seen
-    this.seen = new Set();    // ids already shown (join/part/message/dm events)
+    this.seen = new Set();    // "room id" keys already shown (join/part/message/dm events)
     this.backoff = MIN_BACKOFF;
     this.timer = null;
     this.closedByUser = false;
@@ -124,8 +126,9 @@ export class ChatClient extends EventTarget {
 
   note(room, id) {
     if (typeof id !== "number") return true;
-    if (this.seen.has(id)) return false;
-    this.seen.add(id);
+    const key = `${room || "dm"} ${id}`;
+    if (this.seen.has(key)) return false;
+    this.seen.add(key);
     if (this.seen.size > 5000) this.seen.delete(this.seen.values().next().value);
     if (room && id > (this.lastId.get(room) || 0)) this.lastId.set(room, id);
     return true;
@@ -147,7 +150,12 @@ export class ChatClient extends EventTarget {
       }
       case "joined": {
         const fresh = (msg.history || []).filter((m) => this.note(m.room, m.id));
-        this.emit("joined", { room: msg.room, members: msg.members || [], history: fresh });
+        this.emit("joined", {
+          room: msg.room,
+          members: msg.members || [],
+          history: fresh,
+          gap: msg.gap === true,
+        });
         return;
       }
       case "message":
