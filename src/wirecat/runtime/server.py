@@ -291,6 +291,7 @@ async def run_until_signal(
     loop = asyncio.get_running_loop()
     signals = 0
     reloading: asyncio.Task[None] | None = None
+    gc_before: tuple[int, int, int] | None = None
 
     def on_signal() -> None:
         nonlocal signals
@@ -332,12 +333,15 @@ async def run_until_signal(
     try:
         if not server.started:
             await server.start()
-        _tune_gc()
+        gc_before = _tune_gc()
         if on_started is not None:
             on_started(server)
         systemd.notify("READY=1")
         await server.serve_forever()
     finally:
+        if gc_before is not None:  # a library caller's process goes on as it was
+            gc.unfreeze()
+            gc.set_threshold(*gc_before)
         for sig in installed:
             loop.remove_signal_handler(sig)
         if reloading is not None and not reloading.done():
@@ -349,15 +353,18 @@ async def run_until_signal(
 GC_GEN0_THRESHOLD = 20_000
 
 
-def _tune_gc() -> None:
+def _tune_gc() -> tuple[int, int, int]:
     """A long-running server's objects (modules, classes, the server itself) exist from its
     start: :func:`gc.freeze` takes them out of every later collection, and a higher
     young-generation threshold runs the collector less often per connection (nearly all
-    per-connection objects are freed by reference counting, not by the collector)."""
+    per-connection objects are freed by reference counting, not by the collector).
+    Returns the thresholds before (restored, and the objects unfrozen, when the server
+    stops)."""
+    before = gc.get_threshold()
     gc.collect()
     gc.freeze()
-    gen0, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(gen0, GC_GEN0_THRESHOLD), gen1, gen2)
+    gc.set_threshold(max(before[0], GC_GEN0_THRESHOLD), before[1], before[2])
+    return before
 
 
 class ConnectionHandler(StreamHandler):
