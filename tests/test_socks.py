@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import http.server
+import logging
 import os
 import re
 import shutil
@@ -260,6 +261,56 @@ async def test_username_password_from_the_users_file(tmp_path: Path) -> None:
         with pytest.raises(ProxyError, match="username or password"):
             await wirecat.connect(f"tcp://127.0.0.1:{port}", proxy=bad, timeout=T)
         assert server.ctx.metrics["auth_failures"] == 1
+
+
+@pytest.mark.parametrize("login", [True, False], ids=["login", "no-login"])
+async def test_clients_that_reset_right_after_their_request_are_no_handler_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, login: bool
+) -> None:
+    # The client logs in (or not), sends its CONNECT request and resets (RST) at once:
+    # the refusal, bad-request or tunnel reply then meets a closed socket. That is an
+    # incomplete client, counted, not a handler error with a traceback; the server keeps
+    # serving.
+    from wirecat.auth import Users
+
+    users = None
+    hello = b"\x05\x01\x00"
+    if login:
+        path = tmp_path / "users.toml"
+        token = add_user(path, "ann", log_n=10)
+        users = Users.load(path)
+        hello = b"\x05\x01\x02" + bytes((1, 3)) + b"ann" + bytes((len(token),)) + token.encode()
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        socks_server("tcp://127.0.0.1:0", users=users) as server,
+    ):
+        port = target.endpoint().port or 0
+        requests = [
+            socks.build_request("192.0.2.1", 22),  # refused by the policy
+            b"\x05\x01\x00\x09",  # a bad request (address type)
+            socks.build_request("127.0.0.1", port),  # allowed
+        ] * 5
+        for request in requests:
+            r, w = await _raw(server.endpoint())
+            w.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            w.write(hello)
+            assert await asyncio.wait_for(r.readexactly(4 if login else 2), T)
+            w.write(request)
+            await w.drain()
+            w.transport.abort()  # RST, before (or while) the server answers
+        m = server.ctx.metrics
+        kinds = ("socks_refused", "socks_bad_requests", "socks_incomplete", "socks_tunnels")
+        await wait_for(lambda: sum(m[k] for k in (*kinds, "handler_errors")) == len(requests), T)
+        assert m["handler_errors"] == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+        # still serving
+        ok = f"socks5://ann:{token}@" if login else "socks5://"
+        via = f"{ok}127.0.0.1:{server.endpoint().port}"
+        async with wirecat.connect(f"tcp://127.0.0.1:{port}", proxy=via, timeout=T) as c:
+            await c.send(b"still here\n")
+            assert await c.recv_line(timeout=T) == b"still here\n"
 
 
 # -- proxy clients ----------------------------------------------------------------------------
