@@ -77,6 +77,21 @@ def test_bad_socks_messages(parse: object, data: bytes, words: str) -> None:
         parse(data)  # type: ignore[operator]
 
 
+@pytest.mark.parametrize(
+    ("data", "reply"),
+    [
+        (b"\x05\x01\x00\x09", 0x08),  # address type not supported
+        (b"\x04\x01\x00\x01", 0x01),  # version
+        (b"\x05\x01\x01\x01", 0x01),  # reserved byte
+        (b"\x05\x01\x00\x03\x00\x00\x50", 0x01),  # empty domain
+    ],
+)
+def test_request_errors_carry_the_reply_code(data: bytes, reply: int) -> None:
+    with pytest.raises(socks.RequestError) as caught:
+        socks.parse_request(data)
+    assert caught.value.reply == reply
+
+
 def test_255_methods_and_a_255_byte_domain_are_within_the_protocol() -> None:
     assert socks.parse_methods(bytes([5, 255, *range(255)])) == (list(range(255)), 257)
     name = ".".join(["a" * 63] * 3) + "." + "b" * 63  # 255 bytes
@@ -230,6 +245,39 @@ async def test_refusals_carry_the_right_reply(messages: list[bytes], expect: byt
         else:
             assert got[:2] == b"\x05\x00" and got[2:4] == expect
         w.close()
+
+
+async def test_the_login_path_answers_refusals_and_bad_requests_the_same(tmp_path: Path) -> None:
+    # RFC 1929 logins take the coroutine path (proxy_server): same reply codes as the
+    # callback path, from the refusal's and the request error's fields.
+    from wirecat.auth import Users
+
+    path = tmp_path / "users.toml"
+    token = add_user(path, "ann", log_n=10)
+    login = bytes((5, 1, 2, 1, 3)) + b"ann" + bytes((len(token),)) + token.encode()
+    cases = [
+        (socks.build_request("192.0.2.1", 80), b"\x05\x02"),  # denied
+        (b"\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x07"),  # BIND
+        (b"\x05\x01\x00\x09", b"\x05\x08"),  # address type
+        (b"\x05\x01\x01\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x01"),  # RSV
+    ]
+    async with socks_server("tcp://127.0.0.1:0", users=Users.load(path)) as server:
+        for request, expect in cases:
+            r, w = await _raw(server.endpoint())
+            w.write(login + request)
+            got = await asyncio.wait_for(r.read(), T)
+            assert got[:4] == b"\x05\x02\x01\x00" and got[4:6] == expect, (request, got)
+            w.close()
+        for hello, expect in [
+            (b"\x05\x01\x00", b"\x05\xff"),  # no login offered
+            (bytes((5, 1, 2, 1, 3)) + b"ann\x03bad", b"\x05\x02\x01\x01"),  # wrong token
+        ]:
+            r, w = await _raw(server.endpoint())
+            w.write(hello)
+            assert await asyncio.wait_for(r.read(), T) == expect
+            w.close()
+    m = server.ctx.metrics
+    assert (m["socks_refused"], m["socks_bad_requests"], m["handler_errors"]) == (4, 2, 0)
 
 
 async def test_a_client_that_stops_mid_request_is_cut() -> None:

@@ -164,19 +164,7 @@ def http_proxy_server(
     Raises:
         InvalidEndpoint: an endpoint does not parse.
     """
+    # every parameter above, by name (this function's locals are only its parameters)
     return proxy_server(
-        endpoints,
-        name="http-proxy",
-        negotiate=_negotiate,
-        bad_request=_bad_request,
-        policy=policy,
-        users=users,
-        auth_failures=auth_failures,
-        limits=limits,
-        access=access,
-        tls=tls,
-        idle_timeout=idle_timeout,
-        connect_timeout=connect_timeout,
-        on_end=on_end,
-        reuse_port=reuse_port,
+        name="http-proxy", negotiate=_negotiate, bad_request=_bad_request, **locals()
     )

@@ -302,6 +302,9 @@ def socks_server(
 ) -> Server:
     """A SOCKS5 server on ``endpoints`` (not started: use ``async with``).
 
+    Metrics (on ``server.ctx.metrics``): ``socks_tunnels``, ``socks_refused``,
+    ``socks_bad_requests``, ``socks_incomplete``.
+
     Args:
         endpoints: where to listen (stream endpoints; keep them private).
         policy: allowed destinations (default: loopback only).
@@ -314,23 +317,17 @@ def socks_server(
         connect_timeout: seconds allowed to reach a destination.
         on_end: called with each tunnel's :class:`RelayStats`.
         reuse_port: bind with ``SO_REUSEPORT`` (several processes share the port).
+
+    Raises:
+        InvalidEndpoint: an endpoint does not parse.
     """
+    # every parameter above, by name (this function's locals are only its parameters)
     return proxy_server(
-        endpoints,
         name="socks",
         negotiate=_negotiate,
         bad_request=_bad_request,
-        policy=policy,
-        users=users,
-        auth_failures=auth_failures,
-        limits=limits,
-        access=access,
-        tls=tls,
-        idle_timeout=idle_timeout,
-        connect_timeout=connect_timeout,
-        on_end=on_end,
-        reuse_port=reuse_port,
         service=_SocksService,
+        **locals(),
     )
 
 
