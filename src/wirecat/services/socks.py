@@ -14,6 +14,11 @@ must finish within ``limits.handshake_timeout`` seconds; then the tunnel is a re
 and bytes the client sent right after its request are forwarded first, never lost.
 
 UDP ASSOCIATE and BIND are answered "command not supported" (0x07).
+
+Plain TCP/Unix listeners without logins run as callbacks, the tunnel being the splice
+engine; logins and TLS take the coroutine path the HTTP CONNECT proxy also runs on
+(:func:`wirecat.services._proxyserver.proxy_server`), with the same counters, logs and
+replies.
 """
 
 from __future__ import annotations
