@@ -280,6 +280,38 @@ async def test_the_login_path_answers_refusals_and_bad_requests_the_same(tmp_pat
     assert (m["socks_refused"], m["socks_bad_requests"], m["handler_errors"]) == (4, 2, 0)
 
 
+async def test_socks_over_tls_takes_the_coroutine_path() -> None:
+    # A TLS listener cannot splice: no login, yet the general path (proxy_server) serves
+    # it; early bytes are forwarded first and refusals carry their reply code.
+    from wirecat.runtime.tls import self_signed, server_context
+
+    made = self_signed()
+    ended: list[RelayStats] = []
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        socks_server(
+            "tls://127.0.0.1:0",
+            tls=server_context(made.cert_pem, made.key_pem),
+            on_end=ended.append,
+        ) as server,
+    ):
+        port = target.endpoint().port or 0
+        for request, expect in [
+            (socks.build_request("127.0.0.1", port) + b"early\n", 0),
+            (socks.build_request("192.0.2.1", 80), 2),
+        ]:
+            async with wirecat.connect(server.endpoint(), pin=made.fingerprint, timeout=T) as c:
+                await c.send(b"\x05\x01\x00" + request)
+                assert await c.recv_exact(2, timeout=T) == b"\x05\x00"
+                assert (await c.recv_exact(10, timeout=T))[:2] == bytes((5, expect))
+                if expect == 0:
+                    assert await c.recv_line(timeout=T) == b"early\n"
+        await wait_for(lambda: len(ended) == 1, T)
+    assert not ended[0].zero_copy and ended[0].up == ended[0].down == 6
+    m = server.ctx.metrics
+    assert (m["socks_tunnels"], m["socks_refused"], m["handler_errors"]) == (1, 1, 0)
+
+
 async def test_a_client_that_stops_mid_request_is_cut() -> None:
     limits = Limits(handshake_timeout=scaled(0.2))
     async with socks_server("tcp://127.0.0.1:0", limits=limits) as server:
