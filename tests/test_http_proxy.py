@@ -136,6 +136,32 @@ async def test_tunnels_pipelined_bytes_and_refusals(tmp_path: Path) -> None:
     assert len(ended) == 2 and ended[0].up == ended[0].down == 6
 
 
+async def test_a_destination_that_does_not_answer_in_time_gets_504() -> None:
+    import socket
+
+    # A listener whose accept queue is full drops further SYNs (Linux): connecting to it
+    # times out, which the proxy answers 504 (ProxyRefusal.timed_out), not 502.
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(3):
+                s = socket.socket()
+                s.setblocking(False)
+                with suppress(BlockingIOError):
+                    s.connect(("127.0.0.1", port))
+                fillers.append(s)
+            async with http_proxy_server("tcp://127.0.0.1:0", connect_timeout=scaled(0.3)) as p:
+                pport = p.endpoint().port or 0
+                got = await _ask(pport, b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % port)
+                assert got.startswith(b"HTTP/1.1 504 "), got
+        finally:
+            for s in fillers:
+                s.close()
+
+
 async def test_login_with_proxy_authorization(tmp_path: Path) -> None:
     path = tmp_path / "users.toml"
     token = add_user(path, "ann", log_n=10)

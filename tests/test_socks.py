@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import http.server
+import logging
 import os
 import re
 import shutil
@@ -74,6 +75,21 @@ def test_greeting_request_userpass_byte_by_byte() -> None:
 def test_bad_socks_messages(parse: object, data: bytes, words: str) -> None:
     with pytest.raises(RemoteProtocolError, match=words):
         parse(data)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("data", "reply"),
+    [
+        (b"\x05\x01\x00\x09", 0x08),  # address type not supported
+        (b"\x04\x01\x00\x01", 0x01),  # version
+        (b"\x05\x01\x01\x01", 0x01),  # reserved byte
+        (b"\x05\x01\x00\x03\x00\x00\x50", 0x01),  # empty domain
+    ],
+)
+def test_request_errors_carry_the_reply_code(data: bytes, reply: int) -> None:
+    with pytest.raises(socks.RequestError) as caught:
+        socks.parse_request(data)
+    assert caught.value.reply == reply
 
 
 def test_255_methods_and_a_255_byte_domain_are_within_the_protocol() -> None:
@@ -231,6 +247,71 @@ async def test_refusals_carry_the_right_reply(messages: list[bytes], expect: byt
         w.close()
 
 
+async def test_the_login_path_answers_refusals_and_bad_requests_the_same(tmp_path: Path) -> None:
+    # RFC 1929 logins take the coroutine path (proxy_server): same reply codes as the
+    # callback path, from the refusal's and the request error's fields.
+    from wirecat.auth import Users
+
+    path = tmp_path / "users.toml"
+    token = add_user(path, "ann", log_n=10)
+    login = bytes((5, 1, 2, 1, 3)) + b"ann" + bytes((len(token),)) + token.encode()
+    cases = [
+        (socks.build_request("192.0.2.1", 80), b"\x05\x02"),  # denied
+        (b"\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x07"),  # BIND
+        (b"\x05\x01\x00\x09", b"\x05\x08"),  # address type
+        (b"\x05\x01\x01\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x01"),  # RSV
+    ]
+    async with socks_server("tcp://127.0.0.1:0", users=Users.load(path)) as server:
+        for request, expect in cases:
+            r, w = await _raw(server.endpoint())
+            w.write(login + request)
+            got = await asyncio.wait_for(r.read(), T)
+            assert got[:4] == b"\x05\x02\x01\x00" and got[4:6] == expect, (request, got)
+            w.close()
+        for hello, expect in [
+            (b"\x05\x01\x00", b"\x05\xff"),  # no login offered
+            (bytes((5, 1, 2, 1, 3)) + b"ann\x03bad", b"\x05\x02\x01\x01"),  # wrong token
+        ]:
+            r, w = await _raw(server.endpoint())
+            w.write(hello)
+            assert await asyncio.wait_for(r.read(), T) == expect
+            w.close()
+    m = server.ctx.metrics
+    assert (m["socks_refused"], m["socks_bad_requests"], m["handler_errors"]) == (4, 2, 0)
+
+
+async def test_socks_over_tls_takes_the_coroutine_path() -> None:
+    # A TLS listener cannot splice: no login, yet the general path (proxy_server) serves
+    # it; early bytes are forwarded first and refusals carry their reply code.
+    from wirecat.runtime.tls import self_signed, server_context
+
+    made = self_signed()
+    ended: list[RelayStats] = []
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        socks_server(
+            "tls://127.0.0.1:0",
+            tls=server_context(made.cert_pem, made.key_pem),
+            on_end=ended.append,
+        ) as server,
+    ):
+        port = target.endpoint().port or 0
+        for request, expect in [
+            (socks.build_request("127.0.0.1", port) + b"early\n", 0),
+            (socks.build_request("192.0.2.1", 80), 2),
+        ]:
+            async with wirecat.connect(server.endpoint(), pin=made.fingerprint, timeout=T) as c:
+                await c.send(b"\x05\x01\x00" + request)
+                assert await c.recv_exact(2, timeout=T) == b"\x05\x00"
+                assert (await c.recv_exact(10, timeout=T))[:2] == bytes((5, expect))
+                if expect == 0:
+                    assert await c.recv_line(timeout=T) == b"early\n"
+        await wait_for(lambda: len(ended) == 1, T)
+    assert not ended[0].zero_copy and ended[0].up == ended[0].down == 6
+    m = server.ctx.metrics
+    assert (m["socks_tunnels"], m["socks_refused"], m["handler_errors"]) == (1, 1, 0)
+
+
 async def test_a_client_that_stops_mid_request_is_cut() -> None:
     limits = Limits(handshake_timeout=scaled(0.2))
     async with socks_server("tcp://127.0.0.1:0", limits=limits) as server:
@@ -260,6 +341,56 @@ async def test_username_password_from_the_users_file(tmp_path: Path) -> None:
         with pytest.raises(ProxyError, match="username or password"):
             await wirecat.connect(f"tcp://127.0.0.1:{port}", proxy=bad, timeout=T)
         assert server.ctx.metrics["auth_failures"] == 1
+
+
+@pytest.mark.parametrize("login", [True, False], ids=["login", "no-login"])
+async def test_clients_that_reset_right_after_their_request_are_no_handler_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, login: bool
+) -> None:
+    # The client logs in (or not), sends its CONNECT request and resets (RST) at once:
+    # the refusal, bad-request or tunnel reply then meets a closed socket. That is an
+    # incomplete client, counted, not a handler error with a traceback; the server keeps
+    # serving.
+    from wirecat.auth import Users
+
+    users = None
+    hello = b"\x05\x01\x00"
+    if login:
+        path = tmp_path / "users.toml"
+        token = add_user(path, "ann", log_n=10)
+        users = Users.load(path)
+        hello = b"\x05\x01\x02" + bytes((1, 3)) + b"ann" + bytes((len(token),)) + token.encode()
+    async with (
+        wirecat.listen("tcp://127.0.0.1:0", _echo) as target,
+        socks_server("tcp://127.0.0.1:0", users=users) as server,
+    ):
+        port = target.endpoint().port or 0
+        requests = [
+            socks.build_request("192.0.2.1", 22),  # refused by the policy
+            b"\x05\x01\x00\x09",  # a bad request (address type)
+            socks.build_request("127.0.0.1", port),  # allowed
+        ] * 5
+        for request in requests:
+            r, w = await _raw(server.endpoint())
+            w.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            w.write(hello)
+            assert await asyncio.wait_for(r.readexactly(4 if login else 2), T)
+            w.write(request)
+            await w.drain()
+            w.transport.abort()  # RST, before (or while) the server answers
+        m = server.ctx.metrics
+        kinds = ("socks_refused", "socks_bad_requests", "socks_incomplete", "socks_tunnels")
+        await wait_for(lambda: sum(m[k] for k in (*kinds, "handler_errors")) == len(requests), T)
+        assert m["handler_errors"] == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+        # still serving
+        ok = f"socks5://ann:{token}@" if login else "socks5://"
+        via = f"{ok}127.0.0.1:{server.endpoint().port}"
+        async with wirecat.connect(f"tcp://127.0.0.1:{port}", proxy=via, timeout=T) as c:
+            await c.send(b"still here\n")
+            assert await c.recv_line(timeout=T) == b"still here\n"
 
 
 # -- proxy clients ----------------------------------------------------------------------------

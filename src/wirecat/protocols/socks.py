@@ -33,6 +33,7 @@ __all__ = [
     "REPLIES",
     "ConnectRequest",
     "Request",
+    "RequestError",
     "build_http_connect",
     "build_http_connect_reply",
     "build_method",
@@ -90,6 +91,19 @@ class Request:
     host: str
     port: int
     atyp: int
+
+
+class RequestError(RemoteProtocolError):
+    """A malformed SOCKS5 request (after the greeting was answered).
+
+    Attributes:
+        reply: the reply code a server answers it with (RFC 1928 6): ``0x08`` address
+            type not supported, ``0x01`` general failure (anything else).
+    """
+
+    def __init__(self, message: str, *, reply: int = 0x01) -> None:
+        super().__init__(message)
+        self.reply = reply
 
 
 def _version(buf: bytes | bytearray, what: str) -> None:
@@ -182,15 +196,22 @@ def parse_request(buf: bytes | bytearray) -> tuple[Request, int] | None:
     """``VER CMD RSV ATYP DST.ADDR DST.PORT`` -> ``(Request, used)``.
 
     Raises:
-        RemoteProtocolError: wrong version, reserved byte set, unknown address type, or a
-            bad domain name. (Unsupported commands parse: the server answers 0x07.)
+        RequestError: wrong version, reserved byte set, unknown address type (``reply``
+            0x08), or a bad domain name. (Unsupported commands parse: the server answers
+            0x07.)
     """
     if len(buf) < 4:
         return None
-    _version(buf, "request")
+    if buf[0] != VERSION:
+        raise RequestError(f"SOCKS request: version {buf[0]}, expected 5")
     if buf[2] != 0:
-        raise RemoteProtocolError("SOCKS request: the reserved byte must be 0")
-    parsed = _parse_address(buf, 3, "request")
+        raise RequestError("SOCKS request: the reserved byte must be 0")
+    if buf[3] not in (ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6):
+        raise RequestError(f"SOCKS request: address type {buf[3]} not supported", reply=0x08)
+    try:
+        parsed = _parse_address(buf, 3, "request")
+    except RemoteProtocolError as exc:  # a bad domain name
+        raise RequestError(str(exc)) from None
     if parsed is None:
         return None
     host, port, atyp, end = parsed

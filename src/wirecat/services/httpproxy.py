@@ -32,7 +32,7 @@ from ..runtime.limits import AccessList, Limits
 from ..runtime.server import Server
 from ._proxyserver import ProxyRefusal, ProxySettings, Tunnel, proxy_server
 from .relay import RelayStats
-from .socks import SocksPolicy, _Refused, proxy_login, reach
+from .socks import SocksPolicy, proxy_login, reach
 
 if TYPE_CHECKING:
     from ..auth import AuthFailures, Users
@@ -110,10 +110,11 @@ async def _negotiate(conn: Connection, buf: bytearray, proxy: ProxySettings) -> 
             policy=proxy.policy,
             connect_timeout=proxy.connect_timeout,
         )
-    except _Refused as refused:
-        status, reason = _STATUS.get(refused.code, (502, "Bad Gateway"))
-        if "in time" in str(refused):
+    except ProxyRefusal as refused:
+        if refused.timed_out:
             status, reason = 504, "Gateway Timeout"
+        else:
+            status, reason = _STATUS.get(refused.code or 0x01, (502, "Bad Gateway"))
         raise _refusal(status, reason, str(refused)) from None
     reply = socks.build_http_connect_reply(200, "Connection Established")
     return Tunnel(out, reply, f"{request.host}:{request.port}")
@@ -163,19 +164,7 @@ def http_proxy_server(
     Raises:
         InvalidEndpoint: an endpoint does not parse.
     """
+    # every parameter above, by name (this function's locals are only its parameters)
     return proxy_server(
-        endpoints,
-        name="http-proxy",
-        negotiate=_negotiate,
-        bad_request=_bad_request,
-        policy=policy,
-        users=users,
-        auth_failures=auth_failures,
-        limits=limits,
-        access=access,
-        tls=tls,
-        idle_timeout=idle_timeout,
-        connect_timeout=connect_timeout,
-        on_end=on_end,
-        reuse_port=reuse_port,
+        name="http-proxy", negotiate=_negotiate, bad_request=_bad_request, **locals()
     )

@@ -14,26 +14,29 @@ must finish within ``limits.handshake_timeout`` seconds; then the tunnel is a re
 and bytes the client sent right after its request are forwarded first, never lost.
 
 UDP ASSOCIATE and BIND are answered "command not supported" (0x07).
+
+Plain TCP/Unix listeners without logins run as callbacks, the tunnel being the splice
+engine; logins and TLS take the coroutine path the HTTP CONNECT proxy also runs on
+(:func:`wirecat.services._proxyserver.proxy_server`), with the same counters, logs and
+replies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
 import ipaddress
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..endpoints import Endpoint, parse_endpoint
+from ..endpoints import Endpoint
 from ..errors import (
     ConnectionClosed,
     ConnectionRefused,
     LimitExceeded,
-    NetworkError,
     ProtocolError,
     WirecatError,
     WirecatTimeout,
@@ -42,8 +45,9 @@ from ..protocols import socks
 from ..runtime.connection import Connection, connect
 from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import AccessList, Limits
-from ..runtime.server import HandlerService, Server
-from .relay import RelayStats, SpliceHandler, bridge
+from ..runtime.server import Server
+from ._proxyserver import ProxyRefusal, ProxyService, ProxySettings, Tunnel, proxy_server
+from .relay import RelayStats, SpliceHandler
 
 if TYPE_CHECKING:
     from ..auth import AuthFailures, User, Users
@@ -51,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = ["SocksPolicy", "socks_server"]
 
 _MAX_NEGOTIATION = 1024  # bytes: greeting + auth + request never need more
+_UNREACHABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,19 +143,20 @@ class SocksPolicy:
         return False
 
 
-class _Refused(Exception):
-    def __init__(self, code: int, why: str) -> None:
-        super().__init__(why)
-        self.code = code
+def _refused(code: int, why: str, *, timed_out: bool = False) -> ProxyRefusal:
+    """A refused destination or command: the SOCKS5 reply ``code`` (RFC 1928 6)."""
+    return ProxyRefusal(why, socks.build_reply(code), code=code, timed_out=timed_out)
 
 
-async def _negotiate(
-    conn: Connection,
-    buf: bytearray,
-    users: Users | None,
-    failures: AuthFailures | None,
-    ctx: ServerContext,
-) -> socks.Request:
+def _bad_request(exc: ProtocolError) -> bytes | None:
+    """A malformed request is answered with its reply code; a malformed greeting or login
+    message with nothing (no method was agreed on to answer in)."""
+    return socks.build_reply(exc.reply) if isinstance(exc, socks.RequestError) else None
+
+
+async def _negotiate(conn: Connection, buf: bytearray, proxy: ProxySettings) -> Tunnel:
+    """The general path: greeting, RFC 1929 login, request, then the destination."""
+
     async def need(parse: Callable[[bytearray], Any]) -> Any:
         while True:
             parsed = parse(buf)
@@ -164,20 +170,35 @@ async def _negotiate(
                 raise ConnectionClosed("client left during the SOCKS negotiation")
             buf.extend(data)
 
+    users = proxy.users
     methods, _ = await need(socks.parse_methods)
     wanted = socks.METHOD_USERPASS if users is not None else socks.METHOD_NONE
     if wanted not in methods:
-        await conn.send(socks.build_method(socks.METHOD_NO_ACCEPTABLE))
-        raise _Refused(-1, "no acceptable authentication method")
+        reply = socks.build_method(socks.METHOD_NO_ACCEPTABLE)
+        raise ProxyRefusal("no acceptable authentication method", reply)
     await conn.send(socks.build_method(wanted))
     if users is not None:
         name, password, _ = await need(socks.parse_userpass)
-        if await proxy_login(conn, users, failures, ctx, name, password, how="socks") is None:
-            await conn.send(socks.build_userpass_status(False))
-            raise _Refused(-1, f"authentication failed for {name!r}")
+        user = await proxy_login(
+            conn, users, proxy.auth_failures, proxy.ctx, name, password, how="socks"
+        )
+        if user is None:
+            reply = socks.build_userpass_status(False)
+            raise ProxyRefusal(f"authentication failed for {name!r}", reply)
         await conn.send(socks.build_userpass_status(True))
-    request, _ = await need(socks.parse_request)
-    return request  # type: ignore[no-any-return]
+    request: socks.Request = (await need(socks.parse_request))[0]
+    if request.command != socks.CMD_CONNECT:
+        raise _refused(0x07, f"command {request.command} not supported")
+    out = await reach(
+        request.host,
+        request.port,
+        policy=proxy.policy,
+        connect_timeout=proxy.connect_timeout,
+        resolve=request.atyp == socks.ATYP_DOMAIN,
+    )
+    host, _, port = out.local_address.rpartition(":")
+    reply = socks.build_reply(0, host.strip("[]"), int(port))
+    return Tunnel(out, reply, f"{request.host}:{request.port}")
 
 
 async def proxy_login(
@@ -219,7 +240,8 @@ async def destination(host: str, port: int, *, policy: SocksPolicy, resolve: boo
     then the first address the policy allows (checked on the resolved address).
 
     Raises:
-        _Refused: 0x04 a name that does not resolve, 0x02 no allowed address.
+        ProxyRefusal: ``code`` 0x04 a name that does not resolve, 0x02 no allowed address
+            (``reply``: the SOCKS5 reply).
     """
     if resolve:
         try:
@@ -227,13 +249,13 @@ async def destination(host: str, port: int, *, policy: SocksPolicy, resolve: boo
                 host, port, type=socket.SOCK_STREAM
             )
         except OSError:
-            raise _Refused(0x04, f"cannot resolve {host!r}") from None
+            raise _refused(0x04, f"cannot resolve {host!r}") from None
         addresses = [str(info[4][0]) for info in infos]
     else:
         addresses = [host]
     allowed = [a for a in addresses if policy.permits(a, port)]
     if not allowed:
-        raise _Refused(0x02, f"destination {host}:{port} not allowed by policy")
+        raise _refused(0x02, f"destination {host}:{port} not allowed by policy")
     return allowed[0]
 
 
@@ -251,19 +273,22 @@ async def reach(
         resolve: resolve ``host`` as a name (SOCKS5 ATYP 3; HTTP CONNECT targets).
 
     Raises:
-        _Refused: with the SOCKS5 reply code (0x02 not allowed, 0x04 unreachable or
-            unresolvable, 0x05 refused, 0x01 other).
+        ProxyRefusal: with the SOCKS5 reply ``code`` (0x02 not allowed, 0x04 unreachable,
+            unresolvable or no answer in time (``timed_out``), 0x05 refused, 0x01 other)
+            and that reply as ``reply``.
     """
     ip = await destination(host, port, policy=policy, resolve=resolve)
     target = f"tcp://[{ip}]:{port}" if ":" in ip else f"tcp://{ip}:{port}"
     try:
         return await connect(target, timeout=connect_timeout)
     except ConnectionRefused:
-        raise _Refused(0x05, f"{target} refused the connection") from None
+        raise _refused(0x05, f"{target} refused the connection") from None
     except WirecatTimeout:
-        raise _Refused(0x04, f"{target} did not answer in time") from None
-    except (NetworkError, WirecatError) as exc:
-        raise _Refused(0x04 if "reach" in str(exc) else 0x01, str(exc)) from None
+        raise _refused(0x04, f"{target} did not answer in time", timed_out=True) from None
+    except WirecatError as exc:
+        cause = exc.__cause__
+        unreachable = isinstance(cause, OSError) and cause.errno in _UNREACHABLE
+        raise _refused(0x04 if unreachable else 0x01, str(exc)) from None
 
 
 def socks_server(
@@ -282,6 +307,9 @@ def socks_server(
 ) -> Server:
     """A SOCKS5 server on ``endpoints`` (not started: use ``async with``).
 
+    Metrics (on ``server.ctx.metrics``): ``socks_tunnels``, ``socks_refused``,
+    ``socks_bad_requests``, ``socks_incomplete``.
+
     Args:
         endpoints: where to listen (stream endpoints; keep them private).
         policy: allowed destinations (default: loopback only).
@@ -294,96 +322,35 @@ def socks_server(
         connect_timeout: seconds allowed to reach a destination.
         on_end: called with each tunnel's :class:`RelayStats`.
         reuse_port: bind with ``SO_REUSEPORT`` (several processes share the port).
+
+    Raises:
+        InvalidEndpoint: an endpoint does not parse.
     """
-    raw = [endpoints] if isinstance(endpoints, str | Endpoint) else list(endpoints)
-    eps = [parse_endpoint(e) if isinstance(e, str) else e for e in raw]
-    policy = policy or SocksPolicy()
-    base = limits or Limits()
-    lim = dataclasses.replace(base, idle_timeout=None)
-    ctx = ServerContext(lim, access=access)
-    if users is not None and auth_failures is None:
-        from ..auth import AuthFailures
-
-        auth_failures = AuthFailures()
-
-    async def handler(conn: Connection) -> None:
-        buf = bytearray()
-        stats = RelayStats(peer=conn.peer_address)
-        try:
-            async with asyncio.timeout(lim.handshake_timeout):
-                request = await _negotiate(conn, buf, users, auth_failures, ctx)
-                out = await _open(request)
-        except _Refused as refusal:
-            ctx.metrics["socks_refused"] += 1
-            ctx.log.warning(
-                "socks: refused %s: %s",
-                conn.peer_address,
-                refusal,
-                extra={"event": "refused", "reason": "socks"},
-            )
-            if refusal.code >= 0:
-                await conn.send(socks.build_reply(refusal.code))
-            return
-        except ProtocolError as exc:
-            ctx.metrics["socks_bad_requests"] += 1
-            ctx.log.info("socks: bad request from %s: %s", conn.peer_address, exc)
-            code = 0x08 if "address type" in str(exc) else 0x01
-            if "greeting" not in str(exc) and "methods" not in str(exc):
-                await conn.send(socks.build_reply(code))
-            return
-        except (TimeoutError, ConnectionClosed):
-            ctx.metrics["socks_incomplete"] += 1
-            return
-        async with out:
-            host, _, port = out.local_address.rpartition(":")
-            await conn.send(socks.build_reply(0, host.strip("[]"), int(port)))
-            if buf:  # sent right after the request: forwarded first
-                await out.send(bytes(buf))
-                stats.up += len(buf)
-            stats.target = f"{request.host}:{request.port}"
-            await bridge(conn, out, idle_timeout=idle_timeout, stats=stats)
-        ended(stats)
-
-    async def _open(request: socks.Request) -> Connection:
-        if request.command != socks.CMD_CONNECT:
-            raise _Refused(0x07, f"command {request.command} not supported")
-        return await reach(
-            request.host,
-            request.port,
-            policy=policy,
-            connect_timeout=connect_timeout,
-            resolve=request.atyp == socks.ATYP_DOMAIN,
-        )
-
-    def ended(stats: RelayStats) -> None:
-        ctx.metrics["socks_tunnels"] += 1
-        if on_end is not None:
-            on_end(stats)
-
-    service = _SocksService(eps, handler, policy, users, idle_timeout, connect_timeout, ended)
-    return Server([service], ctx=ctx, tls=tls, reuse_port=reuse_port)
+    # every parameter above, by name (this function's locals are only its parameters)
+    return proxy_server(
+        name="socks",
+        negotiate=_negotiate,
+        bad_request=_bad_request,
+        service=_SocksService,
+        **locals(),
+    )
 
 
-class _SocksService(HandlerService):
+class _SocksService(ProxyService):
     """SOCKS5 on plain TCP/Unix listeners without authentication runs as callbacks
-    (:class:`_SocksHandler`); TLS listeners and RFC 1929 logins take ``handler``."""
+    (:class:`_SocksHandler`); TLS listeners and RFC 1929 logins take the coroutine path of
+    :func:`~wirecat.services._proxyserver.proxy_server`."""
 
     def __init__(
         self,
         endpoints: Sequence[Endpoint],
-        handler: Callable[[Connection], Any],
-        policy: SocksPolicy,
-        users: Users | None,
-        idle_timeout: float | None,
-        connect_timeout: float,
-        ended: Callable[[RelayStats], None],
+        handler: Callable[[Connection], Awaitable[None]],
+        **kwargs: Any,
     ) -> None:
-        super().__init__(endpoints, handler, name="socks")
-        self.policy = policy
-        self.users = users
-        self.idle_timeout = idle_timeout
-        self.connect_timeout = connect_timeout
-        self.ended = ended
+        super().__init__(endpoints, handler, **kwargs)
+        self.policy = self.settings.policy  # read per connection by _SocksHandler
+        self.users = self.settings.users
+        self.connect_timeout = self.settings.connect_timeout
 
     def stream_handler(self, ctx: ServerContext) -> StreamHandler:
         return _SocksHandler(ctx, self)
@@ -430,8 +397,8 @@ class _SocksHandler(SpliceHandler):
                 methods, used = parsed
                 del buf[:used]
                 if socks.METHOD_NONE not in methods:
-                    self.write(socks.build_method(socks.METHOD_NO_ACCEPTABLE))
-                    return self._refuse(_Refused(-1, "no acceptable authentication method"))
+                    no = socks.build_method(socks.METHOD_NO_ACCEPTABLE)
+                    return self._refuse(ProxyRefusal("no acceptable authentication method", no))
                 self.greeted = True
                 self.write(socks.build_method(socks.METHOD_NONE))
             req = socks.parse_request(buf)
@@ -441,28 +408,27 @@ class _SocksHandler(SpliceHandler):
             self.pending = bytes(buf[used:])
             buf.clear()
         except ProtocolError as exc:
-            self.ctx.metrics["socks_bad_requests"] += 1
-            self.log.info("socks: bad request from %s: %s", self.peer, exc)
-            if self.greeted:
-                self.write(socks.build_reply(0x08 if "address type" in str(exc) else 0x01))
+            reply = self.socks.bad_request(self.peer, exc)
+            if reply is not None:
+                self.write(reply)
             self.close("bad request")
             return
         self.stats.target = f"{self.request.host}:{self.request.port}"
         if self.request.command != socks.CMD_CONNECT:
-            self._refuse(_Refused(0x07, f"command {self.request.command} not supported"))
+            self._refuse(_refused(0x07, f"command {self.request.command} not supported"))
             return
         if self.request.atyp == socks.ATYP_DOMAIN:
             self.resolving = asyncio.ensure_future(self._resolve(self.request))
             return
         ip = self.request.host
         if not self.socks.policy.permits(ip, self.request.port):
-            self._refuse(_Refused(0x02, f"destination {self.stats.target} not allowed by policy"))
+            self._refuse(_refused(0x02, f"destination {self.stats.target} not allowed by policy"))
             return
         self._dial(ip)
 
     def _check_size(self) -> None:
         if len(self.buf) >= _MAX_NEGOTIATION:
-            self.ctx.metrics["socks_incomplete"] += 1
+            self.ctx.metrics[self.socks.incomplete] += 1
             self.close("SOCKS negotiation too long")
 
     async def _resolve(self, request: socks.Request) -> None:
@@ -470,7 +436,7 @@ class _SocksHandler(SpliceHandler):
             ip = await destination(
                 request.host, request.port, policy=self.socks.policy, resolve=True
             )
-        except _Refused as refusal:
+        except ProxyRefusal as refusal:
             self._refuse(refusal)
             return
         if not self.closing:
@@ -483,22 +449,16 @@ class _SocksHandler(SpliceHandler):
         else:
             self.dial(socket.AF_INET, (ip, self.request.port), self.socks.connect_timeout)
 
-    def _refuse(self, refusal: _Refused) -> None:
-        self.ctx.metrics["socks_refused"] += 1
-        self.log.warning(
-            "socks: refused %s: %s",
-            self.peer,
-            refusal,
-            extra={"event": "refused", "reason": "socks"},
-        )
-        if refusal.code >= 0:
-            self.write(socks.build_reply(refusal.code))
+    def _refuse(self, refusal: ProxyRefusal) -> None:
+        reply = self.socks.refused(self.peer, refusal)
+        if reply is not None:
+            self.write(reply)
         self.close("refused")
 
     def _too_slow(self) -> None:
         self.deadline = None
         if not self.closing and self.engine is None:
-            self.ctx.metrics["socks_incomplete"] += 1
+            self.ctx.metrics[self.socks.incomplete] += 1
             self.close("SOCKS handshake timeout")
 
     def on_dialled(self) -> None:
@@ -512,7 +472,7 @@ class _SocksHandler(SpliceHandler):
 
     def on_dial_failed(self, why: str, err: int | None) -> None:
         code = 0x05 if err == errno.ECONNREFUSED else 0x04
-        self._refuse(_Refused(code, f"{self.stats.target}: {why}"))
+        self._refuse(_refused(code, f"{self.stats.target}: {why}"))
 
     def on_spliced(self, stats: RelayStats) -> None:
         self.socks.ended(stats)
