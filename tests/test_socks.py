@@ -620,3 +620,19 @@ def test_wirecat_connect_through_microsocks(tmp_path: Path) -> None:
 
 def test_struct_sanity() -> None:
     assert struct.calcsize("!H") == 2 and socket.AF_INET
+
+
+@given(
+    st.one_of(
+        st.lists(st.integers(0, 255), min_size=4, max_size=4).map(lambda q: ".".join(map(str, q))),
+        st.text(alphabet="0123456789.x \n\uff11", max_size=17),
+    )
+)
+def test_dotted_quad_encoding_agrees_with_inet_pton(host: str) -> None:
+    # protocols/ may not import socket (sans-I/O): its own parser must accept what
+    # inet_pton(AF_INET) accepts, and nothing else.
+    try:
+        expected: bytes | None = socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        expected = None
+    assert socks._dotted_quad(host) == expected

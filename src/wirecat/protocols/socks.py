@@ -14,7 +14,7 @@ http-proxy://...``) and the clients of ``--proxy socks5://`` and ``--proxy http:
 from __future__ import annotations
 
 import ipaddress
-import socket
+import re
 import struct
 from dataclasses import dataclass
 
@@ -165,7 +165,8 @@ def _parse_address(buf: bytes | bytearray, at: int, what: str) -> tuple[str, int
         end = at + 1 + 4 + 2
         if len(buf) < end:
             return None
-        host = socket.inet_ntop(socket.AF_INET, bytes(buf[at + 1 : at + 5]))  # dotted quad
+        a, b, c, d = buf[at + 1 : at + 5]
+        host = f"{a}.{b}.{c}.{d}"  # dotted quad
     elif atyp == ATYP_IPV6:
         end = at + 1 + 16 + 2
         if len(buf) < end:
@@ -231,11 +232,22 @@ def build_userpass_status(ok: bool) -> bytes:
 _PORT = struct.Struct("!H").pack
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+
+
+def _dotted_quad(host: str) -> bytes | None:
+    """``"a.b.c.d"`` (decimal, no leading zeros, each 0-255) -> 4 bytes, else None: what
+    ``inet_pton(AF_INET)`` accepts, without importing ``socket`` (this module is sans-I/O)."""
+    if _DOTTED_QUAD.fullmatch(host) is None:
+        return None
+    return bytes(map(int, host.split(".")))
+
+
 def _encode_address(host: str, port: int) -> bytes:
-    try:  # the common case (a server's reply, from getsockname): a dotted quad
-        return bytes((ATYP_IPV4,)) + socket.inet_pton(socket.AF_INET, host) + _PORT(port)
-    except (OSError, ValueError):
-        pass
+    quad = _dotted_quad(host)  # the common case (a server's reply, from getsockname)
+    if quad is not None:
+        return bytes((ATYP_IPV4,)) + quad + _PORT(port)
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
