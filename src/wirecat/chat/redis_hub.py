@@ -742,8 +742,9 @@ class RedisHub(Hub):
         hot = {**kwargs, "socket_timeout": None, "protocol": 2}
         sub = aioredis.from_url(_client_url(self.url), **hot)
         self._sub = sub
-        self._wconn = await sub.connection_pool.get_connection()
-        sconn = await sub.connection_pool.get_connection()
+        pool: Any = sub.connection_pool
+        self._wconn = await pool.get_connection()
+        sconn = await pool.get_connection()
         await sconn.send_command("SUBSCRIBE", self._channel, check_health=False)
         reply = await sconn.read_response(timeout=math.inf)
         if not (isinstance(reply, list) and reply and reply[0] in (b"subscribe", "subscribe")):
