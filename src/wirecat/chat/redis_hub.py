@@ -31,7 +31,10 @@ every watched room the same way.
 
 **Acknowledgement.** :meth:`RedisHub.publish` resolves once the script ran: the event is in
 the stream (and, with Redis persistence, on disk per its ``appendfsync``). Publishes from one
-loop iteration go out as one pipeline (one round trip for many messages).
+loop iteration go out pipelined in one write (one round trip for many messages), on a
+connection of their own; the channel is read on another. Both are redis-py connections used
+below its client layer (RESP2, no per-call pipeline object, retry or socket timeout: the hub
+keeps its own deadlines), which is most of what a paced message costs in Python.
 
 **Outage.** Every call has a deadline (``timeout``); while Redis is unreachable the hub is
 ``down``: publishes, joins of new rooms and nick claims fail at once with
