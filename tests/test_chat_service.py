@@ -437,9 +437,25 @@ async def test_silent_peer_is_dropped_after_login_timeout() -> None:
         silent = Peer(*(await _open(ep)))
         stack.push_async_callback(silent.aclose)
         rest = await silent.eof()  # never sends a nick: closed by the runtime
-        assert rest.startswith(b"*** Welcome") and rest.endswith(b"error: login timeout\n")
+        assert rest.startswith(b"*** Welcome")
+        assert rest.endswith(b"!!! timeout: login not completed within %g s\n" % scaled(0.3))
         assert server.ctx.metrics["login_timeouts"] == 1
         await prove_served(ann, bob, "1")
+
+
+async def test_a_json_peer_that_never_logs_in_gets_a_json_timeout_error() -> None:
+    limits = Limits(login_timeout=scaled(0.3))
+    async with chat_server(limits=limits) as (server, ep, stack):
+        peer = Peer(*(await _open(ep)))
+        stack.push_async_callback(peer.aclose)
+        await peer.send(b'{"type":"who","room":"#lobby"}\n')  # JSON mode, but no hello
+        last = json.loads((await peer.eof()).splitlines()[-1])
+        assert last == {
+            "type": "error",
+            "code": "timeout",
+            "reason": f"login not completed within {scaled(0.3):g} s",
+        }
+        assert server.ctx.metrics["login_timeouts"] == 1
 
 
 # -- shutdown ---------------------------------------------------------------------------------

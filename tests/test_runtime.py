@@ -919,3 +919,24 @@ def test_format_address() -> None:
 def test_limits_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Limits(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_run_until_signal_tunes_the_gc_and_restores_it() -> None:
+    """While a server runs, start-up objects are frozen and the young generation is larger;
+    after the signal the process's GC is as it was (library callers go on unchanged)."""
+    import gc
+    import signal
+
+    from wirecat.runtime.server import GC_GEN0_THRESHOLD, run_until_signal
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    seen: list[tuple[int, int]] = []
+    server = Server([_PoliteService([ep("tcp://127.0.0.1:0")])])
+
+    def started(_: Server) -> None:
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGTERM)
+
+    assert await asyncio.wait_for(run_until_signal(server, started), T(10)) == 0
+    assert seen and seen[0][0] >= GC_GEN0_THRESHOLD and seen[0][1] > frozen
+    assert gc.get_threshold() == before and gc.get_freeze_count() <= frozen

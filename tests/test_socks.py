@@ -120,6 +120,28 @@ def test_policy_rules() -> None:
             SocksPolicy([bad])
 
 
+def test_policy_cache_stays_bounded_and_right() -> None:
+    """The parsed-address cache is cleared when full; answers never change with it."""
+    policy = SocksPolicy(["127.0.0.0/8:1-1000"])
+    for i in range(5000):
+        host = f"127.{i >> 8 & 255}.{i & 255}.1"
+        assert policy.permits(host, 80) and not policy.permits(host, 2000)
+        assert not policy.permits(f"10.0.{i >> 8 & 255}.{i & 255}", 80)
+        assert len(policy._parsed) <= 4096
+    assert not policy.permits("127.0.0.01", 80)  # not an address: refused, not cached
+    assert "127.0.0.01" not in policy._parsed
+
+
+def test_reply_addresses() -> None:
+    """Replies carry an IPv4, IPv6 or domain BND.ADDR (RFC 1928 section 6)."""
+    assert socks.build_reply(0, "192.0.2.1", 80) == b"\x05\x00\x00\x01\xc0\x00\x02\x01\x00\x50"
+    v6 = socks.build_reply(0, "2001:db8::1", 80)
+    assert v6[3] == socks.ATYP_IPV6 and len(v6) == 4 + 16 + 2
+    dom = socks.build_reply(0, "example.org", 80)
+    assert dom[3:5] == bytes((socks.ATYP_DOMAIN, 11))
+    assert socks.build_reply(0, "01.2.3.4", 80)[3] == socks.ATYP_DOMAIN  # as ipaddress did
+
+
 # -- the server, raw ----------------------------------------------------------------------------
 async def _echo(conn: wirecat.Connection) -> None:
     while data := await conn.recv():

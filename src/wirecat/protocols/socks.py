@@ -14,6 +14,7 @@ http-proxy://...``) and the clients of ``--proxy socks5://`` and ``--proxy http:
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -150,7 +151,7 @@ def _parse_address(buf: bytes | bytearray, at: int, what: str) -> tuple[str, int
         end = at + 1 + 4 + 2
         if len(buf) < end:
             return None
-        host = str(ipaddress.IPv4Address(bytes(buf[at + 1 : at + 5])))
+        host = socket.inet_ntop(socket.AF_INET, bytes(buf[at + 1 : at + 5]))  # dotted quad
     elif atyp == ATYP_IPV6:
         end = at + 1 + 16 + 2
         if len(buf) < end:
@@ -206,7 +207,14 @@ def build_userpass_status(ok: bool) -> bytes:
     return bytes((1, 0 if ok else 1))
 
 
+_PORT = struct.Struct("!H").pack
+
+
 def _encode_address(host: str, port: int) -> bytes:
+    try:  # the common case (a server's reply, from getsockname): a dotted quad
+        return bytes((ATYP_IPV4,)) + socket.inet_pton(socket.AF_INET, host) + _PORT(port)
+    except (OSError, ValueError):
+        pass
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

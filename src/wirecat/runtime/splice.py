@@ -320,6 +320,7 @@ class Splice:
             half-closed once its pending bytes are out).
         pipe_size: pipe capacity per direction in bytes (the memory bound per direction;
             default :data:`DEFAULT_PIPE_SIZE`; 0 keeps the kernel's default, 64 KiB).
+        loop: the running event loop, if the caller has it at hand (default: looked up).
 
     Attributes:
         up: bytes delivered from ``a`` to ``b``; down: from ``b`` to ``a``.
@@ -355,8 +356,10 @@ class Splice:
         eof_a: bool = False,
         eof_b: bool = False,
         pipe_size: int | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        self.loop = asyncio.get_running_loop()
+        # (``asyncio.get_running_loop()`` costs a getpid() system call on Python < 3.12.)
+        self.loop = loop if loop is not None else asyncio.get_running_loop()
         self.on_done = on_done
         self.idle_timeout = idle_timeout
         self.pipe_size = DEFAULT_PIPE_SIZE if pipe_size is None else pipe_size

@@ -184,6 +184,13 @@ class ChatHandler(StreamHandler):
         self.send(self.codec.encode(Shutdown()))
         self.close("server shutdown")
 
+    def on_login_timeout(self) -> None:
+        """The login deadline passed: said in the peer's framing (a JSON peer gets an
+        ``error`` event with code ``timeout``, a text peer ``!!! timeout: ...``), then closed."""
+        reason = f"login not completed within {self.limits.login_timeout:g} s"
+        self.send(self.codec.encode(ErrorEvent("timeout", reason)))
+        self.close("login timeout")
+
     def on_line_timeout(self) -> None:
         reason = f"line not completed within {self.limits.line_timeout:g} s"
         self.send(self.codec.encode(ErrorEvent("timeout", reason)))

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import ConnectionClosed, InvalidEndpoint, NetworkError, WirecatError
 from ..runtime import splice as _splice
-from ..runtime.connection import Connection, connect
+from ..runtime.connection import Connection, StreamState, connect
 from ..runtime.handler import ServerContext, StreamHandler
 from ..runtime.limits import AccessList, Limits
 from ..runtime.listeners import unix_address
@@ -674,7 +674,10 @@ class SpliceHandler(ConnectionHandler):
     """
 
     def __init__(self, ctx: ServerContext, service: HandlerService) -> None:
-        super().__init__(ctx, service)
+        # Not ConnectionHandler.__init__: no StreamState for a peer the engine relays (one
+        # allocation per connection saved); the general path makes it in on_connect().
+        StreamHandler.__init__(self, ctx, service)
+        self.handler_service = service
         self.out: socket.socket | None = None
         self.dup: socket.socket | None = None
         self.engine: _splice.Splice | None = None
@@ -686,14 +689,31 @@ class SpliceHandler(ConnectionHandler):
         self.idle_timeout: float | None = None
         self._after_flush: bytes | None = None
         self._handshake_bytes = 0
+        self._family = 0  # the peer socket's address family, known once can_splice()
         self.early = False
+
+    def on_connect(self) -> None:
+        """The general path (a :class:`Connection` and the coroutine handler); subclasses
+        call it for the peers :attr:`direct` cannot serve."""
+        self.state = StreamState(self.handler_service.read_high_water)
+        super().on_connect()
+
+    def pause_writing(self) -> None:
+        if self.direct:
+            StreamHandler.pause_writing(self)
+        else:
+            super().pause_writing()
 
     def can_splice(self) -> bool:
         """Whether this peer's transport is a plain TCP/Unix socket (not TLS)."""
         t = self.transport
-        return t.get_extra_info("sslcontext") is None and _splice.spliceable_socket(
-            t.get_extra_info("socket")
-        )
+        if t.get_extra_info("sslcontext") is not None:
+            return False
+        sock = t.get_extra_info("socket")
+        if not _splice.spliceable_socket(sock):
+            return False
+        self._family = int(sock.family)  # read once: each read is an enum conversion
+        return True
 
     def dial(
         self, family: int, address: Any, timeout: float | None, *, early: bool = False
@@ -706,9 +726,10 @@ class SpliceHandler(ConnectionHandler):
         ends the relay with a connect error, reported by :meth:`on_dial_failed` all the same.
         For a relay, not for a handshake that must tell the peer whether the target answered.
         """
-        loop = asyncio.get_running_loop()
-        out = self.out = socket.socket(family, socket.SOCK_STREAM)
-        out.setblocking(False)
+        loop = self._loop
+        assert loop is not None
+        # SOCK_NONBLOCK: non-blocking from the start (no ioctl for setblocking()).
+        out = self.out = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         if family != socket.AF_UNIX:
             out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = out.connect_ex(address)
@@ -784,10 +805,15 @@ class SpliceHandler(ConnectionHandler):
             self._after_flush = to_peer
             t.set_write_buffer_limits(high=0, low=0)  # resume_writing once it is empty
             return
-        sock = t.get_extra_info("socket")
+        try:  # a socket of our own on the transport's connection (it keeps its fd)
+            fd = os.dup(t.get_extra_info("socket").fileno())
+        except OSError as exc:  # out of file descriptors
+            self._dial_failed(exc.errno)
+            return
         try:
-            self.dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
+            self.dup = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
         except OSError as exc:
+            os.close(fd)
             self._dial_failed(exc.errno)
             return
         self._handshake_bytes = len(to_peer)
@@ -799,6 +825,7 @@ class SpliceHandler(ConnectionHandler):
             pending_ab=self.pending,
             pending_ba=to_peer,
             eof_a=self.eof,
+            loop=self._loop,
         )
         self.pending = b""
         self.engine.start()
@@ -806,7 +833,8 @@ class SpliceHandler(ConnectionHandler):
     def on_writable(self) -> None:
         to_peer = self._after_flush
         if to_peer is None:
-            super().on_writable()
+            if not self.direct:
+                super().on_writable()
             return
         self._after_flush = None
         lim = self.limits
@@ -825,7 +853,7 @@ class SpliceHandler(ConnectionHandler):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        asyncio.get_running_loop().remove_writer(out.fileno())
+        self._loop.remove_writer(out.fileno())  # type: ignore[union-attr]
         err = out.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self._dial_failed(err)
@@ -864,7 +892,7 @@ class SpliceHandler(ConnectionHandler):
         out, self.out = self.out, None
         if out is not None:
             if self.engine is None:
-                asyncio.get_running_loop().remove_writer(out.fileno())
+                self._loop.remove_writer(out.fileno())  # type: ignore[union-attr]
             out.close()
         dup, self.dup = self.dup, None
         if dup is not None:

@@ -99,6 +99,9 @@ def _rule(text: str) -> _Rule:
     return _Rule(network, ports)
 
 
+_PARSED_MAX = 4096  # destinations whose parsed address SocksPolicy keeps
+
+
 class SocksPolicy:
     """Where the SOCKS server may connect: ``CIDR[:PORTS]`` rules (any matches: allowed).
 
@@ -112,16 +115,27 @@ class SocksPolicy:
 
     def __init__(self, allow: Sequence[str] = ("127.0.0.0/8", "::1/128")) -> None:
         self.rules = [_rule(r) for r in allow]
+        # IP text -> parsed address: a client reaches the same few destinations again and
+        # again; parsing one is most of a check (bounded: cleared when full).
+        self._parsed: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
 
     def permits(self, host: str, port: int) -> bool:
         """Whether a connection to the IP ``host``, port ``port`` is allowed."""
-        try:
-            ip = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(rule.matches(ip, port) for rule in self.rules)
+        ip = self._parsed.get(host)
+        if ip is None:
+            try:
+                ip = ipaddress.ip_address(host.partition("%")[0])
+            except ValueError:
+                return False
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            if len(self._parsed) >= _PARSED_MAX:
+                self._parsed.clear()
+            self._parsed[host] = ip
+        for rule in self.rules:  # noqa: SIM110 - per tunnel: no generator
+            if rule.matches(ip, port):
+                return True
+        return False
 
 
 class _Refused(Exception):
@@ -398,7 +412,7 @@ class _SocksHandler(SpliceHandler):
             return
         self.direct = True
         self.stats.peer = self.peer
-        self.deadline = asyncio.get_running_loop().call_later(
+        self.deadline = self._loop.call_later(  # type: ignore[union-attr]
             self.limits.handshake_timeout, self._too_slow
         )
 
