@@ -133,6 +133,7 @@ async def run(
     interval = 1.0 / rate
     count = int(rate * seconds)
     cpu0 = cpu_seconds(pids)
+    each0 = [cpu_seconds([p]) for p in pids]
     began = time.perf_counter()
     for k in range(count):
         due = began + k * interval
@@ -146,6 +147,7 @@ async def run(
     while len(bench.latencies) < count * sampled_n and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)
     cpu = cpu_seconds(pids) - cpu0
+    each = [cpu_seconds([p]) - c for p, c in zip(pids, each0, strict=True)]
     for t, _ in conns:
         t.close()
     lat = sorted(bench.latencies)
@@ -163,6 +165,9 @@ async def run(
         },
         "server_cpu_s": round(cpu, 3),
         "server_cpu_us_per_delivery": round(cpu / (count * members) * 1e6, 3),
+        "server_cpu_us_per_message": round(cpu / count * 1e6, 1),
+        # per process: redis-server, A (the sender's), B; or the one server with --local
+        "cpu_us_per_message_by_process": [round(c / count * 1e6, 1) for c in each],
     }
 
 

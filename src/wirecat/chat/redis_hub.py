@@ -31,7 +31,10 @@ every watched room the same way.
 
 **Acknowledgement.** :meth:`RedisHub.publish` resolves once the script ran: the event is in
 the stream (and, with Redis persistence, on disk per its ``appendfsync``). Publishes from one
-loop iteration go out as one pipeline (one round trip for many messages).
+loop iteration go out pipelined in one write (one round trip for many messages), on a
+connection of their own; the channel is read on another. Both are redis-py connections used
+below its client layer (RESP2, no per-call pipeline object, retry or socket timeout: the hub
+keeps its own deadlines), which is most of what a paced message costs in Python.
 
 **Outage.** Every call has a deadline (``timeout``); while Redis is unreachable the hub is
 ``down``: publishes, joins of new rooms and nick claims fail at once with
@@ -48,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import secrets
@@ -346,8 +350,10 @@ class RedisHub(Hub):
         self._channel = f"{prefix}!events"
         self._rooms: dict[str, _Room] = {}
         self._nicks: dict[str, str] = {}  # key -> owner value, the nicks held here
-        self._redis: Any = None
-        self._pubsub: Any = None
+        self._redis: Any = None  # the client for everything but the two hot paths
+        self._sub: Any = None  # the client owning the two connections below
+        self._wconn: Any = None  # the connection publishes and other calls go out on
+        self._sconn: Any = None  # the connection subscribed to the channel
         self._shas: dict[str, str] = {}
         self._batch: list[tuple[Sequence[Any], asyncio.Future[Any]]] = []
         self._batch_wake = asyncio.Event()
@@ -569,15 +575,15 @@ class RedisHub(Hub):
             batch, self._batch = self._batch, []
             if not batch:
                 continue
-            redis = self._redis
-            if redis is None or self.state != "up":
+            conn = self._wconn
+            if conn is None or self.state != "up":
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(HubUnavailable())
                 continue
             try:
                 async with asyncio.timeout(self.timeout):
-                    results = await self._run_batch(redis, [c for c, _ in batch])
+                    results = await self._run_batch(conn, [c for c, _ in batch])
             except Exception as exc:  # a timeout, a lost connection: Redis is down
                 self.counters["failures"] += len(batch)
                 for _, fut in batch:
@@ -599,48 +605,63 @@ class RedisHub(Hub):
                 else:
                     fut.set_result(result)
 
-    async def _run_batch(self, redis: Any, calls: list[Sequence[Any]]) -> list[Any]:
-        from redis.exceptions import NoScriptError
+    async def _run_batch(self, conn: Any, calls: list[Sequence[Any]]) -> list[Any]:
+        """Send ``calls`` in one write, read their replies in order (a reply that is an
+        error is returned, not raised). The caller bounds the time; a timeout or a lost
+        connection leaves ``conn`` unusable, and the hub reconnects."""
+        from redis.exceptions import NoScriptError, ResponseError
 
         for attempt in (0, 1):
-            pipe = redis.pipeline(transaction=False)
-            for call in calls:
-                self._add(pipe, call)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            await conn.send_packed_command(
+                conn.pack_commands([self._command(call) for call in calls]), check_health=False
+            )
+            results: list[Any] = []
+            read = conn.read_response
+            for _ in calls:
+                try:
+                    results.append(await read(timeout=math.inf))
+                except ResponseError as exc:  # the reply was read whole: go on
+                    results.append(exc)
             if attempt or not any(isinstance(r, NoScriptError) for r in results):
                 return results
+            redis = self._redis
+            if redis is None:
+                raise ConnectionError("the hub is disconnected")
             await self._load_scripts(redis)  # Redis restarted without our scripts
         raise AssertionError("unreachable")
 
-    def _add(self, pipe: Any, call: Sequence[Any]) -> None:
-        kind, shas, maxlen = call[0], self._shas, self.stream_size
+    def _command(self, call: Sequence[Any]) -> tuple[Any, ...]:
+        """The Redis command of one queued call."""
+        kind, shas = call[0], self._shas
         if kind == "append":
             _, room, payload, op, nick, expiry, new = call
-            pipe.evalsha(
-                shas["append"], 3, *self._keys(room), payload, maxlen, self._channel, op, nick,
-                expiry, new, self._keys_ttl,
+            p = f"{self.prefix}{room}"
+            return (
+                "EVALSHA", shas["append"], 3, f"{p}:meta", f"{p}:log", f"{p}:who", payload,
+                self.stream_size, self._channel, op, nick, expiry, new, self._keys_ttl,
             )  # fmt: skip
-        elif kind == "dm":
+        if kind == "dm":
             _, key, counter, payload = call
-            pipe.evalsha(shas["dm"], 2, key, counter, payload, self._channel)
-        elif kind == "claim":
+            return ("EVALSHA", shas["dm"], 2, key, counter, payload, self._channel)
+        if kind == "claim":
             _, key, value = call
-            pipe.evalsha(shas["claim"], 1, key, value, int(self.presence_ttl * 1000))
-        elif kind == "release":
+            return ("EVALSHA", shas["claim"], 1, key, value, int(self.presence_ttl * 1000))
+        if kind == "release":
             _, key, value = call
-            pipe.evalsha(shas["release"], 1, key, value)
-        elif kind == "present":
-            pipe.zrangebyscore(self._keys(call[1])[2], int(time.time() * 1000), "+inf")
-        elif kind == "login":
+            return ("EVALSHA", shas["release"], 1, key, value)
+        if kind == "present":
+            now = int(time.time() * 1000)
+            return ("ZRANGEBYSCORE", self._keys(call[1])[2], now, "+inf")
+        if kind == "login":
             _, src, acc = call
             rate, burst, arate, aburst = self.login_limits
             ttl = int(max(burst / rate, aburst / arate) * 1000) + 1000  # until full again
-            pipe.evalsha(shas["login"], 2, src, acc, rate, burst, arate, aburst, ttl)
-        elif kind == "login_ok":
+            return ("EVALSHA", shas["login"], 2, src, acc, rate, burst, arate, aburst, ttl)
+        if kind == "login_ok":
             _, src, acc = call
-            pipe.evalsha(shas["login_ok"], 2, src, acc, self.login_limits[1], self.login_limits[3])
-        else:
-            raise ValueError(kind)
+            limits = self.login_limits
+            return ("EVALSHA", shas["login_ok"], 2, src, acc, limits[1], limits[3])
+        raise ValueError(kind)
 
     async def _load_scripts(self, redis: Any) -> None:
         for name, text in (
@@ -717,10 +738,21 @@ class RedisHub(Hub):
         self._redis = redis
         await redis.ping()
         await self._load_scripts(redis)
-        sub = aioredis.from_url(_client_url(self.url), **{**kwargs, "socket_timeout": None})
-        pubsub = sub.pubsub()
-        self._pubsub = (sub, pubsub)
-        await pubsub.subscribe(self._channel)
+        # The hot paths use two connections of their own, without redis-py's per-call
+        # layers (pipeline objects, retries, a socket timeout per read: the writer and the
+        # reader keep their own deadlines): one for the queued calls, one subscribed. RESP2:
+        # a channel message is then a plain reply, not a push notification through handlers.
+        hot = {**kwargs, "socket_timeout": None, "protocol": 2}
+        sub = aioredis.from_url(_client_url(self.url), **hot)
+        self._sub = sub
+        pool: Any = sub.connection_pool
+        self._wconn = await pool.get_connection()
+        sconn = await pool.get_connection()
+        await sconn.send_command("SUBSCRIBE", self._channel, check_health=False)
+        reply = await sconn.read_response(timeout=math.inf)
+        if not (isinstance(reply, list) and reply and reply[0] in (b"subscribe", "subscribe")):
+            raise ConnectionError(f"unexpected reply to SUBSCRIBE: {reply!r}")
+        self._sconn = sconn
         # Subscribed: whatever is published from now on reaches us; catch up on the rest.
         for room, st in list(self._rooms.items()):
             if st.ready is None:
@@ -728,12 +760,13 @@ class RedisHub(Hub):
 
     async def _disconnect(self) -> None:
         redis, self._redis = self._redis, None
-        pair, self._pubsub = self._pubsub, None
-        if pair is not None:
+        sub, self._sub = self._sub, None
+        self._wconn = self._sconn = None
+        if sub is not None:
             with contextlib.suppress(Exception):
-                await pair[1].aclose()
+                await sub.connection_pool.disconnect()  # in use ones too: ours
             with contextlib.suppress(Exception):
-                await pair[0].aclose()
+                await sub.aclose()
         if redis is not None:
             with contextlib.suppress(Exception):
                 await redis.aclose()
@@ -755,13 +788,13 @@ class RedisHub(Hub):
             await asyncio.gather(reader, beat, fault, return_exceptions=True)
 
     async def _read(self) -> None:
-        assert self._pubsub is not None
-        pubsub = self._pubsub[1]
+        conn = self._sconn
+        assert conn is not None
+        read = conn.read_response
         while True:
-            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-            if msg is None or msg.get("type") != "message":
-                continue
-            self._on_message(msg["data"])
+            msg = await read(timeout=math.inf)  # [b"message", channel, data]
+            if type(msg) is list and len(msg) == 3 and msg[0] == b"message":
+                self._on_message(msg[2])
 
     async def _heartbeat(self) -> None:
         """Every third of ``presence_ttl``: check Redis answers, renew this process's nicks
