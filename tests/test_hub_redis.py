@@ -7,6 +7,7 @@ timeouts (``--hub-timeout``, ``--hub-presence-ttl``) so that faults resolve in a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -340,7 +341,7 @@ async def test_redis_paused_gives_hub_unavailable_then_recovers(
                 break
             assert reply["code"] == "hub_unavailable"
             assert time.monotonic() < deadline, "the hub did not come back"
-            await _sleep(0.1)
+            await asyncio.sleep(0.1)
             ref += 1
         while f"back {ref}" not in texts:
             texts.append((await bob.json_until("message"))["text"])
@@ -378,32 +379,47 @@ async def _burst_through_a_restart(redis: RedisServer) -> None:
             if i == 50:
                 redis.start()
                 restarted_at = i
-            await ann.send_json(type="say", text=f"m{i}", ref=i)
-            reply = await ann.json()
-            while reply.get("ref") != i:
-                reply = await ann.json()
-            if reply["type"] == "sent":
-                acked.append(reply["id"])
+            if (sent := await _say_numbered(ann, i)) is not None:
+                acked.append(sent)
             else:
-                assert reply["code"] == "hub_unavailable", reply
                 refused += 1
-                await _sleep(0.05)
+                await asyncio.sleep(0.05)
             i += 1
         assert restarted_at is not None and refused > 0
-        got: list[int] = []
-        texts: list[str] = []
-        while not set(acked) <= set(got):
-            msg = await bob.json_until("message")
-            got.append(msg["id"])
-            texts.append(msg["text"])
-        assert got == sorted(got) and len(set(got)) == len(got), "order kept, nothing twice"
-        assert [int(t[1:]) for t in texts] == sorted(int(t[1:]) for t in texts)
+        got = await _messages_until(bob, acked)
+        _assert_once_in_order(got)
 
 
-async def _sleep(seconds: float) -> None:
-    import asyncio
+async def _say_numbered(member: Peer, i: int) -> int | None:
+    """Say ``m<i>`` with ref *i*: the message's id once the hub holds it, or None when it
+    was refused with ``hub_unavailable`` (any other reply fails the test)."""
+    await member.send_json(type="say", text=f"m{i}", ref=i)
+    reply = await member.json()
+    while reply.get("ref") != i:
+        reply = await member.json()
+    if reply["type"] == "sent":
+        return int(reply["id"])
+    assert reply["code"] == "hub_unavailable", reply
+    return None
 
-    await asyncio.sleep(seconds)
+
+async def _messages_until(member: Peer, ids: list[int]) -> list[dict[str, Any]]:
+    """The ``message`` events *member* gets until every id in *ids* came, in order of arrival."""
+    got: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    while not seen.issuperset(ids):
+        msg = await member.json_until("message")
+        got.append(msg)
+        seen.add(msg["id"])
+    return got
+
+
+def _assert_once_in_order(messages: list[dict[str, Any]]) -> None:
+    """Ids ascending, none twice, and the ``m<i>`` texts said in the same order."""
+    ids = [m["id"] for m in messages]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), "order kept, nothing twice"
+    numbers = [int(m["text"][1:]) for m in messages]
+    assert numbers == sorted(numbers)
 
 
 def test_serve_hub_flags_are_checked() -> None:
@@ -446,7 +462,6 @@ class _Sink:
 
 
 async def _run(core: Any, member: Any, cmd: Any) -> Any:
-    import asyncio
 
     reply = core.handle(member, cmd)
     return await reply if isinstance(reply, asyncio.Future) else reply
@@ -594,7 +609,6 @@ async def test_a_closed_room_stays_closed_for_a_process_started_later(
 
 
 async def _wait(predicate: Any, seconds: float = 5.0) -> None:
-    import asyncio
 
     deadline = time.monotonic() + scaled(seconds)
     while not predicate():
@@ -664,7 +678,7 @@ async def test_workers_all_serve_chat_with_a_hub(redis_server: RedisServer) -> N
             if listening.count("pid=") >= 2:
                 break
             assert time.monotonic() < deadline, f"one worker serves chat: {listening}"
-            await _sleep(0.05)
+            await asyncio.sleep(0.05)
         ep = parse_endpoint(f"tcp://127.0.0.1:{port}")
         async with contextlib.AsyncExitStack() as stack:
             members = []
@@ -784,22 +798,14 @@ async def test_link_to_redis_cut_mid_burst_then_mended() -> None:
                 if cut_at is not None and mended_at is None and refused >= 3:
                     net.mend()
                     mended_at = time.monotonic()
-                await ann.send_json(type="say", text=f"m{i}", ref=i)
-                reply = await ann.json()
-                while reply.get("ref") != i:
-                    reply = await ann.json()
-                if reply["type"] == "sent":
-                    acked.append(reply["id"])
+                if (sent := await _say_numbered(ann, i)) is not None:
+                    acked.append(sent)
                 else:
-                    assert reply["code"] == "hub_unavailable", reply
                     refused += 1
-                    await _sleep(0.1)
+                    await asyncio.sleep(0.1)
                 i += 1
             assert mended_at is not None
-            got: list[int] = []
-            while not set(acked) <= set(got):
-                got.append((await bob.json_until("message"))["id"])
-            assert got == sorted(got) and len(set(got)) == len(got)
+            _assert_once_in_order(await _messages_until(bob, acked))
 
 
 async def test_a_member_s_messages_are_pipelined_replies_in_order(
@@ -855,7 +861,6 @@ async def test_an_nc_user_and_a_json_client_on_two_processes_chat(
     redis_server: RedisServer,
 ) -> None:
     """The issue's "done when": real ``nc`` on process A, a JSON-lines client on B."""
-    import asyncio
 
     async with servers(redis_server.url) as (a, b), contextlib.AsyncExitStack() as stack:
         ep = a.endpoint()

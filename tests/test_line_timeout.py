@@ -79,6 +79,21 @@ async def dribble(peer: Peer, data: bytes) -> tuple[bytes, float]:
     return rest, loop.time() - start
 
 
+def assert_cut_at_the_deadline(server: Server, elapsed: float, counter: str) -> None:
+    """Cut ``LINE`` s after the first byte, before the idle timeout could; counted once in
+    *counter* and never as idle."""
+    assert LINE <= elapsed < 0.8 * LINE + IDLE, elapsed
+    assert server.ctx.metrics[counter] == 1
+    assert server.ctx.metrics["idle_timeouts"] == 0
+
+
+def assert_limit_logged(logs: pytest.LogCaptureFixture, reason: str) -> None:
+    """The cut was logged at INFO as ``event=limit reason=<reason>``."""
+    records = [r for r in logs.records if getattr(r, "reason", None) == reason]
+    assert records and records[0].levelno == logging.INFO
+    assert getattr(records[0], "event", None) == "limit"
+
+
 async def test_dribbled_chat_line_is_cut_in_text_mode(
     wirecat_logs: pytest.LogCaptureFixture,
 ) -> None:
@@ -92,12 +107,8 @@ async def test_dribbled_chat_line_is_cut_in_text_mode(
         finally:
             await peer.aclose()
         assert rest.endswith(f"!!! timeout: line not completed within {LINE:g} s\n".encode())
-        assert LINE <= elapsed < 0.8 * LINE + IDLE, elapsed  # before the idle timeout could
-        assert server.ctx.metrics["line_timeouts"] == 1
-        assert server.ctx.metrics["idle_timeouts"] == 0
-    records = [r for r in wirecat_logs.records if getattr(r, "reason", None) == "line_timeout"]
-    assert records and records[0].levelno == logging.INFO
-    assert getattr(records[0], "event", None) == "limit"
+        assert_cut_at_the_deadline(server, elapsed, "line_timeouts")
+    assert_limit_logged(wirecat_logs, "line_timeout")
 
 
 async def test_dribbled_json_line_gets_a_timeout_error_event() -> None:
@@ -323,12 +334,8 @@ async def test_dribbled_websocket_frame_is_cut_with_1008(
         closed = ws_closed(client, rest)
         assert closed.code == 1008
         assert closed.reason == f"message not completed within {LINE:g} s"
-        assert LINE <= elapsed < 0.8 * LINE + IDLE, elapsed  # before the idle timeout could
-        assert server.ctx.metrics["ws_message_timeouts"] == 1
-        assert server.ctx.metrics["idle_timeouts"] == 0
-    records = [r for r in wirecat_logs.records if getattr(r, "reason", None) == "message_timeout"]
-    assert records and records[0].levelno == logging.INFO
-    assert getattr(records[0], "event", None) == "limit"
+        assert_cut_at_the_deadline(server, elapsed, "ws_message_timeouts")
+    assert_limit_logged(wirecat_logs, "message_timeout")
 
 
 async def test_fragmented_websocket_message_must_end_in_time() -> None:

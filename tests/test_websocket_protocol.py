@@ -570,25 +570,34 @@ def test_fast_path_agrees_with_websockets_on_hostile_bytes(
     so the first fault in the stream decides the close code (fed at once, websockets may
     parse past a text frame with bad UTF-8 and fail on a later frame first)."""
     wire = b"".join(pieces)
-    reference = _pair(max_message=1000)[1]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    got, want = _fast_and_reference(1, wire, cuts, eof)
+    assert _norm(got) == _norm(want)
+
+
+def _fast_and_reference(
+    side: int, wire: bytes, cuts: list[int], eof: bool
+) -> tuple[tuple[list[object], list[bytes]], tuple[list[object], list[bytes]]]:
+    """(events, bytes out) of side *side* of ``_pair`` (0 client, 1 server) fed *wire* cut at
+    *cuts* (its fast path's buffer checked bounded after each piece), then of the same side
+    with the fast path off fed byte by byte (websockets' own parser, the reference)."""
+    reference = _pair(max_message=1000)[side]
     reference._fast = False
     for i in range(len(wire)):
         reference.receive_data(wire[i : i + 1])
     if eof:
         reference.receive_eof()
     want = (reference.events_received(), reference.data_to_send())
-    server = _pair(max_message=1000)[1]
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    proto = _pair(max_message=1000)[side]
     events: list[object] = []
     for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
-        server.receive_data(wire[a:b])
-        assert len(server._pending) <= FAST_FRAME_MAX + 14
-        events += server.events_received()
+        proto.receive_data(wire[a:b])
+        assert len(proto._pending) <= FAST_FRAME_MAX + 14
+        events += proto.events_received()
     if eof:
-        server.receive_eof()
-        events += server.events_received()
-    got = (events, server.data_to_send())
-    assert _norm(got) == _norm(want)
+        proto.receive_eof()
+        events += proto.events_received()
+    return (events, proto.data_to_send()), want
 
 
 def _norm(result: tuple[list[object], list[bytes]]) -> tuple[list[object], bytes]:
@@ -733,24 +742,9 @@ def test_client_fast_path_agrees_with_websockets_on_any_bytes(
     """The client side of test_fast_path_agrees_with_websockets_on_hostile_bytes: server
     frames (unmasked; some masked, which a client must refuse), garbage, any split."""
     wire = b"".join(pieces)
-    reference = _pair(max_message=1000)[0]
-    reference._fast = False
-    for i in range(len(wire)):
-        reference.receive_data(wire[i : i + 1])
-    if eof:
-        reference.receive_eof()
-    want = (reference.events_received(), reference.data_to_send())
-    client = _pair(max_message=1000)[0]
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
-    events: list[object] = []
-    for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
-        client.receive_data(wire[a:b])
-        assert len(client._pending) <= FAST_FRAME_MAX + 14
-        events += client.events_received()
-    if eof:
-        client.receive_eof()
-        events += client.events_received()
-    assert _unmask(_norm((events, client.data_to_send()))) == _unmask(_norm(want))
+    got, want = _fast_and_reference(0, wire, cuts, eof)
+    assert _unmask(_norm(got)) == _unmask(_norm(want))
 
 
 def _unmask(result: tuple[list[object], bytes]) -> tuple[list[object], list[tuple[int, bytes]]]:

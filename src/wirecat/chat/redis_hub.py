@@ -58,7 +58,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -77,6 +77,8 @@ from ..protocols.chat.unicode import skeleton
 from .hub import History, Hub, HubEvent, HubUnavailable, RoomLog
 
 __all__ = ["PASSWORD_ENV", "RedisHub", "redact_url"]
+
+_T = TypeVar("_T")
 
 #: The environment variable holding the Redis password (wins over one in the URL).
 PASSWORD_ENV = "WIRECAT_REDIS_PASSWORD"
@@ -430,20 +432,11 @@ class RedisHub(Hub):
         return st is not None and st.closed
 
     def present(self, room: str) -> asyncio.Future[tuple[str, ...]]:
-        fut = self._queue(("present", room))
-        out: asyncio.Future[tuple[str, ...]] = fut.get_loop().create_future()
+        def nicks(raw: Any) -> tuple[str, ...]:
+            names = (n.decode() if isinstance(n, bytes) else str(n) for n in raw)
+            return tuple(sorted(names, key=str.casefold))
 
-        def done(f: asyncio.Future[Any]) -> None:
-            if f.cancelled():
-                out.set_exception(HubUnavailable())
-            elif (exc := f.exception()) is not None:
-                out.set_exception(exc)
-            else:
-                nicks = (n.decode() if isinstance(n, bytes) else str(n) for n in f.result())
-                out.set_result(tuple(sorted(nicks, key=str.casefold)))
-
-        fut.add_done_callback(done)
-        return out
+        return _then(self._queue(("present", room)), nicks)
 
     def members(self, room: str) -> tuple[str, ...] | None:
         st = self._rooms.get(room)
@@ -453,25 +446,13 @@ class RedisHub(Hub):
 
     def claim_nick(self, nick: str, owner: str) -> asyncio.Future[bool]:
         key, value = self._nick_key(nick), f"{self.process} {owner}"
-        fut = self._queue(("claim", key, value))
 
         def held(ok: int) -> bool:
             if ok:
                 self._nicks[key] = value
             return bool(ok)
 
-        out: asyncio.Future[bool] = fut.get_loop().create_future()
-
-        def done(f: asyncio.Future[Any]) -> None:
-            if f.cancelled():
-                out.set_exception(HubUnavailable())
-            elif (exc := f.exception()) is not None:
-                out.set_exception(exc)
-            else:
-                out.set_result(held(f.result()))
-
-        fut.add_done_callback(done)
-        return out
+        return _then(self._queue(("claim", key, value)), held)
 
     def release_nick(self, nick: str, owner: str) -> None:
         key, value = self._nick_key(nick), f"{self.process} {owner}"
@@ -482,18 +463,7 @@ class RedisHub(Hub):
 
     def check_login(self, source: str, account: str) -> asyncio.Future[bool]:
         fut = self._queue(("login", *self._login_keys(source, account)))
-        out: asyncio.Future[bool] = fut.get_loop().create_future()
-
-        def done(f: asyncio.Future[Any]) -> None:
-            if f.cancelled():
-                out.set_exception(HubUnavailable())
-            elif (exc := f.exception()) is not None:
-                out.set_exception(exc)
-            else:
-                out.set_result(int(f.result()) == 1)
-
-        fut.add_done_callback(done)
-        return out
+        return _then(fut, lambda taken: int(taken) == 1)
 
     def login_ok(self, source: str, account: str) -> None:
         if self.state == "up":
@@ -989,6 +959,26 @@ class RedisHub(Hub):
         if not ready.done():
             ready.set_result(None)
         self._drain(room, st, [], fetched=False)
+
+
+def _then(fut: asyncio.Future[Any], convert: Callable[[Any], _T]) -> asyncio.Future[_T]:
+    """A future of ``convert(result)`` once *fut* (a queued Redis call) is done.
+
+    *fut* cancelled (the hub went down with the call queued) gives HubUnavailable;
+    its exception is passed on as it is; *convert* runs in the done callback.
+    """
+    out: asyncio.Future[_T] = fut.get_loop().create_future()
+
+    def done(f: asyncio.Future[Any]) -> None:
+        if f.cancelled():
+            out.set_exception(HubUnavailable())
+        elif (exc := f.exception()) is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(convert(f.result()))
+
+    fut.add_done_callback(done)
+    return out
 
 
 def _quiet(fut: asyncio.Future[Any]) -> None:
