@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,36 @@ pytestmark = [pytest.mark.loops("asyncio"), pytest.mark.async_timeout(30)]
 
 TTL = 2.0  # --hub-presence-ttl: a killed server's members expire after this (seconds)
 HUB_TIMEOUT = 1.0  # --hub-timeout (the machine may be busy: not shorter)
+
+
+def _unix_connection(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.settimeout(timeout(2))
+        s.connect(path)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _wait_for_pong(
+    proc: subprocess.Popen[bytes], connect: Callable[[], socket.socket], what: str
+) -> None:
+    """Until *what* (redis-server run as *proc*) answers PING on a connection from *connect*:
+    fails when it exits or has not answered within 10 s (scaled)."""
+    deadline = time.monotonic() + timeout(10)
+    while True:
+        try:
+            with connect() as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None, f"{what} exited"
+        assert time.monotonic() < deadline, f"{what} did not answer in time"
+        time.sleep(0.01)
 
 
 class RedisServer:
@@ -56,20 +86,7 @@ class RedisServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.sock)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout(10)
-        while True:
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.settimeout(timeout(2))
-                    s.connect(self.sock)
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            assert self.proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not answer in time"
-            time.sleep(0.01)
+        _wait_for_pong(self.proc, lambda: _unix_connection(self.sock), "redis-server")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -740,18 +757,11 @@ class RedisNetns:
                  "--protected-mode", "no"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            deadline = time.monotonic() + timeout(10)
-            while True:
-                try:
-                    with socket.create_connection((self.redis_ip, 6379), timeout(1)) as s:
-                        s.sendall(b"PING\r\n")
-                        if s.recv(64).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    pass
-                assert self.proc.poll() is None, "redis-server exited"
-                assert time.monotonic() < deadline, "redis-server in the netns did not answer"
-                time.sleep(0.02)
+            _wait_for_pong(
+                self.proc,
+                lambda: socket.create_connection((self.redis_ip, 6379), timeout(1)),
+                "redis-server in the netns",
+            )
         except BaseException:
             self.__exit__()
             raise

@@ -538,7 +538,8 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     default=_D.hub_timeout,
     show_default=True,
     metavar="SECONDS",
-    help="How long a chat command waits for the hub before 'hub_unavailable'.",
+    help="With --hub: how long a call to Redis may take; past it the chat command gets "
+    "'hub_unavailable' and the hub reconnects.",
 )
 @click.option(
     "--hub-presence-ttl",
@@ -546,7 +547,8 @@ def config_from_flags(params: dict[str, Any], given: set[str]) -> ServeConfig:
     default=_D.hub_presence_ttl,
     show_default=True,
     metavar="SECONDS",
-    help="Members and nicks of a server that died expire from the hub after this long.",
+    help="With --hub: how long the members and nicks of a wirecat serve that died stay "
+    "in Redis (a live one renews them).",
 )
 @click.option(
     "--line-timeout",
