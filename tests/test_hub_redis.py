@@ -25,7 +25,9 @@ from _chat import Peer
 from _peers import WIRECAT, peer, timeout
 from helpers import read_ready, scaled, short_unix_dir
 from wirecat.auth import hash_token
+from wirecat.chat.redis_hub import check_url, redact_url
 from wirecat.endpoints import Endpoint, parse_endpoint
+from wirecat.errors import ConfigError
 
 pytestmark = [pytest.mark.loops("asyncio"), pytest.mark.async_timeout(30)]
 
@@ -439,15 +441,41 @@ def _assert_once_in_order(messages: list[dict[str, Any]]) -> None:
     assert numbers == sorted(numbers)
 
 
-def test_serve_hub_flags_are_checked() -> None:
+@pytest.mark.parametrize("url", ["http://x", "redis://:s3cret@127.0.0.1:99999/0"])
+def test_serve_hub_flags_are_checked(url: str) -> None:
     proc = subprocess.run(
-        [*WIRECAT, "serve", "--hub", "http://x", "--no-greeting", "--no-echo"],
+        [*WIRECAT, "serve", "--hub", url, "--no-greeting", "--no-echo"],
         capture_output=True,
         timeout=timeout(15),
         check=False,
     )
     assert proc.returncode == 64
     assert b"hub" in proc.stderr and b"Traceback" not in proc.stderr
+    assert b"s3cret" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://x", "use redis://"),
+        ("redis://h:99999/0", "port"),
+        ("redis://:pw@h:port/0", "port"),
+        ("redis://h:6379/zero", "database"),
+        ("unix:", "path"),
+    ],
+)
+def test_check_url_refuses_what_redis_py_could_not_use(url: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why) as caught:
+        check_url(url)
+    assert caught.value.field == "hub" and "pw" not in str(caught.value)
+
+
+def test_check_url_and_redact_url_keep_good_urls() -> None:
+    for url in ("redis://", "redis://127.0.0.1:6379/0", "rediss://h/1?ssl_ca_certs=/ca.pem",
+                "redis://[::1]:6379", "unix:/run/redis.sock"):  # fmt: skip
+        assert check_url(url) == url == redact_url(url)
+    assert redact_url("redis://u:pw@[::1]:70000/0") == "redis://u:***@[::1]:70000/0"
+    assert redact_url("redis://h/0?db=1&password=pw") == "redis://h/0?db=1&password=***"
 
 
 async def test_healthz_shows_the_hub(redis_server: RedisServer) -> None:

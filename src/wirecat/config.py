@@ -298,9 +298,9 @@ class ServeConfig:
             for ep in self.metrics:
                 worker_endpoint(ep, self.workers - 1)  # ConfigError past port 65535
         if self.hub is not None:
-            scheme = self.hub.split(":", 1)[0].lower()
-            if scheme not in ("redis", "rediss", "unix") or ":" not in self.hub:
-                raise bad("hub", "use redis://host:port/db, rediss://host:port/db or unix:/path")
+            from .chat.redis_hub import check_url  # the one check (redis-py not needed)
+
+            check_url(self.hub)
         for name in ("hub_timeout", "hub_presence_ttl"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):

@@ -242,15 +242,17 @@ def _event(event_id: int, data: bytes) -> HubEvent:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (for logs): ``redis://:***@host:6379/0``."""
+    """``url`` without its password (for logs): ``redis://:***@host:6379/0``; a
+    ``?password=`` option (redis-py takes one) is masked too."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        userinfo, _, hostport = parts.netloc.rpartition("@")  # as written: even a bad port
+        parts = parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{hostport}")
+    if parts.query:
+        options = parts.query.split("&")
+        masked = ["password=***" if o.lower().startswith("password=") else o for o in options]
+        parts = parts._replace(query="&".join(masked))
+    return url if parts == urlsplit(url) else urlunsplit(parts)
 
 
 def _client_url(url: str) -> str:
@@ -261,18 +263,33 @@ def _client_url(url: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """Return ``url`` if redis-py can use it.
+    """Return ``url`` if it is a Redis URL wirecat can hand to redis-py (no I/O, no import
+    of redis-py): ``redis://[user:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
+    ``unix:/path/to/redis.sock``; query options go to redis-py as they are.
 
     Raises:
-        ConfigError: not ``redis://``, ``rediss://`` or ``unix:``.
+        ConfigError (field ``hub``): another scheme, a port outside 0-65535, a database
+            that is not a number, or ``unix:`` without a path; the message never holds
+            the password.
     """
     scheme = url.split(":", 1)[0].lower()
+    why = None
     if scheme not in ("redis", "rediss", "unix") or ":" not in url:
-        raise ConfigError(
-            f"invalid hub {redact_url(url)!r}: use redis://host:port/db, rediss://... or "
-            "unix:/path/to/redis.sock",
-            field="hub",
-        )
+        why = "use redis://host:port/db, rediss://host:port/db or unix:/path"
+    elif scheme == "unix":
+        if not urlsplit(_client_url(url)).path:
+            why = "unix: needs the socket's path (unix:/path/to/redis.sock)"
+    else:
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 -- ValueError when not a number in 0-65535
+        except ValueError:
+            why = "the port must be a number in 0-65535"
+        db = parts.path.lstrip("/")
+        if why is None and db and not db.isdigit():
+            why = f"the database must be a number (redis://host:port/0), not {db!r}"
+    if why is not None:
+        raise ConfigError(f"hub: {why} (got {redact_url(url)!r})", field="hub")
     return url
 
 

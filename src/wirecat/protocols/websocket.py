@@ -277,7 +277,7 @@ class WebSocket:
         self._decoder: codecs.IncrementalDecoder | None = None
         self._opened = protocol.state is State.OPEN
         self._failed = False
-        # Server fast path (see the module docstring). ``_fast``: on (server, OPEN; with an
+        # Fast path, both sides (see the module docstring). ``_fast``: on once OPEN (with an
         # extension ``_fast_max`` is -1: every frame is websockets'). ``_pending``: the
         # start of a frame we parse ourselves (at most FAST_FRAME_MAX + 14 bytes), or,
         # before the handshake is answered, the bytes that came behind the request.
