@@ -507,9 +507,18 @@ class _Sink:
 
 
 async def _run(core: Any, member: Any, cmd: Any) -> Any:
-
     reply = core.handle(member, cmd)
     return await reply if isinstance(reply, asyncio.Future) else reply
+
+
+async def _hello_and_join(*members: tuple[Any, Any, str], room: str = "#r") -> None:
+    """Each ``(core, member, nick)`` says hello as nick, then each joins ``room``, in order."""
+    from wirecat.protocols.chat import Hello, Join
+
+    for core, member, nick in members:
+        await _run(core, member, Hello(nick))
+    for core, member, _ in members:
+        await _run(core, member, Join(room))
 
 
 async def _two_cores(url: str, **kw: Any) -> tuple[Any, Any]:
@@ -536,16 +545,13 @@ async def test_a_subscriber_that_misses_events_recovers_them_in_order(
 ) -> None:
     """Pub/sub messages dropped on the way to one process (a slow or cut subscriber): the
     next event shows the hole, the stream fills it: each message once, in order."""
-    from wirecat.protocols.chat import Hello, Join, Say
+    from wirecat.protocols.chat import Say
 
     c1, c2 = await _two_cores(redis_server.url)
     try:
         s1, s2 = _Sink(), _Sink()
         ann, bob = c1.connect(s1), c2.connect(s2)
-        await _run(c1, ann, Hello("ann"))
-        await _run(c2, bob, Hello("bob"))
-        await _run(c1, ann, Join("#r"))
-        await _run(c2, bob, Join("#r"))
+        await _hello_and_join((c1, ann, "ann"), (c2, bob, "bob"))
         hub2 = c2.hub
         real = hub2._on_message
         dropped = 0
@@ -575,17 +581,14 @@ async def test_events_gone_from_the_stream_are_a_gap(redis_server: RedisServer) 
     with ``since`` before them answers ``gap``."""
     import redis.asyncio as aioredis
 
-    from wirecat.protocols.chat import Hello, Join, Part, RoomJoined, Say
+    from wirecat.protocols.chat import Join, Part, RoomJoined, Say
 
     c1, c2 = await _two_cores(redis_server.url, history_size=3)
     direct = aioredis.from_url(f"unix://{redis_server.sock}")
     try:
         s1, s2 = _Sink(), _Sink()
         ann, bob = c1.connect(s1), c2.connect(s2)
-        await _run(c1, ann, Hello("ann"))
-        await _run(c2, bob, Hello("bob"))
-        await _run(c1, ann, Join("#r"))
-        await _run(c2, bob, Join("#r"))
+        await _hello_and_join((c1, ann, "ann"), (c2, bob, "bob"))
         first = await _run(c1, ann, Say("m0", "#r"))
         await _wait(lambda: len(s2.of("message")) == 1)
         hub2 = c2.hub
@@ -632,10 +635,7 @@ async def test_a_closed_room_stays_closed_for_a_process_started_later(
     try:
         root, bob = c1.connect(_Sink()), c2.connect(_Sink())
         root.user = User("root", frozenset({"admin"}))
-        await _run(c1, root, Hello("root"))
-        await _run(c2, bob, Hello("bob"))
-        await _run(c1, root, Join("#r"))
-        await _run(c2, bob, Join("#r"))
+        await _hello_and_join((c1, root, "root"), (c2, bob, "bob"))
         assert isinstance(await _run(c1, root, CloseRoom("#r")), Done)
         hub = RedisHub(redis_server.url, timeout=HUB_TIMEOUT)  # knew nothing of #r
         await hub.start()
@@ -654,7 +654,6 @@ async def test_a_closed_room_stays_closed_for_a_process_started_later(
 
 
 async def _wait(predicate: Any, seconds: float = 5.0) -> None:
-
     deadline = time.monotonic() + scaled(seconds)
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -899,7 +898,6 @@ async def test_an_nc_user_and_a_json_client_on_two_processes_chat(
     redis_server: RedisServer,
 ) -> None:
     """The issue's "done when": real ``nc`` on process A, a JSON-lines client on B."""
-
     async with servers(redis_server.url) as (a, b), contextlib.AsyncExitStack() as stack:
         ep = a.endpoint()
         nc = await asyncio.create_subprocess_exec(
