@@ -45,6 +45,16 @@ __all__ = ["ServerContext", "ServiceInfo", "SharedWrite", "StreamHandler", "form
 
 _ids = itertools.count(1)
 
+#: Lingering close (model: nginx ``lingering_close``/``lingering_time``): after a close whose
+#: peer was still sending, read and discard for at most this many seconds before closing,
+#: so that the peer's kernel does not drop our last bytes on a reset.
+LINGER_TIME = 2.0
+#: A peer counts as still sending if its last bytes arrived less than this many seconds ago
+#: (and less than half the idle timeout).
+LINGER_RECENT = 1.0
+#: At most this many connections linger at once per server; beyond, close at once.
+MAX_LINGERING = 1024
+
 #: Counter name in ``ServerContext.metrics`` for each reason :meth:`ServerContext.admit` gives.
 _REFUSAL_METRIC = {
     "denied": "refused_acl",
@@ -112,6 +122,8 @@ class ServerContext:
         rate = self.limits.conn_rate
         self.conn_rate = KeyedRateLimiter(rate, self.limits.conn_burst) if rate else None
         self.closing = False
+        #: connections in a lingering close (bounded by ``MAX_LINGERING``)
+        self.lingering = 0
         self.log = log or _root_logger
         self._empty: asyncio.Event | None = None
 
@@ -314,6 +326,7 @@ class StreamHandler(asyncio.Protocol):
         "_close_reason",
         "_id",
         "_last_rx",
+        "_linger_handle",
         "_log",
         "_login_handle",
         "_loop",
@@ -346,6 +359,7 @@ class StreamHandler(asyncio.Protocol):
         self._close_reason = ""
         self.source: str | None = None  # peer IP for per-source limits; None for unix
         self._login_handle: asyncio.TimerHandle | None = None
+        self._linger_handle: asyncio.TimerHandle | None = None  # set while lingering
         # Coalesced writes of this loop iteration; the list is made on the first write and
         # kept (empty between iterations), so fan-out allocates no list per member.
         self._queued: list[bytes | SharedWrite] | None = None
@@ -453,6 +467,8 @@ class StreamHandler(asyncio.Protocol):
         self._guard(self.on_connect)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_handle is not None:  # closed, lingering: read and discard
+            return
         self._last_rx = now = self._loop.time()  # type: ignore[union-attr]
         self._rx += len(data)
         if self.line_framed:
@@ -468,8 +484,8 @@ class StreamHandler(asyncio.Protocol):
             self._crashed()
 
     def eof_received(self) -> bool | None:
-        if not self._accepted:
-            return False
+        if not self._accepted or self._linger_handle is not None:
+            return False  # (lingering: the peer's EOF ends it; the transport closes itself)
         try:
             keep_open = self.on_eof()
         except Exception:
@@ -487,6 +503,10 @@ class StreamHandler(asyncio.Protocol):
         if self._login_handle is not None:
             self._login_handle.cancel()
             self._login_handle = None
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
+            self._linger_handle = None
+            self.ctx.lingering -= 1
         self.closing = True
         if not self._accepted:
             return
@@ -706,12 +726,68 @@ class StreamHandler(asyncio.Protocol):
         return False
 
     def close(self, reason: str = "") -> None:
-        """Flush queued output, then close. Idempotent."""
+        """Flush queued output, then close. Idempotent.
+
+        If the peer is still sending (bytes arrived in the last ``LINGER_RECENT`` seconds
+        and half the idle timeout, or we stopped reading them), the close *lingers* (model:
+        nginx ``lingering_close``): our write side is shut down after the output (the peer
+        reads it, then EOF), and what the peer still sends is read and discarded until
+        its EOF, at most ``LINGER_TIME`` seconds, then the connection closes. Without it, bytes unread or
+        arriving at ``close()`` make the kernel send a reset, and the peer's kernel may drop
+        our last bytes (the reason of the close) before the peer reads them. Plain TCP and
+        Unix sockets only (TLS has no half-close: it closes as before); not while the
+        server drains; at most ``MAX_LINGERING`` at once per server (beyond, close at once).
+        A lingering connection still counts against ``max_conns`` until it is closed.
+        """
         if self.closing:
             return
         self._flush()  # before closing is set, so the queued bytes still go out
         self.closing = True
         self._close_reason = reason
+        transport = self.transport
+        if transport is None:
+            return
+        if self._may_linger(transport):
+            self._linger(transport)
+        else:
+            transport.close()
+
+    def _may_linger(self, transport: asyncio.Transport) -> bool:
+        ctx = self.ctx
+        if ctx.closing or ctx.lingering >= MAX_LINGERING or not self._accepted:
+            return False
+        # False for TLS transports (no half-close: close_notify ends both directions).
+        if not transport.can_write_eof() or transport.is_closing():
+            return False
+        loop = self._loop
+        if loop is None:
+            return False
+        # "Still sending": input arrived in the last second, and within half the idle
+        # timeout (an idle peer is not sending), or we stopped reading it.
+        recent = LINGER_RECENT
+        idle = self.limits.idle_timeout
+        if idle is not None and idle / 2 < recent:
+            recent = idle / 2
+        return not transport.is_reading() or loop.time() - self._last_rx < recent
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        loop = self._loop
+        assert loop is not None
+        self.ctx.lingering += 1
+        self._linger_handle = loop.call_later(LINGER_TIME, self.end_linger)
+        transport.write_eof()  # after the queued output: the peer reads it, then EOF
+        if not transport.is_reading():
+            transport.resume_reading()
+
+    def end_linger(self) -> None:
+        """Stop a lingering close now (its time ran out, or the server drains): close the
+        transport (queued output still goes out first). No-op if not lingering."""
+        handle = self._linger_handle
+        if handle is None:
+            return
+        handle.cancel()
+        self._linger_handle = None
+        self.ctx.lingering -= 1
         if self.transport is not None:
             self.transport.close()
 
@@ -796,8 +872,8 @@ class StreamHandler(asyncio.Protocol):
 
     def _idle_expired(self, now: float) -> None:
         """Called by the server's idle sweep once ``idle_timeout`` passed without input."""
+        self._guard(self.on_idle)  # (reads the old _last_rx: an idle close does not linger)
         self._last_rx = now  # a hook that keeps the connection is asked again a period later
-        self._guard(self.on_idle)
 
     def touch(self) -> None:
         """Count as activity for the idle timeout (for handlers moving bytes off the loop)."""
