@@ -728,15 +728,15 @@ class StreamHandler(asyncio.Protocol):
     def close(self, reason: str = "") -> None:
         """Flush queued output, then close. Idempotent.
 
-        If the peer is still sending (bytes arrived in the last ``LINGER_RECENT`` seconds
-        and half the idle timeout, or we stopped reading them), the close *lingers* (model:
-        nginx ``lingering_close``): our write side is shut down after the output (the peer
-        reads it, then EOF), and what the peer still sends is read and discarded until
-        its EOF, at most ``LINGER_TIME`` seconds, then the connection closes. Without it, bytes unread or
-        arriving at ``close()`` make the kernel send a reset, and the peer's kernel may drop
-        our last bytes (the reason of the close) before the peer reads them. Plain TCP and
-        Unix sockets only (TLS has no half-close: it closes as before); not while the
-        server drains; at most ``MAX_LINGERING`` at once per server (beyond, close at once).
+        If the peer is still sending (bytes arrived in the last ``LINGER_RECENT`` seconds and
+        half the idle timeout, or we stopped reading them), the close *lingers* (model: nginx
+        ``lingering_close``): our write side is shut down after the output (the peer reads it,
+        then EOF), and what the peer still sends is read and discarded until its EOF, at most
+        ``LINGER_TIME`` seconds, then the connection closes. Without it, bytes unread or
+        arriving at ``close()`` make the kernel send a reset, and the peer's kernel may drop our
+        last bytes (the reason of the close) before the peer reads them. Plain TCP and Unix
+        sockets only (TLS has no half-close: it closes as before); not while the server drains;
+        at most ``MAX_LINGERING`` at once per server (beyond, close at once).
         A lingering connection still counts against ``max_conns`` until it is closed.
         """
         if self.closing:
