@@ -173,3 +173,23 @@ def test_bad_serve_options_exit_with_a_reason(args: list[str], code: int, words:
     assert r.returncode == code, r.stderr
     assert words in r.stderr.decode()
     assert "Traceback" not in r.stderr.decode()
+
+
+def test_handshake_timeout_help_names_only_what_the_verb_serves() -> None:
+    """``--handshake-timeout`` is shared by serve and relay; relay's socks5:// and
+    http-proxy:// servers belong to relay's help alone."""
+    from click.testing import CliRunner
+
+    from wirecat.cli.relay import relay_command
+    from wirecat.cli.serve import serve_command
+
+    def option_help(command: object) -> str:
+        out = CliRunner().invoke(command, ["--help"], terminal_width=200).output  # type: ignore[arg-type]
+        line = next(line for line in out.splitlines() if "--handshake-timeout" in line)
+        return " ".join(line.split())
+
+    serve_help = option_help(serve_command)
+    assert "TLS handshake" in serve_help
+    assert "socks5" not in serve_help and "http-proxy" not in serve_help
+    relay_help = option_help(relay_command)
+    assert "socks5://" in relay_help and "http-proxy://" in relay_help

@@ -26,6 +26,7 @@ __all__ = [
     "die",
     "limit_options",
     "read_token",
+    "relay_limit_options",
     "run_command",
     "tls_client_options",
     "tls_connect_kwargs",
@@ -378,16 +379,28 @@ _LIMIT_OPTIONS: list[Any] = [
         metavar="SECONDS",
         help="How long shutdown waits for peers to finish.",
     ),
-    click.option(
+]
+
+
+def _handshake_timeout_option(help: str) -> Any:
+    """``--handshake-timeout``, with the help of the verb that takes it."""
+    return click.option(
         "--handshake-timeout",
         type=click.FloatRange(min=0.1),
         default=_L.handshake_timeout,
         show_default=True,
         metavar="SECONDS",
-        help="Absolute TLS handshake deadline (for relay's socks5:// and http-proxy:// "
-        "servers, also the deadline of the client's request).",
-    ),
-]
+        help=help,
+    )
+
+
+_SERVE_HANDSHAKE = _handshake_timeout_option(
+    "Absolute deadline of each TLS handshake on TLS listeners."
+)
+_RELAY_HANDSHAKE = _handshake_timeout_option(
+    "Absolute deadline of each TLS handshake on TLS listeners (for socks5:// and "
+    "http-proxy:// servers, also the deadline of the client's request)."
+)
 
 #: The server certificate flags for ``tls://`` listeners.
 _TLS_SERVER_OPTIONS: list[Any] = [
@@ -426,8 +439,15 @@ _TLS_SERVER_OPTIONS: list[Any] = [
 
 
 def limit_options(f: Any) -> Any:
-    """Add the server limit flags (see :data:`_LIMIT_OPTIONS`) to a verb."""
-    return _apply(_LIMIT_OPTIONS, f)
+    """Add the server limit flags (see :data:`_LIMIT_OPTIONS`) and ``--handshake-timeout``
+    to ``serve``."""
+    return _apply([*_LIMIT_OPTIONS, _SERVE_HANDSHAKE], f)
+
+
+def relay_limit_options(f: Any) -> Any:
+    """:func:`limit_options` for ``relay``: its ``--handshake-timeout`` also bounds the
+    request of a ``socks5://`` or ``http-proxy://`` server's client."""
+    return _apply([*_LIMIT_OPTIONS, _RELAY_HANDSHAKE], f)
 
 
 def tls_server_options(f: Any) -> Any:

@@ -22,7 +22,7 @@ from .common import (
     PROXY_OPTION,
     check_proxy,
     die,
-    limit_options,
+    relay_limit_options,
     run_command,
     server_settings,
     tls_connect_kwargs,
@@ -112,7 +112,7 @@ def _parse(text: str, what: str) -> Endpoint:
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
-@limit_options
+@relay_limit_options
 @tls_server_options
 @tls_peer_options
 @LOOP_OPTION
