@@ -23,7 +23,10 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 import shutil
+import socket
+import subprocess
 import tempfile
 import threading
 import traceback
@@ -251,3 +254,34 @@ async def echo(conn: Connection) -> None:
     while data := await conn.recv():
         await conn.send(data)
     await conn.send_eof()
+
+
+def ports_in_use(ports: dict[str, tuple[int, ...]], host: str = "127.0.0.1") -> list[str]:
+    """Which of ``ports`` (transport -> port numbers) cannot be bound on ``host`` now, one
+    message per port, naming the process that holds it when ``ss -lnp`` can tell."""
+    busy: list[str] = []
+    for kind, numbers in ports.items():
+        sock_type = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+        for port in numbers:
+            with socket.socket(socket.AF_INET, sock_type) as sock:
+                # As the servers do: a connection in TIME_WAIT does not hold the port.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((host, port))
+                except OSError as exc:
+                    holder = _port_holder(kind, port)
+                    busy.append(f"{kind} port {port} is in use ({exc.strerror}){holder}")
+    return busy
+
+
+def _port_holder(kind: str, port: int) -> str:
+    """``": held by users:((...))"`` from ``ss``, or ``""`` if it cannot tell."""
+    flag = "-Htlnp" if kind == "tcp" else "-Hulnp"
+    try:
+        out = subprocess.run(
+            ["ss", flag, f"sport = :{port}"], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    users = re.findall(r"users:\(\(.*?\)\)", out)
+    return f": held by {' '.join(users)}" if users else ""

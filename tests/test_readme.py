@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import scaled
+from helpers import ports_in_use, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -30,6 +30,23 @@ BIN = Path(sys.executable).parent
 T = scaled(30)
 
 pytestmark = pytest.mark.interop
+
+
+#: The fixed loopback ports the scenarios bind (the README's), by transport.
+_TCP = "1080 3128 7000 7007 7009 7070 7071 7080 7443 9000 9001 9002 9080 9107 9443"
+FIXED_PORTS: dict[str, tuple[int, ...]] = {
+    "tcp": tuple(int(port) for port in _TCP.split()),
+    "udp": (7007, 9000, 9053),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fixed_ports_are_free() -> None:
+    """Fail at once, naming the port, if another process holds a README port (a server
+    left running, another run of this module): later failures would be confusing."""
+    busy = ports_in_use(FIXED_PORTS)
+    if busy:
+        pytest.fail("README ports are not free: " + "; ".join(busy), pytrace=False)
 
 
 def readme_commands() -> list[str]:
