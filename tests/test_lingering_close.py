@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from _chat import Peer
-from helpers import scaled, serving
+from helpers import scaled, serving, wait_for
 from wirecat.endpoints import Endpoint
 from wirecat.runtime.handler import LINGER_TIME
 from wirecat.runtime.limits import Limits
@@ -60,7 +60,8 @@ async def test_a_peer_still_sending_reads_the_timeout_line_before_eof() -> None:
 
 
 async def test_lingering_is_bounded_for_a_peer_that_never_stops() -> None:
-    """A peer that never reads our EOF and keeps sending is closed ``LINGER_TIME`` later."""
+    """A peer that never reads our EOF and keeps sending is closed ``LINGER_TIME`` later;
+    meanwhile it is no longer a connection (no cap counts it; on_close ran)."""
     ep = Endpoint("tcp", "127.0.0.1", 0)
     svc = ChatService([ep], max_rate=1000.0, burst=1000, banner_delay=0)
     lim = Limits(line_timeout=LINE, idle_timeout=scaled(5.0), max_line=1 << 20)
@@ -76,10 +77,35 @@ async def test_lingering_is_bounded_for_a_peer_that_never_stops() -> None:
                 await asyncio.sleep(0.005)
             assert server.ctx.metrics["line_timeouts"] == 1
             cut = loop.time()
-            while server.ctx.connections and loop.time() < end:
+            await wait_for(lambda: not server.ctx.connections, what="no connection")
+            assert len(server.ctx.lingering) == 1
+            while server.ctx.lingering and loop.time() < end:
                 writer.write(b"x" * 64)  # still sending, never reading the EOF
                 await asyncio.sleep(0.01)
-            assert not server.ctx.connections
+            assert not server.ctx.lingering
             assert loop.time() - cut < LINGER_TIME + scaled(1.0)
         finally:
             writer.close()
+
+
+async def test_a_drain_ends_lingering_at_once() -> None:
+    ep = Endpoint("tcp", "127.0.0.1", 0)
+    svc = ChatService([ep], max_rate=1000.0, burst=1000, banner_delay=0)
+    lim = Limits(line_timeout=LINE, idle_timeout=scaled(5.0), max_line=1 << 20)
+    loop = asyncio.get_running_loop()
+    server_cm = serving(svc, limits=lim)
+    server = await server_cm.__aenter__()
+    _, writer = await asyncio.open_connection(ep.host, server.endpoint("chat").port)
+    try:
+        writer.write(b"ann\n")
+        end = loop.time() + T
+        while not server.ctx.lingering and loop.time() < end:
+            writer.write(b"x" * 64)
+            await asyncio.sleep(0.005)
+        assert len(server.ctx.lingering) == 1
+        start = loop.time()
+        await server_cm.__aexit__(None, None, None)
+        assert loop.time() - start < LINGER_TIME / 2
+        assert not server.ctx.lingering
+    finally:
+        writer.close()

@@ -122,8 +122,8 @@ class ServerContext:
         rate = self.limits.conn_rate
         self.conn_rate = KeyedRateLimiter(rate, self.limits.conn_burst) if rate else None
         self.closing = False
-        #: connections in a lingering close (bounded by ``MAX_LINGERING``)
-        self.lingering = 0
+        #: transports in a lingering close, no longer connections (at most ``MAX_LINGERING``)
+        self.lingering: set[_Lingering] = set()
         self.log = log or _root_logger
         self._empty: asyncio.Event | None = None
 
@@ -299,6 +299,38 @@ class SharedWrite:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class _Lingering(asyncio.Protocol):
+    """The rest of a lingering close (see :meth:`StreamHandler.close`): the transport's
+    protocol once its handler is done: discard input until the peer's EOF or
+    ``LINGER_TIME`` seconds, then close."""
+
+    __slots__ = ("_ctx", "_handle", "_transport")
+
+    def __init__(
+        self, ctx: ServerContext, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._ctx = ctx
+        self._transport = transport
+        ctx.lingering.add(self)
+        self._handle = loop.call_later(LINGER_TIME, self.end)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # read and discarded: unread bytes at close would make the kernel reset
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done too: the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._handle.cancel()
+        self._ctx.lingering.discard(self)
+
+    def end(self) -> None:
+        """Close now (the time ran out, or the server drains); queued output still goes."""
+        self._handle.cancel()
+        self._ctx.lingering.discard(self)
+        self._transport.close()
+
+
 class _ConnLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = dict(self.extra or {})
@@ -326,7 +358,6 @@ class StreamHandler(asyncio.Protocol):
         "_close_reason",
         "_id",
         "_last_rx",
-        "_linger_handle",
         "_log",
         "_login_handle",
         "_loop",
@@ -359,7 +390,6 @@ class StreamHandler(asyncio.Protocol):
         self._close_reason = ""
         self.source: str | None = None  # peer IP for per-source limits; None for unix
         self._login_handle: asyncio.TimerHandle | None = None
-        self._linger_handle: asyncio.TimerHandle | None = None  # set while lingering
         # Coalesced writes of this loop iteration; the list is made on the first write and
         # kept (empty between iterations), so fan-out allocates no list per member.
         self._queued: list[bytes | SharedWrite] | None = None
@@ -467,8 +497,6 @@ class StreamHandler(asyncio.Protocol):
         self._guard(self.on_connect)
 
     def data_received(self, data: bytes) -> None:
-        if self._linger_handle is not None:  # closed, lingering: read and discard
-            return
         self._last_rx = now = self._loop.time()  # type: ignore[union-attr]
         self._rx += len(data)
         if self.line_framed:
@@ -484,8 +512,8 @@ class StreamHandler(asyncio.Protocol):
             self._crashed()
 
     def eof_received(self) -> bool | None:
-        if not self._accepted or self._linger_handle is not None:
-            return False  # (lingering: the peer's EOF ends it; the transport closes itself)
+        if not self._accepted:
+            return False
         try:
             keep_open = self.on_eof()
         except Exception:
@@ -503,10 +531,6 @@ class StreamHandler(asyncio.Protocol):
         if self._login_handle is not None:
             self._login_handle.cancel()
             self._login_handle = None
-        if self._linger_handle is not None:
-            self._linger_handle.cancel()
-            self._linger_handle = None
-            self.ctx.lingering -= 1
         self.closing = True
         if not self._accepted:
             return
@@ -736,8 +760,9 @@ class StreamHandler(asyncio.Protocol):
         arriving at ``close()`` make the kernel send a reset, and the peer's kernel may drop our
         last bytes (the reason of the close) before the peer reads them. Plain TCP and Unix
         sockets only (TLS has no half-close: it closes as before); not while the server drains;
-        at most ``MAX_LINGERING`` at once per server (beyond, close at once).
-        A lingering connection still counts against ``max_conns`` until it is closed.
+        at most ``MAX_LINGERING`` at once per server (beyond, close at once). The handler is
+        done with a lingering transport: :meth:`on_close` runs at once (as for a plain close
+        whose output is sent) and the connection no longer counts against any limit.
         """
         if self.closing:
             return
@@ -754,7 +779,7 @@ class StreamHandler(asyncio.Protocol):
 
     def _may_linger(self, transport: asyncio.Transport) -> bool:
         ctx = self.ctx
-        if ctx.closing or ctx.lingering >= MAX_LINGERING or not self._accepted:
+        if ctx.closing or len(ctx.lingering) >= MAX_LINGERING or not self._accepted:
             return False
         # False for TLS transports (no half-close: close_notify ends both directions).
         if not transport.can_write_eof() or transport.is_closing():
@@ -773,23 +798,13 @@ class StreamHandler(asyncio.Protocol):
     def _linger(self, transport: asyncio.Transport) -> None:
         loop = self._loop
         assert loop is not None
-        self.ctx.lingering += 1
-        self._linger_handle = loop.call_later(LINGER_TIME, self.end_linger)
         transport.write_eof()  # after the queued output: the peer reads it, then EOF
+        transport.set_protocol(_Lingering(self.ctx, transport, loop))
         if not transport.is_reading():
             transport.resume_reading()
-
-    def end_linger(self) -> None:
-        """Stop a lingering close now (its time ran out, or the server drains): close the
-        transport (queued output still goes out first). No-op if not lingering."""
-        handle = self._linger_handle
-        if handle is None:
-            return
-        handle.cancel()
-        self._linger_handle = None
-        self.ctx.lingering -= 1
-        if self.transport is not None:
-            self.transport.close()
+        # The connection is over for us: bookkeeping and on_close on the next iteration, as
+        # asyncio does for a transport closed with its output sent.
+        loop.call_soon(self.connection_lost, None)
 
     def abort(self, reason: str) -> None:
         """Drop queued output and close now. Idempotent."""

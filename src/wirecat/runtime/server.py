@@ -246,7 +246,8 @@ class Server:
                 ctx.log.exception("%s: drain failed", svc.name)
         for conn in list(ctx.connections):
             conn._guard(conn.on_shutdown)
-            conn.end_linger()  # a lingering close does not outlast the drain
+        for lingering in list(ctx.lingering):  # a lingering close does not outlast the drain
+            lingering.end()
         if ctx.connections:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ctx.wait_empty(), grace)
