@@ -363,6 +363,7 @@ class StreamHandler(asyncio.Protocol):
         "_loop",
         "_partial_len",
         "_partial_since",
+        "_peer_eof",
         "_queued",
         "_rx",
         "_tx",
@@ -398,6 +399,7 @@ class StreamHandler(asyncio.Protocol):
         # line_framed only: when the line not yet ended by a newline began, and its length
         self._partial_since: float | None = None
         self._partial_len = 0
+        self._peer_eof = False  # the peer half-closed: it sends nothing more
 
     #: Services whose peers must complete a login (first line, hello) set this to True and
     #: call :meth:`login_complete`; until then ``limits.login_timeout`` applies.
@@ -514,6 +516,7 @@ class StreamHandler(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if not self._accepted:
             return False
+        self._peer_eof = True
         try:
             keep_open = self.on_eof()
         except Exception:
@@ -753,7 +756,7 @@ class StreamHandler(asyncio.Protocol):
         """Flush queued output, then close. Idempotent.
 
         If the peer is still sending (bytes arrived in the last ``LINGER_RECENT`` seconds and
-        half the idle timeout, or we stopped reading them), the close *lingers* (model: nginx
+        half the idle timeout, and we are reading them), the close *lingers* (model: nginx
         ``lingering_close``): our write side is shut down after the output (the peer reads it,
         then EOF), and what the peer still sends is read and discarded until its EOF, at most
         ``LINGER_TIME`` seconds, then the connection closes. Without it, bytes unread or
@@ -779,7 +782,9 @@ class StreamHandler(asyncio.Protocol):
 
     def _may_linger(self, transport: asyncio.Transport) -> bool:
         ctx = self.ctx
-        if ctx.closing or len(ctx.lingering) >= MAX_LINGERING or not self._accepted:
+        if self._peer_eof or ctx.closing or len(ctx.lingering) >= MAX_LINGERING:
+            return False
+        if not self._accepted:
             return False
         # False for TLS transports (no half-close: close_notify ends both directions).
         if not transport.can_write_eof() or transport.is_closing():
@@ -788,20 +793,19 @@ class StreamHandler(asyncio.Protocol):
         if loop is None:
             return False
         # "Still sending": input arrived in the last second, and within half the idle
-        # timeout (an idle peer is not sending), or we stopped reading it.
+        # timeout (an idle peer is not sending). Not if we stopped reading: a handler that
+        # paused its transport may be moving the socket's bytes itself (relay's splice).
         recent = LINGER_RECENT
         idle = self.limits.idle_timeout
         if idle is not None and idle / 2 < recent:
             recent = idle / 2
-        return not transport.is_reading() or loop.time() - self._last_rx < recent
+        return transport.is_reading() and loop.time() - self._last_rx < recent
 
     def _linger(self, transport: asyncio.Transport) -> None:
         loop = self._loop
         assert loop is not None
         transport.write_eof()  # after the queued output: the peer reads it, then EOF
         transport.set_protocol(_Lingering(self.ctx, transport, loop))
-        if not transport.is_reading():
-            transport.resume_reading()
         # The connection is over for us: bookkeeping and on_close on the next iteration, as
         # asyncio does for a transport closed with its output sent.
         loop.call_soon(self.connection_lost, None)
