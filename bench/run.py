@@ -502,28 +502,48 @@ def interleaved(
     return samples
 
 
-def run_echo(reps: int, duration: float) -> dict[str, Any]:
-    peers = echo_peers()
-    cases = [(f"{c} x {s} B", c, s) for s in (64, 1024) for c in (1, 10, 100)]
+def run_part(
+    peers: list[Peer],
+    cases: list[tuple[str, Callable[[Peer], BenchConfig | None]]],
+    reps: int,
+    per: str,
+    *,
+    warm_conns: int = 0,
+    failures: list[str] | None = None,
+    split: bool = False,
+) -> dict[str, Any]:
+    """Start ``peers``, warm each with ``warm_conns`` connections for 0.3 s (0: no warm-up),
+    run the ``cases`` interleaved, and return the part's raw result (samples, cases, notes,
+    and ``failures`` when a list is given)."""
     with running(peers) as live:
-        for p in live:  # warm each server once (JIT for node, page faults, caches)
-            run_bench(BenchConfig(parse_endpoint(p.endpoint), conns=10, duration=0.3))
-        samples = interleaved(
-            live,
-            [
-                (
-                    name,
-                    lambda p, c=c, s=s: BenchConfig(
-                        parse_endpoint(p.endpoint), conns=c, size=s, duration=duration
-                    ),
-                )
-                for name, c, s in cases
-            ],
-            reps,
-            "ops",
-        )
+        for p in live if warm_conns else ():  # JIT for node, page faults, caches
+            run_bench(BenchConfig(parse_endpoint(p.endpoint), conns=warm_conns, duration=0.3))
+        samples = interleaved(live, cases, reps, per, failures, split)
         notes = {p.name: p.note for p in live}
-    return {"samples": samples, "cases": [c[0] for c in cases], "notes": notes}
+    part: dict[str, Any] = {"samples": samples, "cases": [c[0] for c in cases], "notes": notes}
+    if failures is not None:
+        part["failures"] = failures
+    return part
+
+
+def echo_cases(
+    sizes: list[tuple[str, int, int]], duration: float
+) -> list[tuple[str, Callable[[Peer], BenchConfig | None]]]:
+    """Echo cases ``(name, conns, size)`` as interleaved() takes them."""
+    return [
+        (
+            name,
+            lambda p, c=c, s=s: BenchConfig(
+                parse_endpoint(p.endpoint), conns=c, size=s, duration=duration
+            ),
+        )
+        for name, c, s in sizes
+    ]
+
+
+def run_echo(reps: int, duration: float) -> dict[str, Any]:
+    cases = [(f"{c} x {s} B", c, s) for s in (64, 1024) for c in (1, 10, 100)]
+    return run_part(echo_peers(), echo_cases(cases, duration), reps, "ops", warm_conns=10)
 
 
 def ws_peers() -> list[Peer]:
@@ -545,36 +565,19 @@ def ws_peers() -> list[Peer]:
 
 def run_ws(reps: int, duration: float) -> dict[str, Any]:
     """WebSocket echo, 100 connections x 64 B messages (one in flight per connection)."""
-    peers = ws_peers()
     cases = [("100 x 64 B", 100, 64)]
-    with running(peers) as live:
-        for p in live:
-            run_bench(BenchConfig(parse_endpoint(p.endpoint), conns=10, duration=0.3))
-        samples = interleaved(
-            live,
-            [
-                (
-                    name,
-                    lambda p, c=c, s=s: BenchConfig(
-                        parse_endpoint(p.endpoint), conns=c, size=s, duration=duration
-                    ),
-                )
-                for name, c, s in cases
-            ],
-            reps,
-            "ops",
-        )
-        notes = {p.name: p.note for p in live}
+    part = run_part(ws_peers(), echo_cases(cases, duration), reps, "ops", warm_conns=10)
+    samples = part["samples"]
     for case, _, _ in cases:
-        for p in live:
-            rates = sorted(x.rate for x in samples if x.peer == p.name and x.case == case)
-            cpus = sorted(x.cpu_us_per_op for x in samples if x.peer == p.name and x.case == case)
+        for name in part["notes"]:
+            rates = sorted(x.rate for x in samples if x.peer == name and x.case == case)
+            cpus = sorted(x.cpu_us_per_op for x in samples if x.peer == name and x.case == case)
             if rates:
                 log(
-                    f"ws {case} {p.name}: median {rates[len(rates) // 2]:,.0f} round trips/s, "
+                    f"ws {case} {name}: median {rates[len(rates) // 2]:,.0f} round trips/s, "
                     f"server cpu {cpus[len(cpus) // 2]:.1f} us/round trip"
                 )
-    return {"samples": samples, "cases": [c[0] for c in cases], "notes": notes}
+    return part
 
 
 def ws_chat_peers() -> list[Peer]:
@@ -616,22 +619,8 @@ def run_ws_chat(reps: int, quick: bool) -> dict[str, Any]:
             chat_protocol=proto[p.name],  # type: ignore[arg-type]
         )
 
-    failures: list[str] = []
-    with running(peers) as live:
-        samples = interleaved(
-            live,
-            [(name, lambda p, m=m, n=n: make(p, m, n)) for name, m, n in cases],
-            reps,
-            "deliveries",
-            failures,
-        )
-        notes = {p.name: p.note for p in live}
-    return {
-        "samples": samples,
-        "cases": [c[0] for c in cases],
-        "notes": notes,
-        "failures": failures,
-    }
+    factories = [(name, lambda p, m=m, n=n: make(p, m, n)) for name, m, n in cases]
+    return run_part(peers, factories, reps, "deliveries", failures=[])
 
 
 def run_chat(reps: int, duration: float, quick: bool) -> dict[str, Any]:
@@ -658,22 +647,8 @@ def run_chat(reps: int, duration: float, quick: bool) -> dict[str, Any]:
             chat_protocol=proto[p.name],  # type: ignore[arg-type]
         )
 
-    failures: list[str] = []
-    with running(peers) as live:
-        samples = interleaved(
-            live,
-            [(name, lambda p, m=m, n=n: make(p, m, n)) for name, m, n in cases],
-            reps,
-            "deliveries",
-            failures,
-        )
-        notes = {p.name: p.note for p in live}
-    return {
-        "samples": samples,
-        "cases": [c[0] for c in cases],
-        "notes": notes,
-        "failures": failures,
-    }
+    factories = [(name, lambda p, m=m, n=n: make(p, m, n)) for name, m, n in cases]
+    return run_part(peers, factories, reps, "deliveries", failures=[])
 
 
 MULTICORE_CASE = "100 x 64 B"
@@ -704,26 +679,8 @@ def run_multicore(reps: int, duration: float) -> dict[str, Any]:
     The load generator stays pinned to core 1; the servers of the 2-core rows may use both
     cores, so a second worker shares core 1 with the load generator.
     """
-    peers = multicore_peers()
-    with running(peers) as live:
-        for p in live:
-            run_bench(BenchConfig(parse_endpoint(p.endpoint), conns=100, duration=0.3))
-        samples = interleaved(
-            live,
-            [
-                (
-                    MULTICORE_CASE,
-                    lambda p: BenchConfig(
-                        parse_endpoint(p.endpoint), conns=100, size=64, duration=duration
-                    ),
-                )
-            ],
-            reps,
-            "ops",
-            split=True,
-        )
-        notes = {p.name: p.note for p in live}
-    return {"samples": samples, "cases": [MULTICORE_CASE], "notes": notes}
+    cases = echo_cases([(MULTICORE_CASE, 100, 64)], duration)
+    return run_part(multicore_peers(), cases, reps, "ops", warm_conns=100, split=True)
 
 
 async def _hold_idle(port: int, n: int, sources: list[str]) -> list[asyncio.Transport]:

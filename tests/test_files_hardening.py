@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from helpers import wait_for
 from test_files_service import (
     LOOPS,
     TIMEOUT,
@@ -57,11 +58,7 @@ async def stalled_get(ep: Any, name: str) -> tuple[asyncio.StreamReader, asyncio
 
 async def slots_free(svc: Any) -> None:
     """Wait (bounded) until the cut transfers' threads have handed their slots back."""
-    for _ in range(int(TIMEOUT / 0.01)):
-        if svc.slots.in_use == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{svc.slots.in_use} transfer slots still taken")
+    await wait_for(lambda: svc.slots.in_use == 0, TIMEOUT, what="transfer slots handed back")
 
 
 # -- item 4: downloads that are never read ------------------------------------------------

@@ -23,7 +23,7 @@ import pytest
 
 from _chat import Peer
 from _peers import WIRECAT, peer, timeout
-from helpers import read_ready, scaled, short_unix_dir
+from helpers import read_ready, scaled, short_unix_dir, wait_for
 from wirecat.auth import hash_token
 from wirecat.chat.redis_hub import check_url, redact_url
 from wirecat.endpoints import Endpoint, parse_endpoint
@@ -566,7 +566,7 @@ async def test_a_subscriber_that_misses_events_recovers_them_in_order(
         hub2._on_message = lossy
         for i in range(6):
             await _run(c1, ann, Say(f"m{i}", "#r"))
-        await _wait(lambda: len(s2.of("message")) >= 6)
+        await wait_for(lambda: len(s2.of("message")) >= 6)
         assert dropped == 3
         assert [m["text"] for m in s2.of("message")] == [f"m{i}" for i in range(6)]
         assert hub2.counters["recovered"] >= 3 and hub2.counters["gaps"] == 0
@@ -590,18 +590,18 @@ async def test_events_gone_from_the_stream_are_a_gap(redis_server: RedisServer) 
         ann, bob = c1.connect(s1), c2.connect(s2)
         await _hello_and_join((c1, ann, "ann"), (c2, bob, "bob"))
         first = await _run(c1, ann, Say("m0", "#r"))
-        await _wait(lambda: len(s2.of("message")) == 1)
+        await wait_for(lambda: len(s2.of("message")) == 1)
         hub2 = c2.hub
         real = hub2._on_message
         dropped: list[bytes] = []
         hub2._on_message = dropped.append  # process 2 hears nothing for a while
         for i in range(1, 4):
             await _run(c1, ann, Say(f"m{i}", "#r"))
-        await _wait(lambda: len(dropped) == 3)
+        await wait_for(lambda: len(dropped) == 3)
         await direct.xtrim("wirecat:#r:log", maxlen=1, approximate=False)  # m3 is left
         hub2._on_message = real
         await _run(c1, ann, Say("m4", "#r"))
-        await _wait(lambda: len(s2.of("message")) >= 3)
+        await wait_for(lambda: len(s2.of("message")) >= 3)
         assert [m["text"] for m in s2.of("message")] == ["m0", "m3", "m4"]
         notices = [n["text"] for n in s2.of("notice")]
         assert len(notices) == 1 and "lost" in notices[0], notices
@@ -645,19 +645,12 @@ async def test_a_closed_room_stays_closed_for_a_process_started_later(
         refused = await _run(late, cid, Join("#r"))
         assert isinstance(refused, ErrorEvent) and refused.code == "room_closed"
         assert isinstance(await _run(c1, root, Join("#r")), RoomJoined)  # an admin reopens it
-        await _wait(lambda: "#r" not in c2.closed_rooms)
+        await wait_for(lambda: "#r" not in c2.closed_rooms)
         assert isinstance(await _run(c2, bob, Join("#r")), RoomJoined)
     finally:
         for core in (c1, c2, late):
             if core is not None:
                 await core.hub.aclose()
-
-
-async def _wait(predicate: Any, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + scaled(seconds)
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 # -- configuration -----------------------------------------------------------------------------
